@@ -1,0 +1,83 @@
+//! The cache in front of the store: in-process (moka) by default, Redis (fred) when
+//! configured. Every key is namespaced by the configured prefix.
+
+mod memory;
+mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::Error;
+use crate::config::CacheConfig;
+
+/// What a cache backend does; keys arrive already prefixed.
+#[async_trait]
+pub trait CacheBackend: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<String>, Error>;
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), Error>;
+    /// Sets only if absent; `true` when this call set it.
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, Error>;
+    async fn delete(&self, key: &str) -> Result<(), Error>;
+    async fn ping(&self) -> Result<(), Error>;
+}
+
+/// The cache as the rest of Conveyor sees it.
+#[derive(Clone)]
+pub struct Cache {
+    backend: Arc<dyn CacheBackend>,
+    prefix: Arc<str>,
+    timeout: Duration,
+}
+
+impl Cache {
+    /// Connects the configured backend (`memory` or `redis://…`).
+    pub async fn connect(config: &CacheConfig) -> Result<Self, Error> {
+        let url = config.url.expose();
+        let timeout = Duration::from_millis(config.command_timeout_ms);
+        let backend: Arc<dyn CacheBackend> = if url == "memory" {
+            Arc::new(memory::MemoryCache::new(config.max_entries))
+        } else {
+            Arc::new(redis::RedisCache::connect(url, timeout).await?)
+        };
+        Ok(Cache { backend, prefix: config.key_prefix.as_str().into(), timeout })
+    }
+
+    /// An in-process cache, for tests and tools.
+    pub fn memory(max_entries: u64) -> Self {
+        Cache {
+            backend: Arc::new(memory::MemoryCache::new(max_entries)),
+            prefix: "".into(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{}", self.prefix, key)
+    }
+
+    /// Bounds every command so a hung cache cannot hold a request or a key task.
+    async fn bounded<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout { op, after: self.timeout }),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<String>, Error> {
+        self.bounded("cache get", self.backend.get(&self.key(key))).await
+    }
+    pub async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), Error> {
+        self.bounded("cache set", self.backend.set(&self.key(key), value, ttl)).await
+    }
+    pub async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, Error> {
+        self.bounded("cache set_nx", self.backend.set_nx(&self.key(key), value, ttl)).await
+    }
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        self.bounded("cache delete", self.backend.delete(&self.key(key))).await
+    }
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.bounded("cache ping", self.backend.ping()).await
+    }
+}

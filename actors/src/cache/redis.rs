@@ -1,0 +1,70 @@
+//! The Redis cache through fred. Commands fail fast while Redis is down (callers treat a
+//! cache failure as a miss), and the client reconnects in the background.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::*;
+use fred::types::{Expiration, SetOptions};
+
+use super::CacheBackend;
+use crate::Error;
+
+pub struct RedisCache {
+    client: Client,
+}
+
+impl RedisCache {
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, Error> {
+        let mut config = Config::from_url(url).map_err(|e| Error::cache("parse cache.url", e))?;
+        // Keep reconnecting in the background when Redis is down at start-up.
+        config.fail_fast = false;
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = timeout;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build()
+            .map_err(|e| Error::cache("build redis client", e))?;
+        // Connect in the background: the daemon must come up while Redis is down.
+        let _task = client.connect();
+        if tokio::time::timeout(timeout, client.wait_for_connect()).await.map_or(true, |r| r.is_err()) {
+            tracing::warn!("redis not reachable yet; reads fall back to the store until it is");
+        }
+        Ok(RedisCache { client })
+    }
+}
+
+#[async_trait]
+impl CacheBackend for RedisCache {
+    async fn get(&self, key: &str) -> Result<Option<String>, Error> {
+        self.client.get(key).await.map_err(|e| Error::cache("redis GET", e))
+    }
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), Error> {
+        let secs = ttl.as_secs().max(1) as i64;
+        self.client
+            .set::<(), _, _>(key, value, Some(Expiration::EX(secs)), None, false)
+            .await
+            .map_err(|e| Error::cache("redis SET", e))
+    }
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, Error> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let reply: Option<String> = self
+            .client
+            .set(key, value, Some(Expiration::EX(secs)), Some(SetOptions::NX), false)
+            .await
+            .map_err(|e| Error::cache("redis SET NX", e))?;
+        Ok(reply.is_some())
+    }
+    async fn delete(&self, key: &str) -> Result<(), Error> {
+        self.client.del::<i64, _>(key).await.map(|_| ()).map_err(|e| Error::cache("redis DEL", e))
+    }
+    async fn ping(&self) -> Result<(), Error> {
+        self.client.ping::<String>(None).await.map(|_| ()).map_err(|e| Error::cache("redis PING", e))
+    }
+}

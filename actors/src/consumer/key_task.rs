@@ -1,0 +1,157 @@
+//! One key's turn: handle its queued records, retry with backoff, dead-letter what
+//! exhausts the policy. Runs as its own task so a key waiting out a backoff never
+//! holds up the other keys of its partition.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use opentelemetry::KeyValue;
+use tokio_util::sync::CancellationToken;
+
+use super::KeyHandler;
+use super::dead_letter::{DeadLetters, Failure};
+use crate::log::Record;
+use crate::metrics::{self, ERROR_CLASS, OUTCOME, kv, metrics};
+use crate::retry::{HandlerError, RetryPolicy};
+
+/// What a key task needs, shared by all key tasks of one partition.
+pub(super) struct KeyCtx {
+    pub handler: Arc<dyn KeyHandler>,
+    pub dead_letters: DeadLetters,
+    pub policy: RetryPolicy,
+    /// Cancelled when the partition drains: tasks stop waiting and give their records back.
+    pub cancel: CancellationToken,
+    pub labels: [KeyValue; 2],
+}
+
+/// How a key's turn ended.
+pub(super) struct KeyOutcome {
+    /// Offsets processed or dead-lettered.
+    pub done: Vec<i64>,
+    /// The partition is draining; records not in `done` stay uncommitted.
+    pub abandoned: bool,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A handler call that turns a panic into a permanent failure instead of a stuck key.
+async fn call(ctx: &KeyCtx, key: &str, records: &[Record]) -> Result<(), HandlerError> {
+    match AssertUnwindSafe(ctx.handler.handle(key, records)).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => Err(HandlerError::permanent(std::io::Error::other("handler panicked"))),
+    }
+}
+
+/// Handles `records` (same key, ascending offsets).
+pub(super) async fn run(ctx: Arc<KeyCtx>, key: String, records: Vec<Record>) -> KeyOutcome {
+    let started = Instant::now();
+    let outcome = match call(&ctx, &key, &records).await {
+        Ok(()) => {
+            metrics().records_processed.add(records.len() as u64, &[kv(OUTCOME, "ok")]);
+            KeyOutcome { done: records.iter().map(|r| r.offset).collect(), abandoned: false }
+        }
+        // A coalesced batch failed: find out record by record which one, so one bad
+        // record never takes its neighbours to the dead-letter topic.
+        Err(first) => {
+            let mut done = Vec::with_capacity(records.len());
+            let mut first = (records.len() == 1).then_some(first);
+            let mut abandoned = false;
+            for record in &records {
+                if single(&ctx, &key, record, first.take()).await {
+                    done.push(record.offset);
+                } else {
+                    abandoned = true;
+                    break;
+                }
+            }
+            KeyOutcome { done, abandoned }
+        }
+    };
+    let m = metrics();
+    m.processing_duration.record(started.elapsed().as_secs_f64(), &ctx.labels);
+    outcome
+}
+
+/// One record through the retry policy; `false` if the partition started draining first.
+async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<HandlerError>) -> bool {
+    let m = metrics();
+    let mut attempt = 0u32;
+    let mut first_failure_ms = None;
+    loop {
+        let result = match known.take() {
+            Some(err) => Err(err),
+            None => call(ctx, key, std::slice::from_ref(record)).await,
+        };
+        attempt += 1;
+        let Err(err) = result else {
+            m.records_processed.add(1, &[kv(OUTCOME, "ok")]);
+            return true;
+        };
+        let now = now_ms();
+        let first = *first_failure_ms.get_or_insert(now);
+        let delay = ctx.policy.next_delay(attempt, &err, &mut rand::rng());
+        let class = err.class.as_str();
+        match delay {
+            Some(delay) => {
+                tracing::warn!(
+                    handler = ctx.handler.name(), topic = %record.tp.topic, partition = record.tp.partition,
+                    offset = record.offset, error.class = class, attempt, delay_ms = delay.as_millis() as u64,
+                    error = %err.describe(), "handler failed, retrying after backoff"
+                );
+                m.retries.add(1, &[kv(ERROR_CLASS, class)]);
+                if !wait(ctx, delay).await {
+                    return false;
+                }
+            }
+            None => {
+                let failure = Failure { error: &err, attempts: attempt, first_failure_ms: first, last_failure_ms: now };
+                return dead_letter(ctx, record, &failure).await;
+            }
+        }
+    }
+}
+
+/// Writes the dead letter, retrying until it lands: the record is not done before that.
+async fn dead_letter(ctx: &KeyCtx, record: &Record, failure: &Failure<'_>) -> bool {
+    let class = failure.error.class;
+    let mut attempt = 0u32;
+    loop {
+        match ctx.dead_letters.write(record, failure).await {
+            Ok(()) => {
+                tracing::error!(
+                    handler = ctx.handler.name(), topic = %record.tp.topic, partition = record.tp.partition,
+                    offset = record.offset, error.class = class.as_str(), attempts = failure.attempts,
+                    dlq = %ctx.dead_letters.topic, error = %failure.error.describe(),
+                    "record dead-lettered"
+                );
+                let labels = [kv(ERROR_CLASS, class.dlq_reason()), kv(metrics::TOPIC, record.tp.topic.clone())];
+                metrics().dead_letters.add(1, &labels);
+                metrics().records_processed.add(1, &[kv(OUTCOME, "dead_lettered")]);
+                return true;
+            }
+            Err(err) => {
+                attempt += 1;
+                let delay = ctx.policy.ceiling(attempt);
+                tracing::error!(
+                    dlq = %ctx.dead_letters.topic, attempt, delay_ms = delay.as_millis() as u64,
+                    error = &err as &dyn std::error::Error, "dead-letter write failed; record held"
+                );
+                if !wait(ctx, delay).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps unless the partition drains first; `false` when it did.
+async fn wait(ctx: &KeyCtx, delay: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = ctx.cancel.cancelled() => false,
+    }
+}

@@ -1,0 +1,31 @@
+//! Owning partitions: the consumer supervisor, one partition actor per assigned partition,
+//! and the per-key work inside it.
+
+mod dead_letter;
+mod key_task;
+mod offsets;
+mod partition;
+mod supervisor;
+
+use async_trait::async_trait;
+
+pub use dead_letter::{DeadLetters, dlq_headers};
+pub use offsets::OffsetTracker;
+pub use partition::{PartitionActor, PartitionArgs, PartitionMsg, PartitionState, PartitionStatus};
+pub use supervisor::{ConsumerArgs, ConsumerSupervisor, ConsumerSupervisorHandle, SupervisorMsg};
+
+use crate::log::Record;
+use crate::retry::HandlerError;
+
+/// Business logic for one source topic. Records of one key arrive in offset order, one
+/// call at a time per key; calls for different keys run concurrently.
+#[async_trait]
+pub trait KeyHandler: Send + Sync + 'static {
+    /// A bounded name for logs and metrics, e.g. `devices`.
+    fn name(&self) -> &'static str;
+
+    /// Handles `records` (one or more, same key, ascending offsets). Several records arrive
+    /// together only when they queued up behind a running call; a handler may coalesce them.
+    /// Must be idempotent: after a crash or rebalance a record can be handled again.
+    async fn handle(&self, key: &str, records: &[Record]) -> Result<(), HandlerError>;
+}

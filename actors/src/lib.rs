@@ -1,0 +1,54 @@
+//! Conveyor's actor system and every side effect: the log, the store, the cache, and the
+//! handlers that turn records into state.
+//!
+//! # The supervision tree
+//!
+//! ```text
+//! RootSupervisor                      restarts a failed child with backoff (rejoining its group)
+//! └── ConsumerSupervisor  (group events-processor, topic events-input)
+//!     ├── PartitionActor events-input/0 ─┬─ key task "device-1"   one at a time per key,
+//!     ├── PartitionActor events-input/1  ├─ key task "device-7"   many keys at once
+//!     └── …  spawned on assign,          └─ …                     (retry/backoff, dead letters)
+//!            drained + committed on revoke
+//! ```
+//! The producer ([`log::Producer`]), the store ([`store::Store`]) and the cache
+//! ([`cache::Cache`]) are shared handles, not actors: they are clients with their own pools.
+//!
+//! # One event, top to bottom
+//!
+//! 1. `POST /events` (crate `conveyor-http`) checks the token and the body, builds a
+//!    [`devices::DeviceEvent`], and calls [`log::Producer::send`] keyed by `device_id`.
+//!    It answers 202 only after the log acknowledged the record (fsync for the embedded
+//!    log, `acks=all` for Kafka).
+//! 2. The log backend owns the group membership. On assignment it calls
+//!    [`log::GroupListener::assigned`]; the [`consumer::ConsumerSupervisor`] spawns one
+//!    [`consumer::PartitionActor`] per partition. Fetched records go straight to that
+//!    actor's mailbox ([`log::GroupListener::deliver`]).
+//! 3. The partition actor queues the record behind its key. When the key is idle and a
+//!    concurrency slot is free it starts a key task with everything queued for that key.
+//!    Keys run concurrently; one key never has two tasks. Past the in-flight bound the
+//!    partition is paused at the log instead of buffering.
+//! 4. The key task calls the handler — [`devices::DeviceHandler`] upserts `resources`
+//!    guarded by the record's offset (an older event never overwrites a newer one) and
+//!    invalidates `resource:{id}` in the cache. Failures are classified
+//!    ([`retry::ErrorClass`]): retryable ones back off on this key only, permanent or
+//!    exhausted ones are written to the dead-letter topic before the record counts as done.
+//! 5. The partition actor marks the offsets done; its [`consumer::OffsetTracker`] yields
+//!    the lowest unfinished offset, which is committed on a timer, on revoke and on shutdown.
+//! 6. `GET /resource/{id}` reads through [`devices::Resources`]: cache, then store, then
+//!    fills the cache for `cache.resource_ttl_secs`.
+
+pub mod cache;
+pub mod config;
+pub mod consumer;
+pub mod devices;
+pub mod error;
+pub mod log;
+pub mod metrics;
+pub mod retry;
+pub mod root;
+pub mod store;
+pub mod system;
+
+pub use error::Error;
+pub use system::{Component, Conveyor};

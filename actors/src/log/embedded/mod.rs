@@ -1,0 +1,318 @@
+//! The embedded durable log: one append-only file per topic-partition under the data
+//! directory (`{dir}/{topic}/{partition}.log`), a group-committing writer thread per topic,
+//! and single-process consumer groups whose offsets live in `{dir}/_groups/{group}.json`.
+//!
+//! A record is acknowledged only after its frame was written and fsync'd; a torn tail left by
+//! a crash is cut when the log is opened. Keys are partitioned with Kafka's murmur2 so that a
+//! key lands on the same partition number here as with the Kafka backend.
+
+mod consumer;
+mod groups;
+mod segment;
+mod writer;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{self, File, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use self::consumer::Membership;
+use self::groups::{GroupOffsets, sync_dir};
+use self::segment::Partition;
+use self::writer::Append;
+use crate::error::Error;
+use crate::log::{Ack, ConsumerHandle, GroupListener, LogBackend, OutgoingRecord, Producer, TopicPartition};
+
+const GROUPS_DIR: &str = "_groups";
+const LOCK_FILE: &str = ".lock";
+/// Suffix of a topic directory being created; `~` cannot occur in a topic name.
+const CREATING_SUFFIX: &str = "~creating";
+/// How long `open` waits for a previous log on the same directory (in this process: one
+/// whose writer threads are still draining) to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The embedded log; cheap to clone, every clone is the same log.
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedLog").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    default_partitions: i32,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    active_groups: Arc<Mutex<HashSet<String>>>,
+    /// Exclusive lock on `{dir}/.lock`, shared with the writer threads.
+    dir_lock: Arc<File>,
+}
+
+struct Topic {
+    partitions: Vec<Arc<Partition>>,
+    appends: mpsc::Sender<Append>,
+    round_robin: AtomicUsize,
+}
+
+impl EmbeddedLog {
+    /// Opens (creating) the log under `dir`, loading every topic found there and cutting torn
+    /// tails; `default_partitions` is the partition count of topics created later.
+    pub fn open(dir: &Path, default_partitions: i32) -> Result<Self, Error> {
+        Self::open_with_lock_wait(dir, default_partitions, LOCK_WAIT)
+    }
+
+    fn open_with_lock_wait(dir: &Path, default_partitions: i32, lock_wait: Duration) -> Result<Self, Error> {
+        if default_partitions < 1 {
+            return Err(Error::Config {
+                key: "log.partitions",
+                reason: format!("must be at least 1, got {default_partitions}"),
+            });
+        }
+        fs::create_dir_all(dir.join(GROUPS_DIR)).map_err(|e| Error::io(dir, e))?;
+        let dir_lock = Arc::new(lock_dir(&dir.join(LOCK_FILE), lock_wait)?);
+        let inner = Inner {
+            dir: dir.to_owned(),
+            default_partitions,
+            topics: RwLock::new(HashMap::new()),
+            active_groups: Arc::default(),
+            dir_lock,
+        };
+        let mut topics = HashMap::new();
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if !path.is_dir() || name == GROUPS_DIR {
+                continue;
+            }
+            if name.ends_with(CREATING_SUFFIX) {
+                // A topic whose creation was interrupted never existed.
+                fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            } else if validate_name("topic", &name).is_ok() {
+                topics.insert(name.clone(), Arc::new(inner.load_topic(&name)?));
+            } else {
+                tracing::warn!(path = %path.display(), "ignoring a directory that is not a topic");
+            }
+        }
+        *inner.topics.write().unwrap_or_else(PoisonError::into_inner) = topics;
+        Ok(Self { inner: Arc::new(inner) })
+    }
+}
+
+/// Takes the directory lock so that two logs never append to the same files.
+fn lock_dir(path: &Path, wait: Duration) -> Result<File, Error> {
+    let file = File::options().create(true).truncate(false).write(true).open(path).map_err(|e| Error::io(path, e))?;
+    let deadline = Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(Error::io(path, io::Error::from(e))),
+        }
+    }
+}
+
+/// Accepts Kafka's legal topic names (which also keeps names safe as path components).
+fn validate_name(key: &'static str, name: &str) -> Result<(), Error> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 249 || name == "." || name == ".." || !name.chars().all(legal) {
+        return Err(Error::Config { key, reason: format!("{name:?} is not a legal name (1-249 of [a-zA-Z0-9._-])") });
+    }
+    if key == "topic" && name == GROUPS_DIR {
+        return Err(Error::Config { key, reason: format!("{GROUPS_DIR:?} is reserved by the embedded log") });
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+    }
+
+    fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>, Error> {
+        if let Some(topic) = self.topic(name) {
+            return Ok(topic);
+        }
+        validate_name("topic", name)?;
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(topic) = topics.get(name) {
+            return Ok(Arc::clone(topic));
+        }
+        self.create_topic_dir(name)?;
+        let topic = Arc::new(self.load_topic(name)?);
+        topics.insert(name.to_owned(), Arc::clone(&topic));
+        tracing::info!(topic = name, partitions = topic.partitions.len(), "created topic in the embedded log");
+        Ok(topic)
+    }
+
+    /// Builds the topic in a side directory and renames it into place, so that a crash never
+    /// leaves a topic with only some of its partitions.
+    fn create_topic_dir(&self, name: &str) -> Result<(), Error> {
+        let staging = self.dir.join(format!("{name}{CREATING_SUFFIX}"));
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        }
+        fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
+        for partition in 0..self.default_partitions {
+            let path = staging.join(format!("{partition}.log"));
+            File::create(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        sync_dir(&staging)?;
+        let target = self.dir.join(name);
+        fs::rename(&staging, &target).map_err(|e| Error::io(&target, e))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Opens every partition file of a topic directory and starts its writer.
+    fn load_topic(&self, name: &str) -> Result<Topic, Error> {
+        let topic_dir = self.dir.join(name);
+        let mut count = 0;
+        for entry in fs::read_dir(&topic_dir).map_err(|e| Error::io(&topic_dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&topic_dir, e))?;
+            let file_name = entry.file_name();
+            let number = file_name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<i32>().ok());
+            if let Some(number) = number.filter(|n| *n >= 0 && *n < i32::MAX) {
+                count = count.max(number + 1);
+            }
+        }
+        if count == 0 {
+            count = self.default_partitions;
+        }
+        let partitions = (0..count)
+            .map(|p| {
+                let path = topic_dir.join(format!("{p}.log"));
+                Partition::open(TopicPartition::new(name, p), path).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let appends = writer::spawn(&topic_dir, name, partitions.clone(), Arc::clone(&self.dir_lock))?;
+        Ok(Topic { partitions, appends, round_robin: AtomicUsize::new(0) })
+    }
+}
+
+impl Topic {
+    /// Key → Kafka's default partitioner (murmur2); no key → round robin.
+    fn choose_partition(&self, key: Option<&str>) -> usize {
+        let count = self.partitions.len().max(1);
+        match key {
+            Some(key) => partition_for_key(key.as_bytes(), count),
+            None => self.round_robin.fetch_add(1, Ordering::Relaxed) % count,
+        }
+    }
+}
+
+/// The partition Kafka's default partitioner picks for a keyed record.
+fn partition_for_key(key: &[u8], count: usize) -> usize {
+    (murmur2(key) & 0x7fff_ffff) as usize % count.max(1)
+}
+
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`).
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, byte) in rest.iter().enumerate().rev() {
+            h ^= u32::from(*byte) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn unavailable(op: &'static str, topic: &str, source: Option<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    Error::LogUnavailable { op, topic: topic.to_owned(), source }
+}
+
+#[async_trait]
+impl Producer for EmbeddedLog {
+    async fn send(&self, record: OutgoingRecord, timeout: Duration) -> Result<Ack, Error> {
+        let topic = self.inner.topic_or_create(&record.topic)?;
+        let partition = topic.choose_partition(record.key.as_deref());
+        let frame = segment::encode_frame(now_ms(), record.key.as_deref(), &record.headers, &record.payload)?;
+        let (reply, acked) = oneshot::channel();
+        let append = Append { partition, frame, reply };
+        let wait = async {
+            topic.appends.send(append).await.map_err(|_| unavailable("send", &record.topic, None))?;
+            acked.await.map_err(|_| unavailable("send", &record.topic, None))?
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(result) => result,
+            Err(elapsed) => Err(unavailable("send", &record.topic, Some(Box::new(elapsed)))),
+        }
+    }
+
+    async fn ping(&self, _timeout: Duration) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LogBackend for EmbeddedLog {
+    fn producer(&self) -> Arc<dyn Producer> {
+        Arc::new(self.clone())
+    }
+
+    async fn ensure_topics(&self, topics: &[String]) -> Result<(), Error> {
+        for topic in topics {
+            self.inner.topic_or_create(topic)?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+        listener: Arc<dyn GroupListener>,
+    ) -> Result<Box<dyn ConsumerHandle>, Error> {
+        validate_name("group", group)?;
+        let membership = Membership::claim(&self.inner.active_groups, group)?;
+        let mut partitions = Vec::new();
+        for topic in topics.iter().collect::<BTreeSet<_>>() {
+            partitions.extend(self.inner.topic_or_create(topic)?.partitions.iter().cloned());
+        }
+        let offsets = GroupOffsets::load(&self.inner.dir.join(GROUPS_DIR), group)?;
+        consumer::subscribe(Arc::new(offsets), membership, partitions, listener).await
+    }
+
+    /// Next offset per partition; empty for a topic that does not exist.
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, Error> {
+        Ok(self
+            .inner
+            .topic(topic)
+            .map(|t| t.partitions.iter().map(|p| (p.tp().partition, p.next_offset())).collect())
+            .unwrap_or_default())
+    }
+}

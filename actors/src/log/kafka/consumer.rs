@@ -1,0 +1,292 @@
+//! One Kafka group member: a `BaseConsumer` polled on its own thread. Partition actors
+//! steer it through [`KafkaControl`] (pause, resume, commit, rewind), applied between polls.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::client_config;
+use crate::Error;
+use crate::config::KafkaConfig;
+use crate::log::{ConsumerControl, ConsumerHandle, GroupListener, Header, Record, TopicPartition};
+
+const POLL: Duration = Duration::from_millis(50);
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
+
+enum Command {
+    Pause(TopicPartition),
+    Resume(TopicPartition),
+    Commit(TopicPartition, i64),
+    Rewind(TopicPartition),
+    Stop(tokio::sync::oneshot::Sender<()>),
+}
+
+/// What partition actors use to steer the consumer thread.
+struct KafkaControl {
+    tx: Mutex<mpsc::Sender<Command>>,
+}
+
+impl KafkaControl {
+    fn send(&self, cmd: Command) {
+        if let Ok(tx) = self.tx.lock() {
+            // The thread is gone only after stop; nothing is left to steer then.
+            let _ = tx.send(cmd);
+        }
+    }
+}
+
+impl ConsumerControl for KafkaControl {
+    fn pause(&self, tp: &TopicPartition) {
+        self.send(Command::Pause(tp.clone()));
+    }
+    fn resume(&self, tp: &TopicPartition) {
+        self.send(Command::Resume(tp.clone()));
+    }
+    fn commit(&self, tp: &TopicPartition, next_offset: i64) {
+        self.send(Command::Commit(tp.clone(), next_offset));
+    }
+    fn rewind(&self, tp: &TopicPartition) {
+        self.send(Command::Rewind(tp.clone()));
+    }
+}
+
+/// Rebalance callbacks: run on the consumer thread, inside `poll`.
+struct GroupContext {
+    listener: Arc<dyn GroupListener>,
+    control: Arc<KafkaControl>,
+    runtime: tokio::runtime::Handle,
+    /// Partitions this member owns now; commits for others are dropped.
+    owned: Mutex<HashSet<TopicPartition>>,
+}
+
+impl ClientContext for GroupContext {}
+
+fn to_tps(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
+}
+
+fn commit_sync(consumer: &BaseConsumer<GroupContext>, offsets: &[(TopicPartition, i64)]) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for (tp, offset) in offsets {
+        if list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset)).is_err() {
+            tracing::warn!(partition = %tp, offset, "invalid commit offset skipped");
+        }
+    }
+    if let Err(err) = consumer.commit(&list, CommitMode::Sync) {
+        tracing::error!(
+            error = &err as &dyn std::error::Error,
+            "commit on revoke failed; the next owner may redo some records"
+        );
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let tps = to_tps(list);
+            if let Ok(mut owned) = self.owned.lock() {
+                for tp in &tps {
+                    owned.remove(tp);
+                }
+            }
+            // Drain and commit before librdkafka lets the partitions go.
+            let offsets = self.runtime.block_on(self.listener.revoked(tps));
+            commit_sync(consumer, &offsets);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let tps = to_tps(list);
+            if tps.is_empty() {
+                return;
+            }
+            if let Ok(mut owned) = self.owned.lock() {
+                owned.extend(tps.iter().cloned());
+            }
+            let control: Arc<dyn ConsumerControl> = self.control.clone();
+            self.runtime.block_on(self.listener.assigned(tps, control));
+        }
+    }
+}
+
+/// A running member; [`ConsumerHandle::stop`] leaves the group cleanly.
+pub struct GroupMember {
+    control: Arc<KafkaControl>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl GroupMember {
+    pub fn start(
+        cfg: &KafkaConfig,
+        group: &str,
+        topics: &[String],
+        listener: Arc<dyn GroupListener>,
+    ) -> Result<Self, Error> {
+        let (tx, rx) = mpsc::channel();
+        let control = Arc::new(KafkaControl { tx: Mutex::new(tx) });
+        let context = GroupContext {
+            listener: listener.clone(),
+            control: control.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            owned: Mutex::new(HashSet::new()),
+        };
+        let consumer: BaseConsumer<GroupContext> = client_config(cfg)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set("max.poll.interval.ms", "300000")
+            .create_with_context(context)
+            .map_err(|source| Error::Kafka { op: "create consumer", source })?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(|source| Error::Kafka { op: "subscribe", source })?;
+        let thread = std::thread::Builder::new()
+            .name(format!("kafka-{group}"))
+            .spawn(move || run(consumer, rx, listener))
+            .map_err(|e| Error::io("consumer thread", e))?;
+        Ok(GroupMember { control, thread: Mutex::new(Some(thread)) })
+    }
+}
+
+#[async_trait]
+impl ConsumerHandle for GroupMember {
+    async fn stop(&self) -> Result<(), Error> {
+        let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) else { return Ok(()) };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.control.send(Command::Stop(tx));
+        let _ = rx.await;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| Error::Actor { actor: "kafka consumer".into(), op: "stop", source: Box::new(e) })?
+            .map_err(|_| Error::Actor {
+                actor: "kafka consumer".into(),
+                op: "stop",
+                source: "consumer thread panicked".into(),
+            })
+    }
+}
+
+fn record_of(msg: &BorrowedMessage<'_>) -> Record {
+    let headers = msg
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header { name: h.key.to_string(), value: h.value.map(<[u8]>::to_vec).unwrap_or_default() })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        tp: TopicPartition::new(msg.topic(), msg.partition()),
+        offset: msg.offset(),
+        key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        payload: Bytes::copy_from_slice(msg.payload().unwrap_or_default()),
+        headers,
+        timestamp_ms: msg.timestamp().to_millis().unwrap_or_default(),
+    }
+}
+
+fn one(tp: &TopicPartition) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(&tp.topic, tp.partition);
+    list
+}
+
+/// The consumer thread: poll, deliver, apply commands, commit periodically.
+fn run(consumer: BaseConsumer<GroupContext>, rx: mpsc::Receiver<Command>, listener: Arc<dyn GroupListener>) {
+    let mut to_commit: HashMap<TopicPartition, i64> = HashMap::new();
+    let mut last_commit = Instant::now();
+    let stopped = loop {
+        match consumer.poll(POLL) {
+            Some(Ok(msg)) => listener.deliver(record_of(&msg)),
+            Some(Err(err)) => tracing::warn!(error = &err as &dyn std::error::Error, "kafka consumer error"),
+            None => {}
+        }
+        let mut stop = None;
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Command::Pause(tp) => {
+                    if let Err(err) = consumer.pause(&one(&tp)) {
+                        tracing::debug!(partition = %tp, error = %err, "pause ignored");
+                    }
+                }
+                Command::Resume(tp) => {
+                    if let Err(err) = consumer.resume(&one(&tp)) {
+                        tracing::debug!(partition = %tp, error = %err, "resume ignored");
+                    }
+                }
+                Command::Commit(tp, offset) => {
+                    to_commit.insert(tp, offset);
+                }
+                Command::Rewind(tp) => rewind(&consumer, &tp),
+                Command::Stop(done) => stop = Some(done),
+            }
+        }
+        if stop.is_some() || last_commit.elapsed() >= COMMIT_EVERY {
+            commit_owned(&consumer, &mut to_commit);
+            last_commit = Instant::now();
+        }
+        if let Some(done) = stop {
+            break done;
+        }
+    };
+    // Leave the group: revoke everything through the listener (drain + final commit).
+    let owned: Vec<TopicPartition> =
+        consumer.context().owned.lock().map(|o| o.iter().cloned().collect()).unwrap_or_default();
+    if !owned.is_empty() {
+        let offsets = consumer.context().runtime.block_on(listener.revoked(owned));
+        commit_sync(&consumer, &offsets);
+        if let Ok(mut o) = consumer.context().owned.lock() {
+            o.clear();
+        }
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    let _ = stopped.send(());
+}
+
+/// Commits positions of partitions still owned; those of revoked ones were committed on revoke.
+fn commit_owned(consumer: &BaseConsumer<GroupContext>, to_commit: &mut HashMap<TopicPartition, i64>) {
+    if to_commit.is_empty() {
+        return;
+    }
+    let owned = consumer.context().owned.lock().map(|o| o.clone()).unwrap_or_default();
+    let mut list = TopicPartitionList::new();
+    for (tp, offset) in to_commit.drain() {
+        if owned.contains(&tp) {
+            let _ = list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset));
+        }
+    }
+    if list.count() > 0
+        && let Err(err) = consumer.commit(&list, CommitMode::Async)
+    {
+        tracing::warn!(error = &err as &dyn std::error::Error, "async commit failed; retried on the next tick");
+    }
+}
+
+fn rewind(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition) {
+    let committed = consumer
+        .committed_offsets(one(tp), Duration::from_secs(5))
+        .ok()
+        .and_then(|list| list.find_partition(&tp.topic, tp.partition).map(|e| e.offset()));
+    let target = match committed {
+        Some(Offset::Offset(o)) => Offset::Offset(o),
+        _ => Offset::Beginning,
+    };
+    if let Err(err) = consumer.seek(&tp.topic, tp.partition, target, Duration::from_secs(5)) {
+        tracing::error!(partition = %tp, error = &err as &dyn std::error::Error, "rewind failed");
+    }
+}

@@ -1,0 +1,117 @@
+//! Metric names of the `actors` crate: dotted OpenTelemetry names with units; labels come
+//! from bounded sets only (topic, partition number, outcome, error class — never a key).
+
+use std::sync::OnceLock;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+
+pub const RECORDS_PROCESSED: &str = "conveyor.partition.records.processed";
+pub const PROCESSING_DURATION: &str = "conveyor.partition.processing.duration";
+pub const IN_FLIGHT: &str = "conveyor.partition.in_flight";
+pub const PARTITION_PAUSES: &str = "conveyor.partition.pauses";
+pub const RETRIES: &str = "conveyor.handler.retries";
+pub const DEAD_LETTERS: &str = "conveyor.dlq.records.written";
+pub const CACHE_HITS: &str = "conveyor.cache.hits";
+pub const CACHE_MISSES: &str = "conveyor.cache.misses";
+pub const CACHE_ERRORS: &str = "conveyor.cache.errors";
+pub const STORE_DURATION: &str = "conveyor.store.query.duration";
+pub const ACTOR_RESTARTS: &str = "conveyor.actor.restarts";
+pub const LOG_PRODUCED: &str = "conveyor.log.records.produced";
+
+/// Label keys.
+pub const TOPIC: &str = "topic";
+pub const PARTITION: &str = "partition";
+pub const OUTCOME: &str = "outcome";
+pub const ERROR_CLASS: &str = "error.class";
+pub const OPERATION: &str = "operation";
+pub const ACTOR: &str = "actor";
+
+/// The crate's instruments, created once from the global meter provider.
+pub struct Metrics {
+    pub records_processed: Counter<u64>,
+    pub processing_duration: Histogram<f64>,
+    pub in_flight: UpDownCounter<i64>,
+    pub partition_pauses: Counter<u64>,
+    pub retries: Counter<u64>,
+    pub dead_letters: Counter<u64>,
+    pub cache_hits: Counter<u64>,
+    pub cache_misses: Counter<u64>,
+    pub cache_errors: Counter<u64>,
+    pub store_duration: Histogram<f64>,
+    pub actor_restarts: Counter<u64>,
+    pub log_produced: Counter<u64>,
+}
+
+const DURATION_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+impl Metrics {
+    fn new(meter: &Meter) -> Self {
+        Metrics {
+            records_processed: meter
+                .u64_counter(RECORDS_PROCESSED)
+                .with_unit("{record}")
+                .with_description("Records finished by partition actors, by outcome")
+                .build(),
+            processing_duration: meter
+                .f64_histogram(PROCESSING_DURATION)
+                .with_unit("s")
+                .with_description("Handler time per key batch, retries included")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            in_flight: meter
+                .i64_up_down_counter(IN_FLIGHT)
+                .with_unit("{record}")
+                .with_description("Records received by partition actors and not yet done")
+                .build(),
+            partition_pauses: meter
+                .u64_counter(PARTITION_PAUSES)
+                .with_unit("{pause}")
+                .with_description("Times a partition was paused because its in-flight bound was reached")
+                .build(),
+            retries: meter
+                .u64_counter(RETRIES)
+                .with_unit("{retry}")
+                .with_description("Handler attempts that failed and were retried, by error class")
+                .build(),
+            dead_letters: meter
+                .u64_counter(DEAD_LETTERS)
+                .with_unit("{record}")
+                .with_description("Records written to a dead-letter topic, by error class")
+                .build(),
+            cache_hits: meter.u64_counter(CACHE_HITS).with_unit("{lookup}").build(),
+            cache_misses: meter.u64_counter(CACHE_MISSES).with_unit("{lookup}").build(),
+            cache_errors: meter
+                .u64_counter(CACHE_ERRORS)
+                .with_unit("{error}")
+                .with_description("Cache commands that failed, by operation")
+                .build(),
+            store_duration: meter
+                .f64_histogram(STORE_DURATION)
+                .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            actor_restarts: meter
+                .u64_counter(ACTOR_RESTARTS)
+                .with_unit("{restart}")
+                .with_description("Children restarted by their supervisor, by actor kind")
+                .build(),
+            log_produced: meter
+                .u64_counter(LOG_PRODUCED)
+                .with_unit("{record}")
+                .with_description("Records acknowledged by the log, by topic")
+                .build(),
+        }
+    }
+}
+
+/// The crate's instruments. The engine installs the meter provider before anything calls this.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| Metrics::new(&opentelemetry::global::meter("conveyor.actors")))
+}
+
+pub fn kv(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue {
+    KeyValue::new(key, value)
+}

@@ -1,0 +1,174 @@
+//! The root supervisor: owns the consumer supervisors and their group memberships, and
+//! restarts a failed child with backoff (leaving and rejoining the group, so the new
+//! child starts from committed offsets).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::config::ProcessingConfig;
+use crate::consumer::{ConsumerSupervisorHandle, DeadLetters, KeyHandler, PartitionStatus};
+use crate::log::{ConsumerHandle, GroupListener, LogBackend};
+use crate::metrics::{self, kv, metrics};
+use crate::retry::RetryPolicy;
+
+/// The actor.
+pub struct RootSupervisor;
+
+/// One consumer group to run: which topic, with which handler.
+#[derive(Clone)]
+pub struct GroupSpec {
+    pub group: String,
+    pub topic: String,
+    pub handler: Arc<dyn KeyHandler>,
+    pub dead_letters: DeadLetters,
+}
+
+/// What the root supervisor is started with.
+pub struct RootArgs {
+    pub log: Arc<dyn LogBackend>,
+    pub groups: Vec<GroupSpec>,
+    pub policy: RetryPolicy,
+    pub processing: ProcessingConfig,
+}
+
+/// Messages the root supervisor handles.
+pub enum RootMsg {
+    /// Report the partition actors of every group.
+    Status { reply: RpcReplyPort<Vec<PartitionStatus>> },
+    /// Restart the consumer of group number `index` (sent after a backoff).
+    Restart { index: usize },
+    /// Leave every group (draining and committing), stop the children, then reply.
+    Shutdown { reply: RpcReplyPort<()> },
+}
+
+struct Running {
+    supervisor: ConsumerSupervisorHandle,
+    membership: Box<dyn ConsumerHandle>,
+}
+
+pub struct RootState {
+    args: RootArgs,
+    running: Vec<Option<Running>>,
+    restarts: Vec<(u32, Instant)>,
+    stopping: bool,
+}
+
+impl Actor for RootSupervisor {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(&self, myself: ActorRef<RootMsg>, args: RootArgs) -> Result<RootState, ActorProcessingErr> {
+        let n = args.groups.len();
+        let mut state = RootState {
+            args,
+            running: (0..n).map(|_| None).collect(),
+            restarts: vec![(0, Instant::now()); n],
+            stopping: false,
+        };
+        for index in 0..n {
+            state.start_group(index, &myself).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RootMsg>,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RootMsg::Status { reply } => {
+                let mut all = Vec::new();
+                for r in state.running.iter().flatten() {
+                    all.extend(r.supervisor.status().await);
+                }
+                let _ = reply.send(all);
+            }
+            RootMsg::Restart { index } => {
+                if !state.stopping {
+                    state.start_group(index, &myself).await?;
+                }
+            }
+            RootMsg::Shutdown { reply } => {
+                state.stopping = true;
+                for slot in state.running.iter_mut() {
+                    if let Some(r) = slot.take() {
+                        if let Err(err) = r.membership.stop().await {
+                            tracing::error!(error = &err as &dyn std::error::Error, "leaving the group failed");
+                        }
+                        r.supervisor.actor().stop(Some("shutdown".into()));
+                    }
+                }
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RootMsg>,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (id, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell.get_id(), reason.unwrap_or_default()),
+            _ => return Ok(()),
+        };
+        if state.stopping {
+            return Ok(());
+        }
+        let Some(index) =
+            state.running.iter().position(|r| r.as_ref().is_some_and(|r| r.supervisor.actor().get_id() == id))
+        else {
+            return Ok(());
+        };
+        if let Some(dead) = state.running[index].take() {
+            // Leaving the group revokes the dead child's partitions; nothing of theirs
+            // was committed past what is done, so the restarted child loses nothing.
+            let _ = dead.membership.stop().await;
+        }
+        let delay = state.backoff(index);
+        let group = &state.args.groups[index].group;
+        tracing::error!(group, reason, delay_ms = delay.as_millis() as u64, "consumer supervisor died; restarting");
+        metrics().actor_restarts.add(1, &[kv(metrics::ACTOR, "consumer_supervisor")]);
+        myself.send_after(delay, move || RootMsg::Restart { index });
+        Ok(())
+    }
+}
+
+impl RootState {
+    async fn start_group(&mut self, index: usize, myself: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
+        let spec = self.args.groups[index].clone();
+        self.args.log.ensure_topics(&[spec.topic.clone(), spec.dead_letters.topic.clone()]).await?;
+        let supervisor = ConsumerSupervisorHandle::spawn(
+            spec.group.clone(),
+            spec.handler,
+            spec.dead_letters,
+            self.args.policy,
+            self.args.processing.clone(),
+            Some(myself.get_cell()),
+        )
+        .await?;
+        let listener: Arc<dyn GroupListener> = Arc::new(supervisor.clone());
+        let membership = self.args.log.subscribe(&spec.group, &[spec.topic], listener).await?;
+        self.running[index] = Some(Running { supervisor, membership });
+        Ok(())
+    }
+
+    /// 1 s, 2 s, 4 s … capped at 60 s; the count resets after ten quiet minutes.
+    fn backoff(&mut self, index: usize) -> Duration {
+        let (count, since) = &mut self.restarts[index];
+        if since.elapsed() > Duration::from_secs(600) {
+            *count = 0;
+        }
+        *since = Instant::now();
+        *count += 1;
+        Duration::from_secs(1u64 << (*count - 1).min(6)).min(Duration::from_secs(60))
+    }
+}

@@ -1,0 +1,130 @@
+//! The store: SQLite (embedded default) or PostgreSQL, both through sea-orm, with
+//! migrations from `sea-orm-migration` run at start-up and by `conveyor migrate`.
+
+pub mod migrations;
+pub mod resource;
+
+use std::time::{Duration, Instant};
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+use crate::Error;
+use crate::config::Config;
+use crate::metrics::{OPERATION, kv, metrics};
+
+/// A handle on the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+/// How an upsert ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// The row was written.
+    Written,
+    /// The stored row is already at this offset or newer (a redelivery or replay).
+    Stale,
+}
+
+impl Store {
+    /// Connects to `config.store` (creating the Postgres schema when one is configured).
+    pub async fn connect(config: &Config) -> Result<Self, Error> {
+        let url = config.store_url();
+        let is_sqlite = url.starts_with("sqlite:");
+        if is_sqlite {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
+        }
+        let schema = config.store.schema.clone();
+        if !is_sqlite && !schema.is_empty() {
+            // The schema must exist before connections that search it are opened.
+            let bootstrap = Database::connect(ConnectOptions::new(url.clone()).max_connections(1).to_owned())
+                .await
+                .map_err(|e| Error::store("connect", e))?;
+            bootstrap
+                .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", schema.replace('"', "")))
+                .await
+                .map_err(|e| Error::store("create schema", e))?;
+            let _ = bootstrap.close().await;
+        }
+        let mut opts = ConnectOptions::new(url);
+        opts.max_connections(if is_sqlite {
+            Ord::min(config.store.max_connections, 4)
+        } else {
+            config.store.max_connections
+        })
+        .min_connections(1)
+        .connect_timeout(Duration::from_millis(config.store.connect_timeout_ms))
+        .acquire_timeout(Duration::from_millis(config.store.connect_timeout_ms))
+        .sqlx_logging(false);
+        if !is_sqlite && !schema.is_empty() {
+            opts.set_schema_search_path(schema);
+        }
+        if is_sqlite {
+            opts.map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+            });
+        }
+        let db = Database::connect(opts).await.map_err(|e| Error::store("connect", e))?;
+        Ok(Store { db })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        migrations::Migrator::up(&self.db, None).await.map_err(|e| Error::store("migrate", e))
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.ping().await.map_err(|e| Error::store("ping", e))
+    }
+
+    /// Writes a device's resource unless the stored one comes from the same or a later
+    /// offset, so an older event never overwrites a newer one.
+    pub async fn upsert_resource(&self, id: &str, value: serde_json::Value, offset: i64) -> Result<Upsert, Error> {
+        let started = Instant::now();
+        let row = resource::ActiveModel {
+            id: Set(id.to_string()),
+            value: Set(value),
+            last_offset: Set(offset),
+            updated_at: Set(chrono::Utc::now()),
+        };
+        let on_conflict = OnConflict::column(resource::Column::Id)
+            .update_columns([resource::Column::Value, resource::Column::LastOffset, resource::Column::UpdatedAt])
+            .action_and_where(
+                Expr::col((resource::Entity, resource::Column::LastOffset))
+                    .lt(Expr::col((Alias::new("excluded"), resource::Column::LastOffset))),
+            )
+            .to_owned();
+        let result = resource::Entity::insert(row)
+            .on_conflict(on_conflict)
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(|e| Error::store("upsert resource", e));
+        metrics().store_duration.record(started.elapsed().as_secs_f64(), &[kv(OPERATION, "upsert_resource")]);
+        Ok(if result? > 0 { Upsert::Written } else { Upsert::Stale })
+    }
+
+    pub async fn get_resource(&self, id: &str) -> Result<Option<resource::Model>, Error> {
+        let started = Instant::now();
+        let found = resource::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await
+            .map_err(|e| Error::store("get resource", e));
+        metrics().store_duration.record(started.elapsed().as_secs_f64(), &[kv(OPERATION, "get_resource")]);
+        found
+    }
+}

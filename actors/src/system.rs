@@ -1,0 +1,129 @@
+//! Builds the whole actor system from the configuration and hands the HTTP front end the
+//! small typed handles it needs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+
+use crate::Error;
+use crate::cache::Cache;
+use crate::config::{Config, LogBackendKind};
+use crate::consumer::{DeadLetters, PartitionStatus};
+use crate::devices::{DeviceHandler, Resources};
+use crate::log::{LogBackend, Producer, embedded::EmbeddedLog, kafka::KafkaLog};
+use crate::retry::RetryPolicy;
+use crate::root::{GroupSpec, RootArgs, RootMsg, RootSupervisor};
+use crate::store::Store;
+
+/// A component `/ready` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Log,
+    Store,
+    Cache,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Log => "log",
+            Component::Store => "store",
+            Component::Cache => "cache",
+        }
+    }
+}
+
+/// The running system.
+pub struct Conveyor {
+    pub config: Arc<Config>,
+    pub producer: Arc<dyn Producer>,
+    pub resources: Resources,
+    pub store: Store,
+    pub cache: Cache,
+    log: Arc<dyn LogBackend>,
+    root: ActorRef<RootMsg>,
+}
+
+/// Opens the configured log backend.
+pub fn open_log(config: &Config) -> Result<Arc<dyn LogBackend>, Error> {
+    Ok(match config.log.backend {
+        LogBackendKind::Embedded => Arc::new(EmbeddedLog::open(&config.log_dir(), config.log.partitions)?),
+        LogBackendKind::Kafka => Arc::new(KafkaLog::new(&config.log)?),
+    })
+}
+
+impl Conveyor {
+    /// Connects the backends, runs migrations, and starts the supervision tree.
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        let config = Arc::new(config);
+        let store = Store::connect(&config).await?;
+        store.migrate().await?;
+        let cache = Cache::connect(&config.cache).await?;
+        let log = open_log(&config)?;
+        let producer = log.producer();
+        let dead_letters = DeadLetters {
+            producer: producer.clone(),
+            topic: config.log.topics.events_dlq.clone(),
+            timeout: Duration::from_millis(config.log.produce_timeout_ms),
+        };
+        let devices = GroupSpec {
+            group: config.log.groups.events.clone(),
+            topic: config.log.topics.events_input.clone(),
+            handler: Arc::new(DeviceHandler { store: store.clone(), cache: cache.clone() }),
+            dead_letters,
+        };
+        let args = RootArgs {
+            log: log.clone(),
+            groups: vec![devices],
+            policy: RetryPolicy::from(&config.retry),
+            processing: config.processing.clone(),
+        };
+        let (root, _) = Actor::spawn(Some("root".into()), RootSupervisor, args).await.map_err(|e| Error::Actor {
+            actor: "root".into(),
+            op: "spawn",
+            source: Box::new(e),
+        })?;
+        let resources = Resources {
+            store: store.clone(),
+            cache: cache.clone(),
+            ttl: Duration::from_secs(config.cache.resource_ttl_secs),
+        };
+        Ok(Conveyor { config, producer, resources, store, cache, log, root })
+    }
+
+    /// Checks each backend within `timeout`; every failure is listed.
+    pub async fn readiness(&self, timeout: Duration) -> Vec<(Component, Result<(), Error>)> {
+        let bounded = |c: Component, f| async move {
+            match tokio::time::timeout(timeout, f).await {
+                Ok(r) => (c, r),
+                Err(_) => (c, Err(Error::Timeout { op: "readiness check", after: timeout })),
+            }
+        };
+        let (log, store, cache) = tokio::join!(
+            bounded(Component::Log, Box::pin(self.producer.ping(timeout)) as futures::future::BoxFuture<'_, _>),
+            bounded(Component::Store, Box::pin(self.store.ping())),
+            bounded(Component::Cache, Box::pin(self.cache.ping())),
+        );
+        vec![log, store, cache]
+    }
+
+    /// Every partition actor's status.
+    pub async fn partitions(&self) -> Vec<PartitionStatus> {
+        ractor::call!(self.root, |reply| RootMsg::Status { reply }).unwrap_or_default()
+    }
+
+    /// The log backend (for lag and admin tools).
+    pub fn log(&self) -> &Arc<dyn LogBackend> {
+        &self.log
+    }
+
+    /// Leaves the consumer groups after draining and committing, then stops the tree.
+    pub async fn shutdown(&self, grace: Duration) {
+        let stop = ractor::call_t!(self.root, |reply| RootMsg::Shutdown { reply }, grace.as_millis() as u64);
+        if let Err(err) = stop {
+            tracing::error!(error = %err, "actor system did not stop within the grace period");
+        }
+        self.root.stop(Some("shutdown".into()));
+    }
+}

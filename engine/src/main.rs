@@ -1,0 +1,154 @@
+//! `conveyor`: the daemon and its tools.
+
+mod secret;
+mod serve;
+mod settings;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for a configuration error (sysexits.h EX_USAGE).
+const EX_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "conveyor", version, about = "Actor-based event processing engine")]
+struct Cli {
+    /// Configuration file (default: ./config.toml when present).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Development tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted); exit 64 naming a bad key.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a JWT signed with the configured key.
+    Mint {
+        #[arg(long)]
+        sub: String,
+        /// Comma-separated roles, e.g. device,user.
+        #[arg(long, value_delimiter = ',', default_value = "user")]
+        roles: Vec<String>,
+        /// Lifetime: 90s, 15m, 1h, 10d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?}: expected a number with s, m, h or d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{text:?}: unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = cli.config.clone().or_else(settings::default_path);
+    let config = match settings::load(path.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("conveyor: {err}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config { command: ConfigCommand::Check } => {
+            print!("{}", settings::render(&config));
+            ExitCode::SUCCESS
+        }
+        Command::Token { command: TokenCommand::Mint { sub, roles, ttl } } => {
+            match secret::jwt_secret(&config).map(|s| secret::auth(&config, &s)) {
+                Ok(auth) => match auth.mint(&sub, &roles, ttl) {
+                    Ok(token) => {
+                        println!("{token}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => {
+                        eprintln!("conveyor: cannot sign the token: {err}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(err) => {
+                    eprintln!("conveyor: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Migrate => run_async(serve::migrate(config)),
+        Command::Serve => run_async(serve::serve(config)),
+    }
+}
+
+fn run_async(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("conveyor: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "conveyor failed");
+            eprintln!("conveyor: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,126 @@
+//! Loading the configuration: defaults, then `config.toml` (or `--config PATH`), then
+//! `CONVEYOR_SECTION__KEY` environment variables; then validation across fields.
+
+use std::path::{Path, PathBuf};
+
+use conveyor_actors::config::Config;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+
+/// Why the configuration cannot be used, naming the key; the process exits with 64 (EX_USAGE).
+#[derive(Debug)]
+pub struct BadConfig {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for BadConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for BadConfig {}
+
+/// The file used when `--config` is not given: `./config.toml` if it exists.
+pub fn default_path() -> Option<PathBuf> {
+    let p = PathBuf::from("config.toml");
+    p.exists().then_some(p)
+}
+
+pub fn load(path: Option<&Path>) -> Result<Config, BadConfig> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(BadConfig { key: "--config".into(), message: format!("{} does not exist", path.display()) });
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment.merge(Env::prefixed("CONVEYOR_").split("__").filter(|k| is_config_key(k.as_str())));
+    let config: Config = figment.extract().map_err(|e| {
+        let key = if e.path.is_empty() { "(file)".to_string() } else { e.path.join(".") };
+        BadConfig { key, message: e.kind.to_string() }
+    })?;
+    config.validate().map_err(|e| BadConfig { key: e.key.to_string(), message: e.reason })?;
+    Ok(config)
+}
+
+/// Top-level keys of [`Config`]; other `CONVEYOR_*` variables (used by scripts and
+/// tests) are not configuration and must not trip `deny_unknown_fields`.
+const SECTIONS: &[&str] =
+    &["data_dir", "http", "auth", "log", "store", "cache", "ingest", "processing", "retry", "telemetry", "shutdown"];
+
+fn is_config_key(key: &str) -> bool {
+    let first = key.split("__").next().and_then(|s| s.split('.').next()).unwrap_or_default();
+    SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first))
+}
+
+/// The effective configuration as TOML, secrets redacted.
+pub fn render(config: &Config) -> String {
+    toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_config() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config.toml")
+    }
+
+    #[test]
+    fn documented_config_file_parses_to_the_defaults() {
+        let text = std::fs::read_to_string(root_config()).unwrap_or_default();
+        assert!(!text.is_empty(), "config.toml must exist at the repository root");
+        let parsed: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("config.toml does not parse: {e}"));
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn every_key_is_documented_in_config_toml() {
+        let text = std::fs::read_to_string(root_config()).unwrap_or_default();
+        let documented: toml::Table = toml::from_str(&text).unwrap_or_default();
+        let defaults: toml::Table = toml::from_str(&render(&Config::default())).unwrap_or_default();
+        assert_eq!(keys(&documented, ""), keys(&defaults, ""));
+    }
+
+    fn keys(t: &toml::Table, prefix: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (k, v) in t {
+            match v {
+                toml::Value::Table(inner) => out.extend(keys(inner, &format!("{prefix}{k}."))),
+                _ => out.push(format!("{prefix}{k}")),
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn only_config_sections_come_from_the_environment() {
+        assert!(is_config_key("http.addr"));
+        assert!(is_config_key("data_dir"));
+        assert!(is_config_key("log__kafka__brokers"));
+        assert!(!is_config_key("cache_dir"));
+        assert!(!is_config_key("test_pg_url"));
+        assert!(!is_config_key("it_backends"));
+        let defaults: toml::Table = toml::from_str(&render(&Config::default())).unwrap_or_default();
+        let mut top: Vec<&str> = defaults.keys().map(String::as_str).collect();
+        top.sort_unstable();
+        let mut sections = SECTIONS.to_vec();
+        sections.sort_unstable();
+        assert_eq!(top, sections, "SECTIONS must list every top-level key");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[http]\naddr = \"nowhere\"\n").unwrap_or_default();
+        assert_eq!(load(Some(&path)).map_err(|e| e.key).err().as_deref(), Some("http.addr"));
+        std::fs::write(&path, "[log]\npartitions = \"four\"\n").unwrap_or_default();
+        assert_eq!(load(Some(&path)).map_err(|e| e.key).err().as_deref(), Some("log.partitions"));
+        std::fs::write(&path, "[cache]\nnope = 1\n").unwrap_or_default();
+        assert!(load(Some(&path)).is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! Logs (tracing: JSON lines or text) and metrics (OpenTelemetry SDK, exported as
+//! Prometheus text at `/metrics`), with process metrics read from `/proc`.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use conveyor_actors::config::{LogFormat, TelemetryConfig};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use prometheus::{Encoder, TextEncoder};
+use tracing_subscriber::EnvFilter;
+
+pub const PROCESS_CPU_TIME: &str = "process.cpu.time";
+pub const PROCESS_MEMORY_USAGE: &str = "process.memory.usage";
+pub const PROCESS_THREADS: &str = "process.thread.count";
+pub const PROCESS_UPTIME: &str = "process.uptime";
+
+/// Installs the log subscriber. Logs go to stderr; stdout carries only the listening line.
+pub fn init_logs(config: &TelemetryConfig) {
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log_filter));
+    let json = match config.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ =
+        if json { builder.json().flatten_event(true).with_current_span(false).try_init() } else { builder.try_init() };
+}
+
+/// The installed meter provider and a renderer for `/metrics`.
+pub struct Metrics {
+    pub provider: SdkMeterProvider,
+    pub render: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+pub fn init_metrics() -> anyhow::Result<Metrics> {
+    let registry = prometheus::Registry::new();
+    let exporter = opentelemetry_prometheus::exporter().with_registry(registry.clone()).build()?;
+    let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+    register_process_metrics();
+    let render = Arc::new(move || {
+        let mut out = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&registry.gather(), &mut out) {
+            tracing::warn!(error = %err, "metrics encoding failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    });
+    Ok(Metrics { provider, render })
+}
+
+fn register_process_metrics() {
+    let meter = opentelemetry::global::meter("conveyor.process");
+    let started = std::time::Instant::now();
+    // Observable instruments live as long as the provider; dropping the handles is fine.
+    let _ = meter
+        .f64_observable_counter(PROCESS_CPU_TIME)
+        .with_unit("s")
+        .with_description("CPU time used by the process")
+        .with_callback(|o| {
+            if let Some(s) = proc_stat() {
+                o.observe(s.cpu_seconds, &[]);
+            }
+        })
+        .build();
+    let _ = meter
+        .i64_observable_gauge(PROCESS_MEMORY_USAGE)
+        .with_unit("By")
+        .with_description("Resident memory of the process")
+        .with_callback(|o| {
+            if let Some(s) = proc_stat() {
+                o.observe(s.rss_bytes, &[]);
+            }
+        })
+        .build();
+    let _ = meter
+        .i64_observable_gauge(PROCESS_THREADS)
+        .with_unit("{thread}")
+        .with_callback(|o| {
+            if let Some(s) = proc_stat() {
+                o.observe(s.threads, &[]);
+            }
+        })
+        .build();
+    let _ = meter
+        .f64_observable_gauge(PROCESS_UPTIME)
+        .with_unit("s")
+        .with_callback(move |o| o.observe(started.elapsed().as_secs_f64(), &[]))
+        .build();
+}
+
+struct ProcStat {
+    cpu_seconds: f64,
+    rss_bytes: i64,
+    threads: i64,
+}
+
+/// Reads `/proc/self/stat` (fields 14, 15: utime, stime in clock ticks; 20: threads; 24: rss pages).
+fn proc_stat() -> Option<ProcStat> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may contain spaces; fields after its closing parenthesis are fixed.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ is 100 on every Linux we target.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    let threads: i64 = f.get(17)?.parse().ok()?;
+    let rss_pages: i64 = f.get(21)?.parse().ok()?;
+    Some(ProcStat { cpu_seconds: (utime + stime) / ticks, rss_bytes: rss_pages * 4096, threads })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proc_stat_reads_this_process() {
+        let s = super::proc_stat();
+        assert!(s.as_ref().is_some_and(|s| s.rss_bytes > 0 && s.threads >= 1));
+    }
+}

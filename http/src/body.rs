@@ -1,0 +1,111 @@
+//! Reading request bodies: bounded, then parsed so that malformed JSON is a 400 and
+//! well-formed JSON of the wrong shape is a 422 that names the field.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::error::{ApiError, FieldError};
+
+/// Reads at most `limit` bytes.
+pub async fn read(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(ApiError::BodyTooLarge { limit })
+        }
+        Err(err) => Err(ApiError::Internal(err)),
+    }
+}
+
+/// Parses JSON (any shape); syntax errors are a 400.
+pub fn json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(ApiError::MalformedJson)
+}
+
+/// A device event as submitted: `{"device_id": "...", "payload": {...}}`.
+pub struct EventInput {
+    pub device_id: String,
+    pub payload: serde_json::Map<String, serde_json::Value>,
+}
+
+const DEVICE_ID_MAX: usize = 128;
+
+/// Validates one event object; `prefix` names its place (`""` or `events[3].`).
+pub fn event(value: serde_json::Value, prefix: &str) -> Result<EventInput, Vec<FieldError>> {
+    let serde_json::Value::Object(mut obj) = value else {
+        let field = if prefix.is_empty() { "body".to_string() } else { prefix.trim_end_matches('.').to_string() };
+        return Err(vec![FieldError::new(field, "must be a JSON object")]);
+    };
+    let mut errors = Vec::new();
+    let device_id = match obj.remove("device_id") {
+        Some(serde_json::Value::String(s)) => {
+            let n = s.chars().count();
+            if n == 0 || n > DEVICE_ID_MAX {
+                errors.push(FieldError::new(format!("{prefix}device_id"), "must be 1 to 128 characters"));
+            } else if s.chars().any(char::is_control) {
+                errors.push(FieldError::new(format!("{prefix}device_id"), "must contain printable characters only"));
+            }
+            s
+        }
+        Some(_) => {
+            errors.push(FieldError::new(format!("{prefix}device_id"), "must be a string"));
+            String::new()
+        }
+        None => {
+            errors.push(FieldError::new(format!("{prefix}device_id"), "is required"));
+            String::new()
+        }
+    };
+    let payload = match obj.remove("payload") {
+        Some(serde_json::Value::Object(p)) => p,
+        Some(_) => {
+            errors.push(FieldError::new(format!("{prefix}payload"), "must be a JSON object"));
+            serde_json::Map::new()
+        }
+        None => {
+            errors.push(FieldError::new(format!("{prefix}payload"), "is required"));
+            serde_json::Map::new()
+        }
+    };
+    if errors.is_empty() { Ok(EventInput { device_id, payload }) } else { Err(errors) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(v: serde_json::Value) -> Vec<String> {
+        event(v, "").err().unwrap_or_default().into_iter().map(|f| f.field).collect()
+    }
+
+    #[test]
+    fn valid_event_passes() {
+        let e = event(json!({"device_id": "device-123", "payload": {"t": 1}}), "");
+        assert!(e.is_ok_and(|e| e.device_id == "device-123" && e.payload.len() == 1));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(fields(json!({"payload": {}})), vec!["device_id"]);
+        assert_eq!(fields(json!({"device_id": "", "payload": {}})), vec!["device_id"]);
+        assert_eq!(fields(json!({"device_id": "x".repeat(129), "payload": {}})), vec!["device_id"]);
+        assert_eq!(fields(json!({"device_id": "a\u{7}b", "payload": {}})), vec!["device_id"]);
+        assert_eq!(fields(json!({"device_id": 5, "payload": []})), vec!["device_id", "payload"]);
+        assert_eq!(fields(json!({"device_id": "d"})), vec!["payload"]);
+        assert_eq!(fields(json!([1, 2])), vec!["body"]);
+        let nested = event(json!("x"), "events[3].").err().unwrap_or_default();
+        assert_eq!(nested[0].field, "events[3]");
+    }
+
+    #[test]
+    fn device_id_length_counts_characters_not_bytes() {
+        assert!(event(json!({"device_id": "é".repeat(128), "payload": {}}), "").is_ok());
+    }
+
+    #[test]
+    fn malformed_json_is_a_400_kind() {
+        assert!(matches!(json(b"{not json"), Err(ApiError::MalformedJson(_))));
+    }
+}

@@ -1,0 +1,139 @@
+//! The one place where errors become HTTP statuses and JSON bodies:
+//! `{"error": {"code": "...", "message": "...", "details": [...]}}`.
+
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+use crate::Response;
+
+/// A field that failed validation, named by its JSON path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(#[source] serde_json::Error),
+    #[error("validation failed: {}", .0.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
+    Validation(Vec<FieldError>),
+    #[error("the request body exceeds {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("this token lacks a required role (one of: {0})")]
+    Forbidden(String),
+    #[error("no route for this path")]
+    NotFound,
+    #[error("{0} not found")]
+    ResourceNotFound(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("a request with this Idempotency-Key is still in progress")]
+    IdempotencyInProgress,
+    #[error("{what} is unavailable; retry later")]
+    Unavailable {
+        what: &'static str,
+        retry_after: Duration,
+        #[source]
+        source: Option<Box<conveyor_actors::Error>>,
+    },
+    #[error("the request did not complete within {0:?}")]
+    Timeout(Duration),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a [FieldError]>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound | ApiError::ResourceNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::IdempotencyInProgress => StatusCode::CONFLICT,
+            ApiError::Unavailable { .. } | ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::BodyTooLarge { .. } => "payload_too_large",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::ResourceNotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::IdempotencyInProgress => "idempotency_key_in_use",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The `{"error": …}` object alone, for per-item results.
+    pub fn to_json(&self) -> serde_json::Value {
+        let details = match self {
+            ApiError::Validation(fields) => Some(fields.as_slice()),
+            _ => None,
+        };
+        let message = match self {
+            ApiError::Unavailable { what, source: Some(source), .. } => {
+                format!("{what} is unavailable ({source}); retry later")
+            }
+            other => other.to_string(),
+        };
+        serde_json::to_value(Inner { code: self.code(), message, details }).unwrap_or_default()
+    }
+
+    pub fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(
+                status = status.as_u16(),
+                code = self.code(),
+                error = &self as &dyn std::error::Error,
+                "request failed"
+            );
+        }
+        let mut response = crate::json_response(status, &serde_json::json!({ "error": self.to_json() }));
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Unavailable { retry_after, .. } => {
+                if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+                    headers.insert(header::RETRY_AFTER, v);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}

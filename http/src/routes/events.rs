@@ -1,0 +1,193 @@
+//! `POST /events` and `POST /events/batch`: validate, produce to `events-input` keyed by
+//! `device_id`, and answer 202 only once the log acknowledged the record.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use conveyor_actors::devices::DeviceEvent;
+use conveyor_actors::log::{Header, OutgoingRecord};
+use http::{HeaderValue, Request, StatusCode};
+use hyper::body::Incoming;
+use opentelemetry::KeyValue;
+use serde_json::json;
+
+use crate::auth::{Principal, roles};
+use crate::body::{self, EventInput};
+use crate::error::{ApiError, FieldError};
+use crate::idempotency::{Begin, Idempotency};
+use crate::metrics::{REASON, metrics};
+use crate::server::Ctx;
+use crate::{AppState, Response, json_response};
+
+/// How long a client should wait before retrying when the log cannot take events.
+const LOG_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+fn rejected(reason: &'static str) {
+    metrics().ingest_rejected.add(1, &[KeyValue::new(REASON, reason)]);
+}
+
+/// Token, role and body, in that order; each failure is counted by reason.
+async fn admit(
+    state: &AppState,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+) -> Result<(Principal, Option<String>, serde_json::Value), ApiError> {
+    let checked = async {
+        let principal = state.auth.authenticate(req.headers())?;
+        principal.require(&[roles::DEVICE, roles::ADMIN])?;
+        let key = idempotency_key(req.headers())?;
+        let bytes = body::read(req.into_body(), ctx.body_limit).await?;
+        Ok((principal, key, body::json(&bytes)?))
+    };
+    checked.await.inspect_err(|e: &ApiError| rejected(e.code()))
+}
+
+pub async fn post_one(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
+    let (principal, key, value) = admit(state, req, ctx).await?;
+    let input = body::event(value, "").map_err(ApiError::Validation).inspect_err(|e| rejected(e.code()))?;
+    let idem = match key {
+        None => None,
+        Some(key) => {
+            match Idempotency::begin(&state.conveyor.cache, &principal.sub, "events", &key, window(state)).await? {
+                Begin::Replay(body) => return Ok(replayed(StatusCode::ACCEPTED, body)),
+                Begin::Started(guard) => Some(guard),
+            }
+        }
+    };
+    match produce(state, &principal, input, ctx).await {
+        Ok(request_id) => {
+            let body = json!({"request_id": request_id, "status": "accepted"});
+            if let Some(guard) = idem {
+                guard.complete(&body).await;
+            }
+            Ok(json_response(StatusCode::ACCEPTED, &body))
+        }
+        Err(err) => {
+            if let Some(guard) = idem {
+                guard.abandon().await;
+            }
+            Err(err)
+        }
+    }
+}
+
+pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
+    let (principal, key, value) = admit(state, req, ctx).await?;
+    let items = match value {
+        serde_json::Value::Object(mut obj) => match obj.remove("events") {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => return Err(ApiError::Validation(vec![FieldError::new("events", "must be an array of events")])),
+        },
+        serde_json::Value::Array(items) => items,
+        _ => return Err(ApiError::Validation(vec![FieldError::new("body", "must be {\"events\": [...]}")])),
+    };
+    let max = state.conveyor.config.ingest.batch_max_events;
+    if items.is_empty() || items.len() > max {
+        rejected("batch_size");
+        return Err(ApiError::Validation(vec![FieldError::new("events", format!("must hold 1 to {max} events"))]));
+    }
+    let idem = match key {
+        None => None,
+        Some(key) => {
+            match Idempotency::begin(&state.conveyor.cache, &principal.sub, "events-batch", &key, window(state)).await?
+            {
+                Begin::Replay(body) => return Ok(replayed(StatusCode::OK, body)),
+                Begin::Started(guard) => Some(guard),
+            }
+        }
+    };
+    let work = items.into_iter().enumerate().map(|(index, item)| {
+        let principal = &principal;
+        async move {
+            let outcome = match body::event(item, &format!("events[{index}].")) {
+                Err(fields) => Err(ApiError::Validation(fields)),
+                Ok(input) => produce(state, principal, input, ctx).await,
+            };
+            match outcome {
+                Ok(request_id) => {
+                    (true, false, json!({"index": index, "status": "accepted", "request_id": request_id}))
+                }
+                Err(err) => {
+                    rejected(err.code());
+                    let unavailable = matches!(err, ApiError::Unavailable { .. });
+                    (false, unavailable, json!({"index": index, "status": "rejected", "error": err.to_json()}))
+                }
+            }
+        }
+    });
+    let results = futures::future::join_all(work).await;
+    let all_accepted = results.iter().all(|(ok, _, _)| *ok);
+    let any_unavailable = results.iter().any(|(_, unavailable, _)| *unavailable);
+    let accepted = results.iter().filter(|(ok, _, _)| *ok).count();
+    let body = json!({
+        "accepted": accepted,
+        "rejected": results.len() - accepted,
+        "results": results.into_iter().map(|(_, _, r)| r).collect::<Vec<_>>(),
+    });
+    // A batch is answered per item; 202 when every item is in the log, 207 otherwise.
+    let status = if all_accepted { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
+    if let Some(guard) = idem {
+        if any_unavailable { guard.abandon().await } else { guard.complete(&body).await }
+    }
+    let mut response = json_response(status, &body);
+    if any_unavailable && let Ok(v) = HeaderValue::from_str(&LOG_RETRY_AFTER.as_secs().to_string()) {
+        response.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
+    Ok(response)
+}
+
+/// Writes one event to the log and waits for its acknowledgement; returns its request id.
+async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx: &Ctx) -> Result<String, ApiError> {
+    let config = &state.conveyor.config;
+    let event = DeviceEvent {
+        request_id: uuid::Uuid::now_v7(),
+        device_id: input.device_id,
+        payload: input.payload,
+        user_id: principal.sub.clone(),
+        received_at: chrono::Utc::now(),
+    };
+    let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let record = OutgoingRecord {
+        topic: config.log.topics.events_input.clone(),
+        key: Some(event.device_id.clone()),
+        payload: Bytes::from(payload),
+        headers: vec![
+            Header { name: "traceparent".into(), value: ctx.traceparent.clone().into_bytes() },
+            Header { name: "x-request-id".into(), value: ctx.request_id.clone().into_bytes() },
+        ],
+    };
+    let timeout = Duration::from_millis(config.log.produce_timeout_ms);
+    match state.conveyor.producer.send(record, timeout).await {
+        Ok(_) => {
+            metrics().ingest_accepted.add(1, &[]);
+            Ok(event.request_id.to_string())
+        }
+        Err(source) => {
+            rejected("log_unavailable");
+            Err(ApiError::Unavailable { what: "event log", retry_after: LOG_RETRY_AFTER, source: Some(Box::new(source)) })
+        }
+    }
+}
+
+fn window(state: &AppState) -> Duration {
+    Duration::from_secs(state.conveyor.config.ingest.idempotency_window_secs)
+}
+
+fn replayed(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = json_response(status, &body);
+    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// `Idempotency-Key`: 1 to 255 visible ASCII characters, when present.
+fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().unwrap_or_default();
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        )]));
+    }
+    Ok(Some(key.to_string()))
+}

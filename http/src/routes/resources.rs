@@ -1,0 +1,25 @@
+//! `GET /resource/{id}`: read-through cache over the store.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+
+use crate::auth::roles;
+use crate::error::{ApiError, FieldError};
+use crate::{AppState, Response, json_response};
+
+pub async fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
+    let principal = state.auth.authenticate(req.headers())?;
+    principal.require(&[roles::USER, roles::ADMIN, roles::DEVICE])?;
+    if id.is_empty() || id.chars().count() > 128 {
+        return Err(ApiError::Validation(vec![FieldError::new("id", "must be 1 to 128 characters")]));
+    }
+    match state.conveyor.resources.get(id).await {
+        Ok(Some(view)) => Ok(json_response(StatusCode::OK, &serde_json::to_value(view).unwrap_or_default())),
+        Ok(None) => Err(ApiError::ResourceNotFound("Resource")),
+        Err(source) => {
+            Err(ApiError::Unavailable { what: "store", retry_after: Duration::from_secs(1), source: Some(Box::new(source)) })
+        }
+    }
+}

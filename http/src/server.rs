@@ -1,0 +1,174 @@
+//! Accepting connections, per-request bookkeeping (request id, timeout, metrics), and
+//! graceful shutdown: stop accepting, let in-flight requests finish within the grace period.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Request};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use opentelemetry::KeyValue;
+use tokio::net::TcpListener;
+
+use crate::error::ApiError;
+use crate::metrics::{METHOD, ROUTE, STATUS_CLASS, metrics, status_class};
+use crate::router::Table;
+use crate::{AppState, Response, routes};
+
+/// Limits applied to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerConfig {
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+}
+
+/// A bound HTTP server.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    table: Arc<Table>,
+    config: ServerConfig,
+}
+
+/// Per-request facts handlers need.
+pub struct Ctx {
+    pub request_id: String,
+    /// W3C trace context to carry into the log (a new span under the caller's trace).
+    pub traceparent: String,
+    pub body_limit: usize,
+}
+
+impl Server {
+    pub async fn bind(addr: &str, state: Arc<AppState>, config: ServerConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Server { listener, state, table: Arc::new(Table::new()), config })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains connections for at most `grace`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, grace: Duration) {
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        tracing::warn!(error = &err as &dyn std::error::Error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let state = self.state.clone();
+            let table = self.table.clone();
+            let config = self.config;
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                let table = table.clone();
+                async move { Ok::<_, Infallible>(handle(&state, &table, config, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(err) = conn.await {
+                    tracing::debug!(error = &err as &dyn std::error::Error, "connection ended with an error");
+                }
+            });
+        }
+        drop(self.listener);
+        tracing::info!(grace_ms = grace.as_millis() as u64, "http: stopped accepting, draining connections");
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("http: grace period over with requests still open");
+        }
+    }
+}
+
+async fn handle(state: &AppState, table: &Table, config: ServerConfig, req: Request<Incoming>) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let traceparent = child_traceparent(req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    let ctx = Ctx { request_id: request_id.clone(), traceparent, body_limit: config.body_limit };
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let m = metrics();
+    let (template, response) = match table.at(&path) {
+        None => ("unmatched", ApiError::NotFound.into_response()),
+        Some(matched) if *matched.method != method => (matched.template, ApiError::MethodNotAllowed.into_response()),
+        Some(matched) => {
+            let template = matched.template;
+            let params: Vec<(String, String)> =
+                matched.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            m.active_requests.add(1, &[KeyValue::new(ROUTE, template)]);
+            let work = routes::dispatch(matched.route, state, req, &params, &ctx);
+            let result = match tokio::time::timeout(config.request_timeout, work).await {
+                Ok(result) => result,
+                Err(_) => Err(ApiError::Timeout(config.request_timeout)),
+            };
+            m.active_requests.add(-1, &[KeyValue::new(ROUTE, template)]);
+            (template, result.unwrap_or_else(ApiError::into_response))
+        }
+    };
+    let mut response = response;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    let labels = [
+        KeyValue::new(ROUTE, template),
+        KeyValue::new(METHOD, method.as_str().to_string()),
+        KeyValue::new(STATUS_CLASS, status_class(response.status().as_u16())),
+    ];
+    m.request_duration.record(started.elapsed().as_secs_f64(), &labels);
+    tracing::debug!(request_id, method = %method, route = template, status = response.status().as_u16(), "request");
+    response
+}
+
+/// A `traceparent` for our span: the caller's trace id when it sent a valid one, else new.
+fn child_traceparent(incoming: Option<&str>) -> String {
+    let span: u64 = rand::random::<u64>() | 1;
+    let trace = incoming
+        .and_then(|tp| {
+            let parts: Vec<&str> = tp.split('-').collect();
+            (parts.len() == 4
+                && parts[1].len() == 32
+                && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
+                && parts[1] != "00000000000000000000000000000000")
+                .then(|| parts[1].to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>() | 1));
+    format!("00-{trace}-{span:016x}-01")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::child_traceparent;
+
+    #[test]
+    fn traceparent_keeps_the_callers_trace() {
+        let tp = child_traceparent(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_ne!(tp, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let fresh = child_traceparent(Some("garbage"));
+        assert_eq!(fresh.len(), 55);
+        assert!(child_traceparent(None).starts_with("00-"));
+    }
+}

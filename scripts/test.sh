@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The one command that runs every Conveyor check and test (CI runs it via .ci/run).
+#
+#   scripts/test.sh [ARGS...]
+#
+# Phases, in order:
+#   deps      scripts/install-deps.sh (apt packages, the nisshi broker)
+#   fmt       cargo fmt --all --check
+#   clippy    cargo clippy --workspace --all-targets --locked -- -D warnings
+#   unit      cargo build --workspace --locked --bins, then the unit tests (--lib)
+#   embedded  integration suite (-p conveyor-engine --test it), CONVEYOR_IT_BACKENDS=embedded
+#   real      scripts/services.sh up, then the suite again with CONVEYOR_IT_BACKENDS=real
+#   docker    scripts/check-docker.sh
+# Services this run starts are stopped on exit, pass or fail (ones already all up are left).
+#
+# Env:
+#   TEST_ONLY=embedded|real|<comma list of phases>  run only those phases (local iteration)
+#   TEST_THREADS=N      parallel tests per suite (default 2: this is a 2-core machine)
+#   KEEP_SERVICES=1     leave the services running at exit
+# ARGS go to every nextest run (e.g. a test filter, or -E 'test(/ingest/)'); the unit
+# run tolerates a filter that matches none of its tests. Without cargo-nextest,
+# `cargo test` is used and ARGS go after its `--`.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+ALL_PHASES=(deps fmt clippy unit embedded real docker)
+TEST_THREADS=${TEST_THREADS:-2}
+EXTRA_ARGS=("$@")
+# Env the daemon and the test harness read; the embedded run must not inherit them.
+BACKEND_VARS=(CONVEYOR_STORE__URL CONVEYOR_CACHE__URL CONVEYOR_LOG__BACKEND CONVEYOR_LOG__KAFKA__BROKERS
+    CONVEYOR_TEST_PG_URL CONVEYOR_TEST_REDIS_URL CONVEYOR_TEST_KAFKA_BROKERS)
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "test.sh: ERROR: $*"; exit 2; }
+fmt_secs() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+
+# ------------------------------------------------------------ phase selection
+if [[ -n ${TEST_ONLY:-} ]]; then
+    IFS=', ' read -r -a PHASES <<<"$TEST_ONLY"
+    for p in "${PHASES[@]}"; do
+        [[ " ${ALL_PHASES[*]} " == *" $p "* ]] || die "TEST_ONLY: unknown phase '$p' (phases: ${ALL_PHASES[*]})"
+    done
+else
+    PHASES=("${ALL_PHASES[@]}")
+fi
+wanted() { [[ " ${PHASES[*]} " == *" $1 "* ]]; }
+
+# ------------------------------------------------------------ bookkeeping
+SUMMARY=()
+CURRENT=""
+PHASE_START=0
+RUN_START=$SECONDS
+SERVICES_STARTED_HERE=0
+
+begin() { # name description
+    CURRENT=$1; PHASE_START=$SECONDS
+    say ""
+    say "==================================================================="
+    say "== [$1] $2   ($(date '+%H:%M:%S'))"
+    say "==================================================================="
+}
+end() {
+    local took=$((SECONDS - PHASE_START))
+    SUMMARY+=("$(printf '  %-10s ok      %s' "$CURRENT" "$(fmt_secs "$took")")")
+    say "== [$CURRENT] ok in $(fmt_secs "$took")"
+    CURRENT=""
+}
+skip() { SUMMARY+=("$(printf '  %-10s skipped' "$1")"); }
+
+on_exit() {
+    local rc=$?
+    set +e
+    if [[ -n $CURRENT ]]; then
+        SUMMARY+=("$(printf '  %-10s FAILED  %s (exit %d)' "$CURRENT" "$(fmt_secs $((SECONDS - PHASE_START)))" "$rc")")
+    fi
+    local p
+    for p in "${ALL_PHASES[@]}"; do # phases the failure kept from running
+        [[ " ${SUMMARY[*]} " == *" $p "* ]] && continue
+        if wanted "$p"; then SUMMARY+=("$(printf '  %-10s not run' "$p")"); else skip "$p"; fi
+    done
+    if [[ $SERVICES_STARTED_HERE -eq 1 && ${KEEP_SERVICES:-0} != 1 ]]; then
+        say ""; say "== stopping services"
+        scripts/services.sh down || say "test.sh: services.sh down failed"
+    fi
+    say ""
+    say "=========================== summary ==============================="
+    printf '%s\n' "${SUMMARY[@]}" >&2
+    say "  total      $(fmt_secs $((SECONDS - RUN_START)))"
+    if [[ $rc -eq 0 ]]; then say "  RESULT: PASS"; else say "  RESULT: FAIL (phase ${CURRENT:-?}, exit $rc)"; fi
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------ test runners
+have_nextest() { cargo nextest --version >/dev/null 2>&1; }
+
+run_unit_tests() {
+    if have_nextest; then
+        cargo nextest run --workspace --lib --locked --no-tests=warn \
+            --test-threads "$TEST_THREADS" "${EXTRA_ARGS[@]}"
+    else
+        say "cargo-nextest not found; using cargo test"
+        cargo test --workspace --lib --locked -- --test-threads "$TEST_THREADS" "${EXTRA_ARGS[@]}"
+    fi
+}
+
+run_integration() { # backends
+    say "CONVEYOR_IT_BACKENDS=$1"
+    if have_nextest; then
+        CONVEYOR_IT_BACKENDS=$1 cargo nextest run -p conveyor-engine --test it --locked \
+            --test-threads "$TEST_THREADS" "${EXTRA_ARGS[@]}"
+    else
+        CONVEYOR_IT_BACKENDS=$1 cargo test -p conveyor-engine --test it --locked \
+            -- --test-threads "$TEST_THREADS" "${EXTRA_ARGS[@]}"
+    fi
+}
+
+# ------------------------------------------------------------ phases
+say "test.sh: phases: ${PHASES[*]}; test threads: $TEST_THREADS${EXTRA_ARGS[*]:+; extra args: ${EXTRA_ARGS[*]}}"
+
+if wanted deps; then
+    begin deps "install dependencies (nisshi first: the long pole)"
+    scripts/install-deps.sh
+    end
+else skip deps; fi
+
+if wanted fmt; then
+    begin fmt "cargo fmt --all --check"
+    cargo fmt --all --check
+    end
+else skip fmt; fi
+
+if wanted clippy; then
+    begin clippy "cargo clippy --workspace --all-targets --locked -- -D warnings"
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+    end
+else skip clippy; fi
+
+if wanted unit; then
+    begin unit "cargo build --workspace --bins, then unit tests"
+    cargo build --workspace --locked --bins
+    run_unit_tests
+    end
+else skip unit; fi
+
+if wanted embedded; then
+    begin embedded "integration suite on embedded backends"
+    for v in "${BACKEND_VARS[@]}"; do unset "$v"; done
+    run_integration embedded
+    end
+else skip embedded; fi
+
+if wanted real; then
+    begin services "scripts/services.sh up (PostgreSQL, Redis, nisshi)"
+    if ! scripts/services.sh status >/dev/null 2>&1; then SERVICES_STARTED_HERE=1; fi
+    env_lines=$(scripts/services.sh up)
+    eval "$env_lines"
+    say "$env_lines"
+    end
+    begin real "integration suite on real backends"
+    run_integration real
+    end
+else skip real; fi
+
+if wanted docker; then
+    begin docker "scripts/check-docker.sh"
+    scripts/check-docker.sh
+    end
+else skip docker; fi

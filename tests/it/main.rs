@@ -1,0 +1,1 @@
+//! Integration suite (being written).
