@@ -100,11 +100,11 @@ have_nextest() { cargo nextest --version >/dev/null 2>&1; }
 
 run_unit_tests() {
     if have_nextest; then
-        cargo nextest run --workspace --lib --locked --no-tests=warn \
+        cargo nextest run --workspace --lib --bins --locked --no-tests=warn \
             --test-threads "$TEST_THREADS" "${EXTRA_ARGS[@]}"
     else
         say "cargo-nextest not found; using cargo test"
-        cargo test --workspace --lib --locked -- --test-threads "$TEST_THREADS" "${EXTRA_ARGS[@]}"
+        cargo test --workspace --lib --bins --locked -- --test-threads "$TEST_THREADS" "${EXTRA_ARGS[@]}"
     fi
 }
 

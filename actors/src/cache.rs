@@ -34,7 +34,7 @@ pub struct Cache {
 impl Cache {
     /// Connects the configured backend (`memory` or `redis://…`).
     pub async fn connect(config: &CacheConfig) -> Result<Self, Error> {
-        let url = config.url.expose();
+        let url = config.url.as_str();
         let timeout = Duration::from_millis(config.command_timeout_ms);
         let backend: Arc<dyn CacheBackend> = if url == "memory" {
             Arc::new(memory::MemoryCache::new(config.max_entries))

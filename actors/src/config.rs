@@ -41,6 +41,22 @@ impl Serialize for Secret {
     }
 }
 
+/// Serialises a URL with the password of its userinfo replaced by `***`.
+fn mask_url_password<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&masked_url(url))
+}
+
+/// `scheme://user:pass@host…` → `scheme://user:***@host…`; anything else unchanged.
+pub fn masked_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -221,8 +237,9 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Empty means SQLite at `{data_dir}/conveyor.db`.
-    pub url: Secret,
+    /// Empty means SQLite at `{data_dir}/conveyor.db`. Printed with its password masked.
+    #[serde(serialize_with = "mask_url_password")]
+    pub url: String,
     pub schema: String,
     pub max_connections: u32,
     pub connect_timeout_ms: u64,
@@ -230,15 +247,16 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { url: Secret::default(), schema: String::new(), max_connections: 10, connect_timeout_ms: 5_000 }
+        StoreConfig { url: String::new(), schema: String::new(), max_connections: 10, connect_timeout_ms: 5_000 }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// `memory` or `redis://…`.
-    pub url: Secret,
+    /// `memory` or `redis://…`. Printed with its password masked.
+    #[serde(serialize_with = "mask_url_password")]
+    pub url: String,
     pub key_prefix: String,
     pub max_entries: u64,
     pub resource_ttl_secs: u64,
@@ -248,7 +266,7 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            url: Secret::new("memory"),
+            url: "memory".into(),
             key_prefix: String::new(),
             max_entries: 100_000,
             resource_ttl_secs: 60,
@@ -395,7 +413,7 @@ impl Config {
                 return Err(invalid("log.kafka.sasl_username", "SASL protocols need sasl_username and sasl_password"));
             }
         }
-        let store = self.store.url.expose();
+        let store = self.store.url.as_str();
         if !(store.is_empty()
             || store.starts_with("sqlite:")
             || store.starts_with("postgres://")
@@ -406,7 +424,7 @@ impl Config {
         if self.store.max_connections == 0 {
             return Err(invalid("store.max_connections", "must be at least 1"));
         }
-        let cache = self.cache.url.expose();
+        let cache = self.cache.url.as_str();
         if !(cache == "memory" || cache.starts_with("redis://") || cache.starts_with("rediss://")) {
             return Err(invalid("cache.url", "expected \"memory\" or redis://…"));
         }
@@ -442,7 +460,7 @@ impl Config {
         if self.store.url.is_empty() {
             format!("sqlite://{}?mode=rwc", self.data_dir.join("conveyor.db").display())
         } else {
-            self.store.url.expose().to_string()
+            self.store.url.clone()
         }
     }
 }
@@ -499,6 +517,16 @@ mod tests {
         let json = serde_json::to_string(&c).unwrap_or_default();
         assert!(!json.contains("hunter2"));
         assert!(json.contains("[redacted]"));
+    }
+
+    #[test]
+    fn url_passwords_are_masked() {
+        assert_eq!(masked_url("postgres://u:hunter2@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(masked_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(masked_url("memory"), "memory");
+        let mut c = Config::default();
+        c.store.url = "postgres://u:hunter2@db/x".into();
+        assert!(!serde_json::to_string(&c).unwrap_or_default().contains("hunter2"));
     }
 
     #[test]

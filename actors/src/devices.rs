@@ -70,8 +70,9 @@ impl KeyHandler for DeviceHandler {
         let Some((offset, last)) = events.pop() else { return Ok(()) };
         let value = serde_json::Value::Object(last.payload);
         let written = self.store.upsert_resource(&last.device_id, value, offset).await.map_err(classify)?;
-        if written == Upsert::Written {
-            self.invalidate(&last.device_id).await;
+        match written {
+            Upsert::Written => self.invalidate(&last.device_id).await,
+            Upsert::Stale => metrics().stale_writes.add(1, &[]),
         }
         Ok(())
     }

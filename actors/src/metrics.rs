@@ -17,7 +17,7 @@ pub const CACHE_MISSES: &str = "conveyor.cache.misses";
 pub const CACHE_ERRORS: &str = "conveyor.cache.errors";
 pub const STORE_DURATION: &str = "conveyor.store.query.duration";
 pub const ACTOR_RESTARTS: &str = "conveyor.actor.restarts";
-pub const LOG_PRODUCED: &str = "conveyor.log.records.produced";
+pub const STALE_WRITES: &str = "conveyor.devices.stale_writes";
 
 /// Label keys.
 pub const TOPIC: &str = "topic";
@@ -40,7 +40,7 @@ pub struct Metrics {
     pub cache_errors: Counter<u64>,
     pub store_duration: Histogram<f64>,
     pub actor_restarts: Counter<u64>,
-    pub log_produced: Counter<u64>,
+    pub stale_writes: Counter<u64>,
 }
 
 const DURATION_BUCKETS: &[f64] =
@@ -97,10 +97,12 @@ impl Metrics {
                 .with_unit("{restart}")
                 .with_description("Children restarted by their supervisor, by actor kind")
                 .build(),
-            log_produced: meter
-                .u64_counter(LOG_PRODUCED)
-                .with_unit("{record}")
-                .with_description("Records acknowledged by the log, by topic")
+            stale_writes: meter
+                .u64_counter(STALE_WRITES)
+                .with_unit("{write}")
+                .with_description(
+                    "Device events skipped because the stored row came from a later offset (replays, redeliveries)",
+                )
                 .build(),
         }
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use conveyor_actors::config::Config;
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Toml};
 
 /// Why the configuration cannot be used, naming the key; the process exits with 64 (EX_USAGE).
 #[derive(Debug)]
@@ -29,7 +29,9 @@ pub fn default_path() -> Option<PathBuf> {
 }
 
 pub fn load(path: Option<&Path>) -> Result<Config, BadConfig> {
-    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    // Defaults come from `#[serde(default)]` on every section, not from a serialised
+    // `Config::default()`: serialising would carry redacted secrets into the result.
+    let mut figment = Figment::new();
     if let Some(path) = path {
         if !path.exists() {
             return Err(BadConfig { key: "--config".into(), message: format!("{} does not exist", path.display()) });

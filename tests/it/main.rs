@@ -1,1 +1,13 @@
-//! Integration suite (being written).
+//! Conveyor's integration suite: every test spawns the `conveyor` binary on port 0 with its
+//! own topics, consumer group, schema and key prefix, so tests run in parallel. The same
+//! tests run against the embedded backends and, with `CONVEYOR_IT_BACKENDS=real`, against
+//! PostgreSQL + Redis + a Kafka-protocol broker started by `scripts/services.sh`.
+
+#![allow(clippy::unwrap_used)]
+
+mod cluster;
+mod devices;
+mod harness;
+mod ingest;
+mod lifecycle;
+mod probes;

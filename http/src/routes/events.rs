@@ -164,7 +164,11 @@ async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx
         }
         Err(source) => {
             rejected("log_unavailable");
-            Err(ApiError::Unavailable { what: "event log", retry_after: LOG_RETRY_AFTER, source: Some(Box::new(source)) })
+            Err(ApiError::Unavailable {
+                what: "event log",
+                retry_after: LOG_RETRY_AFTER,
+                source: Some(Box::new(source)),
+            })
         }
     }
 }

@@ -29,8 +29,10 @@ pub async fn ready(state: &AppState) -> Response {
         };
         body.insert(component.as_str().to_string(), value);
     }
+    // Which partitions this process owns: operators (and tests) see a rebalance here.
+    let partitions: Vec<String> = state.conveyor.partitions().await.iter().map(|p| p.tp.to_string()).collect();
     if failed.is_empty() {
-        json_response(StatusCode::OK, &json!({"status": "ready", "checks": body}))
+        json_response(StatusCode::OK, &json!({"status": "ready", "checks": body, "partitions": partitions}))
     } else {
         let message = format!("unavailable: {}", failed.join(", "));
         json_response(

@@ -128,7 +128,8 @@ pub(crate) async fn subscribe(
         let mut start = group.get(&tp).unwrap_or(0);
         if start > end {
             // Only a log that lost acknowledged data gets here; new records must not be skipped.
-            tracing::warn!(%tp, committed = start, end, "committed offset is past the end of the log; resetting to the end");
+            tracing::warn!(%tp, committed = start, end,
+                "committed offset is past the end of the log; resetting to the end");
             group.reset(&tp, end);
             start = end;
         }
@@ -216,7 +217,8 @@ async fn flush(member: Arc<Member>) {
         if member.control.group.is_dirty()
             && let Err(e) = persist(&member.control.group).await
         {
-            tracing::warn!(path = %member.control.group.path().display(), error = %e, "could not persist group offsets; retrying");
+            tracing::warn!(path = %member.control.group.path().display(), error = %e,
+                "could not persist group offsets; retrying");
         }
     }
 }

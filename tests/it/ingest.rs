@@ -1,0 +1,177 @@
+//! `POST /events` and `/events/batch`: the seed-003 flow, every refusal path, idempotency.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{Daemon, Opts, chrono_now, eventually, sign, token};
+
+/// Seed 003's "How to Test", as written: a PyJWT-style token, POST, then GET twice.
+#[tokio::test]
+async fn seed_003_flow_works_as_written() {
+    let d = Daemon::start(Opts::new()).await;
+    let t = token("device-tester", &["device", "user"]);
+    let (s, body) = d
+        .post("/events", Some(&t), &json!({"device_id": "device-123", "payload": {"status": "online", "temp_c": 37.2}}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "accepted");
+    let id = body["request_id"].as_str().unwrap_or_default();
+    let uuid = uuid::Uuid::parse_str(id).expect("request_id is a UUID");
+    assert_eq!(uuid.get_version_num(), 7, "request ids are UUIDv7");
+
+    let found = eventually(Duration::from_secs(30), || async {
+        d.get("/resource/device-123", Some(&t)).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(found, "the worker never wrote the resource");
+    let (s, first) = d.get("/resource/device-123", Some(&t)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(first, json!({"id": "device-123", "value": {"status": "online", "temp_c": 37.2}}));
+    let (_, second) = d.get("/resource/device-123", Some(&t)).await;
+    assert_eq!(first, second);
+    let text = d.metrics().await;
+    assert!(crate::harness::metric_sum(&text, "conveyor_cache_hits_total", "") >= 1.0, "second read is a cache hit");
+
+    let (s, body) = d.get("/resource/unknown-device", Some(&t)).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let d = Daemon::start(Opts::new().env("CONVEYOR_HTTP__BODY_LIMIT_BYTES", "2048")).await;
+    let device = token("dev", &["device"]);
+    let post_raw = |body: &'static [u8], tok: Option<String>| {
+        let d = &d;
+        async move { d.request(Method::POST, "/events", tok.as_deref(), &[], body.to_vec()).await }
+    };
+
+    let (s, _, body) = post_raw(b"{\"device_id\": ", Some(device.clone())).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("malformed_json")));
+
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"payload": {}}), "device_id"),
+        (json!({"device_id": "", "payload": {}}), "device_id"),
+        (json!({"device_id": "x".repeat(129), "payload": {}}), "device_id"),
+        (json!({"device_id": "tab\there", "payload": {}}), "device_id"),
+        (json!({"device_id": "d", "payload": "text"}), "payload"),
+        (json!({"device_id": "d"}), "payload"),
+    ];
+    for (body, field) in cases {
+        let (s, resp) = d.post("/events", Some(&device), &body).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(resp["error"]["details"][0]["field"], field, "{resp}");
+    }
+
+    let big = format!("{{\"device_id\": \"d\", \"payload\": {{\"x\": \"{}\"}}}}", "a".repeat(4096));
+    let (s, _, body) = d.request(Method::POST, "/events", Some(&device), &[], big.into_bytes()).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+
+    let (s, headers, body) = post_raw(b"{}", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers.get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    let (s, _, _) = post_raw(b"{}", Some("not.a.jwt".into())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let expired = sign(&json!({"sub": "dev", "roles": ["device"], "exp": chrono_now() - 3600}));
+    let (s, _, body) = post_raw(b"{}", Some(expired)).await;
+    assert_eq!((s, body["error"]["message"].as_str()), (StatusCode::UNAUTHORIZED, Some("token expired")));
+    let user = token("someone", &["user"]);
+    let (s, body) = d.post("/events", Some(&user), &json!({"device_id": "d", "payload": {}})).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (s, _) = d.get("/resource/d", Some(&token("x", &["other"]))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, _) = d.get("/events", Some(&device)).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Nothing above crashed anything: the daemon still takes events.
+    let (s, _) = d.post("/events", Some(&device), &json!({"device_id": "d", "payload": {"ok": true}})).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_first_answer_and_enqueues_nothing() {
+    let d = Daemon::start(Opts::new()).await;
+    let t = token("gw", &["device", "user"]);
+    let send = |payload: Value| {
+        let d = &d;
+        let t = t.clone();
+        async move {
+            let body = serde_json::to_vec(&json!({"device_id": "idem-1", "payload": payload})).unwrap();
+            d.request(Method::POST, "/events", Some(&t), &[("idempotency-key", "k-1")], body).await
+        }
+    };
+    let (s1, h1, b1) = send(json!({"v": "first"})).await;
+    assert_eq!(s1, StatusCode::ACCEPTED);
+    assert!(h1.get("idempotent-replayed").is_none());
+    let (s2, h2, b2) = send(json!({"v": "second"})).await;
+    assert_eq!(s2, StatusCode::ACCEPTED);
+    assert_eq!(b1["request_id"], b2["request_id"], "the first answer is replayed");
+    assert_eq!(h2.get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+
+    // A marker event after the replay: once it is processed, so is anything before it.
+    let (s, _) = d.post("/events", Some(&t), &json!({"device_id": "idem-marker", "payload": {}})).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert!(
+        eventually(Duration::from_secs(30), || async { d.get("/resource/idem-1", Some(&t)).await.0 == StatusCode::OK })
+            .await
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            d.get("/resource/idem-marker", Some(&t)).await.0 == StatusCode::OK
+        })
+        .await
+    );
+    let (_, body) = d.get("/resource/idem-1", Some(&t)).await;
+    assert_eq!(body["value"]["v"], "first", "the replayed request must not have been enqueued");
+    let text = d.metrics().await;
+    assert_eq!(crate::harness::metric_sum(&text, "conveyor_ingest_accepted_total", ""), 2.0);
+
+    let (s, _, body) = d.request(Method::POST, "/events", Some(&t), &[("idempotency-key", "")], b"{}".to_vec()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+#[tokio::test]
+async fn batch_answers_per_item() {
+    let d = Daemon::start(Opts::new().env("CONVEYOR_INGEST__BATCH_MAX_EVENTS", "5")).await;
+    let t = token("gw", &["device", "user"]);
+    let (s, body) = d
+        .post(
+            "/events/batch",
+            Some(&t),
+            &json!({"events": [
+                {"device_id": "b1", "payload": {"n": 1}},
+                {"device_id": "", "payload": {}},
+                {"device_id": "b2", "payload": {"n": 2}},
+                "nonsense"
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::MULTI_STATUS, "{body}");
+    assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(2), Some(2)));
+    let results = body["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results[0]["status"], "accepted");
+    assert_eq!(results[1]["error"]["details"][0]["field"], "events[1].device_id");
+    assert_eq!(results[3]["error"]["details"][0]["field"], "events[3]");
+
+    let (s, body) =
+        d.post("/events/batch", Some(&t), &json!({"events": [{"device_id": "b3", "payload": {"n": 3}}]})).await;
+    assert_eq!((s, body["accepted"].as_u64()), (StatusCode::ACCEPTED, Some(1)));
+
+    let six: Vec<Value> = (0..6).map(|i| json!({"device_id": format!("x{i}"), "payload": {}})).collect();
+    let (s, body) = d.post("/events/batch", Some(&t), &json!({"events": six})).await;
+    assert_eq!((s, body["error"]["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("events")));
+
+    for id in ["b1", "b2", "b3"] {
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                d.get(&format!("/resource/{id}"), Some(&t)).await.0 == StatusCode::OK
+            })
+            .await,
+            "{id} was accepted in a batch and must be processed"
+        );
+    }
+}
