@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use crate::devices::{await_final_state, send_sequenced};
-use crate::harness::{Daemon, Opts, command, token};
+use crate::harness::{Backend, Daemon, Opts, command, token};
 
 #[tokio::test]
 async fn sigterm_drains_commits_and_exits_zero_within_the_grace_period() {
@@ -28,7 +28,9 @@ async fn sigterm_drains_commits_and_exits_zero_within_the_grace_period() {
 #[test]
 fn config_check_prints_redacted_config_and_names_a_bad_key() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Opts::new();
+    // The file's values must not be overridden by the real-backend environment.
+    let mut opts = Opts::new();
+    opts.backend = Backend::Embedded;
     let good = command(&opts, dir.path())
         .args(["config", "check"])
         .env("CONVEYOR_STORE__URL", "postgres://u:hunter2@db/conveyor")
