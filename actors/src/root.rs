@@ -115,11 +115,12 @@ impl Actor for RootSupervisor {
         event: SupervisionEvent,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        let (id, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell.get_id(), reason.unwrap_or_default()),
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_default()),
             _ => return Ok(()),
         };
+        let id = cell.get_id();
         if state.stopping {
             return Ok(());
         }
@@ -128,6 +129,10 @@ impl Actor for RootSupervisor {
         else {
             return Ok(());
         };
+        // Orphaned partition actors must not keep running (and committing) beside the new tree.
+        for orphan in cell.get_children() {
+            orphan.stop(Some("supervisor died".into()));
+        }
         if let Some(dead) = state.running[index].take() {
             // Leaving the group revokes the dead child's partitions; nothing of theirs
             // was committed past what is done, so the restarted child loses nothing.
@@ -170,5 +175,96 @@ impl RootState {
         *since = Instant::now();
         *count += 1;
         Duration::from_secs(1u64 << (*count - 1).min(6)).min(Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::log::embedded::EmbeddedLog;
+    use crate::log::{OutgoingRecord, Record};
+    use crate::retry::HandlerError;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    #[async_trait]
+    impl KeyHandler for Count {
+        fn name(&self) -> &'static str {
+            "count"
+        }
+        async fn handle(&self, _: &str, records: &[Record]) -> Result<(), HandlerError> {
+            self.0.fetch_add(records.len(), Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    async fn send(log: &EmbeddedLog, n: usize) {
+        for i in 0..n {
+            let record = OutgoingRecord {
+                topic: "in".into(),
+                key: Some(format!("k{i}")),
+                payload: bytes::Bytes::from_static(b"{}"),
+                headers: vec![],
+            };
+            log.producer().send(record, Duration::from_secs(5)).await.unwrap();
+        }
+    }
+
+    async fn until(f: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition never held");
+    }
+
+    #[tokio::test]
+    async fn a_dead_consumer_supervisor_is_restarted_and_consumption_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), 2).unwrap();
+        let handler = Arc::new(Count::default());
+        let args = RootArgs {
+            log: Arc::new(log.clone()),
+            groups: vec![GroupSpec {
+                group: "g".into(),
+                topic: "in".into(),
+                handler: handler.clone(),
+                dead_letters: DeadLetters {
+                    producer: log.producer(),
+                    topic: "dlq".into(),
+                    timeout: Duration::from_secs(1),
+                },
+            }],
+            policy: RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 },
+            processing: ProcessingConfig { commit_interval_ms: 10, ..ProcessingConfig::default() },
+        };
+        let (root, _) = Actor::spawn(None, RootSupervisor, args).await.unwrap();
+        send(&log, 5).await;
+        until(|| handler.0.load(Ordering::SeqCst) == 5).await;
+
+        let child = root.get_children().into_iter().next().unwrap();
+        child.kill();
+        // Restarted after its backoff (1 s): it rejoins and owns both partitions again.
+        let mut owned = 0;
+        for _ in 0..300 {
+            owned = ractor::call!(root, |reply| RootMsg::Status { reply }).unwrap().len();
+            if owned == 2 && root.get_children().first().is_some_and(|c| c.get_id() != child.get_id()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(owned, 2);
+        send(&log, 3).await;
+        until(|| handler.0.load(Ordering::SeqCst) >= 8).await;
+        ractor::call!(root, |reply| RootMsg::Shutdown { reply }).unwrap();
     }
 }

@@ -6,6 +6,8 @@ mod key_task;
 mod offsets;
 mod partition;
 mod supervisor;
+#[cfg(test)]
+mod tests;
 
 use async_trait::async_trait;
 

@@ -1,0 +1,259 @@
+//! Partition actor behaviour: per-key order with keys in parallel, commit positions,
+//! the in-flight bound, retries, dead letters and drain.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ractor::{Actor, ActorRef};
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::config::ProcessingConfig;
+use crate::log::{Ack, ConsumerControl, OutgoingRecord, Producer, Record, TopicPartition};
+use crate::retry::{HandlerError, RetryPolicy};
+
+#[derive(Default)]
+struct Control {
+    log: Mutex<Vec<String>>,
+}
+
+impl Control {
+    fn events(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+    fn last_commit(&self) -> Option<i64> {
+        self.events().iter().rev().find_map(|e| e.strip_prefix("commit ").and_then(|o| o.parse().ok()))
+    }
+}
+
+impl ConsumerControl for Control {
+    fn pause(&self, _: &TopicPartition) {
+        self.log.lock().unwrap().push("pause".into());
+    }
+    fn resume(&self, _: &TopicPartition) {
+        self.log.lock().unwrap().push("resume".into());
+    }
+    fn commit(&self, _: &TopicPartition, next: i64) {
+        self.log.lock().unwrap().push(format!("commit {next}"));
+    }
+    fn rewind(&self, _: &TopicPartition) {
+        self.log.lock().unwrap().push("rewind".into());
+    }
+}
+
+#[derive(Default)]
+struct Dlq {
+    sent: Mutex<Vec<OutgoingRecord>>,
+}
+
+#[async_trait]
+impl Producer for Dlq {
+    async fn send(&self, record: OutgoingRecord, _: Duration) -> Result<Ack, crate::Error> {
+        let mut sent = self.sent.lock().unwrap();
+        sent.push(record);
+        Ok(Ack { partition: 0, offset: sent.len() as i64 - 1 })
+    }
+    async fn ping(&self, _: Duration) -> Result<(), crate::Error> {
+        Ok(())
+    }
+}
+
+/// Records what it saw; `gate` (when set) holds calls for key "slow"; `fail` makes a key fail.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<HashMap<String, Vec<i64>>>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    attempts: AtomicUsize,
+    gate: Option<Arc<Semaphore>>,
+    retryable_failures_for_flaky: AtomicUsize,
+}
+
+#[async_trait]
+impl KeyHandler for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    async fn handle(&self, key: &str, records: &[Record]) -> Result<(), HandlerError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        if key == "slow"
+            && let Some(gate) = &self.gate
+        {
+            let _permit = gate.acquire().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if records.iter().any(|r| r.payload.as_ref() == b"poison") {
+            return Err(HandlerError::permanent(std::io::Error::other("cannot decode")));
+        }
+        if key == "flaky" && self.retryable_failures_for_flaky.load(Ordering::SeqCst) > 0 {
+            self.retryable_failures_for_flaky.fetch_sub(1, Ordering::SeqCst);
+            return Err(HandlerError::retryable(std::io::Error::other("store busy")));
+        }
+        let mut seen = self.seen.lock().unwrap();
+        seen.entry(key.to_string()).or_default().extend(records.iter().map(|r| r.offset));
+        Ok(())
+    }
+}
+
+fn record(offset: i64, key: &str, payload: &'static [u8]) -> Record {
+    Record {
+        tp: TopicPartition::new("t", 0),
+        offset,
+        key: Some(key.into()),
+        payload: Bytes::from_static(payload),
+        headers: vec![],
+        timestamp_ms: 0,
+    }
+}
+
+struct Fixture {
+    actor: ActorRef<PartitionMsg>,
+    control: Arc<Control>,
+    handler: Arc<Recorder>,
+    dlq: Arc<Dlq>,
+}
+
+async fn start(handler: Recorder, processing: ProcessingConfig) -> Fixture {
+    let control = Arc::new(Control::default());
+    let handler = Arc::new(handler);
+    let dlq = Arc::new(Dlq::default());
+    let args = PartitionArgs {
+        tp: TopicPartition::new("t", 0),
+        handler: handler.clone(),
+        control: control.clone(),
+        dead_letters: DeadLetters { producer: dlq.clone(), topic: "t-dlq".into(), timeout: Duration::from_secs(1) },
+        policy: RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(20), max_attempts: 3 },
+        processing,
+    };
+    let (actor, _) = Actor::spawn(None, PartitionActor, args).await.unwrap();
+    Fixture { actor, control, handler, dlq }
+}
+
+fn processing() -> ProcessingConfig {
+    ProcessingConfig { commit_interval_ms: 10, ..ProcessingConfig::default() }
+}
+
+async fn status(actor: &ActorRef<PartitionMsg>) -> PartitionStatus {
+    ractor::call!(actor, |reply| PartitionMsg::Status { reply }).unwrap()
+}
+
+async fn until(mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition never held");
+}
+
+#[tokio::test]
+async fn keys_keep_their_order_and_run_concurrently() {
+    let f = start(Recorder::default(), ProcessingConfig { max_coalesce: 1, ..processing() }).await;
+    let keys = ["a", "b", "c", "d"];
+    for offset in 0..40 {
+        f.actor.cast(PartitionMsg::Record(record(offset, keys[offset as usize % 4], b"{}"))).unwrap();
+    }
+    until(|| f.control.last_commit() == Some(40)).await;
+    let seen = f.handler.seen.lock().unwrap().clone();
+    for key in keys {
+        let offsets = &seen[key];
+        assert_eq!(offsets.len(), 10);
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{key} out of order: {offsets:?}");
+    }
+    assert!(f.handler.max_running.load(Ordering::SeqCst) > 1, "different keys must overlap");
+    assert_eq!(status(&f.actor).await.active_keys, 0, "idle keys are passivated");
+}
+
+#[tokio::test]
+async fn commit_stops_below_the_oldest_unfinished_record() {
+    let gate = Arc::new(Semaphore::new(0));
+    let f = start(Recorder { gate: Some(gate.clone()), ..Recorder::default() }, processing()).await;
+    f.actor.cast(PartitionMsg::Record(record(0, "fast", b"{}"))).unwrap();
+    f.actor.cast(PartitionMsg::Record(record(1, "slow", b"{}"))).unwrap();
+    for offset in 2..10 {
+        f.actor.cast(PartitionMsg::Record(record(offset, "fast", b"{}"))).unwrap();
+    }
+    until(|| f.handler.seen.lock().unwrap().get("fast").map(Vec::len) == Some(9)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.control.last_commit(), Some(1), "offset 1 is still running");
+    gate.add_permits(1);
+    until(|| f.control.last_commit() == Some(10)).await;
+}
+
+#[tokio::test]
+async fn the_in_flight_bound_pauses_and_resumes_the_partition() {
+    let gate = Arc::new(Semaphore::new(0));
+    let processing = ProcessingConfig { max_in_flight_per_partition: 4, ..processing() };
+    let f = start(Recorder { gate: Some(gate.clone()), ..Recorder::default() }, processing).await;
+    for offset in 0..6 {
+        f.actor.cast(PartitionMsg::Record(record(offset, "slow", b"{}"))).unwrap();
+    }
+    until(|| f.control.events().contains(&"pause".to_string())).await;
+    assert!(status(&f.actor).await.paused);
+    gate.add_permits(100);
+    until(|| f.control.events().contains(&"resume".to_string())).await;
+    until(|| f.control.last_commit() == Some(6)).await;
+}
+
+#[tokio::test]
+async fn a_failing_key_retries_without_holding_up_others() {
+    let recorder = Recorder::default();
+    recorder.retryable_failures_for_flaky.store(2, Ordering::SeqCst);
+    let f = start(recorder, processing()).await;
+    f.actor.cast(PartitionMsg::Record(record(0, "flaky", b"{}"))).unwrap();
+    f.actor.cast(PartitionMsg::Record(record(1, "steady", b"{}"))).unwrap();
+    until(|| f.control.last_commit() == Some(2)).await;
+    let seen = f.handler.seen.lock().unwrap().clone();
+    assert_eq!(seen["flaky"], vec![0], "processed after two retries");
+    assert_eq!(f.handler.attempts.load(Ordering::SeqCst), 4, "3 attempts for flaky + 1 for steady");
+    assert!(f.dlq.sent.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_poison_record_is_dead_lettered_alone_and_the_key_moves_on() {
+    let f = start(Recorder::default(), ProcessingConfig { max_coalesce: 10, ..processing() }).await;
+    let gate_key = "k";
+    f.actor.cast(PartitionMsg::Record(record(0, gate_key, b"{}"))).unwrap();
+    f.actor.cast(PartitionMsg::Record(record(1, gate_key, b"poison"))).unwrap();
+    f.actor.cast(PartitionMsg::Record(record(2, gate_key, b"{}"))).unwrap();
+    until(|| f.control.last_commit() == Some(3)).await;
+    let sent = f.dlq.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "only the poison record is dead-lettered");
+    assert_eq!(sent[0].payload.as_ref(), b"poison");
+    assert_eq!(sent[0].topic, "t-dlq");
+    let header = |name: &str| {
+        sent[0].headers.iter().find(|h| h.name == name).map(|h| String::from_utf8_lossy(&h.value).into_owned())
+    };
+    assert_eq!(header("conveyor.dlq.source_offset").as_deref(), Some("1"));
+    assert_eq!(header("conveyor.dlq.error_class").as_deref(), Some("permanent"));
+    assert_eq!(header("conveyor.dlq.error").as_deref(), Some("cannot decode"));
+    let seen = f.handler.seen.lock().unwrap().clone();
+    assert_eq!(seen[gate_key], vec![0, 2]);
+}
+
+#[tokio::test]
+async fn drain_answers_the_first_unfinished_offset_and_stops() {
+    let gate = Arc::new(Semaphore::new(0));
+    let f = start(Recorder { gate: Some(gate.clone()), ..Recorder::default() }, processing()).await;
+    f.actor.cast(PartitionMsg::Record(record(5, "other", b"{}"))).unwrap();
+    until(|| f.handler.seen.lock().unwrap().contains_key("other")).await;
+    f.actor.cast(PartitionMsg::Record(record(6, "slow", b"{}"))).unwrap();
+    f.actor.cast(PartitionMsg::Record(record(7, "slow", b"{}"))).unwrap();
+    let actor = f.actor.clone();
+    let drain = tokio::spawn(async move { ractor::call!(actor, |reply| PartitionMsg::Drain { reply }) });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    gate.add_permits(1); // the running call for 6 finishes; 7 was queued and is not started
+    let position = drain.await.unwrap().unwrap();
+    assert_eq!(position, Some(7), "6 is done, 7 was never started");
+    until(|| f.actor.get_status() == ractor::ActorStatus::Stopped).await;
+}
