@@ -1,0 +1,151 @@
+//! What every benchmark shares: machine facts, the results directory, JSON output and a
+//! plain-text table.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+/// The workspace root (where `target/`, `bench/results/` and `.git` live).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())
+}
+
+/// `bench/results/` unless `CONVEYOR_BENCH_RESULTS` says otherwise.
+pub fn results_dir() -> PathBuf {
+    match std::env::var_os("CONVEYOR_BENCH_RESULTS") {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace_root().join("bench").join("results"),
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `nproc`, the CPU model, the kernel, the date and the git commit this run measured.
+pub fn machine() -> Value {
+    let nproc = command_output("nproc", &[])
+        .and_then(|n| n.parse::<u64>().ok())
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get() as u64));
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|k| k.trim().to_string())
+        .or_else(|| command_output("uname", &["-r"]));
+    let root = workspace_root();
+    let root = root.to_string_lossy();
+    let commit = command_output("git", &["-C", &root, "rev-parse", "HEAD"]);
+    let dirty = command_output("git", &["-C", &root, "status", "--porcelain"]).map(|s| !s.is_empty());
+    let mem_total_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+    });
+    json!({
+        "nproc": nproc,
+        "cpu_model": cpu_model,
+        "kernel": kernel,
+        "mem_total_kb": mem_total_kb,
+        "date": chrono::Utc::now().to_rfc3339(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+    })
+}
+
+/// Writes `bench/results/<name>.json` (machine info added) and returns its path.
+pub fn write(name: &str, mut body: Value) -> anyhow::Result<PathBuf> {
+    if let Value::Object(map) = &mut body {
+        map.insert("benchmark".into(), Value::String(name.into()));
+        map.insert("machine".into(), machine());
+    }
+    let dir = results_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{name}.json"));
+    let text = serde_json::to_string_pretty(&body)?;
+    std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Prints rows under a header, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.len());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let w = widths.get(i).copied().unwrap_or(0);
+                if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") }
+            })
+            .collect();
+        println!("  {}", padded.join("  "));
+    };
+    line(header.to_vec());
+    let total: usize = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
+    println!("  {}", "-".repeat(total));
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// A number with thousands separators, e.g. `12,345`.
+pub fn thousands(n: f64) -> String {
+    let rounded = n.round() as i64;
+    let digits = rounded.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    if rounded < 0 { format!("-{out}") } else { out }
+}
+
+/// Rounds to `places` decimals for JSON (keeps the files readable).
+pub fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+/// A unique, lowercase id usable as topic prefix, group and schema name.
+pub fn unique_id(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}", id.get(..12).unwrap_or("x"))
+}
+
+/// A fresh directory under the system temp dir; removed by [`TempDir`]'s drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(unique_id(prefix));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
