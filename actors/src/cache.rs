@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::Error;
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::config::CacheConfig;
 
 /// What a cache backend does; keys arrive already prefixed.
@@ -29,11 +30,13 @@ pub struct Cache {
     backend: Arc<dyn CacheBackend>,
     prefix: Arc<str>,
     timeout: Duration,
+    /// While open, commands fail at once instead of each waiting out the timeout.
+    breaker: Arc<Breaker>,
 }
 
 impl Cache {
     /// Connects the configured backend (`memory` or `redis://…`).
-    pub async fn connect(config: &CacheConfig) -> Result<Self, Error> {
+    pub async fn connect(config: &CacheConfig, breaker: &BreakerConfig) -> Result<Self, Error> {
         let url = config.url.as_str();
         let timeout = Duration::from_millis(config.command_timeout_ms);
         let backend: Arc<dyn CacheBackend> = if url == "memory" {
@@ -41,7 +44,8 @@ impl Cache {
         } else {
             Arc::new(redis::RedisCache::connect(url, timeout).await?)
         };
-        Ok(Cache { backend, prefix: config.key_prefix.as_str().into(), timeout })
+        let breaker = Breaker::new("cache", breaker.clone());
+        Ok(Cache { backend, prefix: config.key_prefix.as_str().into(), timeout, breaker })
     }
 
     /// An in-process cache, for tests and tools.
@@ -50,6 +54,7 @@ impl Cache {
             backend: Arc::new(memory::MemoryCache::new(max_entries)),
             prefix: "".into(),
             timeout: Duration::from_secs(1),
+            breaker: Breaker::new("cache", BreakerConfig::default()),
         }
     }
 
@@ -59,10 +64,17 @@ impl Cache {
 
     /// Bounds every command so a hung cache cannot hold a request or a key task.
     async fn bounded<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        self.breaker.acquire().map_err(|source| Error::BreakerOpen { op, source })?;
+        let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout { op, after: self.timeout }),
-        }
+        };
+        self.breaker.record(result.is_err());
+        result
+    }
+
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<String>, Error> {
@@ -77,7 +89,11 @@ impl Cache {
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         self.bounded("cache delete", self.backend.delete(&self.key(key))).await
     }
+    /// Checks the cache itself, around the breaker: readiness must tell the truth.
     pub async fn ping(&self) -> Result<(), Error> {
-        self.bounded("cache ping", self.backend.ping()).await
+        match tokio::time::timeout(self.timeout, self.backend.ping()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout { op: "cache ping", after: self.timeout }),
+        }
     }
 }

@@ -70,6 +70,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub processing: ProcessingConfig,
     pub retry: RetryConfig,
+    pub breaker: crate::breaker::BreakerConfig,
     pub telemetry: TelemetryConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -86,6 +87,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             processing: ProcessingConfig::default(),
             retry: RetryConfig::default(),
+            breaker: crate::breaker::BreakerConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -443,6 +445,16 @@ impl Config {
         }
         if self.retry.base_ms == 0 || self.retry.base_ms > self.retry.cap_ms {
             return Err(invalid("retry.base_ms", "must be at least 1 and at most retry.cap_ms"));
+        }
+        let b = &self.breaker;
+        if b.consecutive_failures == 0 {
+            return Err(invalid("breaker.consecutive_failures", "must be at least 1"));
+        }
+        if !(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0) {
+            return Err(invalid("breaker.failure_ratio", "must be in (0, 1]"));
+        }
+        if b.half_open_probes == 0 {
+            return Err(invalid("breaker.half_open_probes", "must be at least 1"));
         }
         if self.retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));

@@ -38,6 +38,9 @@ pub fn resource_cache_key(id: &str) -> String {
 /// Classifies a store error: data problems are permanent, everything else (connection,
 /// pool, timeout, deadlock, serialization) is worth retrying.
 fn classify(err: Error) -> HandlerError {
+    if matches!(err, Error::BreakerOpen { .. }) {
+        return HandlerError::unavailable(err);
+    }
     let permanent = matches!(&err, Error::Store { source, .. } if matches!(
         source.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_) | sea_orm::SqlErr::ForeignKeyConstraintViolation(_))
@@ -55,6 +58,10 @@ pub struct DeviceHandler {
 impl KeyHandler for DeviceHandler {
     fn name(&self) -> &'static str {
         "devices"
+    }
+
+    fn breakers(&self) -> Vec<std::sync::Arc<crate::breaker::Breaker>> {
+        vec![self.store.breaker().clone()]
     }
 
     async fn handle(&self, _key: &str, records: &[Record]) -> Result<(), HandlerError> {

@@ -45,6 +45,13 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A downstream's circuit breaker refused the call without trying it.
+    #[error("{op} not attempted")]
+    BreakerOpen {
+        op: &'static str,
+        #[source]
+        source: crate::breaker::Refused,
+    },
     /// A call did not complete in time.
     #[error("{op} timed out after {after:?}")]
     Timeout { op: &'static str, after: Duration },

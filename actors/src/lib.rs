@@ -38,6 +38,7 @@
 //! 6. `GET /resource/{id}` reads through [`devices::Resources`]: cache, then store, then
 //!    fills the cache for `cache.resource_ttl_secs`.
 
+pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod consumer;

@@ -18,6 +18,9 @@ pub const CACHE_ERRORS: &str = "conveyor.cache.errors";
 pub const STORE_DURATION: &str = "conveyor.store.query.duration";
 pub const ACTOR_RESTARTS: &str = "conveyor.actor.restarts";
 pub const STALE_WRITES: &str = "conveyor.devices.stale_writes";
+pub const BREAKER_TRANSITIONS: &str = "conveyor.breaker.transitions";
+pub const BREAKER_STATE: &str = "conveyor.breaker.state";
+pub const DOWNSTREAM_WAITS: &str = "conveyor.handler.downstream_waits";
 
 /// Label keys.
 pub const TOPIC: &str = "topic";
@@ -26,6 +29,8 @@ pub const OUTCOME: &str = "outcome";
 pub const ERROR_CLASS: &str = "error.class";
 pub const OPERATION: &str = "operation";
 pub const ACTOR: &str = "actor";
+pub const DOWNSTREAM: &str = "downstream";
+pub const STATE: &str = "state";
 
 /// The crate's instruments, created once from the global meter provider.
 pub struct Metrics {
@@ -41,6 +46,8 @@ pub struct Metrics {
     pub store_duration: Histogram<f64>,
     pub actor_restarts: Counter<u64>,
     pub stale_writes: Counter<u64>,
+    pub breaker_transitions: Counter<u64>,
+    pub downstream_waits: Counter<u64>,
 }
 
 const DURATION_BUCKETS: &[f64] =
@@ -96,6 +103,16 @@ impl Metrics {
                 .u64_counter(ACTOR_RESTARTS)
                 .with_unit("{restart}")
                 .with_description("Children restarted by their supervisor, by actor kind")
+                .build(),
+            breaker_transitions: meter
+                .u64_counter(BREAKER_TRANSITIONS)
+                .with_unit("{transition}")
+                .with_description("Circuit breaker transitions, by downstream and new state")
+                .build(),
+            downstream_waits: meter
+                .u64_counter(DOWNSTREAM_WAITS)
+                .with_unit("{wait}")
+                .with_description("Key tasks that waited for a downstream's breaker instead of spending an attempt")
                 .build(),
             stale_writes: meter
                 .u64_counter(STALE_WRITES)

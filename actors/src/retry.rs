@@ -14,6 +14,8 @@ pub enum ErrorClass {
     Retryable,
     /// Retrying cannot help: the input itself is wrong.
     Permanent,
+    /// A downstream's circuit breaker refused the call: wait for it, spend no attempt.
+    Unavailable,
 }
 
 impl ErrorClass {
@@ -22,6 +24,7 @@ impl ErrorClass {
         match self {
             ErrorClass::Retryable => "retryable",
             ErrorClass::Permanent => "permanent",
+            ErrorClass::Unavailable => "unavailable",
         }
     }
 }
@@ -42,6 +45,9 @@ impl HandlerError {
     }
     pub fn permanent(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         HandlerError { class: ErrorClass::Permanent, retry_after: None, source: source.into() }
+    }
+    pub fn unavailable(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        HandlerError { class: ErrorClass::Unavailable, retry_after: None, source: source.into() }
     }
     /// Full cause chain as text, for dead-letter metadata and logs.
     pub fn describe(&self) -> String {
@@ -86,7 +92,7 @@ impl RetryPolicy {
 
     /// What to do after failed attempt `attempt`: `None` to give up, or how long to wait.
     pub fn next_delay(&self, attempt: u32, err: &HandlerError, rng: &mut impl Rng) -> Option<Duration> {
-        if err.class == ErrorClass::Permanent || attempt >= self.max_attempts {
+        if err.class != ErrorClass::Retryable || attempt >= self.max_attempts {
             return None;
         }
         if let Some(after) = err.retry_after {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 
 use crate::Error;
+use crate::breaker::Breaker;
 use crate::cache::Cache;
 use crate::config::{Config, LogBackendKind};
 use crate::consumer::{DeadLetters, PartitionStatus};
@@ -59,7 +60,7 @@ impl Conveyor {
         let config = Arc::new(config);
         let store = Store::connect(&config).await?;
         store.migrate().await?;
-        let cache = Cache::connect(&config.cache).await?;
+        let cache = Cache::connect(&config.cache, &config.breaker).await?;
         let log = open_log(&config)?;
         let producer = log.producer();
         let dead_letters = DeadLetters {
@@ -89,7 +90,9 @@ impl Conveyor {
             cache: cache.clone(),
             ttl: Duration::from_secs(config.cache.resource_ttl_secs),
         };
-        Ok(Conveyor { config, producer, resources, store, cache, log, root })
+        let conveyor = Conveyor { config, producer, resources, store, cache, log, root };
+        register_breaker_gauge(conveyor.breakers());
+        Ok(conveyor)
     }
 
     /// Checks each backend within `timeout`; every failure is listed.
@@ -113,6 +116,11 @@ impl Conveyor {
         ractor::call!(self.root, |reply| RootMsg::Status { reply }).unwrap_or_default()
     }
 
+    /// Every downstream's circuit breaker.
+    pub fn breakers(&self) -> Vec<Arc<Breaker>> {
+        vec![self.store.breaker().clone(), self.cache.breaker().clone()]
+    }
+
     /// The log backend (for lag and admin tools).
     pub fn log(&self) -> &Arc<dyn LogBackend> {
         &self.log
@@ -126,4 +134,17 @@ impl Conveyor {
         }
         self.root.stop(Some("shutdown".into()));
     }
+}
+
+/// `conveyor.breaker.state` (0 closed, 1 half-open, 2 open) per downstream, read at scrape time.
+fn register_breaker_gauge(breakers: Vec<Arc<Breaker>>) {
+    let _ = opentelemetry::global::meter("conveyor.actors")
+        .i64_observable_gauge(crate::metrics::BREAKER_STATE)
+        .with_description("Circuit breaker state per downstream: 0 closed, 1 half-open, 2 open")
+        .with_callback(move |o| {
+            for b in &breakers {
+                o.observe(b.state().level(), &[crate::metrics::kv(crate::metrics::DOWNSTREAM, b.name())]);
+            }
+        })
+        .build();
 }

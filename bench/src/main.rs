@@ -1,1 +1,45 @@
-fn main() {}
+//! `conveyor-bench`: Conveyor's benchmarks. Each prints a table and writes
+//! `bench/results/<name>.json` with the machine it ran on and a ratio against a baseline
+//! measured in the same run. Run them through `scripts/bench.sh`.
+
+mod daemon;
+mod hello;
+mod ingest;
+mod keys;
+mod processing;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "conveyor-bench", about = "Conveyor benchmarks (see scripts/bench.sh)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// POST /events throughput of the daemon against a bare hyper server, both under wrk.
+    Ingest(ingest::IngestArgs),
+    /// Events/s from a pre-filled Kafka topic to PostgreSQL rows, against a raw consumer.
+    Processing(processing::ProcessingArgs),
+    /// Key-level concurrency inside one partition (in-process, embedded log).
+    Keys(keys::KeysArgs),
+    /// The ingest baseline server: answers 202 with a small JSON body to any request.
+    HelloServer {
+        /// 0 picks a free port; the address is printed on stdout.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Ingest(args) => ingest::run(args).await,
+        Cmd::Processing(args) => processing::run(args).await,
+        Cmd::Keys(args) => keys::run(args).await,
+        Cmd::HelloServer { port } => hello::serve(port).await,
+    }
+}

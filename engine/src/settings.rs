@@ -49,8 +49,20 @@ pub fn load(path: Option<&Path>) -> Result<Config, BadConfig> {
 
 /// Top-level keys of [`Config`]; other `CONVEYOR_*` variables (used by scripts and
 /// tests) are not configuration and must not trip `deny_unknown_fields`.
-const SECTIONS: &[&str] =
-    &["data_dir", "http", "auth", "log", "store", "cache", "ingest", "processing", "retry", "telemetry", "shutdown"];
+const SECTIONS: &[&str] = &[
+    "data_dir",
+    "http",
+    "auth",
+    "log",
+    "store",
+    "cache",
+    "ingest",
+    "processing",
+    "retry",
+    "breaker",
+    "telemetry",
+    "shutdown",
+];
 
 fn is_config_key(key: &str) -> bool {
     let first = key.split("__").next().and_then(|s| s.split('.').next()).unwrap_or_default();

@@ -57,7 +57,7 @@ impl ErrorClass {
     pub fn dlq_reason(self) -> &'static str {
         match self {
             ErrorClass::Retryable => "retries_exhausted",
-            ErrorClass::Permanent => "permanent",
+            ErrorClass::Permanent | ErrorClass::Unavailable => "permanent",
         }
     }
 }

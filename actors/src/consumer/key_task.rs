@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::KeyHandler;
 use super::dead_letter::{DeadLetters, Failure};
+use crate::breaker::{Breaker, BreakerState};
 use crate::log::Record;
 use crate::metrics::{self, ERROR_CLASS, OUTCOME, kv, metrics};
-use crate::retry::{HandlerError, RetryPolicy};
+use crate::retry::{ErrorClass, HandlerError, RetryPolicy};
 
 /// What a key task needs, shared by all key tasks of one partition.
 pub(super) struct KeyCtx {
@@ -24,6 +25,8 @@ pub(super) struct KeyCtx {
     /// Cancelled when the partition drains: tasks stop waiting and give their records back.
     pub cancel: CancellationToken,
     pub labels: [KeyValue; 2],
+    /// The handler's downstreams: while one is not closed, failures cost no attempt.
+    pub breakers: Vec<Arc<Breaker>>,
 }
 
 /// How a key's turn ended.
@@ -91,6 +94,18 @@ async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<Hand
             m.records_processed.add(1, &[kv(OUTCOME, "ok")]);
             return true;
         };
+        // A downstream outage is not this record's fault: wait for the breaker, spend
+        // no attempt, and never dead-letter because of it.
+        let downstream_down = err.class == ErrorClass::Unavailable
+            || (err.class == ErrorClass::Retryable && ctx.breakers.iter().any(|b| b.state() == BreakerState::Open));
+        if downstream_down {
+            attempt -= 1;
+            m.downstream_waits.add(1, &[]);
+            if !wait_for_downstream(ctx).await {
+                return false;
+            }
+            continue;
+        }
         let now = now_ms();
         let first = *first_failure_ms.get_or_insert(now);
         let delay = ctx.policy.next_delay(attempt, &err, &mut rand::rng());
@@ -146,6 +161,25 @@ async fn dead_letter(ctx: &KeyCtx, record: &Record, failure: &Failure<'_>) -> bo
             }
         }
     }
+}
+
+/// Waits until each of the handler's breakers has left the state it was in (open →
+/// half-open → closed); `false` if the partition drains first.
+async fn wait_for_downstream(ctx: &KeyCtx) -> bool {
+    let mut waited = false;
+    for breaker in &ctx.breakers {
+        let mut rx = breaker.subscribe();
+        if *rx.borrow_and_update() == BreakerState::Closed {
+            continue;
+        }
+        waited = true;
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = ctx.cancel.cancelled() => return false,
+        }
+    }
+    // Refused by a breaker that closed meanwhile: a short pause keeps this from spinning.
+    waited || wait(ctx, ctx.policy.base.min(Duration::from_millis(100))).await
 }
 
 /// Sleeps unless the partition drains first; `false` when it did.

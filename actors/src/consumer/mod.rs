@@ -9,6 +9,8 @@ mod supervisor;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 pub use dead_letter::{DeadLetters, dlq_headers};
@@ -16,6 +18,7 @@ pub use offsets::OffsetTracker;
 pub use partition::{PartitionActor, PartitionArgs, PartitionMsg, PartitionState, PartitionStatus};
 pub use supervisor::{ConsumerArgs, ConsumerSupervisor, ConsumerSupervisorHandle, SupervisorMsg};
 
+use crate::breaker::Breaker;
 use crate::log::Record;
 use crate::retry::HandlerError;
 
@@ -25,6 +28,12 @@ use crate::retry::HandlerError;
 pub trait KeyHandler: Send + Sync + 'static {
     /// A bounded name for logs and metrics, e.g. `devices`.
     fn name(&self) -> &'static str;
+
+    /// The downstreams this handler cannot work without. While one's breaker is open the
+    /// partition pauses, and failing keys wait for it instead of spending attempts.
+    fn breakers(&self) -> Vec<Arc<Breaker>> {
+        Vec::new()
+    }
 
     /// Handles `records` (one or more, same key, ascending offsets). Several records arrive
     /// together only when they queued up behind a running call; a handler may coalesce them.

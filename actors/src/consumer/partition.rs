@@ -8,7 +8,7 @@
 //! A key's state exists only while it has queued or running records, so memory follows
 //! the work in flight, not the number of devices ever seen.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -19,6 +19,7 @@ use super::KeyHandler;
 use super::dead_letter::DeadLetters;
 use super::key_task::{self, KeyCtx, KeyOutcome};
 use super::offsets::OffsetTracker;
+use crate::breaker::BreakerState;
 use crate::config::ProcessingConfig;
 use crate::log::{ConsumerControl, Record, TopicPartition};
 use crate::metrics::{self, kv, metrics};
@@ -61,6 +62,8 @@ pub enum PartitionMsg {
     Drain { reply: RpcReplyPort<Option<i64>> },
     /// Report in-flight counts and pause state.
     Status { reply: RpcReplyPort<PartitionStatus> },
+    /// A downstream's circuit breaker changed state (open pauses the partition).
+    Downstream { name: &'static str, state: BreakerState },
 }
 
 /// A finished key task's result, as carried in [`PartitionMsg::KeyDone`].
@@ -81,10 +84,14 @@ pub struct PartitionState {
     ready: VecDeque<String>,
     running: usize,
     offsets: OffsetTracker,
+    /// Paused at the log right now (for the in-flight bound or an open downstream).
     paused: bool,
+    over_bound: bool,
+    open_downstreams: HashSet<&'static str>,
     committed: Option<i64>,
     draining: Option<RpcReplyPort<Option<i64>>>,
     ticker: Option<JoinHandle<()>>,
+    watchers: Vec<JoinHandle<()>>,
 }
 
 impl Actor for PartitionActor {
@@ -98,16 +105,34 @@ impl Actor for PartitionActor {
         args: PartitionArgs,
     ) -> Result<PartitionState, ActorProcessingErr> {
         let labels = [kv(metrics::TOPIC, args.tp.topic.clone()), kv(metrics::PARTITION, i64::from(args.tp.partition))];
+        let breakers = args.handler.breakers();
+        let mut open_downstreams = HashSet::new();
+        let mut watchers = Vec::new();
+        for breaker in &breakers {
+            if breaker.state() == BreakerState::Open {
+                open_downstreams.insert(breaker.name());
+            }
+            let (name, mut rx, me) = (breaker.name(), breaker.subscribe(), myself.clone());
+            watchers.push(tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let state = *rx.borrow_and_update();
+                    if me.cast(PartitionMsg::Downstream { name, state }).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
         let ctx = Arc::new(KeyCtx {
             handler: args.handler.clone(),
             dead_letters: args.dead_letters.clone(),
             policy: args.policy,
             cancel: CancellationToken::new(),
             labels,
+            breakers,
         });
         let ticker = myself.send_interval(args.processing.commit_interval(), || PartitionMsg::CommitTick);
         tracing::info!(partition = %args.tp, handler = args.handler.name(), "partition actor started");
-        Ok(PartitionState {
+        let mut state = PartitionState {
             args,
             ctx,
             keys: HashMap::new(),
@@ -115,10 +140,15 @@ impl Actor for PartitionActor {
             running: 0,
             offsets: OffsetTracker::default(),
             paused: false,
+            over_bound: false,
+            open_downstreams,
             committed: None,
             draining: None,
             ticker: Some(ticker),
-        })
+            watchers,
+        };
+        state.apply_pause();
+        Ok(state)
     }
 
     async fn handle(
@@ -137,6 +167,15 @@ impl Actor for PartitionActor {
             }
             PartitionMsg::Status { reply } => {
                 let _ = reply.send(state.status());
+            }
+            PartitionMsg::Downstream { name, state: breaker } => {
+                // Only an open breaker pauses: half-open must let records through to probe.
+                if breaker == BreakerState::Open {
+                    state.open_downstreams.insert(name);
+                } else {
+                    state.open_downstreams.remove(name);
+                }
+                state.apply_pause();
             }
         }
         if state.draining.is_some() && state.running == 0 {
@@ -160,6 +199,9 @@ impl Actor for PartitionActor {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
+        for w in state.watchers.drain(..) {
+            w.abort();
+        }
         let in_flight = state.offsets.in_flight() as i64;
         metrics().in_flight.add(-in_flight, &state.ctx.labels);
         tracing::info!(partition = %state.args.tp, committed = ?state.committed, "partition actor stopped");
@@ -178,12 +220,24 @@ impl PartitionState {
             self.ready.push_back(key);
         }
         self.start_ready(myself);
-        let bound = self.args.processing.max_in_flight_per_partition;
-        if !self.paused && self.offsets.in_flight() >= bound {
+        if !self.over_bound && self.offsets.in_flight() >= self.args.processing.max_in_flight_per_partition {
+            self.over_bound = true;
+            self.apply_pause();
+        }
+    }
+
+    /// Pauses or resumes the partition at the log to match the reasons to pause.
+    fn apply_pause(&mut self) {
+        let want = self.over_bound || !self.open_downstreams.is_empty();
+        if want && !self.paused {
             self.paused = true;
             self.args.control.pause(&self.args.tp);
             metrics().partition_pauses.add(1, &self.ctx.labels);
-            tracing::debug!(partition = %self.args.tp, bound, "in-flight bound reached, partition paused");
+            tracing::info!(partition = %self.args.tp, over_bound = self.over_bound, open = ?self.open_downstreams, "partition paused");
+        } else if !want && self.paused && self.draining.is_none() {
+            self.paused = false;
+            self.args.control.resume(&self.args.tp);
+            tracing::info!(partition = %self.args.tp, "partition resumed");
         }
     }
 
@@ -203,10 +257,9 @@ impl PartitionState {
             }
         }
         self.start_ready(myself);
-        let low_water = self.args.processing.max_in_flight_per_partition / 2;
-        if self.paused && self.draining.is_none() && self.offsets.in_flight() <= low_water {
-            self.paused = false;
-            self.args.control.resume(&self.args.tp);
+        if self.over_bound && self.offsets.in_flight() <= self.args.processing.max_in_flight_per_partition / 2 {
+            self.over_bound = false;
+            self.apply_pause();
         }
     }
 

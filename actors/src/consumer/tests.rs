@@ -257,3 +257,65 @@ async fn drain_answers_the_first_unfinished_offset_and_stops() {
     assert_eq!(position, Some(7), "6 is done, 7 was never started");
     until(|| f.actor.get_status() == ractor::ActorStatus::Stopped).await;
 }
+
+/// A store that is down: calls fail, the breaker opens, the partition pauses, keys wait
+/// without spending attempts; when it returns, everything completes and nothing is dead-lettered.
+struct FlakyStore {
+    breaker: Arc<crate::breaker::Breaker>,
+    down: std::sync::atomic::AtomicBool,
+    done: Mutex<Vec<i64>>,
+}
+
+#[async_trait]
+impl KeyHandler for FlakyStore {
+    fn name(&self) -> &'static str {
+        "flaky-store"
+    }
+    fn breakers(&self) -> Vec<Arc<crate::breaker::Breaker>> {
+        vec![self.breaker.clone()]
+    }
+    async fn handle(&self, _: &str, records: &[Record]) -> Result<(), HandlerError> {
+        self.breaker.acquire().map_err(HandlerError::unavailable)?;
+        let down = self.down.load(Ordering::SeqCst);
+        self.breaker.record(down);
+        if down {
+            return Err(HandlerError::retryable(std::io::Error::other("connection refused")));
+        }
+        self.done.lock().unwrap().extend(records.iter().map(|r| r.offset));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_outage_pauses_the_partition_and_spends_no_attempts() {
+    let breaker = crate::breaker::Breaker::new(
+        "store",
+        crate::breaker::BreakerConfig { cool_down_ms: 50, ..crate::breaker::BreakerConfig::default() },
+    );
+    let store = Arc::new(FlakyStore { breaker: breaker.clone(), down: true.into(), done: Mutex::default() });
+    let control = Arc::new(Control::default());
+    let dlq = Arc::new(Dlq::default());
+    let args = PartitionArgs {
+        tp: TopicPartition::new("t", 0),
+        handler: store.clone(),
+        control: control.clone(),
+        dead_letters: DeadLetters { producer: dlq.clone(), topic: "t-dlq".into(), timeout: Duration::from_secs(1) },
+        // Two attempts only: an outage that spent attempts would dead-letter at once.
+        policy: RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 },
+        processing: processing(),
+    };
+    let (actor, _) = Actor::spawn(None, PartitionActor, args).await.unwrap();
+    for offset in 0..10 {
+        actor.cast(PartitionMsg::Record(record(offset, ["a", "b", "c"][offset as usize % 3], b"{}"))).unwrap();
+    }
+    until(|| control.events().contains(&"pause".to_string())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // several failed half-open probes
+    assert!(store.done.lock().unwrap().is_empty());
+    store.down.store(false, Ordering::SeqCst);
+    until(|| control.last_commit() == Some(10)).await;
+    assert!(control.events().contains(&"resume".to_string()));
+    assert!(dlq.sent.lock().unwrap().is_empty(), "an outage must not dead-letter anything");
+    let mut done = store.done.lock().unwrap().clone();
+    done.sort_unstable();
+    assert_eq!(done, (0..10).collect::<Vec<_>>());
+}

@@ -4,6 +4,7 @@
 pub mod migrations;
 pub mod resource;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
@@ -13,13 +14,15 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 use crate::Error;
+use crate::breaker::Breaker;
 use crate::config::Config;
 use crate::metrics::{OPERATION, kv, metrics};
 
-/// A handle on the store; cheap to clone.
-#[derive(Clone, Debug)]
+/// A handle on the store; cheap to clone. Queries go through the store's circuit breaker.
+#[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    breaker: Arc<Breaker>,
 }
 
 /// How an upsert ended.
@@ -72,7 +75,7 @@ impl Store {
             });
         }
         let db = Database::connect(opts).await.map_err(|e| Error::store("connect", e))?;
-        Ok(Store { db })
+        Ok(Store { db, breaker: Breaker::new("store", config.breaker.clone()) })
     }
 
     /// Applies pending migrations.
@@ -88,14 +91,34 @@ impl Store {
         &self.db
     }
 
+    /// The store's breaker (handlers declare it; `/ready` reports it).
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// Checks the database itself, around the breaker: readiness must tell the truth.
     pub async fn ping(&self) -> Result<(), Error> {
         self.db.ping().await.map_err(|e| Error::store("ping", e))
+    }
+
+    /// Runs a query through the breaker; only failures of the database itself (not data
+    /// the database refused) count against it. Also records the query's duration.
+    async fn guarded<T>(
+        &self,
+        op: &'static str,
+        query: impl Future<Output = Result<T, sea_orm::DbErr>>,
+    ) -> Result<T, Error> {
+        self.breaker.acquire().map_err(|source| Error::BreakerOpen { op, source })?;
+        let started = Instant::now();
+        let result = query.await;
+        metrics().store_duration.record(started.elapsed().as_secs_f64(), &[kv(OPERATION, op)]);
+        self.breaker.record(matches!(&result, Err(e) if e.sql_err().is_none()));
+        result.map_err(|e| Error::store(op, e))
     }
 
     /// Writes a device's resource unless the stored one comes from the same or a later
     /// offset, so an older event never overwrites a newer one.
     pub async fn upsert_resource(&self, id: &str, value: serde_json::Value, offset: i64) -> Result<Upsert, Error> {
-        let started = Instant::now();
         let row = resource::ActiveModel {
             id: Set(id.to_string()),
             value: Set(value),
@@ -109,22 +132,12 @@ impl Store {
                     .lt(Expr::col((Alias::new("excluded"), resource::Column::LastOffset))),
             )
             .to_owned();
-        let result = resource::Entity::insert(row)
-            .on_conflict(on_conflict)
-            .exec_without_returning(&self.db)
-            .await
-            .map_err(|e| Error::store("upsert resource", e));
-        metrics().store_duration.record(started.elapsed().as_secs_f64(), &[kv(OPERATION, "upsert_resource")]);
-        Ok(if result? > 0 { Upsert::Written } else { Upsert::Stale })
+        let query = resource::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(&self.db);
+        let rows = self.guarded("upsert_resource", query).await?;
+        Ok(if rows > 0 { Upsert::Written } else { Upsert::Stale })
     }
 
     pub async fn get_resource(&self, id: &str) -> Result<Option<resource::Model>, Error> {
-        let started = Instant::now();
-        let found = resource::Entity::find_by_id(id.to_string())
-            .one(&self.db)
-            .await
-            .map_err(|e| Error::store("get resource", e));
-        metrics().store_duration.record(started.elapsed().as_secs_f64(), &[kv(OPERATION, "get_resource")]);
-        found
+        self.guarded("get_resource", resource::Entity::find_by_id(id.to_string()).one(&self.db)).await
     }
 }

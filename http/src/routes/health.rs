@@ -29,15 +29,20 @@ pub async fn ready(state: &AppState) -> Response {
         };
         body.insert(component.as_str().to_string(), value);
     }
+    let breakers: serde_json::Map<String, serde_json::Value> =
+        state.conveyor.breakers().iter().map(|b| (b.name().to_string(), json!(b.state().as_str()))).collect();
     // Which partitions this process owns: operators (and tests) see a rebalance here.
     let partitions: Vec<String> = state.conveyor.partitions().await.iter().map(|p| p.tp.to_string()).collect();
     if failed.is_empty() {
-        json_response(StatusCode::OK, &json!({"status": "ready", "checks": body, "partitions": partitions}))
+        json_response(
+            StatusCode::OK,
+            &json!({"status": "ready", "checks": body, "breakers": breakers, "partitions": partitions}),
+        )
     } else {
         let message = format!("unavailable: {}", failed.join(", "));
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "unavailable", "checks": body, "error": {"code": "not_ready", "message": message}}),
+            &json!({"status": "unavailable", "checks": body, "breakers": breakers, "partitions": partitions, "error": {"code": "not_ready", "message": message}}),
         )
     }
 }

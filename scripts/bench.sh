@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Conveyor's benchmarks (not tests): build release, run, print the numbers, write JSON.
+#
+#   scripts/bench.sh [ingest|processing|keys|all] [ARGS...]
+#
+#   keys        key-level concurrency inside one partition, in-process (embedded log)
+#   ingest      POST /events: the daemon vs a bare hyper server, both under wrk
+#               (embedded backends; pass `--backend real` for Kafka/PostgreSQL/Redis)
+#   processing  pre-filled Kafka topic → PostgreSQL rows: the daemon vs a raw consumer
+#               (starts the services with scripts/services.sh up)
+#   all         keys, ingest, processing (the default)
+# ARGS go to the benchmark's subcommand (one benchmark only), e.g.
+#   scripts/bench.sh ingest --duration 10 --connections 64
+#   scripts/bench.sh processing --events 20000 --devices 2000
+# See `target/release/conveyor-bench <name> --help` for every option.
+#
+# Results: bench/results/<name>.json (override the directory with CONVEYOR_BENCH_RESULTS).
+# Env: KEEP_SERVICES=1 leaves services this script started running at exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "bench.sh: ERROR: $*"; exit 2; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+
+WHAT=${1:-all}
+[[ $# -gt 0 ]] && shift
+EXTRA_ARGS=("$@")
+case $WHAT in
+    ingest|processing|keys) BENCHES=("$WHAT") ;;
+    all) BENCHES=(keys ingest processing)
+         [[ ${#EXTRA_ARGS[@]} -eq 0 ]] || die "extra arguments need a single benchmark, not 'all'" ;;
+    -h|--help|help) usage; exit 0 ;;
+    *) usage; die "unknown benchmark '$WHAT'" ;;
+esac
+
+RESULTS=${CONVEYOR_BENCH_RESULTS:-$ROOT/bench/results}
+BIN=$ROOT/target/release/conveyor-bench
+SERVICES_STARTED_HERE=0
+
+on_exit() {
+    local rc=$?
+    set +e
+    if [[ $SERVICES_STARTED_HERE -eq 1 && ${KEEP_SERVICES:-0} != 1 ]]; then
+        say "== stopping services this run started"
+        scripts/services.sh down || say "bench.sh: services.sh down failed"
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+needs_services() { # bench
+    case $1 in
+        processing) return 0 ;;
+        ingest) [[ " ${EXTRA_ARGS[*]:-} " == *" --backend real "* || " ${EXTRA_ARGS[*]:-} " == *" --backend=real "* ]] ;;
+        *) return 1 ;;
+    esac
+}
+
+say "== building release: conveyor-engine, conveyor-bench"
+cargo build --release -p conveyor-engine -p conveyor-bench --locked
+
+if [[ " ${BENCHES[*]} " == *" ingest "* ]] && ! command -v wrk >/dev/null; then
+    say "== installing wrk"
+    if [[ $(id -u) -eq 0 ]]; then
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2
+    else
+        sudo apt-get update -qq >&2 && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2
+    fi
+    command -v wrk >/dev/null || die "wrk is still missing"
+fi
+
+services_up=0
+for b in "${BENCHES[@]}"; do
+    if needs_services "$b" && [[ $services_up -eq 0 ]]; then
+        say "== scripts/services.sh up (PostgreSQL, Redis, Kafka)"
+        if ! scripts/services.sh status >/dev/null 2>&1; then SERVICES_STARTED_HERE=1; fi
+        env_lines=$(scripts/services.sh up)
+        eval "$env_lines"
+        say "$env_lines"
+        services_up=1
+    fi
+done
+
+WRITTEN=()
+for b in "${BENCHES[@]}"; do
+    say ""
+    say "==================================================================="
+    say "== bench: $b   ($(date '+%H:%M:%S'))"
+    say "==================================================================="
+    CONVEYOR_BENCH_RESULTS=$RESULTS "$BIN" "$b" "${EXTRA_ARGS[@]}"
+    WRITTEN+=("$RESULTS/$b.json")
+done
+
+say ""
+say "== results written:"
+for f in "${WRITTEN[@]}"; do say "  $f"; done
