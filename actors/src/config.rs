@@ -71,6 +71,7 @@ pub struct Config {
     pub processing: ProcessingConfig,
     pub retry: RetryConfig,
     pub breaker: crate::breaker::BreakerConfig,
+    pub dlq: DlqConfig,
     pub telemetry: TelemetryConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -88,6 +89,7 @@ impl Default for Config {
             processing: ProcessingConfig::default(),
             retry: RetryConfig::default(),
             breaker: crate::breaker::BreakerConfig::default(),
+            dlq: DlqConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -329,6 +331,21 @@ impl Default for RetryConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DlqConfig {
+    /// Consumer group that indexes dead-letter topics for the admin API.
+    pub index_group: String,
+    /// A record replayed this many times is not replayed again.
+    pub max_replays: u32,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        DlqConfig { index_group: "conveyor-dlq-index".into(), max_replays: 3 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -402,6 +419,9 @@ impl Config {
         }
         if self.log.topics.events_input == self.log.topics.events_dlq {
             return Err(invalid("log.topics.events_dlq", "must differ from log.topics.events_input"));
+        }
+        if self.dlq.index_group.is_empty() || self.dlq.index_group == self.log.groups.events {
+            return Err(invalid("dlq.index_group", "must be set and differ from log.groups.events"));
         }
         if self.log.groups.events.is_empty() {
             return Err(invalid("log.groups.events", "must not be empty"));

@@ -37,7 +37,7 @@ pub fn resource_cache_key(id: &str) -> String {
 
 /// Classifies a store error: data problems are permanent, everything else (connection,
 /// pool, timeout, deadlock, serialization) is worth retrying.
-fn classify(err: Error) -> HandlerError {
+pub(crate) fn classify(err: Error) -> HandlerError {
     if matches!(err, Error::BreakerOpen { .. }) {
         return HandlerError::unavailable(err);
     }

@@ -43,6 +43,7 @@ pub mod cache;
 pub mod config;
 pub mod consumer;
 pub mod devices;
+pub mod dlq;
 pub mod error;
 pub mod log;
 pub mod metrics;

@@ -12,6 +12,7 @@ use crate::cache::Cache;
 use crate::config::{Config, LogBackendKind};
 use crate::consumer::{DeadLetters, PartitionStatus};
 use crate::devices::{DeviceHandler, Resources};
+use crate::dlq::{DeadLetterAdmin, DeadLetterIndexer};
 use crate::log::{LogBackend, Producer, embedded::EmbeddedLog, kafka::KafkaLog};
 use crate::retry::RetryPolicy;
 use crate::root::{GroupSpec, RootArgs, RootMsg, RootSupervisor};
@@ -40,6 +41,7 @@ pub struct Conveyor {
     pub config: Arc<Config>,
     pub producer: Arc<dyn Producer>,
     pub resources: Resources,
+    pub dead_letters: DeadLetterAdmin,
     pub store: Store,
     pub cache: Cache,
     log: Arc<dyn LogBackend>,
@@ -72,11 +74,21 @@ impl Conveyor {
             group: config.log.groups.events.clone(),
             topic: config.log.topics.events_input.clone(),
             handler: Arc::new(DeviceHandler { store: store.clone(), cache: cache.clone() }),
-            dead_letters,
+            dead_letters: dead_letters.clone(),
+        };
+        // The dead-letter topic is consumed like any other: into the admin index.
+        let index = GroupSpec {
+            group: config.dlq.index_group.clone(),
+            topic: config.log.topics.events_dlq.clone(),
+            handler: Arc::new(DeadLetterIndexer { store: store.clone() }),
+            dead_letters: DeadLetters {
+                topic: format!("{}.unindexable", config.log.topics.events_dlq),
+                ..dead_letters
+            },
         };
         let args = RootArgs {
             log: log.clone(),
-            groups: vec![devices],
+            groups: vec![devices, index],
             policy: RetryPolicy::from(&config.retry),
             processing: config.processing.clone(),
         };
@@ -90,7 +102,13 @@ impl Conveyor {
             cache: cache.clone(),
             ttl: Duration::from_secs(config.cache.resource_ttl_secs),
         };
-        let conveyor = Conveyor { config, producer, resources, store, cache, log, root };
+        let dead_letters = DeadLetterAdmin {
+            store: store.clone(),
+            producer: producer.clone(),
+            max_replays: config.dlq.max_replays,
+            timeout: Duration::from_millis(config.log.produce_timeout_ms),
+        };
+        let conveyor = Conveyor { config, producer, resources, dead_letters, store, cache, log, root };
         register_breaker_gauge(conveyor.breakers());
         Ok(conveyor)
     }

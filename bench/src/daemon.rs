@@ -175,6 +175,10 @@ impl Daemon {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The body of `GET /metrics` (empty on failure).
     pub async fn metrics(&self) -> String {
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();

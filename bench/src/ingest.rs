@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::daemon::{self, Backends, DaemonSpec};
-use crate::report::{self, TempDir, round, thousands};
+use crate::report::{self, CpuSample, CpuUsage, TempDir, round, thousands};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
@@ -45,6 +45,15 @@ pub struct IngestArgs {
     /// The `conveyor` binary (default: next to this one, or target/release/conveyor).
     #[arg(long)]
     pub conveyor_bin: Option<PathBuf>,
+    /// Extra daemon environment, KEY=VALUE (repeatable), e.g. CONVEYOR_LOG__PARTITIONS=1.
+    #[arg(long, value_parser = parse_env_pair)]
+    pub daemon_env: Vec<(String, String)>,
+}
+
+fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))
 }
 
 /// The numbers one wrk run produced.
@@ -62,6 +71,8 @@ struct WrkRun {
     non_202: u64,
     last_bad_status: Option<u64>,
     socket_errors: [u64; 4],
+    /// The server process and the machine during the measured run.
+    cpu: CpuUsage,
 }
 
 impl WrkRun {
@@ -79,6 +90,7 @@ impl WrkRun {
             "non_2xx_3xx": self.non_2xx_3xx,
             "non_202": self.non_202,
             "last_non_202_status": self.last_bad_status,
+            "cpu_during_run": self.cpu.to_json(),
             "socket_errors": {
                 "connect": self.socket_errors[0],
                 "read": self.socket_errors[1],
@@ -225,14 +237,22 @@ async fn wrk(args: &IngestArgs, script: &Path, base: &str, seconds: u32) -> anyh
     Ok((run, text))
 }
 
-/// Warm-up (discarded), then the measured run.
-async fn load(args: &IngestArgs, script: &Path, base: &str, label: &str) -> anyhow::Result<(WrkRun, String)> {
+/// Warm-up (discarded), then the measured run, sampling the server's CPU (`pid`) around it.
+async fn load(
+    args: &IngestArgs,
+    script: &Path,
+    base: &str,
+    label: &str,
+    pid: Option<u32>,
+) -> anyhow::Result<(WrkRun, String)> {
     if args.warmup > 0 {
         eprintln!("  {label}: warm-up {}s", args.warmup);
         wrk(args, script, base, args.warmup).await?;
     }
     eprintln!("  {label}: measuring {}s (wrk -t{} -c{} --latency)", args.duration, args.threads, args.connections);
-    let (run, text) = wrk(args, script, base, args.duration).await?;
+    let before = CpuSample::take(pid);
+    let (mut run, text) = wrk(args, script, base, args.duration).await?;
+    run.cpu = CpuSample::take(pid).since(&before);
     eprintln!("{}", text.trim_end());
     Ok((run, text))
 }
@@ -290,7 +310,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
 
     // Baseline first, alone on the machine.
     let hello = HelloServer::spawn()?;
-    let (hello_run, _) = load(&args, &script, &hello.base, "hello (hyper)").await?;
+    let (hello_run, _) = load(&args, &script, &hello.base, "hello (hyper)", Some(hello.child.id())).await?;
     drop(hello);
 
     let spec = DaemonSpec {
@@ -298,11 +318,11 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         backends: backends.clone(),
         id: report::unique_id("bench"),
         topic_in: None,
-        extra_env: Vec::new(),
+        extra_env: args.daemon_env.clone(),
     };
     let mut daemon = spec.spawn()?;
     daemon.wait_ready(Duration::from_secs(60)).await?;
-    let measured = load(&args, &script, &daemon.base, "conveyor").await;
+    let measured = load(&args, &script, &daemon.base, "conveyor", Some(daemon.pid())).await;
     let metrics = daemon.metrics().await;
     let clean_exit = daemon.terminate(Duration::from_secs(30)).await;
     let (conveyor_run, _) = match measured {
@@ -318,7 +338,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let passed = conveyor_run.non_202 == 0 && conveyor_run.non_2xx_3xx == 0 && conveyor_run.requests > 0;
     println!();
     report::table(
-        &["target", "req/s", "p50 ms", "p99 ms", "requests", "non-202", "socket errors"],
+        &["target", "req/s", "p50 ms", "p99 ms", "requests", "non-202", "sock err", "server CPU %", "machine busy %"],
         &[row("hello (hyper 1.x)", &hello_run), row(&format!("conveyor ({})", backends.name()), &conveyor_run)],
     );
     println!("  ratio conveyor/hello (req/s): {ratio:.3}");
@@ -345,6 +365,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             "script": "POST /events {\"device_id\":\"dev-<random 1..N>\",\"payload\":{\"t\":1}}, Bearer HS256 JWT (sub bench, roles [device])",
             "devices": args.devices,
         },
+        "daemon_env_overrides": args.daemon_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "baseline": { "name": "hello (raw hyper 1.x http1, tokio multi-thread, 202 + small JSON)", "result": hello_run.to_json() },
         "conveyor": {
             "result": conveyor_run.to_json(),
@@ -359,6 +380,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             "Latency percentiles are wrk's (--latency), in milliseconds; the Lua response() hook \
              counts every status other than 202 and the run fails if conveyor answered any.",
             "The same script (and so the same per-request Lua cost) loads both targets.",
+            "While it ingests, the daemon also consumes what it accepted (partition actors upsert each \
+             device's row into the store and invalidate its cache entry) in the same process, so \
+             ingest shares the CPU and (embedded: SQLite) the disk with processing.",
         ],
     });
     let path = report::write("ingest", body)?;
@@ -384,6 +408,8 @@ fn row(name: &str, r: &WrkRun) -> Vec<String> {
         thousands(r.requests as f64),
         r.non_202.to_string(),
         socket.to_string(),
+        r.cpu.process_pct.map(|p| format!("{p:.0}")).unwrap_or_else(|| "?".into()),
+        format!("{:.0}", r.cpu.machine_busy_pct),
     ]
 }
 

@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::daemon::{self, Backends, DaemonSpec};
-use crate::report::{self, round, thousands};
+use crate::report::{self, CpuSample, CpuUsage, round, thousands};
 
 #[derive(Debug, Args)]
 pub struct ProcessingArgs {
@@ -280,6 +280,8 @@ struct ConveyorRun {
     upserts: Option<f64>,
     processed: Option<f64>,
     clean_exit: bool,
+    /// From the listening line until done.
+    cpu: CpuUsage,
 }
 
 async fn conveyor(args: &ProcessingArgs, id: &str, topic: &str, last_seq: usize) -> anyhow::Result<ConveyorRun> {
@@ -298,6 +300,7 @@ async fn conveyor(args: &ProcessingArgs, id: &str, topic: &str, last_seq: usize)
     let started = Instant::now();
     let mut daemon = spec.spawn()?;
     let startup_s = daemon.startup.as_secs_f64();
+    let cpu_before = CpuSample::take(Some(daemon.pid()));
     let limit = Duration::from_secs(args.timeout);
     let mut first_row_s = None;
     let done = loop {
@@ -317,6 +320,7 @@ async fn conveyor(args: &ProcessingArgs, id: &str, topic: &str, last_seq: usize)
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let cpu = CpuSample::take(Some(daemon.pid())).since(&cpu_before);
     let metrics = daemon.metrics().await;
     let clean_exit = daemon.terminate(Duration::from_secs(30)).await;
     drop(daemon);
@@ -329,6 +333,7 @@ async fn conveyor(args: &ProcessingArgs, id: &str, topic: &str, last_seq: usize)
         upserts: daemon::metric_sum(&metrics, "conveyor_store_query_duration", &["_count", "upsert_resource"]),
         processed: daemon::metric_sum(&metrics, "conveyor_partition_records_processed", &[]),
         clean_exit,
+        cpu,
     })
 }
 
@@ -356,15 +361,20 @@ pub async fn run(args: ProcessingArgs) -> anyhow::Result<()> {
 
     eprintln!("  baseline: raw rdkafka consumer…");
     let (brokers, t, group, n) = (args.brokers.clone(), topic.clone(), format!("{id}-raw-consumer"), args.events);
+    let before = CpuSample::take(None);
     let (raw_s, raw_first_s) =
         tokio::task::spawn_blocking(move || raw_consume(&brokers, &t, &group, n, limit)).await??;
+    let raw_cpu = CpuSample::take(None).since(&before);
 
     let raw_pg_s = if args.no_raw_pg {
         None
     } else {
         eprintln!("  baseline: raw PostgreSQL upserts ({} tasks)…", args.pg_tasks);
         let schema = format!("{id}_raw");
-        let result = raw_pg(&args.pg_url, &schema, records.clone(), args.devices, args.pg_tasks).await;
+        let before = CpuSample::take(None);
+        let result = raw_pg(&args.pg_url, &schema, records.clone(), args.devices, args.pg_tasks)
+            .await
+            .map(|s| (s, CpuSample::take(None).since(&before)));
         if let Ok(db) = connect_pg(&args.pg_url, 1).await {
             drop_schema(&db, &schema).await;
             let _ = db.close().await;
@@ -381,6 +391,8 @@ pub async fn run(args: ProcessingArgs) -> anyhow::Result<()> {
     let raw_rate = events / raw_s;
     let conveyor_rate = events / c.total_s;
     let conveyor_rate_listening = events / (c.total_s - c.startup_s).max(1e-9);
+    let raw_pg_cpu = raw_pg_s.map(|(_, cpu)| cpu);
+    let raw_pg_s = raw_pg_s.map(|(s, _)| s);
     let raw_pg_rate = raw_pg_s.map(|s| events / s);
     println!();
     let mut rows = vec![vec![
@@ -388,6 +400,7 @@ pub async fn run(args: ProcessingArgs) -> anyhow::Result<()> {
         format!("{raw_s:.2}"),
         thousands(raw_rate),
         "1.000".into(),
+        format!("{:.0}", raw_cpu.machine_busy_pct),
     ]];
     if let (Some(s), Some(rate)) = (raw_pg_s, raw_pg_rate) {
         rows.push(vec![
@@ -395,6 +408,7 @@ pub async fn run(args: ProcessingArgs) -> anyhow::Result<()> {
             format!("{s:.2}"),
             thousands(rate),
             format!("{:.3}", rate / raw_rate),
+            raw_pg_cpu.map(|c| format!("{:.0}", c.machine_busy_pct)).unwrap_or_default(),
         ]);
     }
     rows.push(vec![
@@ -402,14 +416,19 @@ pub async fn run(args: ProcessingArgs) -> anyhow::Result<()> {
         format!("{:.2}", c.total_s),
         thousands(conveyor_rate),
         format!("{:.3}", conveyor_rate / raw_rate),
+        String::new(),
     ]);
     rows.push(vec![
         "conveyor (from listening line)".into(),
         format!("{:.2}", c.total_s - c.startup_s),
         thousands(conveyor_rate_listening),
         format!("{:.3}", conveyor_rate_listening / raw_rate),
+        format!("{:.0}", c.cpu.machine_busy_pct),
     ]);
-    report::table(&["pipeline", "seconds", "events/s", "vs raw consumer"], &rows);
+    report::table(&["pipeline", "seconds", "events/s", "vs raw consumer", "machine busy %"], &rows);
+    if let Some(p) = c.cpu.process_pct {
+        println!("  conveyor process CPU after listening: {p:.0}% of one core");
+    }
     if let Some(rate) = raw_pg_rate {
         println!("  ratio conveyor/raw PostgreSQL upserts: {:.3}", conveyor_rate / rate);
     }
@@ -434,11 +453,13 @@ pub async fn run(args: ProcessingArgs) -> anyhow::Result<()> {
             "seconds": round(raw_s, 3),
             "seconds_to_first_record": round(raw_first_s, 3),
             "events_per_sec": round(raw_rate, 1),
+            "cpu_during_run": raw_cpu.to_json(),
         },
         "raw_postgres": raw_pg_s.map(|s| json!({
             "name": format!("single-row guarded upserts (same SQL shape as Conveyor), {} tasks, pool of {}", args.pg_tasks, args.pg_tasks),
             "seconds": round(s, 3),
             "events_per_sec": round(events / s, 1),
+            "cpu_during_run": raw_pg_cpu.map(CpuUsage::to_json),
         })),
         "conveyor": {
             "seconds_from_spawn": round(c.total_s, 3),
@@ -449,6 +470,8 @@ pub async fn run(args: ProcessingArgs) -> anyhow::Result<()> {
             "store_upserts": c.upserts,
             "records_processed_metric": c.processed,
             "clean_shutdown": c.clean_exit,
+            "cpu_after_listening": c.cpu.to_json(),
+            "store_max_connections": "default (store.max_connections = 10)",
         },
         "ratio_conveyor_over_raw_consumer": round(conveyor_rate / raw_rate, 4),
         "ratio_conveyor_over_raw_postgres": raw_pg_rate.map(|r| round(conveyor_rate / r, 4)),

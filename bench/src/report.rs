@@ -149,3 +149,83 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Clock ticks per second for `/proc` CPU times.
+fn clock_ticks() -> f64 {
+    command_output("getconf", &["CLK_TCK"]).and_then(|t| t.parse::<f64>().ok()).filter(|t| *t > 0.0).unwrap_or(100.0)
+}
+
+/// CPU time of a process (user + system, children excluded) and of the whole machine.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    at: std::time::Instant,
+    process_ticks: Option<u64>,
+    machine_total: u64,
+    machine_idle: u64,
+    machine_iowait: u64,
+}
+
+/// What happened between two [`CpuSample`]s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUsage {
+    /// Percent of one core used by the process.
+    pub process_pct: Option<f64>,
+    /// Percent of all cores busy (not idle, not iowait).
+    pub machine_busy_pct: f64,
+    pub machine_iowait_pct: f64,
+}
+
+impl CpuUsage {
+    pub fn to_json(self) -> Value {
+        json!({
+            "process_pct_of_one_core": self.process_pct.map(|p| round(p, 1)),
+            "machine_busy_pct": round(self.machine_busy_pct, 1),
+            "machine_iowait_pct": round(self.machine_iowait_pct, 1),
+        })
+    }
+}
+
+impl CpuSample {
+    pub fn take(pid: Option<u32>) -> Self {
+        let process_ticks = pid.and_then(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        });
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let cpu: Vec<u64> = stat
+            .lines()
+            .find(|l| l.starts_with("cpu "))
+            .map(|l| l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect())
+            .unwrap_or_default();
+        // user nice system idle iowait irq softirq steal (guest time is already in user)
+        let total = cpu.iter().take(8).sum();
+        CpuSample {
+            at: std::time::Instant::now(),
+            process_ticks,
+            machine_total: total,
+            machine_idle: cpu.get(3).copied().unwrap_or(0),
+            machine_iowait: cpu.get(4).copied().unwrap_or(0),
+        }
+    }
+
+    pub fn since(&self, earlier: &CpuSample) -> CpuUsage {
+        let wall = self.at.duration_since(earlier.at).as_secs_f64().max(1e-9);
+        let process_pct = match (self.process_ticks, earlier.process_ticks) {
+            (Some(now), Some(then)) => Some(now.saturating_sub(then) as f64 / clock_ticks() / wall * 100.0),
+            _ => None,
+        };
+        let total = self.machine_total.saturating_sub(earlier.machine_total).max(1) as f64;
+        let idle = self.machine_idle.saturating_sub(earlier.machine_idle) as f64;
+        let iowait = self.machine_iowait.saturating_sub(earlier.machine_iowait) as f64;
+        CpuUsage {
+            process_pct,
+            machine_busy_pct: (total - idle - iowait) / total * 100.0,
+            machine_iowait_pct: iowait / total * 100.0,
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! `conveyor`: the daemon and its tools.
 
+mod dlq_cli;
 mod secret;
 mod serve;
 mod settings;
@@ -35,6 +36,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Dead letters: list, show, replay, purge (through the running daemon).
+    Dlq(dlq_cli::DlqArgs),
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Migrate => run_async(serve::migrate(config)),
+        Command::Dlq(args) => run_async(dlq_cli::run(config, args)),
         Command::Serve => run_async(serve::serve(config)),
     }
 }

@@ -60,6 +60,7 @@ const SECTIONS: &[&str] = &[
     "processing",
     "retry",
     "breaker",
+    "dlq",
     "telemetry",
     "shutdown",
 ];

@@ -42,6 +42,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("a request with this Idempotency-Key is still in progress")]
     IdempotencyInProgress,
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("{what} is unavailable; retry later")]
     Unavailable {
         what: &'static str,
@@ -64,6 +66,11 @@ struct Inner<'a> {
 }
 
 impl ApiError {
+    /// A backend error surfaced to a client: the named component is unavailable (503).
+    pub fn unavailable(what: &'static str, source: conveyor_actors::Error) -> Self {
+        ApiError::Unavailable { what, retry_after: Duration::from_secs(1), source: Some(Box::new(source)) }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
@@ -73,7 +80,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::ResourceNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::IdempotencyInProgress => StatusCode::CONFLICT,
+            ApiError::IdempotencyInProgress | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } | ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -90,6 +97,7 @@ impl ApiError {
             ApiError::ResourceNotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::IdempotencyInProgress => "idempotency_key_in_use",
+            ApiError::Conflict { code, .. } => code,
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "internal",

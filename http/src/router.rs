@@ -1,4 +1,4 @@
-//! The routing table: every route, its template (the metrics label) and its methods.
+//! The routing table: every route, its template (the metrics label) and its method.
 
 use http::Method;
 
@@ -11,44 +11,72 @@ pub enum Route {
     Events,
     EventsBatch,
     Resource,
+    DeadLetters,
+    DeadLetter,
+    DeadLetterDelete,
+    DeadLetterReplay,
+    DeadLettersReplay,
+    DeadLettersPurge,
 }
 
-/// `(template, route, allowed method)` — the single list of what the server answers.
-pub const ROUTES: &[(&str, Route, Method)] = &[
-    ("/health", Route::Health, Method::GET),
-    ("/ready", Route::Ready, Method::GET),
-    ("/metrics", Route::Metrics, Method::GET),
-    ("/events", Route::Events, Method::POST),
-    ("/events/batch", Route::EventsBatch, Method::POST),
-    ("/resource/{id}", Route::Resource, Method::GET),
+/// `(template, method, route)` — the single list of what the server answers.
+pub const ROUTES: &[(&str, Method, Route)] = &[
+    ("/health", Method::GET, Route::Health),
+    ("/ready", Method::GET, Route::Ready),
+    ("/metrics", Method::GET, Route::Metrics),
+    ("/events", Method::POST, Route::Events),
+    ("/events/batch", Method::POST, Route::EventsBatch),
+    ("/resource/{id}", Method::GET, Route::Resource),
+    ("/admin/dead-letters", Method::GET, Route::DeadLetters),
+    ("/admin/dead-letters/{id}", Method::GET, Route::DeadLetter),
+    ("/admin/dead-letters/{id}", Method::DELETE, Route::DeadLetterDelete),
+    ("/admin/dead-letters/{id}/replay", Method::POST, Route::DeadLetterReplay),
+    ("/admin/dead-letters/replay", Method::POST, Route::DeadLettersReplay),
+    ("/admin/dead-letters/purge", Method::POST, Route::DeadLettersPurge),
 ];
 
 pub struct Table {
-    router: matchit::Router<usize>,
+    /// Template → indexes into [`ROUTES`] of its methods.
+    router: matchit::Router<Vec<usize>>,
 }
 
-/// A matched route with its path parameters.
-pub struct Matched<'p> {
-    pub route: Route,
-    pub template: &'static str,
-    pub method: &'static Method,
-    pub params: matchit::Params<'p, 'p>,
+/// What a path resolved to.
+pub enum Matched<'p> {
+    Found {
+        route: Route,
+        template: &'static str,
+        params: matchit::Params<'p, 'p>,
+    },
+    /// The path exists, the method does not.
+    WrongMethod {
+        template: &'static str,
+    },
 }
 
 impl Table {
     pub fn new() -> Self {
-        let mut router = matchit::Router::new();
+        let mut by_template: Vec<(&'static str, Vec<usize>)> = Vec::new();
         for (i, (template, _, _)) in ROUTES.iter().enumerate() {
+            match by_template.iter_mut().find(|(t, _)| t == template) {
+                Some((_, methods)) => methods.push(i),
+                None => by_template.push((template, vec![i])),
+            }
+        }
+        let mut router = matchit::Router::new();
+        for (template, methods) in by_template {
             // The templates are constants checked by the test below.
-            let _ = router.insert(*template, i);
+            let _ = router.insert(template, methods);
         }
         Table { router }
     }
 
-    pub fn at<'p>(&'p self, path: &'p str) -> Option<Matched<'p>> {
+    pub fn at<'p>(&'p self, method: &Method, path: &'p str) -> Option<Matched<'p>> {
         let m = self.router.at(path).ok()?;
-        let (template, route, method) = &ROUTES[*m.value];
-        Some(Matched { route: *route, template, method, params: m.params })
+        let template = ROUTES[m.value[0]].0;
+        Some(match m.value.iter().find(|&&i| ROUTES[i].1 == *method) {
+            Some(&i) => Matched::Found { route: ROUTES[i].2, template, params: m.params },
+            None => Matched::WrongMethod { template },
+        })
     }
 }
 
@@ -62,18 +90,27 @@ impl Default for Table {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_template_routes_to_itself() {
-        let mut router = matchit::Router::new();
-        for (template, _, _) in ROUTES {
-            assert!(router.insert(*template, ()).is_ok(), "{template} must be a valid, unique template");
+    fn route(t: &Table, method: Method, path: &str) -> Option<Route> {
+        match t.at(&method, path) {
+            Some(Matched::Found { route, .. }) => Some(route),
+            _ => None,
         }
+    }
+
+    #[test]
+    fn every_route_is_reachable() {
         let t = Table::new();
-        assert_eq!(t.at("/events").map(|m| m.route), Some(Route::Events));
-        assert_eq!(t.at("/events/batch").map(|m| m.route), Some(Route::EventsBatch));
-        let m = t.at("/resource/device-123");
-        assert_eq!(m.as_ref().map(|m| m.route), Some(Route::Resource));
-        assert_eq!(m.and_then(|m| m.params.get("id").map(str::to_string)).as_deref(), Some("device-123"));
-        assert!(t.at("/nope").is_none());
+        for (template, method, expected) in ROUTES {
+            let path = template.replace("{id}", "42");
+            assert_eq!(route(&t, method.clone(), &path), Some(*expected), "{method} {template}");
+        }
+        assert!(matches!(t.at(&Method::PUT, "/events"), Some(Matched::WrongMethod { template: "/events" })));
+        assert!(t.at(&Method::GET, "/nope").is_none());
+        // A literal segment wins over a parameter.
+        assert_eq!(route(&t, Method::POST, "/admin/dead-letters/replay"), Some(Route::DeadLettersReplay));
+        match t.at(&Method::GET, "/resource/device-123") {
+            Some(Matched::Found { params, .. }) => assert_eq!(params.get("id"), Some("device-123")),
+            _ => panic!("resource route"),
+        }
     }
 }

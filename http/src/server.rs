@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::error::ApiError;
 use crate::metrics::{METHOD, ROUTE, STATUS_CLASS, metrics, status_class};
-use crate::router::Table;
+use crate::router::{Matched, Table};
 use crate::{AppState, Response, routes};
 
 /// Limits applied to every request.
@@ -111,15 +111,13 @@ async fn handle(state: &AppState, table: &Table, config: ServerConfig, req: Requ
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let m = metrics();
-    let (template, response) = match table.at(&path) {
+    let (template, response) = match table.at(&method, &path) {
         None => ("unmatched", ApiError::NotFound.into_response()),
-        Some(matched) if *matched.method != method => (matched.template, ApiError::MethodNotAllowed.into_response()),
-        Some(matched) => {
-            let template = matched.template;
-            let params: Vec<(String, String)> =
-                matched.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Some(Matched::WrongMethod { template }) => (template, ApiError::MethodNotAllowed.into_response()),
+        Some(Matched::Found { route, template, params }) => {
+            let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             m.active_requests.add(1, &[KeyValue::new(ROUTE, template)]);
-            let work = routes::dispatch(matched.route, state, req, &params, &ctx);
+            let work = routes::dispatch(route, state, req, &params, &ctx);
             let result = match tokio::time::timeout(config.request_timeout, work).await {
                 Ok(result) => result,
                 Err(_) => Err(ApiError::Timeout(config.request_timeout)),

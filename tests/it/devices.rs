@@ -114,14 +114,7 @@ async fn replayed_old_events_do_not_overwrite_newer_state() {
 async fn poison_record_is_dead_lettered_and_the_partition_flows() {
     let mut d = Daemon::start(Opts::new()).await;
     let t = token("gw", &["device", "user"]);
-    if d.backend() == Backend::Embedded {
-        // The embedded log belongs to one process: write the poison while the daemon is down.
-        assert!(d.terminate(Duration::from_secs(20)).await.success());
-        produce_raw(&d.names, Some(&d.data_dir), b"{not json").await;
-        d = Daemon::start(Opts::restart_of(&mut d)).await;
-    } else {
-        produce_raw(&d.names, None, b"{not json").await;
-    }
+    inject(&mut d, b"{not json").await;
     let expected = send_sequenced(&d, &t, "after-poison", 8, 3, 0).await;
     assert!(await_final_state(&d, &t, &expected, Duration::from_secs(60)).await.is_empty());
     let dead = eventually(Duration::from_secs(30), || async {
@@ -135,6 +128,18 @@ async fn poison_record_is_dead_lettered_and_the_partition_flows() {
     let log = open_log(&d.names, Some(&d.data_dir)).await;
     let dlq = log.end_offsets(&d.names.topic_dlq).await.unwrap_or_default();
     assert!(dlq.iter().map(|(_, end)| end).sum::<i64>() >= 1, "the dead-letter topic holds the record: {dlq:?}");
+}
+
+/// Writes a raw record to the daemon's input topic, as a broken producer would. The
+/// embedded log belongs to one process, so there the daemon is stopped and restarted around it.
+pub async fn inject(d: &mut Daemon, payload: &'static [u8]) {
+    if d.backend() == Backend::Embedded {
+        assert!(d.terminate(Duration::from_secs(20)).await.success());
+        produce_raw(&d.names, Some(&d.data_dir), payload).await;
+        *d = Daemon::start(Opts::restart_of(d)).await;
+    } else {
+        produce_raw(&d.names, None, payload).await;
+    }
 }
 
 /// The test's own client of the daemon's log (Kafka directly, or the embedded files).

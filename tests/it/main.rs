@@ -6,8 +6,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod dead_letters;
 mod devices;
 mod harness;
 mod ingest;
 mod lifecycle;
 mod probes;
+mod resilience;

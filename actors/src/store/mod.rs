@@ -1,6 +1,7 @@
 //! The store: SQLite (embedded default) or PostgreSQL, both through sea-orm, with
 //! migrations from `sea-orm-migration` run at start-up and by `conveyor migrate`.
 
+pub mod dead_letter;
 pub mod migrations;
 pub mod resource;
 
@@ -103,7 +104,7 @@ impl Store {
 
     /// Runs a query through the breaker; only failures of the database itself (not data
     /// the database refused) count against it. Also records the query's duration.
-    async fn guarded<T>(
+    pub(crate) async fn guarded<T>(
         &self,
         op: &'static str,
         query: impl Future<Output = Result<T, sea_orm::DbErr>>,

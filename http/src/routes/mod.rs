@@ -1,5 +1,6 @@
 //! Handlers, one module per resource.
 
+mod admin;
 mod events;
 mod health;
 mod resources;
@@ -25,9 +26,16 @@ pub(crate) async fn dispatch(
         Route::Metrics => health::metrics(state, &req),
         Route::Events => events::post_one(state, req, ctx).await,
         Route::EventsBatch => events::post_batch(state, req, ctx).await,
-        Route::Resource => {
-            let id = params.iter().find(|(k, _)| k == "id").map(|(_, v)| v.as_str()).unwrap_or_default();
-            resources::get(state, &req, id).await
-        }
+        Route::Resource => resources::get(state, &req, param(params, "id")).await,
+        Route::DeadLetters => admin::list(state, &req).await,
+        Route::DeadLetter => admin::show(state, &req, param(params, "id")).await,
+        Route::DeadLetterDelete => admin::delete(state, &req, param(params, "id")).await,
+        Route::DeadLetterReplay => admin::replay(state, &req, param(params, "id")).await,
+        Route::DeadLettersReplay => admin::replay_matching(state, req, ctx).await,
+        Route::DeadLettersPurge => admin::purge(state, req, ctx).await,
     }
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> &'a str {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default()
 }
