@@ -284,11 +284,14 @@ impl Default for CacheConfig {
 pub struct IngestConfig {
     pub batch_max_events: usize,
     pub idempotency_window_secs: u64,
+    /// Records written but not yet processed (over this process's partitions) beyond which
+    /// ingest answers 503; 0 turns the check off.
+    pub max_lag: i64,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { batch_max_events: 500, idempotency_window_secs: 86_400 }
+        IngestConfig { batch_max_events: 500, idempotency_window_secs: 86_400, max_lag: 1_000_000 }
     }
 }
 
@@ -449,6 +452,9 @@ impl Config {
         let cache = self.cache.url.as_str();
         if !(cache == "memory" || cache.starts_with("redis://") || cache.starts_with("rediss://")) {
             return Err(invalid("cache.url", "expected \"memory\" or redis://…"));
+        }
+        if self.ingest.max_lag < 0 {
+            return Err(invalid("ingest.max_lag", "must be 0 (off) or positive"));
         }
         if self.ingest.batch_max_events == 0 {
             return Err(invalid("ingest.batch_max_events", "must be at least 1"));

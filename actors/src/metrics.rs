@@ -9,6 +9,7 @@ use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
 pub const RECORDS_PROCESSED: &str = "conveyor.partition.records.processed";
 pub const PROCESSING_DURATION: &str = "conveyor.partition.processing.duration";
 pub const IN_FLIGHT: &str = "conveyor.partition.in_flight";
+pub const LAG: &str = "conveyor.partition.lag";
 pub const PARTITION_PAUSES: &str = "conveyor.partition.pauses";
 pub const RETRIES: &str = "conveyor.handler.retries";
 pub const DEAD_LETTERS: &str = "conveyor.dlq.records.written";

@@ -13,6 +13,7 @@ use crate::config::{Config, LogBackendKind};
 use crate::consumer::{DeadLetters, PartitionStatus};
 use crate::devices::{DeviceHandler, Resources};
 use crate::dlq::{DeadLetterAdmin, DeadLetterIndexer};
+use crate::lag::Lag;
 use crate::log::{LogBackend, Producer, embedded::EmbeddedLog, kafka::KafkaLog};
 use crate::retry::RetryPolicy;
 use crate::root::{GroupSpec, RootArgs, RootMsg, RootSupervisor};
@@ -44,6 +45,12 @@ pub struct Conveyor {
     pub dead_letters: DeadLetterAdmin,
     pub store: Store,
     pub cache: Cache,
+    /// Ingest's breaker on the log: while open, producers get a 503 at once instead of each
+    /// waiting out the produce timeout.
+    pub log_breaker: Arc<Breaker>,
+    /// Consumer lag of owned input partitions (front-door back-pressure reads it).
+    pub lag: Arc<Lag>,
+    lag_monitor: tokio::task::JoinHandle<()>,
     log: Arc<dyn LogBackend>,
     root: ActorRef<RootMsg>,
 }
@@ -108,7 +115,22 @@ impl Conveyor {
             max_replays: config.dlq.max_replays,
             timeout: Duration::from_millis(config.log.produce_timeout_ms),
         };
-        let conveyor = Conveyor { config, producer, resources, dead_letters, store, cache, log, root };
+        let log_breaker = Breaker::new("log", config.breaker.clone());
+        let lag = Arc::new(Lag::default());
+        let lag_monitor = lag.spawn_monitor(log.clone(), root.clone(), config.log.topics.events_input.clone());
+        let conveyor = Conveyor {
+            config,
+            producer,
+            resources,
+            dead_letters,
+            store,
+            cache,
+            log_breaker,
+            lag,
+            lag_monitor,
+            log,
+            root,
+        };
         register_breaker_gauge(conveyor.breakers());
         Ok(conveyor)
     }
@@ -136,7 +158,7 @@ impl Conveyor {
 
     /// Every downstream's circuit breaker.
     pub fn breakers(&self) -> Vec<Arc<Breaker>> {
-        vec![self.store.breaker().clone(), self.cache.breaker().clone()]
+        vec![self.store.breaker().clone(), self.cache.breaker().clone(), self.log_breaker.clone()]
     }
 
     /// The log backend (for lag and admin tools).
@@ -146,6 +168,7 @@ impl Conveyor {
 
     /// Leaves the consumer groups after draining and committing, then stops the tree.
     pub async fn shutdown(&self, grace: Duration) {
+        self.lag_monitor.abort();
         let stop = ractor::call_t!(self.root, |reply| RootMsg::Shutdown { reply }, grace.as_millis() as u64);
         if let Err(err) = stop {
             tracing::error!(error = %err, "actor system did not stop within the grace period");

@@ -51,6 +51,8 @@ pub enum ApiError {
         #[source]
         source: Option<Box<conveyor_actors::Error>>,
     },
+    #[error("{lag} events are waiting to be processed (limit {max}); retry later")]
+    Overloaded { lag: i64, max: i64, retry_after: Duration },
     #[error("the request did not complete within {0:?}")]
     Timeout(Duration),
     #[error("internal error")]
@@ -81,7 +83,9 @@ impl ApiError {
             ApiError::NotFound | ApiError::ResourceNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyInProgress | ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Unavailable { .. } | ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::Overloaded { .. } | ApiError::Timeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -99,6 +103,7 @@ impl ApiError {
             ApiError::IdempotencyInProgress => "idempotency_key_in_use",
             ApiError::Conflict { code, .. } => code,
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Overloaded { .. } => "backlog",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "internal",
         }
@@ -135,7 +140,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable { retry_after, .. } => {
+            ApiError::Unavailable { retry_after, .. } | ApiError::Overloaded { retry_after, .. } => {
                 if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
                     headers.insert(header::RETRY_AFTER, v);
                 }

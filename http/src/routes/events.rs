@@ -42,8 +42,20 @@ async fn admit(
     checked.await.inspect_err(|e: &ApiError| rejected(e.code()))
 }
 
+/// Refuses new work while this process's backlog is past `ingest.max_lag`.
+fn check_backlog(state: &AppState) -> Result<(), ApiError> {
+    let max = state.conveyor.config.ingest.max_lag;
+    let lag = state.conveyor.lag.total();
+    if max > 0 && lag > max {
+        rejected("backlog");
+        return Err(ApiError::Overloaded { lag, max, retry_after: LOG_RETRY_AFTER });
+    }
+    Ok(())
+}
+
 pub async fn post_one(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     let (principal, key, value) = admit(state, req, ctx).await?;
+    check_backlog(state)?;
     let input = body::event(value, "").map_err(ApiError::Validation).inspect_err(|e| rejected(e.code()))?;
     let idem = match key {
         None => None,
@@ -73,6 +85,7 @@ pub async fn post_one(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Re
 
 pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     let (principal, key, value) = admit(state, req, ctx).await?;
+    check_backlog(state)?;
     let items = match value {
         serde_json::Value::Object(mut obj) => match obj.remove("events") {
             Some(serde_json::Value::Array(items)) => items,
