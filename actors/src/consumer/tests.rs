@@ -147,7 +147,7 @@ async fn status(actor: &ActorRef<PartitionMsg>) -> PartitionStatus {
 }
 
 async fn until(mut f: impl FnMut() -> bool) {
-    for _ in 0..500 {
+    for _ in 0..2_000 {
         if f() {
             return;
         }
@@ -318,4 +318,69 @@ async fn an_outage_pauses_the_partition_and_spends_no_attempts() {
     let mut done = store.done.lock().unwrap().clone();
     done.sort_unstable();
     assert_eq!(done, (0..10).collect::<Vec<_>>());
+}
+
+/// Fails its first `failures` calls with a server-requested delay, noting when each came.
+struct RetryAfter {
+    failures: AtomicUsize,
+    retry_after: Option<Duration>,
+    calls: Mutex<Vec<tokio::time::Instant>>,
+}
+
+#[async_trait]
+impl KeyHandler for RetryAfter {
+    fn name(&self) -> &'static str {
+        "retry-after"
+    }
+    async fn handle(&self, _: &str, _: &[Record]) -> Result<(), HandlerError> {
+        self.calls.lock().unwrap().push(tokio::time::Instant::now());
+        if self.failures.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        self.failures.fetch_sub(1, Ordering::SeqCst);
+        let mut err = HandlerError::retryable(std::io::Error::other("429 Too Many Requests"));
+        err.retry_after = self.retry_after;
+        Err(err)
+    }
+}
+
+async fn schedule(retry_after: Option<Duration>) -> Vec<Duration> {
+    let handler = Arc::new(RetryAfter { failures: 3.into(), retry_after, calls: Mutex::default() });
+    let control = Arc::new(Control::default());
+    let args = PartitionArgs {
+        tp: TopicPartition::new("t", 0),
+        handler: handler.clone(),
+        control: control.clone(),
+        dead_letters: DeadLetters {
+            producer: Arc::new(Dlq::default()),
+            topic: "d".into(),
+            timeout: Duration::from_secs(1),
+        },
+        policy: RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(60), max_attempts: 5 },
+        processing: processing(),
+    };
+    let (actor, _) = Actor::spawn(None, PartitionActor, args).await.unwrap();
+    actor.cast(PartitionMsg::Record(record(0, "k", b"{}"))).unwrap();
+    until(|| control.last_commit() == Some(1)).await;
+    let calls = handler.calls.lock().unwrap().clone();
+    calls.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_waits_stay_inside_the_doubling_jitter_windows() {
+    let gaps = schedule(None).await;
+    assert_eq!(gaps.len(), 3, "three failures, then success");
+    for (i, gap) in gaps.iter().enumerate() {
+        let ceiling = Duration::from_secs(1 << i);
+        assert!(*gap <= ceiling + Duration::from_millis(50), "wait {i} was {gap:?}, over {ceiling:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_waited_out_exactly() {
+    let gaps = schedule(Some(Duration::from_secs(3))).await;
+    assert_eq!(gaps.len(), 3);
+    for gap in gaps {
+        assert!(gap >= Duration::from_secs(3) && gap < Duration::from_millis(3_100), "{gap:?}");
+    }
 }
