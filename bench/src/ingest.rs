@@ -333,6 +333,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         }
     };
     let accepted_metric = daemon::metric_sum(&metrics, "conveyor_ingest_accepted", &[]);
+    let processed_metric = daemon::metric_sum(&metrics, "conveyor_partition_records_processed", &[]);
+    let upserts_metric = daemon::metric_sum(&metrics, "conveyor_store_query_duration", &["_count", "upsert_resource"]);
 
     let ratio = conveyor_run.requests_per_sec / hello_run.requests_per_sec;
     let passed = conveyor_run.non_202 == 0 && conveyor_run.non_2xx_3xx == 0 && conveyor_run.requests > 0;
@@ -369,7 +371,11 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         "baseline": { "name": "hello (raw hyper 1.x http1, tokio multi-thread, 202 + small JSON)", "result": hello_run.to_json() },
         "conveyor": {
             "result": conveyor_run.to_json(),
-            "ingest_accepted_metric": accepted_metric,
+            "metrics_after_run": {
+                "ingest_accepted_incl_warmup": accepted_metric,
+                "records_processed_incl_warmup": processed_metric,
+                "store_upserts_incl_warmup": upserts_metric,
+            },
             "clean_shutdown": clean_exit,
         },
         "ratio_conveyor_over_hello": round(ratio, 4),
@@ -380,6 +386,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             "Latency percentiles are wrk's (--latency), in milliseconds; the Lua response() hook \
              counts every status other than 202 and the run fails if conveyor answered any.",
             "The same script (and so the same per-request Lua cost) loads both targets.",
+            "cpu_during_run: process_pct_of_one_core is the server process's user+system CPU during the \
+             measured run (100 = one full core); machine_busy_pct is all cores, steal included.",
             "While it ingests, the daemon also consumes what it accepted (partition actors upsert each \
              device's row into the store and invalidate its cache entry) in the same process, so \
              ingest shares the CPU and (embedded: SQLite) the disk with processing.",

@@ -50,8 +50,12 @@ pub fn machine() -> Value {
             .find(|l| l.starts_with("MemTotal:"))
             .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
     });
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     json!({
         "nproc": nproc,
+        "loadavg_1_5_15_at_write": loadavg,
         "cpu_model": cpu_model,
         "kernel": kernel,
         "mem_total_kb": mem_total_kb,
@@ -163,6 +167,7 @@ pub struct CpuSample {
     machine_total: u64,
     machine_idle: u64,
     machine_iowait: u64,
+    machine_steal: u64,
 }
 
 /// What happened between two [`CpuSample`]s.
@@ -173,6 +178,8 @@ pub struct CpuUsage {
     /// Percent of all cores busy (not idle, not iowait).
     pub machine_busy_pct: f64,
     pub machine_iowait_pct: f64,
+    /// Time the hypervisor gave to someone else (counted in busy).
+    pub machine_steal_pct: f64,
 }
 
 impl CpuUsage {
@@ -181,6 +188,7 @@ impl CpuUsage {
             "process_pct_of_one_core": self.process_pct.map(|p| round(p, 1)),
             "machine_busy_pct": round(self.machine_busy_pct, 1),
             "machine_iowait_pct": round(self.machine_iowait_pct, 1),
+            "machine_steal_pct": round(self.machine_steal_pct, 1),
         })
     }
 }
@@ -210,6 +218,7 @@ impl CpuSample {
             machine_total: total,
             machine_idle: cpu.get(3).copied().unwrap_or(0),
             machine_iowait: cpu.get(4).copied().unwrap_or(0),
+            machine_steal: cpu.get(7).copied().unwrap_or(0),
         }
     }
 
@@ -222,10 +231,12 @@ impl CpuSample {
         let total = self.machine_total.saturating_sub(earlier.machine_total).max(1) as f64;
         let idle = self.machine_idle.saturating_sub(earlier.machine_idle) as f64;
         let iowait = self.machine_iowait.saturating_sub(earlier.machine_iowait) as f64;
+        let steal = self.machine_steal.saturating_sub(earlier.machine_steal) as f64;
         CpuUsage {
             process_pct,
             machine_busy_pct: (total - idle - iowait) / total * 100.0,
             machine_iowait_pct: iowait / total * 100.0,
+            machine_steal_pct: steal / total * 100.0,
         }
     }
 }
