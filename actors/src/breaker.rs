@@ -91,7 +91,33 @@ pub struct Breaker {
     tx: watch::Sender<BreakerState>,
 }
 
-/// The breaker refused the call; `changed` resolves when its state moves.
+/// Leave to make one call; [`Permit::record`] reports how it went.
+#[must_use = "report the call's outcome with Permit::record"]
+pub struct Permit {
+    breaker: Arc<Breaker>,
+    /// Set when this permit holds a half-open probe slot (of the opening `epoch`).
+    probe_epoch: Option<u64>,
+}
+
+impl Permit {
+    pub fn record(mut self, failed: bool) {
+        self.probe_epoch = None;
+        self.breaker.record(failed);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(epoch) = self.probe_epoch {
+            let mut inner = self.breaker.lock();
+            if inner.epoch == epoch && inner.state == BreakerState::HalfOpen {
+                inner.probes_out = inner.probes_out.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// The breaker refused the call.
 #[derive(Debug)]
 pub struct Refused {
     pub breaker: &'static str,
@@ -136,14 +162,15 @@ impl Breaker {
         self.tx.subscribe()
     }
 
-    /// Asks to make a call; report its outcome with [`Breaker::record`].
-    pub fn acquire(&self) -> Result<(), Refused> {
+    /// Asks to make a call; report its outcome with [`Permit::record`]. A permit dropped
+    /// without an outcome (its caller was cancelled) gives its probe slot back.
+    pub fn acquire(self: &Arc<Self>) -> Result<Permit, Refused> {
         let mut inner = self.lock();
         match inner.state {
-            BreakerState::Closed => Ok(()),
+            BreakerState::Closed => Ok(Permit { breaker: self.clone(), probe_epoch: None }),
             BreakerState::HalfOpen if inner.probes_out < self.config.half_open_probes => {
                 inner.probes_out += 1;
-                Ok(())
+                Ok(Permit { breaker: self.clone(), probe_epoch: Some(inner.epoch) })
             }
             state => Err(Refused { breaker: self.name, state }),
         }
@@ -151,7 +178,7 @@ impl Breaker {
 
     /// Reports a call's outcome; `failed` only for failures of the downstream itself
     /// (unreachable, timing out), not for bad input it refused.
-    pub fn record(self: &Arc<Self>, failed: bool) {
+    fn record(self: &Arc<Self>, failed: bool) {
         let mut inner = self.lock();
         let now = Instant::now();
         let window = Duration::from_millis(self.config.window_ms);
@@ -216,6 +243,8 @@ impl Breaker {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn breaker() -> Arc<Breaker> {
@@ -226,8 +255,7 @@ mod tests {
     async fn opens_after_consecutive_failures_and_recovers_through_half_open() {
         let b = breaker();
         for _ in 0..2 {
-            assert!(b.acquire().is_ok());
-            b.record(true);
+            b.acquire().unwrap().record(true);
         }
         assert_eq!(b.state(), BreakerState::Closed, "two failures are not enough");
         b.record(true);
@@ -238,11 +266,26 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open, "still cooling down");
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(b.acquire().is_ok(), "one probe");
+        let probe = b.acquire().unwrap();
         assert!(b.acquire().is_err(), "only one probe at a time");
-        b.record(false);
+        probe.record(false);
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.acquire().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_gives_its_slot_back() {
+        let b = breaker();
+        for _ in 0..3 {
+            b.record(true);
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let probe = b.acquire().unwrap();
+        drop(probe); // the caller was cancelled before the call finished
+        let again = b.acquire();
+        assert!(again.is_ok(), "the slot must be free for the next probe");
+        again.unwrap().record(false);
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]
@@ -253,8 +296,7 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(b.acquire().is_ok());
-        b.record(true);
+        b.acquire().unwrap().record(true);
         assert_eq!(b.state(), BreakerState::Open);
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(b.state(), BreakerState::Open);

@@ -64,12 +64,12 @@ impl Cache {
 
     /// Bounds every command so a hung cache cannot hold a request or a key task.
     async fn bounded<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-        self.breaker.acquire().map_err(|source| Error::BreakerOpen { op, source })?;
+        let permit = self.breaker.acquire().map_err(|source| Error::BreakerOpen { op, source })?;
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout { op, after: self.timeout }),
         };
-        self.breaker.record(result.is_err());
+        permit.record(result.is_err());
         result
     }
 

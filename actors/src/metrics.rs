@@ -76,7 +76,9 @@ impl Metrics {
             partition_pauses: meter
                 .u64_counter(PARTITION_PAUSES)
                 .with_unit("{pause}")
-                .with_description("Times a partition was paused because its in-flight bound was reached")
+                .with_description(
+                    "Times a partition was paused at the log (in-flight bound reached or a downstream breaker open)",
+                )
                 .build(),
             retries: meter
                 .u64_counter(RETRIES)

@@ -275,9 +275,9 @@ impl KeyHandler for FlakyStore {
         vec![self.breaker.clone()]
     }
     async fn handle(&self, _: &str, records: &[Record]) -> Result<(), HandlerError> {
-        self.breaker.acquire().map_err(HandlerError::unavailable)?;
+        let permit = self.breaker.acquire().map_err(HandlerError::unavailable)?;
         let down = self.down.load(Ordering::SeqCst);
-        self.breaker.record(down);
+        permit.record(down);
         if down {
             return Err(HandlerError::retryable(std::io::Error::other("connection refused")));
         }

@@ -109,11 +109,11 @@ impl Store {
         op: &'static str,
         query: impl Future<Output = Result<T, sea_orm::DbErr>>,
     ) -> Result<T, Error> {
-        self.breaker.acquire().map_err(|source| Error::BreakerOpen { op, source })?;
+        let permit = self.breaker.acquire().map_err(|source| Error::BreakerOpen { op, source })?;
         let started = Instant::now();
         let result = query.await;
         metrics().store_duration.record(started.elapsed().as_secs_f64(), &[kv(OPERATION, op)]);
-        self.breaker.record(matches!(&result, Err(e) if e.sql_err().is_none()));
+        permit.record(matches!(&result, Err(e) if e.sql_err().is_none()));
         result.map_err(|e| Error::store(op, e))
     }
 

@@ -170,7 +170,16 @@ async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx
         ],
     };
     let timeout = Duration::from_millis(config.log.produce_timeout_ms);
-    match state.conveyor.producer.send(record, timeout).await {
+    // While the log is known to be down, answer at once instead of holding every request
+    // for the whole produce timeout.
+    let permit = state.conveyor.log_breaker.acquire().map_err(|refused| {
+        rejected("log_unavailable");
+        let source = conveyor_actors::Error::BreakerOpen { op: "produce", source: refused };
+        ApiError::Unavailable { what: "event log", retry_after: LOG_RETRY_AFTER, source: Some(Box::new(source)) }
+    })?;
+    let sent = state.conveyor.producer.send(record, timeout).await;
+    permit.record(sent.is_err());
+    match sent {
         Ok(_) => {
             metrics().ingest_accepted.add(1, &[]);
             Ok(event.request_id.to_string())
