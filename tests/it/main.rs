@@ -5,11 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod broker_restart;
 mod cluster;
+mod crash;
 mod dead_letters;
 mod devices;
 mod harness;
 mod ingest;
 mod lifecycle;
+mod private;
 mod probes;
 mod resilience;
