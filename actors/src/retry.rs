@@ -29,6 +29,29 @@ impl ErrorClass {
     }
 }
 
+impl ErrorClass {
+    /// How an HTTP response status from a downstream is treated (webhook endpoints and
+    /// workflow targets use this): 408, 429 and 5xx are worth retrying, other 4xx are not.
+    pub fn from_http_status(status: u16) -> Option<ErrorClass> {
+        match status {
+            200..=399 => None,
+            408 | 425 | 429 => Some(ErrorClass::Retryable),
+            400..=499 => Some(ErrorClass::Permanent),
+            _ => Some(ErrorClass::Retryable),
+        }
+    }
+}
+
+/// Parses a `Retry-After` header: delay-seconds, or an HTTP date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some((at.with_timezone(&chrono::Utc) - now).to_std().unwrap_or_default())
+}
+
 /// A handler failure: its class, an optional server-requested delay, and the cause.
 #[derive(Debug, thiserror::Error)]
 #[error("{class:?} failure")]
@@ -149,6 +172,34 @@ mod tests {
         assert_eq!(p.next_delay(1, &err, &mut rng), Some(Duration::from_secs(7)));
         err.retry_after = Some(Duration::from_secs(600));
         assert_eq!(p.next_delay(1, &err, &mut rng), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn http_statuses_are_classified() {
+        use ErrorClass::*;
+        let cases = [(200, None), (302, None), (400, Some(Permanent)), (404, Some(Permanent)), (408, Some(Retryable))];
+        for (status, class) in cases {
+            assert_eq!(ErrorClass::from_http_status(status), class, "{status}");
+        }
+        for status in [429, 500, 502, 503, 504] {
+            assert_eq!(ErrorClass::from_http_status(status), Some(Retryable), "{status}");
+        }
+        assert_eq!(ErrorClass::from_http_status(410), Some(Permanent));
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_and_http_dates() {
+        let now = chrono::DateTime::parse_from_rfc2822("Mon, 23 Nov 2026 03:00:00 GMT")
+            .map(|d| d.with_timezone(&chrono::Utc))
+            .unwrap_or_default();
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Mon, 23 Nov 2026 03:00:30 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after("Mon, 23 Nov 2026 02:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a past date means now"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]
