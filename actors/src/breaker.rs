@@ -157,6 +157,13 @@ impl Breaker {
         *self.tx.borrow()
     }
 
+    /// Half-open with a probe slot free: a caller that was refused should try again now
+    /// rather than wait for a change that only a probe can bring.
+    pub fn probe_available(&self) -> bool {
+        let inner = self.lock();
+        inner.state == BreakerState::HalfOpen && inner.probes_out < self.config.half_open_probes
+    }
+
     /// Follows state changes (partition actors pause and resume on these).
     pub fn subscribe(&self) -> watch::Receiver<BreakerState> {
         self.tx.subscribe()

@@ -1,5 +1,5 @@
-//! Seed 003's job: a device event becomes the device's resource row, and the cached copy
-//! is invalidated; reads go cache → store → cache.
+//! Seed 003's job: a device event becomes the device's resource row, written through to
+//! the cache; reads go cache → store → cache.
 
 use std::time::Duration;
 
@@ -52,6 +52,8 @@ pub(crate) fn classify(err: Error) -> HandlerError {
 pub struct DeviceHandler {
     pub store: Store,
     pub cache: Cache,
+    /// How long the cached copy written after each update lives.
+    pub ttl: Duration,
 }
 
 #[async_trait]
@@ -76,9 +78,9 @@ impl KeyHandler for DeviceHandler {
         // exactly as writing each in order would.
         let Some((offset, last)) = events.pop() else { return Ok(()) };
         let value = serde_json::Value::Object(last.payload);
-        let written = self.store.upsert_resource(&last.device_id, value, offset).await.map_err(classify)?;
+        let written = self.store.upsert_resource(&last.device_id, value.clone(), offset).await.map_err(classify)?;
         match written {
-            Upsert::Written => self.invalidate(&last.device_id).await,
+            Upsert::Written => self.refresh_cache(ResourceView { id: last.device_id, value }).await,
             Upsert::Stale => metrics().stale_writes.add(1, &[]),
         }
         Ok(())
@@ -86,14 +88,20 @@ impl KeyHandler for DeviceHandler {
 }
 
 impl DeviceHandler {
-    /// A failed invalidation never fails the event: the row is written, the cache entry's
-    /// TTL bounds how stale a read can be, and we try a few more times in the background.
-    async fn invalidate(&self, id: &str) {
-        let key = resource_cache_key(id);
-        if self.cache.delete(&key).await.is_ok() {
+    /// Writes the new row through to the cache. Deleting the entry instead would race with
+    /// a reader that fetched the old row just before the write and refills the cache after
+    /// the delete, leaving the old value for a whole TTL; readers only fill an absent entry
+    /// (`set_nx`), so whichever comes second, the newest row wins.
+    ///
+    /// A failed cache write never fails the event: the entry is deleted in the background
+    /// (a few tries), and its TTL bounds how stale a read can be if even that fails.
+    async fn refresh_cache(&self, view: ResourceView) {
+        let key = resource_cache_key(&view.id);
+        let text = serde_json::to_string(&view).unwrap_or_default();
+        if self.cache.set(&key, &text, self.ttl).await.is_ok() {
             return;
         }
-        metrics().cache_errors.add(1, &[kv(OPERATION, "invalidate")]);
+        metrics().cache_errors.add(1, &[kv(OPERATION, "write_through")]);
         let cache = self.cache.clone();
         tokio::spawn(async move {
             for attempt in 1..=3u32 {
@@ -137,11 +145,66 @@ impl Resources {
         m.cache_misses.add(1, &[kv(OPERATION, "resource")]);
         let Some(row) = self.store.get_resource(id).await? else { return Ok(None) };
         let view = ResourceView { id: row.id, value: row.value };
+        // Only into an empty slot: a writer may have put a newer row there meanwhile.
         if let Ok(text) = serde_json::to_string(&view)
-            && self.cache.set(&key, &text, self.ttl).await.is_err()
+            && self.cache.set_nx(&key, &text, self.ttl).await.is_err()
         {
             m.cache_errors.add(1, &[kv(OPERATION, "fill")]);
         }
         Ok(Some(view))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::Config;
+    use crate::log::TopicPartition;
+
+    fn event(offset: i64, seq: u64) -> Record {
+        let e = DeviceEvent {
+            request_id: uuid::Uuid::now_v7(),
+            device_id: "d1".into(),
+            payload: serde_json::json!({"seq": seq}).as_object().cloned().unwrap(),
+            user_id: "u".into(),
+            received_at: chrono::Utc::now(),
+        };
+        Record {
+            tp: TopicPartition::new("events-input", 0),
+            offset,
+            key: Some("d1".into()),
+            payload: serde_json::to_vec(&e).unwrap().into(),
+            headers: vec![],
+            timestamp_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_see_each_write_at_once_and_replays_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let store = Store::connect(&config).await.unwrap();
+        store.migrate().await.unwrap();
+        let cache = Cache::memory(100);
+        let ttl = Duration::from_secs(60);
+        let handler = DeviceHandler { store: store.clone(), cache: cache.clone(), ttl };
+        let reads = Resources { store, cache: cache.clone(), ttl };
+        let seq = |v: Option<ResourceView>| v.and_then(|v| v.value["seq"].as_u64());
+
+        handler.handle("d1", &[event(10, 1)]).await.unwrap();
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(1));
+        // The cached copy is replaced by the write, not left for the TTL.
+        handler.handle("d1", &[event(11, 2), event(12, 3)]).await.unwrap();
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(3), "coalesced: the last event wins");
+        // A reader that fetched an older row fills only an empty slot.
+        let stale = serde_json::json!({"id": "d1", "value": {"seq": 1}}).to_string();
+        assert!(!cache.set_nx(&resource_cache_key("d1"), &stale, ttl).await.unwrap());
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(3));
+        // A redelivered older event is refused by the store and leaves the cache alone.
+        handler.handle("d1", &[event(11, 2)]).await.unwrap();
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(3));
+        assert!(reads.get("nobody").await.unwrap().is_none());
     }
 }

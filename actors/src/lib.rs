@@ -30,7 +30,7 @@
 //!    partition is paused at the log instead of buffering.
 //! 4. The key task calls the handler — [`devices::DeviceHandler`] upserts `resources`
 //!    guarded by the record's offset (an older event never overwrites a newer one) and
-//!    invalidates `resource:{id}` in the cache. Failures are classified
+//!    writes the new row through to `resource:{id}` in the cache. Failures are classified
 //!    ([`retry::ErrorClass`]): retryable ones back off on this key only, permanent or
 //!    exhausted ones are written to the dead-letter topic before the record counts as done.
 //! 5. The partition actor marks the offsets done; its [`consumer::OffsetTracker`] yields

@@ -80,7 +80,11 @@ impl Conveyor {
         let devices = GroupSpec {
             group: config.log.groups.events.clone(),
             topic: config.log.topics.events_input.clone(),
-            handler: Arc::new(DeviceHandler { store: store.clone(), cache: cache.clone() }),
+            handler: Arc::new(DeviceHandler {
+                store: store.clone(),
+                cache: cache.clone(),
+                ttl: Duration::from_secs(config.cache.resource_ttl_secs),
+            }),
             dead_letters: dead_letters.clone(),
         };
         // The dead-letter topic is consumed like any other: into the admin index.

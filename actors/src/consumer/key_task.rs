@@ -163,13 +163,15 @@ async fn dead_letter(ctx: &KeyCtx, record: &Record, failure: &Failure<'_>) -> bo
     }
 }
 
-/// Waits until each of the handler's breakers has left the state it was in (open →
-/// half-open → closed); `false` if the partition drains first.
+/// Waits until each of the handler's breakers is closed or has a probe slot free, or
+/// has at least moved on from the state it was in; `false` if the partition drains first.
 async fn wait_for_downstream(ctx: &KeyCtx) -> bool {
     let mut waited = false;
     for breaker in &ctx.breakers {
         let mut rx = breaker.subscribe();
-        if *rx.borrow_and_update() == BreakerState::Closed {
+        // Half-open with a free slot: go and probe. Waiting for a change there could wait
+        // forever, since only a probe moves a half-open breaker.
+        if *rx.borrow_and_update() == BreakerState::Closed || breaker.probe_available() {
             continue;
         }
         waited = true;

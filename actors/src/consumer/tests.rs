@@ -384,3 +384,58 @@ async fn retry_after_is_waited_out_exactly() {
         assert!(gap >= Duration::from_secs(3) && gap < Duration::from_millis(3_100), "{gap:?}");
     }
 }
+
+/// Refuses its first call with a breaker that is already half-open by the time the key
+/// task looks at it: nobody else will probe, so the key task itself must.
+struct LateHalfOpen {
+    breaker: Arc<crate::breaker::Breaker>,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl KeyHandler for LateHalfOpen {
+    fn name(&self) -> &'static str {
+        "late-half-open"
+    }
+    fn breakers(&self) -> Vec<Arc<crate::breaker::Breaker>> {
+        vec![self.breaker.clone()]
+    }
+    async fn handle(&self, _: &str, _: &[Record]) -> Result<(), HandlerError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            for _ in 0..3 {
+                self.breaker.acquire().unwrap().record(true);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // past the cool-down
+            return Err(HandlerError::unavailable(std::io::Error::other("breaker open")));
+        }
+        self.breaker.acquire().map_err(HandlerError::unavailable)?.record(false);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_key_refused_before_half_open_probes_by_itself() {
+    let breaker = crate::breaker::Breaker::new(
+        "store",
+        crate::breaker::BreakerConfig { cool_down_ms: 20, ..crate::breaker::BreakerConfig::default() },
+    );
+    let handler = Arc::new(LateHalfOpen { breaker: breaker.clone(), calls: 0.into() });
+    let control = Arc::new(Control::default());
+    let args = PartitionArgs {
+        tp: TopicPartition::new("t", 0),
+        handler: handler.clone(),
+        control: control.clone(),
+        dead_letters: DeadLetters {
+            producer: Arc::new(Dlq::default()),
+            topic: "d".into(),
+            timeout: Duration::from_secs(1),
+        },
+        policy: RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 },
+        processing: processing(),
+    };
+    let (actor, _) = Actor::spawn(None, PartitionActor, args).await.unwrap();
+    actor.cast(PartitionMsg::Record(record(0, "k", b"{}"))).unwrap();
+    until(|| control.last_commit() == Some(1)).await;
+    assert_eq!(breaker.state(), crate::breaker::BreakerState::Closed);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+}
