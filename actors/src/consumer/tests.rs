@@ -122,19 +122,30 @@ struct Fixture {
     dlq: Arc<Dlq>,
 }
 
-async fn start(handler: Recorder, processing: ProcessingConfig) -> Fixture {
+/// A partition actor on partition t/0 over `handler`, with a recording control and DLQ.
+async fn spawn(
+    handler: Arc<dyn KeyHandler>,
+    policy: RetryPolicy,
+    processing: ProcessingConfig,
+) -> (ActorRef<PartitionMsg>, Arc<Control>, Arc<Dlq>) {
     let control = Arc::new(Control::default());
-    let handler = Arc::new(handler);
     let dlq = Arc::new(Dlq::default());
     let args = PartitionArgs {
         tp: TopicPartition::new("t", 0),
-        handler: handler.clone(),
+        handler,
         control: control.clone(),
         dead_letters: DeadLetters { producer: dlq.clone(), topic: "t-dlq".into(), timeout: Duration::from_secs(1) },
-        policy: RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(20), max_attempts: 3 },
+        policy,
         processing,
     };
     let (actor, _) = Actor::spawn(None, PartitionActor, args).await.unwrap();
+    (actor, control, dlq)
+}
+
+async fn start(handler: Recorder, processing: ProcessingConfig) -> Fixture {
+    let handler = Arc::new(handler);
+    let policy = RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(20), max_attempts: 3 };
+    let (actor, control, dlq) = spawn(handler.clone(), policy, processing).await;
     Fixture { actor, control, handler, dlq }
 }
 
@@ -293,18 +304,9 @@ async fn an_outage_pauses_the_partition_and_spends_no_attempts() {
         crate::breaker::BreakerConfig { cool_down_ms: 50, ..crate::breaker::BreakerConfig::default() },
     );
     let store = Arc::new(FlakyStore { breaker: breaker.clone(), down: true.into(), done: Mutex::default() });
-    let control = Arc::new(Control::default());
-    let dlq = Arc::new(Dlq::default());
-    let args = PartitionArgs {
-        tp: TopicPartition::new("t", 0),
-        handler: store.clone(),
-        control: control.clone(),
-        dead_letters: DeadLetters { producer: dlq.clone(), topic: "t-dlq".into(), timeout: Duration::from_secs(1) },
-        // Two attempts only: an outage that spent attempts would dead-letter at once.
-        policy: RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 },
-        processing: processing(),
-    };
-    let (actor, _) = Actor::spawn(None, PartitionActor, args).await.unwrap();
+    // Two attempts only: an outage that spent attempts would dead-letter at once.
+    let policy = RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 };
+    let (actor, control, dlq) = spawn(store.clone(), policy, processing()).await;
     for offset in 0..10 {
         actor.cast(PartitionMsg::Record(record(offset, ["a", "b", "c"][offset as usize % 3], b"{}"))).unwrap();
     }
@@ -346,20 +348,8 @@ impl KeyHandler for RetryAfter {
 
 async fn schedule(retry_after: Option<Duration>) -> Vec<Duration> {
     let handler = Arc::new(RetryAfter { failures: 3.into(), retry_after, calls: Mutex::default() });
-    let control = Arc::new(Control::default());
-    let args = PartitionArgs {
-        tp: TopicPartition::new("t", 0),
-        handler: handler.clone(),
-        control: control.clone(),
-        dead_letters: DeadLetters {
-            producer: Arc::new(Dlq::default()),
-            topic: "d".into(),
-            timeout: Duration::from_secs(1),
-        },
-        policy: RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(60), max_attempts: 5 },
-        processing: processing(),
-    };
-    let (actor, _) = Actor::spawn(None, PartitionActor, args).await.unwrap();
+    let policy = RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(60), max_attempts: 5 };
+    let (actor, control, _) = spawn(handler.clone(), policy, processing()).await;
     actor.cast(PartitionMsg::Record(record(0, "k", b"{}"))).unwrap();
     until(|| control.last_commit() == Some(1)).await;
     let calls = handler.calls.lock().unwrap().clone();
@@ -420,20 +410,8 @@ async fn a_key_refused_before_half_open_probes_by_itself() {
         crate::breaker::BreakerConfig { cool_down_ms: 20, ..crate::breaker::BreakerConfig::default() },
     );
     let handler = Arc::new(LateHalfOpen { breaker: breaker.clone(), calls: 0.into() });
-    let control = Arc::new(Control::default());
-    let args = PartitionArgs {
-        tp: TopicPartition::new("t", 0),
-        handler: handler.clone(),
-        control: control.clone(),
-        dead_letters: DeadLetters {
-            producer: Arc::new(Dlq::default()),
-            topic: "d".into(),
-            timeout: Duration::from_secs(1),
-        },
-        policy: RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 },
-        processing: processing(),
-    };
-    let (actor, _) = Actor::spawn(None, PartitionActor, args).await.unwrap();
+    let policy = RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 };
+    let (actor, control, _) = spawn(handler.clone(), policy, processing()).await;
     actor.cast(PartitionMsg::Record(record(0, "k", b"{}"))).unwrap();
     until(|| control.last_commit() == Some(1)).await;
     assert_eq!(breaker.state(), crate::breaker::BreakerState::Closed);
