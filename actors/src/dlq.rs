@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::breaker::Breaker;
-use crate::consumer::KeyHandler;
+use crate::consumer::{KeyHandler, dlq_header};
 use crate::log::{Header, OutgoingRecord, Producer, Record};
 use crate::retry::HandlerError;
 use crate::store::Store;
@@ -20,7 +20,6 @@ use crate::store::dead_letter::{self, Column, Entity};
 
 /// Set on replayed records; a record replayed `dlq.max_replays` times is not replayed again.
 pub const REPLAY_COUNT_HEADER: &str = "conveyor.replay_count";
-const DLQ_PREFIX: &str = "conveyor.dlq.";
 
 fn header_str<'a>(record: &'a Record, name: &str) -> Option<&'a str> {
     record.header(name).and_then(|v| std::str::from_utf8(v).ok())
@@ -35,7 +34,7 @@ fn headers_json(headers: &[Header]) -> serde_json::Value {
     let b64 = base64::engine::general_purpose::STANDARD;
     headers
         .iter()
-        .filter(|h| !h.name.starts_with(DLQ_PREFIX))
+        .filter(|h| !h.name.starts_with(dlq_header::PREFIX))
         .map(|h| match std::str::from_utf8(&h.value) {
             Ok(text) => serde_json::json!({"name": h.name, "value": text}),
             Err(_) => serde_json::json!({"name": h.name, "value_base64": b64.encode(&h.value)}),
@@ -85,19 +84,17 @@ impl KeyHandler for DeadLetterIndexer {
                 dlq_topic: Set(record.tp.topic.clone()),
                 dlq_partition: Set(record.tp.partition),
                 dlq_offset: Set(record.offset),
-                source_topic: Set(header_str(record, "conveyor.dlq.source_topic").unwrap_or("unknown").to_string()),
-                source_partition: Set(header_num(record, "conveyor.dlq.source_partition").unwrap_or(-1)),
-                source_offset: Set(header_num(record, "conveyor.dlq.source_offset").unwrap_or(-1)),
+                source_topic: Set(header_str(record, dlq_header::SOURCE_TOPIC).unwrap_or("unknown").to_string()),
+                source_partition: Set(header_num(record, dlq_header::SOURCE_PARTITION).unwrap_or(-1)),
+                source_offset: Set(header_num(record, dlq_header::SOURCE_OFFSET).unwrap_or(-1)),
                 key: Set(record.key.clone()),
                 payload: Set(record.payload.to_vec()),
                 headers: Set(headers_json(&record.headers)),
-                error_class: Set(header_str(record, "conveyor.dlq.error_class").unwrap_or("unknown").to_string()),
-                error: Set(header_str(record, "conveyor.dlq.error").unwrap_or_default().to_string()),
-                attempts: Set(header_num(record, "conveyor.dlq.attempts").unwrap_or(0)),
-                first_failure_ms: Set(
-                    header_num(record, "conveyor.dlq.first_failure_ms").unwrap_or(record.timestamp_ms)
-                ),
-                last_failure_ms: Set(header_num(record, "conveyor.dlq.last_failure_ms").unwrap_or(record.timestamp_ms)),
+                error_class: Set(header_str(record, dlq_header::ERROR_CLASS).unwrap_or("unknown").to_string()),
+                error: Set(header_str(record, dlq_header::ERROR).unwrap_or_default().to_string()),
+                attempts: Set(header_num(record, dlq_header::ATTEMPTS).unwrap_or(0)),
+                first_failure_ms: Set(header_num(record, dlq_header::FIRST_FAILURE_MS).unwrap_or(record.timestamp_ms)),
+                last_failure_ms: Set(header_num(record, dlq_header::LAST_FAILURE_MS).unwrap_or(record.timestamp_ms)),
                 replay_count: Set(header_num(record, REPLAY_COUNT_HEADER).unwrap_or(0)),
                 replayed_at: Set(None),
                 created_at: Set(chrono::Utc::now()),
@@ -317,7 +314,7 @@ mod tests {
         let headers = vec![
             Header { name: "traceparent".into(), value: b"00-abc-def-01".to_vec() },
             Header { name: "bin".into(), value: vec![0xff, 0x00] },
-            Header { name: "conveyor.dlq.error".into(), value: b"boom".to_vec() },
+            Header { name: dlq_header::ERROR.into(), value: b"boom".to_vec() },
         ];
         let json = headers_json(&headers);
         assert_eq!(json.as_array().map(Vec::len), Some(2));

@@ -174,7 +174,8 @@ impl RootState {
         }
         *since = Instant::now();
         *count += 1;
-        Duration::from_secs(1u64 << (*count - 1).min(6)).min(Duration::from_secs(60))
+        RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(60), max_attempts: u32::MAX }
+            .ceiling(*count)
     }
 }
 

@@ -6,6 +6,20 @@ use std::time::Duration;
 use crate::log::{Header, OutgoingRecord, Producer, Record};
 use crate::retry::{ErrorClass, HandlerError};
 
+/// The metadata headers a dead letter carries; the dead-letter indexer reads the same names.
+pub mod headers {
+    /// Every dead-letter metadata header starts with this.
+    pub const PREFIX: &str = "conveyor.dlq.";
+    pub const SOURCE_TOPIC: &str = "conveyor.dlq.source_topic";
+    pub const SOURCE_PARTITION: &str = "conveyor.dlq.source_partition";
+    pub const SOURCE_OFFSET: &str = "conveyor.dlq.source_offset";
+    pub const ERROR_CLASS: &str = "conveyor.dlq.error_class";
+    pub const ERROR: &str = "conveyor.dlq.error";
+    pub const ATTEMPTS: &str = "conveyor.dlq.attempts";
+    pub const FIRST_FAILURE_MS: &str = "conveyor.dlq.first_failure_ms";
+    pub const LAST_FAILURE_MS: &str = "conveyor.dlq.last_failure_ms";
+}
+
 /// Where a source topic's dead letters go.
 #[derive(Clone)]
 pub struct DeadLetters {
@@ -27,14 +41,14 @@ pub fn dlq_headers(record: &Record, failure: &Failure<'_>) -> Vec<Header> {
     let mut headers = record.headers.clone();
     let mut push =
         |name: &str, value: String| headers.push(Header { name: name.to_string(), value: value.into_bytes() });
-    push("conveyor.dlq.source_topic", record.tp.topic.clone());
-    push("conveyor.dlq.source_partition", record.tp.partition.to_string());
-    push("conveyor.dlq.source_offset", record.offset.to_string());
-    push("conveyor.dlq.error_class", failure.error.class.as_str().to_string());
-    push("conveyor.dlq.error", failure.error.describe());
-    push("conveyor.dlq.attempts", failure.attempts.to_string());
-    push("conveyor.dlq.first_failure_ms", failure.first_failure_ms.to_string());
-    push("conveyor.dlq.last_failure_ms", failure.last_failure_ms.to_string());
+    push(headers::SOURCE_TOPIC, record.tp.topic.clone());
+    push(headers::SOURCE_PARTITION, record.tp.partition.to_string());
+    push(headers::SOURCE_OFFSET, record.offset.to_string());
+    push(headers::ERROR_CLASS, failure.error.class.as_str().to_string());
+    push(headers::ERROR, failure.error.describe());
+    push(headers::ATTEMPTS, failure.attempts.to_string());
+    push(headers::FIRST_FAILURE_MS, failure.first_failure_ms.to_string());
+    push(headers::LAST_FAILURE_MS, failure.last_failure_ms.to_string());
     headers
 }
 

@@ -172,11 +172,10 @@ async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx
     let timeout = Duration::from_millis(config.log.produce_timeout_ms);
     // While the log is known to be down, answer at once instead of holding every request
     // for the whole produce timeout.
-    let permit = state.conveyor.log_breaker.acquire().map_err(|refused| {
-        rejected("log_unavailable");
-        let source = conveyor_actors::Error::BreakerOpen { op: "produce", source: refused };
-        ApiError::Unavailable { what: "event log", retry_after: LOG_RETRY_AFTER, source: Some(Box::new(source)) }
-    })?;
+    let permit =
+        state.conveyor.log_breaker.acquire().map_err(|refused| {
+            log_unavailable(conveyor_actors::Error::BreakerOpen { op: "produce", source: refused })
+        })?;
     let sent = state.conveyor.producer.send(record, timeout).await;
     permit.record(sent.is_err());
     match sent {
@@ -184,15 +183,14 @@ async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx
             metrics().ingest_accepted.add(1, &[]);
             Ok(event.request_id.to_string())
         }
-        Err(source) => {
-            rejected("log_unavailable");
-            Err(ApiError::Unavailable {
-                what: "event log",
-                retry_after: LOG_RETRY_AFTER,
-                source: Some(Box::new(source)),
-            })
-        }
+        Err(source) => Err(log_unavailable(source)),
     }
+}
+
+/// The log cannot take the event (down, or its breaker open): 503 with `Retry-After`.
+fn log_unavailable(source: conveyor_actors::Error) -> ApiError {
+    rejected("log_unavailable");
+    ApiError::Unavailable { what: "event log", retry_after: LOG_RETRY_AFTER, source: Some(Box::new(source)) }
 }
 
 fn window(state: &AppState) -> Duration {

@@ -1,7 +1,5 @@
 //! `GET /resource/{id}`: read-through cache over the store.
 
-use std::time::Duration;
-
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
@@ -18,10 +16,6 @@ pub async fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<
     match state.conveyor.resources.get(id).await {
         Ok(Some(view)) => Ok(json_response(StatusCode::OK, &serde_json::to_value(view).unwrap_or_default())),
         Ok(None) => Err(ApiError::ResourceNotFound("Resource")),
-        Err(source) => Err(ApiError::Unavailable {
-            what: "store",
-            retry_after: Duration::from_secs(1),
-            source: Some(Box::new(source)),
-        }),
+        Err(source) => Err(ApiError::unavailable("store", source)),
     }
 }
