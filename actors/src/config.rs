@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod identity;
+
+pub use identity::{AuthConfig, ExternalKey, HmacKey, PasswordConfig, Quota, RateLimitConfig};
+
 /// A secret value: never printed, never logged. Serialises as `""` when empty and as
 /// `"[redacted]"` otherwise, so `conveyor config check` can print the effective configuration.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
@@ -64,6 +68,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
     pub log: LogConfig,
     pub store: StoreConfig,
     pub cache: CacheConfig,
@@ -82,6 +87,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             log: LogConfig::default(),
             store: StoreConfig::default(),
             cache: CacheConfig::default(),
@@ -113,21 +119,6 @@ impl Default for HttpConfig {
             request_timeout_ms: 30_000,
             header_read_timeout_ms: 10_000,
         }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    pub jwt_secret: Secret,
-    pub issuer: String,
-    pub audience: String,
-    pub leeway_secs: u64,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig { jwt_secret: Secret::default(), issuer: String::new(), audience: String::new(), leeway_secs: 30 }
     }
 }
 
@@ -485,7 +476,8 @@ impl Config {
         if self.retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
         }
-        Ok(())
+        self.auth.validate()?;
+        self.rate_limit.validate()
     }
 
     /// Where the embedded log lives.

@@ -66,6 +66,47 @@ pub enum Error {
     /// Configuration that cannot work (found when the backend starts).
     #[error("invalid configuration {key}: {reason}")]
     Config { key: &'static str, reason: String },
+    /// Input that breaks a rule, each problem named by its field.
+    #[error("invalid input: {}", fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
+    InvalidInput { fields: Vec<FieldIssue> },
+    /// Registration with an email that already has an account.
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    /// Login with an unknown email or a wrong password (one message for both).
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    /// A token that does not authenticate anyone; `reason` is safe to show the caller.
+    #[error("{reason}")]
+    TokenRefused { reason: &'static str },
+    /// Hashing a password failed.
+    #[error("password hashing failed")]
+    PasswordHash {
+        #[source]
+        source: argon2::password_hash::Error,
+    },
+    /// Signing a token or reading a key failed.
+    #[error("token error while {op}")]
+    Token {
+        op: &'static str,
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    /// The runtime is shutting down and the work was dropped.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// One field's problem, for [`Error::InvalidInput`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldIssue {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldIssue {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        FieldIssue { field, message: message.into() }
+    }
 }
 
 impl Error {

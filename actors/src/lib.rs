@@ -45,6 +45,7 @@ pub mod consumer;
 pub mod devices;
 pub mod dlq;
 pub mod error;
+pub mod identity;
 pub mod lag;
 pub mod log;
 pub mod metrics;

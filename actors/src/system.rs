@@ -13,6 +13,7 @@ use crate::config::{Config, LogBackendKind};
 use crate::consumer::{DeadLetters, PartitionStatus};
 use crate::devices::{DeviceHandler, Resources};
 use crate::dlq::{DeadLetterAdmin, DeadLetterIndexer};
+use crate::identity::{Identity, TokenKeys};
 use crate::lag::Lag;
 use crate::log::{LogBackend, Producer, embedded::EmbeddedLog, kafka::KafkaLog};
 use crate::retry::RetryPolicy;
@@ -45,6 +46,8 @@ pub struct Conveyor {
     pub dead_letters: DeadLetterAdmin,
     pub store: Store,
     pub cache: Cache,
+    /// Users, tokens, revocation.
+    pub identity: Identity,
     /// Ingest's breaker on the log: while open, producers get a 503 at once instead of each
     /// waiting out the produce timeout.
     pub log_breaker: Arc<Breaker>,
@@ -53,6 +56,26 @@ pub struct Conveyor {
     lag_monitor: tokio::task::JoinHandle<()>,
     log: Arc<dyn LogBackend>,
     root: ActorRef<RootMsg>,
+}
+
+/// The keyring (generating the signing secret on first start) and the bootstrap admin.
+pub async fn start_identity(config: &Config, store: &Store, cache: &Cache) -> Result<Identity, Error> {
+    let (secret, generated) = crate::identity::tokens::resolve_secret(config)?;
+    if generated {
+        tracing::warn!(
+            path = %config.data_dir.join("jwt_secret").display(),
+            "no auth.jwt_secret configured; generated one. Mint a token with: conveyor token mint --sub me --roles device,user"
+        );
+    }
+    let keys = Arc::new(TokenKeys::new(&config.auth, &secret)?);
+    let identity = Identity::new(&config.auth, keys, store.clone(), cache.clone())?;
+    let auth = &config.auth;
+    if !auth.bootstrap_admin_email.is_empty()
+        && identity.bootstrap_admin(&auth.bootstrap_admin_email, auth.bootstrap_admin_password.expose()).await?
+    {
+        tracing::info!("bootstrap admin created");
+    }
+    Ok(identity)
 }
 
 /// Opens the configured log backend.
@@ -70,6 +93,7 @@ impl Conveyor {
         let store = Store::connect(&config).await?;
         store.migrate().await?;
         let cache = Cache::connect(&config.cache, &config.breaker).await?;
+        let identity = start_identity(&config, &store, &cache).await?;
         let log = open_log(&config)?;
         let producer = log.producer();
         let dead_letters = DeadLetters {
@@ -129,6 +153,7 @@ impl Conveyor {
             dead_letters,
             store,
             cache,
+            identity,
             log_breaker,
             lag,
             lag_monitor,

@@ -12,8 +12,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::secret;
-
 #[derive(Args)]
 pub struct DlqArgs {
     /// The daemon's base URL (default: from http.addr).
@@ -94,8 +92,8 @@ fn base_url(config: &Config, url: Option<String>) -> String {
 }
 
 pub async fn run(config: Config, args: DlqArgs) -> anyhow::Result<()> {
-    let auth = secret::auth(&config, &secret::jwt_secret(&config)?);
-    let token = auth.mint("conveyor-cli", &["admin".to_string()], Duration::from_secs(300))?;
+    let keys = conveyor_actors::identity::tokens::keys_for(&config)?;
+    let token = keys.mint("conveyor-cli", &["admin".to_string()], Duration::from_secs(300))?;
     let base = base_url(&config, args.url);
     let (method, path, body) = match args.command {
         DlqCommand::List(f) => ("GET", format!("/admin/dead-letters?{}", f.query()), None),

@@ -1,10 +1,10 @@
 //! `conveyor`: the daemon and its tools.
 
 mod dlq_cli;
-mod secret;
 mod serve;
 mod settings;
 mod telemetry;
+mod user_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,11 @@ enum Command {
     },
     /// Dead letters: list, show, replay, purge (through the running daemon).
     Dlq(dlq_cli::DlqArgs),
+    /// Accounts: create users and admins directly in the store.
+    User {
+        #[command(subcommand)]
+        command: user_cli::UserCommand,
+    },
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -95,23 +100,18 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Token { command: TokenCommand::Mint { sub, roles, ttl } } => {
-            match secret::jwt_secret(&config).map(|s| secret::auth(&config, &s)) {
-                Ok(auth) => match auth.mint(&sub, &roles, ttl) {
-                    Ok(token) => {
-                        println!("{token}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(err) => {
-                        eprintln!("conveyor: cannot sign the token: {err}");
-                        ExitCode::FAILURE
-                    }
-                },
+            match conveyor_actors::identity::tokens::keys_for(&config).and_then(|keys| keys.mint(&sub, &roles, ttl)) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
                 Err(err) => {
-                    eprintln!("conveyor: {err:#}");
+                    eprintln!("conveyor: cannot sign the token: {err}");
                     ExitCode::FAILURE
                 }
             }
         }
+        Command::User { command } => run_async(user_cli::run(config, command)),
         Command::Migrate => run_async(serve::migrate(config)),
         Command::Dlq(args) => run_async(dlq_cli::run(config, args)),
         Command::Serve => run_async(serve::serve(config)),

@@ -9,10 +9,10 @@ use anyhow::Context;
 use conveyor_actors::Conveyor;
 use conveyor_actors::config::Config;
 use conveyor_actors::store::Store;
-use conveyor_http::{AppState, Server, ServerConfig};
+use conveyor_http::{AppState, RateLimits, Server, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{secret, telemetry};
+use crate::telemetry;
 
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
     telemetry::init_logs(&config.telemetry);
@@ -25,8 +25,8 @@ pub async fn migrate(config: Config) -> anyhow::Result<()> {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init_logs(&config.telemetry);
     let metrics = telemetry::init_metrics().context("starting metrics")?;
-    let secret = secret::jwt_secret(&config)?;
-    let auth = secret::auth(&config, &secret);
+    let limits = RateLimits::new(&config.rate_limit);
+    let _janitor = limits.spawn_janitor();
     let grace = Duration::from_millis(config.shutdown.grace_period_ms);
     let http_config = ServerConfig {
         body_limit: config.http.body_limit_bytes,
@@ -36,7 +36,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.http.addr.clone();
     let backend = format!("{:?}", config.log.backend).to_lowercase();
     let conveyor = Arc::new(Conveyor::start(config).await.context("starting the actor system")?);
-    let state = Arc::new(AppState { conveyor: conveyor.clone(), auth, render_metrics: metrics.render.clone() });
+    let state = Arc::new(AppState { conveyor: conveyor.clone(), limits, render_metrics: metrics.render.clone() });
     let server = Server::bind(&addr, state, http_config).await.with_context(|| format!("binding {addr}"))?;
     let local = server.local_addr()?;
     tracing::info!(addr = %local, log = backend, "conveyor ready");

@@ -53,6 +53,7 @@ const SECTIONS: &[&str] = &[
     "data_dir",
     "http",
     "auth",
+    "rate_limit",
     "log",
     "store",
     "cache",

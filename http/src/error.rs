@@ -53,6 +53,8 @@ pub enum ApiError {
     },
     #[error("{lag} events are waiting to be processed (limit {max}); retry later")]
     Overloaded { lag: i64, max: i64, retry_after: Duration },
+    #[error("too many requests; retry in {}s", retry_after.as_secs().max(1))]
+    RateLimited { retry_after: Duration },
     #[error("the request did not complete within {0:?}")]
     Timeout(Duration),
     #[error("internal error")]
@@ -83,6 +85,7 @@ impl ApiError {
             ApiError::NotFound | ApiError::ResourceNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyInProgress | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } | ApiError::Overloaded { .. } | ApiError::Timeout(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -104,6 +107,7 @@ impl ApiError {
             ApiError::Conflict { code, .. } => code,
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Overloaded { .. } => "backlog",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "internal",
         }
@@ -140,13 +144,39 @@ impl ApiError {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable { retry_after, .. } | ApiError::Overloaded { retry_after, .. } => {
-                if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+            ApiError::Unavailable { retry_after, .. }
+            | ApiError::Overloaded { retry_after, .. }
+            | ApiError::RateLimited { retry_after } => {
+                // Rounded up: a client that waits this long finds a token in the bucket.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
                     headers.insert(header::RETRY_AFTER, v);
                 }
             }
             _ => {}
         }
         response
+    }
+}
+
+/// Backend and identity errors, mapped once: refusals keep their status, a backend that
+/// fails is a 503 naming it, anything else is a 500.
+impl From<conveyor_actors::Error> for ApiError {
+    fn from(err: conveyor_actors::Error) -> Self {
+        use conveyor_actors::Error as E;
+        match err {
+            E::TokenRefused { reason } => ApiError::Unauthorized(reason),
+            E::InvalidCredentials => ApiError::Unauthorized("invalid email or password"),
+            E::EmailTaken => ApiError::Conflict { code: "email_taken", message: err.to_string() },
+            E::InvalidInput { fields } => {
+                ApiError::Validation(fields.into_iter().map(|f| FieldError::new(f.field, f.message)).collect())
+            }
+            E::Store { .. } => ApiError::unavailable("store", err),
+            E::Cache { .. } => ApiError::unavailable("cache", err),
+            E::LogUnavailable { .. } | E::Kafka { .. } => ApiError::unavailable("log", err),
+            E::BreakerOpen { op, .. } | E::Timeout { op, .. } => ApiError::unavailable(op, err),
+            E::ShuttingDown => ApiError::unavailable("service", err),
+            other => ApiError::Internal(Box::new(other)),
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! Conveyor's HTTP front end on hyper 1.x: one routing table ([`router`]), bearer auth
-//! ([`auth`]), handlers that produce to the log or read through the cache, and one place
+//! ([`auth`]) and rate limits ([`limits`]), handlers that produce to the log or read through the cache, and one place
 //! that maps errors to statuses ([`error`]).
 
 pub mod auth;
 pub mod body;
 pub mod error;
 pub mod idempotency;
+pub mod limits;
 pub mod metrics;
 pub mod router;
 mod routes;
@@ -17,8 +18,8 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 
-pub use auth::Auth;
 pub use error::ApiError;
+pub use limits::RateLimits;
 pub use server::{Server, ServerConfig};
 
 pub type Response = http::Response<Full<Bytes>>;
@@ -29,7 +30,7 @@ pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 /// Everything a handler may use.
 pub struct AppState {
     pub conveyor: Arc<conveyor_actors::Conveyor>,
-    pub auth: Auth,
+    pub limits: Arc<RateLimits>,
     pub render_metrics: MetricsRenderer,
 }
 

@@ -8,17 +8,23 @@ pub const REQUEST_DURATION: &str = "http.server.request.duration";
 pub const ACTIVE_REQUESTS: &str = "http.server.active_requests";
 pub const INGEST_ACCEPTED: &str = "conveyor.ingest.accepted";
 pub const INGEST_REJECTED: &str = "conveyor.ingest.rejected";
+pub const RATE_LIMITED: &str = "conveyor.http.rate_limited";
 
 pub const ROUTE: &str = "http.route";
 pub const METHOD: &str = "http.request.method";
 pub const STATUS_CLASS: &str = "http.response.status_class";
 pub const REASON: &str = "reason";
+/// `auth` or `api`.
+pub const GROUP: &str = "group";
+/// `ip` or `subject`.
+pub const SCOPE: &str = "scope";
 
 pub struct HttpMetrics {
     pub request_duration: Histogram<f64>,
     pub active_requests: UpDownCounter<i64>,
     pub ingest_accepted: Counter<u64>,
     pub ingest_rejected: Counter<u64>,
+    pub rate_limited: Counter<u64>,
 }
 
 pub fn metrics() -> &'static HttpMetrics {
@@ -44,6 +50,11 @@ pub fn metrics() -> &'static HttpMetrics {
                 .u64_counter(INGEST_REJECTED)
                 .with_unit("{event}")
                 .with_description("Events refused, by reason")
+                .build(),
+            rate_limited: meter
+                .u64_counter(RATE_LIMITED)
+                .with_unit("{request}")
+                .with_description("Requests answered 429, by route group and limit scope")
                 .build(),
         }
     })

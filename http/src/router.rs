@@ -2,6 +2,8 @@
 
 use http::Method;
 
+use crate::limits::Group;
+
 /// Every endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -17,6 +19,24 @@ pub enum Route {
     DeadLetterReplay,
     DeadLettersReplay,
     DeadLettersPurge,
+    Registration,
+    Login,
+    Logout,
+    Refresh,
+    AuthInfo,
+    AuthReady,
+    AuthHealthz,
+}
+
+impl Route {
+    /// Which rate-limit quota the route spends.
+    pub fn group(self) -> Group {
+        match self {
+            Route::Health | Route::Ready | Route::Metrics | Route::AuthReady | Route::AuthHealthz => Group::Exempt,
+            Route::Registration | Route::Login | Route::Logout | Route::Refresh => Group::Auth,
+            _ => Group::Api,
+        }
+    }
 }
 
 /// `(template, method, route)` — the single list of what the server answers.
@@ -33,6 +53,13 @@ pub const ROUTES: &[(&str, Method, Route)] = &[
     ("/admin/dead-letters/{id}/replay", Method::POST, Route::DeadLetterReplay),
     ("/admin/dead-letters/replay", Method::POST, Route::DeadLettersReplay),
     ("/admin/dead-letters/purge", Method::POST, Route::DeadLettersPurge),
+    ("/auth/registration", Method::POST, Route::Registration),
+    ("/auth/login", Method::POST, Route::Login),
+    ("/auth/logout", Method::POST, Route::Logout),
+    ("/auth/refresh", Method::POST, Route::Refresh),
+    ("/auth/info", Method::GET, Route::AuthInfo),
+    ("/auth/ready", Method::GET, Route::AuthReady),
+    ("/auth/healthz", Method::GET, Route::AuthHealthz),
 ];
 
 pub struct Table {

@@ -58,7 +58,7 @@ impl Server {
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
-            let (stream, _peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(err) => {
@@ -76,7 +76,7 @@ impl Server {
             let service = service_fn(move |req| {
                 let state = state.clone();
                 let table = table.clone();
-                async move { Ok::<_, Infallible>(handle(&state, &table, config, req).await) }
+                async move { Ok::<_, Infallible>(handle(&state, &table, config, peer.ip(), req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -97,7 +97,13 @@ impl Server {
     }
 }
 
-async fn handle(state: &AppState, table: &Table, config: ServerConfig, req: Request<Incoming>) -> Response {
+async fn handle(
+    state: &AppState,
+    table: &Table,
+    config: ServerConfig,
+    peer: std::net::IpAddr,
+    req: Request<Incoming>,
+) -> Response {
     let started = Instant::now();
     let request_id = req
         .headers()
@@ -107,6 +113,7 @@ async fn handle(state: &AppState, table: &Table, config: ServerConfig, req: Requ
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let traceparent = child_traceparent(req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    let client_ip = state.limits.client_ip(peer, req.headers());
     let ctx = Ctx { request_id: request_id.clone(), traceparent, body_limit: config.body_limit };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -117,10 +124,15 @@ async fn handle(state: &AppState, table: &Table, config: ServerConfig, req: Requ
         Some(Matched::Found { route, template, params }) => {
             let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             m.active_requests.add(1, &[KeyValue::new(ROUTE, template)]);
-            let work = routes::dispatch(route, state, req, &params, &ctx);
-            let result = match tokio::time::timeout(config.request_timeout, work).await {
-                Ok(result) => result,
-                Err(_) => Err(ApiError::Timeout(config.request_timeout)),
+            let result = match state.limits.check_ip(route.group(), client_ip) {
+                Err(refused) => Err(refused),
+                Ok(()) => {
+                    let work = routes::dispatch(route, state, req, &params, &ctx);
+                    match tokio::time::timeout(config.request_timeout, work).await {
+                        Ok(result) => result,
+                        Err(_) => Err(ApiError::Timeout(config.request_timeout)),
+                    }
+                }
             };
             m.active_requests.add(-1, &[KeyValue::new(ROUTE, template)]);
             (template, result.unwrap_or_else(ApiError::into_response))

@@ -127,7 +127,13 @@ pub fn command(opts: &Opts, data_dir: &Path) -> Command {
         .env("CONVEYOR_RETRY__BASE_MS", "50")
         .env("CONVEYOR_RETRY__CAP_MS", "400")
         .env("CONVEYOR_PROCESSING__COMMIT_INTERVAL_MS", "200")
-        .env("CONVEYOR_SHUTDOWN__GRACE_PERIOD_MS", "15000");
+        .env("CONVEYOR_SHUTDOWN__GRACE_PERIOD_MS", "15000")
+        // Many tests log in from 127.0.0.1; the rate-limit tests set their own quotas.
+        .env("CONVEYOR_RATE_LIMIT__AUTH_PER_IP", "{per_period=1000,period_secs=1,burst=1000}")
+        .env("CONVEYOR_RATE_LIMIT__TRUSTED_PROXIES", r#"["127.0.0.1"]"#)
+        // Cheaper hashing keeps the suite quick; the production cost is in the unit tests' reach.
+        .env("CONVEYOR_AUTH__PASSWORD__ARGON2_MEMORY_KIB", "4096")
+        .env("CONVEYOR_AUTH__PASSWORD__ARGON2_ITERATIONS", "1");
     if opts.backend == Backend::Real {
         cmd.env("CONVEYOR_LOG__BACKEND", "kafka")
             .env("CONVEYOR_LOG__KAFKA__BROKERS", env_required("CONVEYOR_TEST_KAFKA_BROKERS"))
@@ -220,6 +226,20 @@ impl Daemon {
                 a.iter().filter_map(|v| v.as_str().filter(|p| p.starts_with(&prefix)).map(str::to_string)).collect()
             })
             .unwrap_or_default()
+    }
+
+    /// A `conveyor` tool command with this daemon's configuration (store, cache, names).
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let opts = Opts {
+            backend: self.backend,
+            names: self.names.clone(),
+            data_dir: Some(self.data_dir.clone()),
+            env: self.env.clone(),
+            keep: None,
+        };
+        let mut cmd = command(&opts, &self.data_dir);
+        cmd.args(args);
+        cmd
     }
 
     pub fn log_tail(&self, lines: usize) -> String {

@@ -11,6 +11,7 @@ mod crash;
 mod dead_letters;
 mod devices;
 mod harness;
+mod identity;
 mod ingest;
 mod lifecycle;
 mod private;

@@ -1,5 +1,7 @@
 //! Schema migrations, applied in order at start-up and by `conveyor migrate`.
 
+mod identity;
+
 use sea_orm_migration::prelude::*;
 
 pub struct Migrator;
@@ -7,7 +9,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateResources), Box::new(CreateDeadLetters)]
+        vec![Box::new(CreateResources), Box::new(CreateDeadLetters), Box::new(identity::CreateIdentity)]
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod dead_letter;
 pub mod migrations;
 pub mod resource;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,14 +6,14 @@ use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::auth::roles;
+use crate::auth::{Authorize, roles};
 use crate::body;
 use crate::error::{ApiError, FieldError};
 use crate::server::Ctx;
 use crate::{AppState, Response, json_response};
 
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    state.auth.authenticate(headers)?.require(&[roles::ADMIN])
+async fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    state.authenticate(headers).await?.require(&[roles::ADMIN])
 }
 
 fn id_param(id: &str) -> Result<i64, ApiError> {
@@ -59,7 +59,7 @@ async fn body_filter(req: Request<Incoming>, ctx: &Ctx) -> Result<DeadLetterFilt
 }
 
 pub async fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
-    admin(state, req.headers())?;
+    admin(state, req.headers()).await?;
     let filter = query_filter(req.uri().query())?;
     let items = state.conveyor.dead_letters.list(&filter).await.map_err(store_error)?;
     let next_after_id = items.last().map(|i| i.id);
@@ -67,7 +67,7 @@ pub async fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response,
 }
 
 pub async fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
-    admin(state, req.headers())?;
+    admin(state, req.headers()).await?;
     match state.conveyor.dead_letters.show(id_param(id)?).await.map_err(store_error)? {
         Some(view) => Ok(json_response(StatusCode::OK, &json!(view))),
         None => Err(ApiError::ResourceNotFound("Dead letter")),
@@ -75,7 +75,7 @@ pub async fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result
 }
 
 pub async fn delete(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
-    admin(state, req.headers())?;
+    admin(state, req.headers()).await?;
     if state.conveyor.dead_letters.delete(id_param(id)?).await.map_err(store_error)? {
         Ok(json_response(StatusCode::OK, &json!({"deleted": 1})))
     } else {
@@ -84,7 +84,7 @@ pub async fn delete(state: &AppState, req: &Request<Incoming>, id: &str) -> Resu
 }
 
 pub async fn replay(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
-    admin(state, req.headers())?;
+    admin(state, req.headers()).await?;
     let outcome = state.conveyor.dead_letters.replay(id_param(id)?).await.map_err(replay_error)?;
     match outcome {
         ReplayOutcome::Replayed { .. } => Ok(json_response(StatusCode::OK, &json!(outcome))),
@@ -97,7 +97,7 @@ pub async fn replay(state: &AppState, req: &Request<Incoming>, id: &str) -> Resu
 }
 
 pub async fn replay_matching(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    admin(state, req.headers())?;
+    admin(state, req.headers()).await?;
     let filter = body_filter(req, ctx).await?;
     let results = state.conveyor.dead_letters.replay_matching(&filter).await.map_err(replay_error)?;
     let replayed = results.iter().filter(|r| matches!(r, ReplayOutcome::Replayed { .. })).count();
@@ -105,7 +105,7 @@ pub async fn replay_matching(state: &AppState, req: Request<Incoming>, ctx: &Ctx
 }
 
 pub async fn purge(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    admin(state, req.headers())?;
+    admin(state, req.headers()).await?;
     let filter = body_filter(req, ctx).await?;
     let purged = state.conveyor.dead_letters.purge(&filter).await.map_err(store_error)?;
     Ok(json_response(StatusCode::OK, &json!({"purged": purged})))

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 use serde_json::json;
 
-use crate::auth::{Principal, roles};
+use crate::auth::{Authorize, Principal, roles};
 use crate::body::{self, EventInput};
 use crate::error::{ApiError, FieldError};
 use crate::idempotency::{Begin, Idempotency};
@@ -33,7 +33,7 @@ async fn admit(
     ctx: &Ctx,
 ) -> Result<(Principal, Option<String>, serde_json::Value), ApiError> {
     let checked = async {
-        let principal = state.auth.authenticate(req.headers())?;
+        let principal = state.authenticate(req.headers()).await?;
         principal.require(&[roles::DEVICE, roles::ADMIN])?;
         let key = idempotency_key(req.headers())?;
         let bytes = body::read(req.into_body(), ctx.body_limit).await?;

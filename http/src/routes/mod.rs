@@ -1,6 +1,7 @@
 //! Handlers, one module per resource.
 
 mod admin;
+mod auth;
 mod events;
 mod health;
 mod resources;
@@ -33,6 +34,13 @@ pub(crate) async fn dispatch(
         Route::DeadLetterReplay => admin::replay(state, &req, param(params, "id")).await,
         Route::DeadLettersReplay => admin::replay_matching(state, req, ctx).await,
         Route::DeadLettersPurge => admin::purge(state, req, ctx).await,
+        Route::Registration => auth::register(state, req, ctx).await,
+        Route::Login => auth::login(state, req, ctx).await,
+        Route::Logout => auth::logout(state, req, ctx).await,
+        Route::Refresh => auth::refresh(state, req, ctx).await,
+        Route::AuthInfo => auth::info(state, &req).await,
+        Route::AuthReady => Ok(health::ready(state).await),
+        Route::AuthHealthz => Ok(health::health()),
     }
 }
 

@@ -3,12 +3,12 @@
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
-use crate::auth::roles;
+use crate::auth::{Authorize, roles};
 use crate::error::{ApiError, FieldError};
 use crate::{AppState, Response, json_response};
 
 pub async fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
-    let principal = state.auth.authenticate(req.headers())?;
+    let principal = state.authenticate(req.headers()).await?;
     principal.require(&[roles::USER, roles::ADMIN, roles::DEVICE])?;
     if id.is_empty() || id.chars().count() > 128 {
         return Err(ApiError::Validation(vec![FieldError::new("id", "must be 1 to 128 characters")]));

@@ -1,0 +1,287 @@
+//! Identity: users, password login, token pairs, refresh-token rotation with reuse
+//! detection, and revocation.
+//!
+//! A login starts a token *family*: every pair bought by refreshing carries the same
+//! `fam`. A refresh token buys exactly one new pair; presenting it again means it was
+//! stolen (or replayed), so the whole family is revoked. Logout revokes the token and
+//! its family. Revocations are written to the store first and then to the cache, which
+//! answers the per-request check; a cache miss (a flush, an eviction) falls back to the
+//! store, so a flush never un-revokes anything.
+
+mod password;
+pub mod tokens;
+mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use password::Passwords;
+pub use tokens::{Claims, Issued, Refusal, TokenKeys, TokenType};
+
+use crate::Error;
+use crate::cache::Cache;
+use crate::config::{AuthConfig, PasswordConfig};
+use crate::store::Store;
+use crate::store::users::user;
+
+/// The roles Conveyor knows.
+pub mod roles {
+    pub const ADMIN: &str = "admin";
+    pub const DEVICE: &str = "device";
+    pub const USER: &str = "user";
+}
+
+/// How long a "not revoked" answer is cached: the longest a revocation made through a
+/// different, unshared cache (several daemons without Redis) can go unseen.
+const NOT_REVOKED_TTL: Duration = Duration::from_secs(10);
+
+/// `POST /auth/registration`'s fields, as sent.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub email: String,
+    pub password: String,
+    pub name: String,
+    pub birthday: String,
+}
+
+/// What registration, login and refresh return.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenPair {
+    pub user_id: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub sub: String,
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// `GET /auth/info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserInfo {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone)]
+pub struct Identity {
+    store: Store,
+    cache: Cache,
+    keys: Arc<TokenKeys>,
+    passwords: Passwords,
+    policy: PasswordConfig,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+}
+
+fn refused(reason: &'static str) -> Error {
+    Error::TokenRefused { reason }
+}
+
+impl Identity {
+    pub fn new(config: &AuthConfig, keys: Arc<TokenKeys>, store: Store, cache: Cache) -> Result<Self, Error> {
+        Ok(Identity {
+            store,
+            cache,
+            keys,
+            passwords: Passwords::new(&config.password)?,
+            policy: config.password.clone(),
+            access_ttl: Duration::from_secs(config.access_ttl_secs),
+            refresh_ttl: Duration::from_secs(config.refresh_ttl_secs),
+        })
+    }
+
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    /// Creates a `user` account and signs its first pair.
+    pub async fn register(&self, form: Registration) -> Result<TokenPair, Error> {
+        let user = self.create_user(form, &[roles::USER]).await?;
+        self.issue_pair(&user, None).await
+    }
+
+    /// Validates, hashes and inserts a user with `roles` (registration, the CLI, bootstrap).
+    pub async fn create_user(&self, form: Registration, roles: &[&str]) -> Result<user::Model, Error> {
+        let valid = validate::registration(&form, &self.policy)?;
+        let password_hash = self.passwords.hash(form.password).await?;
+        let row = user::Model {
+            id: uuid::Uuid::now_v7().to_string(),
+            email: valid.email,
+            password_hash,
+            name: valid.name,
+            birthday: valid.birthday,
+            roles: roles.join(","),
+            created_at: Utc::now(),
+        };
+        self.store.insert_user(row.clone()).await?;
+        Ok(row)
+    }
+
+    /// Creates the configured admin unless its email already has an account.
+    pub async fn bootstrap_admin(&self, email: &str, password: &str) -> Result<bool, Error> {
+        if self.store.user_by_email(&validate::normalise_email(email)).await?.is_some() {
+            return Ok(false);
+        }
+        let form = Registration {
+            email: email.to_string(),
+            password: password.to_string(),
+            name: "admin".into(),
+            birthday: "1970-01-01".into(),
+        };
+        match self.create_user(form, &[roles::USER, roles::ADMIN]).await {
+            Ok(_) => Ok(true),
+            Err(Error::EmailTaken) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, Error> {
+        let user = self.store.user_by_email(&validate::normalise_email(email)).await?;
+        let stored = user.as_ref().map(|u| u.password_hash.clone());
+        if !self.passwords.verify(password.to_string(), stored).await? {
+            return Err(Error::InvalidCredentials);
+        }
+        let user = user.ok_or(Error::InvalidCredentials)?;
+        self.issue_pair(&user, None).await
+    }
+
+    /// Rotates a refresh token: it buys one new pair, and a second use revokes its family.
+    pub async fn refresh(&self, token: &str) -> Result<TokenPair, Error> {
+        let claims = self.keys.verify(token).map_err(|r| refused(r.0))?;
+        if claims.token_type() != TokenType::Refresh {
+            return Err(refused("a refresh token is required"));
+        }
+        let (Some(jti), Some(fam)) = (claims.jti.as_deref(), claims.fam.as_deref()) else {
+            return Err(refused("invalid token"));
+        };
+        if self.is_revoked(fam, self.refresh_ttl).await? {
+            return Err(refused("token revoked"));
+        }
+        if !self.store.use_refresh_token(jti).await? {
+            self.revoke(fam, Utc::now() + self.refresh_ttl).await?;
+            tracing::warn!(subject_kind = "user", "refresh token reused: its token family is revoked");
+            return Err(refused("refresh token already used; the session is revoked"));
+        }
+        let user = self.store.user_by_id(claims.subject()).await?.ok_or(refused("the account no longer exists"))?;
+        self.issue_pair(&user, Some(fam.to_string())).await
+    }
+
+    /// Revokes `token` and the session it belongs to.
+    pub async fn logout(&self, token: &str) -> Result<(), Error> {
+        let claims = self.keys.verify(token).map_err(|r| refused(r.0))?;
+        if claims.jti.is_none() && claims.fam.is_none() {
+            return Err(Error::InvalidInput {
+                fields: vec![crate::error::FieldIssue::new("token", "carries no jti, so it cannot be revoked")],
+            });
+        }
+        if let Some(jti) = &claims.jti {
+            self.revoke(jti, DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(Utc::now)).await?;
+        }
+        if let Some(fam) = &claims.fam {
+            self.revoke(fam, Utc::now() + self.refresh_ttl).await?;
+        }
+        Ok(())
+    }
+
+    /// Authenticates an access token: signature, claims, type, revocation.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
+        let claims = self.keys.verify(token).map_err(|r| refused(r.0))?;
+        if claims.token_type() != TokenType::Access {
+            return Err(refused("an access token is required"));
+        }
+        // Logout revokes the family as well as the token, so one lookup covers both.
+        let id = claims.fam.as_deref().or(claims.jti.as_deref());
+        if let Some(id) = id
+            && self.is_revoked(id, self.refresh_ttl).await?
+        {
+            return Err(refused("token revoked"));
+        }
+        Ok(Principal { sub: claims.subject().to_string(), roles: claims.roles })
+    }
+
+    pub async fn info(&self, principal: &Principal) -> Result<Option<UserInfo>, Error> {
+        Ok(self.store.user_by_id(&principal.sub).await?.map(|u| UserInfo {
+            user_id: u.id,
+            email: u.email,
+            name: u.name,
+            roles: split_roles(&u.roles),
+            created_at: u.created_at,
+        }))
+    }
+
+    async fn issue_pair(&self, user: &user::Model, family: Option<String>) -> Result<TokenPair, Error> {
+        let family = family.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let now = Utc::now().timestamp();
+        let claims = |token_type, ttl: Duration| Claims {
+            sub: user.id.clone(),
+            uid: Some(user.id.clone()),
+            roles: split_roles(&user.roles),
+            token_type: Some(token_type),
+            jti: Some(uuid::Uuid::now_v7().to_string()),
+            fam: Some(family.clone()),
+            iat: Some(now),
+            exp: now + ttl.as_secs() as i64,
+            iss: None,
+            aud: None,
+        };
+        let access = self.keys.sign(claims(TokenType::Access, self.access_ttl))?;
+        let refresh = self.keys.sign(claims(TokenType::Refresh, self.refresh_ttl))?;
+        let jti = refresh.claims.jti.as_deref().unwrap_or_default();
+        let expires = DateTime::from_timestamp(refresh.claims.exp, 0).unwrap_or_else(Utc::now);
+        self.store.insert_refresh_token(jti, &family, &user.id, expires).await?;
+        Ok(TokenPair { user_id: user.id.clone(), access_token: access.token, refresh_token: refresh.token })
+    }
+
+    async fn revoke(&self, id: &str, until: DateTime<Utc>) -> Result<(), Error> {
+        self.store.revoke(id, until).await?;
+        let ttl = (until - Utc::now()).to_std().unwrap_or(Duration::from_secs(1));
+        if let Err(err) = self.cache.set(&revoked_key(id), "1", ttl).await {
+            // The store has it; checks that miss the cache read the store.
+            tracing::warn!(error = &err as &dyn std::error::Error, "revocation not cached");
+        }
+        Ok(())
+    }
+
+    /// Cache first; on a miss or a cache failure, the store (and the answer is cached).
+    async fn is_revoked(&self, id: &str, max_ttl: Duration) -> Result<bool, Error> {
+        let key = revoked_key(id);
+        if let Ok(Some(value)) = self.cache.get(&key).await {
+            return Ok(value == "1");
+        }
+        let revoked = self.store.is_revoked(id).await?;
+        let fill = if revoked {
+            self.cache.set(&key, "1", max_ttl).await
+        } else {
+            // Only into an empty slot: a revocation written meanwhile must win.
+            self.cache.set_nx(&key, "0", NOT_REVOKED_TTL).await.map(drop)
+        };
+        if let Err(err) = fill {
+            tracing::debug!(error = &err as &dyn std::error::Error, "revocation check not cached");
+        }
+        Ok(revoked)
+    }
+}
+
+fn revoked_key(id: &str) -> String {
+    format!("revoked:{id}")
+}
+
+fn split_roles(roles: &str) -> Vec<String> {
+    roles.split(',').filter(|r| !r.is_empty()).map(str::to_string).collect()
+}
