@@ -12,8 +12,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod identity;
+mod saga;
 
 pub use identity::{AuthConfig, ExternalKey, HmacKey, PasswordConfig, Quota, RateLimitConfig};
+pub use saga::{FaultsConfig, LoyaltyConfig, OutboxConfig};
 
 /// A secret value: never printed, never logged. Serialises as `""` when empty and as
 /// `"[redacted]"` otherwise, so `conveyor config check` can print the effective configuration.
@@ -77,6 +79,9 @@ pub struct Config {
     pub retry: RetryConfig,
     pub breaker: crate::breaker::BreakerConfig,
     pub dlq: DlqConfig,
+    pub loyalty: LoyaltyConfig,
+    pub outbox: OutboxConfig,
+    pub faults: FaultsConfig,
     pub telemetry: TelemetryConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -96,6 +101,9 @@ impl Default for Config {
             retry: RetryConfig::default(),
             breaker: crate::breaker::BreakerConfig::default(),
             dlq: DlqConfig::default(),
+            loyalty: LoyaltyConfig::default(),
+            outbox: OutboxConfig::default(),
+            faults: FaultsConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -158,11 +166,18 @@ impl Default for LogConfig {
 pub struct TopicsConfig {
     pub events_input: String,
     pub events_dlq: String,
+    pub registration: String,
+    pub loyalty: String,
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        TopicsConfig { events_input: "events-input".into(), events_dlq: "events-dlq".into() }
+        TopicsConfig {
+            events_input: "events-input".into(),
+            events_dlq: "events-dlq".into(),
+            registration: "registration".into(),
+            loyalty: "loyalty".into(),
+        }
     }
 }
 
@@ -170,11 +185,13 @@ impl Default for TopicsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct GroupsConfig {
     pub events: String,
+    pub loyalty: String,
+    pub identity: String,
 }
 
 impl Default for GroupsConfig {
     fn default() -> Self {
-        GroupsConfig { events: "events-processor".into() }
+        GroupsConfig { events: "events-processor".into(), loyalty: "loyalty".into(), identity: "identity-saga".into() }
     }
 }
 
@@ -406,6 +423,8 @@ impl Config {
         for (key, topic) in [
             ("log.topics.events_input", &self.log.topics.events_input),
             ("log.topics.events_dlq", &self.log.topics.events_dlq),
+            ("log.topics.registration", &self.log.topics.registration),
+            ("log.topics.loyalty", &self.log.topics.loyalty),
         ] {
             if !valid_topic_name(topic) {
                 return Err(invalid(key, "topic names are 1-249 of [a-zA-Z0-9._-]"));
@@ -475,6 +494,12 @@ impl Config {
         }
         if self.retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
+        }
+        if self.loyalty.welcome_bonus < 0 {
+            return Err(invalid("loyalty.welcome_bonus", "must not be negative"));
+        }
+        if self.outbox.poll_interval_ms == 0 || self.outbox.batch_size == 0 {
+            return Err(invalid("outbox.poll_interval_ms", "poll_interval_ms and batch_size must be at least 1"));
         }
         self.auth.validate()?;
         self.rate_limit.validate()

@@ -48,9 +48,12 @@ pub mod error;
 pub mod identity;
 pub mod lag;
 pub mod log;
+pub mod loyalty;
 pub mod metrics;
+pub mod outbox;
 pub mod retry;
 pub mod root;
+pub mod saga;
 pub mod store;
 pub mod system;
 

@@ -22,6 +22,9 @@ pub const STALE_WRITES: &str = "conveyor.devices.stale_writes";
 pub const BREAKER_TRANSITIONS: &str = "conveyor.breaker.transitions";
 pub const BREAKER_STATE: &str = "conveyor.breaker.state";
 pub const DOWNSTREAM_WAITS: &str = "conveyor.handler.downstream_waits";
+pub const SAGA_STEPS: &str = "conveyor.saga.steps";
+pub const LOYALTY_OPERATIONS: &str = "conveyor.loyalty.operations";
+pub const OUTBOX_RECORDS: &str = "conveyor.outbox.records";
 
 /// Label keys.
 pub const TOPIC: &str = "topic";
@@ -49,6 +52,9 @@ pub struct Metrics {
     pub stale_writes: Counter<u64>,
     pub breaker_transitions: Counter<u64>,
     pub downstream_waits: Counter<u64>,
+    pub saga_steps: Counter<u64>,
+    pub loyalty_operations: Counter<u64>,
+    pub outbox_records: Counter<u64>,
 }
 
 const DURATION_BUCKETS: &[f64] =
@@ -116,6 +122,21 @@ impl Metrics {
                 .u64_counter(DOWNSTREAM_WAITS)
                 .with_unit("{wait}")
                 .with_description("Key tasks that waited for a downstream's breaker instead of spending an attempt")
+                .build(),
+            saga_steps: meter
+                .u64_counter(SAGA_STEPS)
+                .with_unit("{step}")
+                .with_description("Saga steps by saga, step and outcome (completed, failed, compensated)")
+                .build(),
+            loyalty_operations: meter
+                .u64_counter(LOYALTY_OPERATIONS)
+                .with_unit("{operation}")
+                .with_description("Ledger operations by operation (deposit, withdraw, welcome) and outcome (applied, replayed, refused)")
+                .build(),
+            outbox_records: meter
+                .u64_counter(OUTBOX_RECORDS)
+                .with_unit("{record}")
+                .with_description("Outbox publish attempts by outcome (published, failed)")
                 .build(),
             stale_writes: meter
                 .u64_counter(STALE_WRITES)

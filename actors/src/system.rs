@@ -16,8 +16,11 @@ use crate::dlq::{DeadLetterAdmin, DeadLetterIndexer};
 use crate::identity::{Identity, TokenKeys};
 use crate::lag::Lag;
 use crate::log::{LogBackend, Producer, embedded::EmbeddedLog, kafka::KafkaLog};
+use crate::loyalty::{Ledger, LoyaltyHandler};
+use crate::outbox::{OutboxArgs, OutboxMsg};
 use crate::retry::RetryPolicy;
 use crate::root::{GroupSpec, RootArgs, RootMsg, RootSupervisor};
+use crate::saga::IdentitySagaHandler;
 use crate::store::Store;
 
 /// A component `/ready` checks.
@@ -48,6 +51,9 @@ pub struct Conveyor {
     pub cache: Cache,
     /// Users, tokens, revocation.
     pub identity: Identity,
+    /// Loyalty accounts, one actor each.
+    pub ledger: Ledger,
+    outbox: ActorRef<OutboxMsg>,
     /// Ingest's breaker on the log: while open, producers get a 503 at once instead of each
     /// waiting out the produce timeout.
     pub log_breaker: Arc<Breaker>,
@@ -59,7 +65,12 @@ pub struct Conveyor {
 }
 
 /// The keyring (generating the signing secret on first start) and the bootstrap admin.
-pub async fn start_identity(config: &Config, store: &Store, cache: &Cache) -> Result<Identity, Error> {
+pub async fn start_identity(
+    config: &Config,
+    store: &Store,
+    cache: &Cache,
+    outbox_wake: Arc<tokio::sync::Notify>,
+) -> Result<Identity, Error> {
     let (secret, generated) = crate::identity::tokens::resolve_secret(config)?;
     if generated {
         tracing::warn!(
@@ -68,7 +79,8 @@ pub async fn start_identity(config: &Config, store: &Store, cache: &Cache) -> Re
         );
     }
     let keys = Arc::new(TokenKeys::new(&config.auth, &secret)?);
-    let identity = Identity::new(&config.auth, keys, store.clone(), cache.clone())?;
+    let topic = config.log.topics.registration.clone();
+    let identity = Identity::new(&config.auth, keys, store.clone(), cache.clone(), topic, outbox_wake)?;
     let auth = &config.auth;
     if !auth.bootstrap_admin_email.is_empty()
         && identity.bootstrap_admin(&auth.bootstrap_admin_email, auth.bootstrap_admin_password.expose()).await?
@@ -93,7 +105,8 @@ impl Conveyor {
         let store = Store::connect(&config).await?;
         store.migrate().await?;
         let cache = Cache::connect(&config.cache, &config.breaker).await?;
-        let identity = start_identity(&config, &store, &cache).await?;
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let identity = start_identity(&config, &store, &cache, outbox_wake.clone()).await?;
         let log = open_log(&config)?;
         let producer = log.producer();
         let dead_letters = DeadLetters {
@@ -118,12 +131,33 @@ impl Conveyor {
             handler: Arc::new(DeadLetterIndexer { store: store.clone() }),
             dead_letters: DeadLetters {
                 topic: format!("{}.unindexable", config.log.topics.events_dlq),
-                ..dead_letters
+                ..dead_letters.clone()
             },
+        };
+        let (ledger, _) = Ledger::start(store.clone(), Duration::from_secs(config.loyalty.account_idle_secs)).await?;
+        // The registration saga: loyalty reacts to `user.registered`, identity to `loyalty.*`.
+        let loyalty = GroupSpec {
+            group: config.log.groups.loyalty.clone(),
+            topic: config.log.topics.registration.clone(),
+            handler: Arc::new(LoyaltyHandler {
+                ledger: ledger.clone(),
+                store: store.clone(),
+                welcome_bonus: config.loyalty.welcome_bonus,
+                loyalty_topic: config.log.topics.loyalty.clone(),
+                faults: config.faults.clone(),
+                injected: Default::default(),
+            }),
+            dead_letters: dead_letters.clone(),
+        };
+        let identity_saga = GroupSpec {
+            group: config.log.groups.identity.clone(),
+            topic: config.log.topics.loyalty.clone(),
+            handler: Arc::new(IdentitySagaHandler { store: store.clone() }),
+            dead_letters: dead_letters.clone(),
         };
         let args = RootArgs {
             log: log.clone(),
-            groups: vec![devices, index],
+            groups: vec![devices, loyalty, identity_saga, index],
             policy: RetryPolicy::from(&config.retry),
             processing: config.processing.clone(),
         };
@@ -143,6 +177,16 @@ impl Conveyor {
             max_replays: config.dlq.max_replays,
             timeout: Duration::from_millis(config.log.produce_timeout_ms),
         };
+        let outbox = crate::outbox::start(OutboxArgs {
+            store: store.clone(),
+            producer: producer.clone(),
+            policy: RetryPolicy::from(&config.retry),
+            poll: Duration::from_millis(config.outbox.poll_interval_ms),
+            batch: config.outbox.batch_size,
+            produce_timeout: Duration::from_millis(config.log.produce_timeout_ms),
+            wake: outbox_wake,
+        })
+        .await?;
         let log_breaker = Breaker::new("log", config.breaker.clone());
         let lag = Arc::new(Lag::default());
         let lag_monitor = lag.spawn_monitor(log.clone(), root.clone(), config.log.topics.events_input.clone());
@@ -154,6 +198,8 @@ impl Conveyor {
             store,
             cache,
             identity,
+            ledger,
+            outbox,
             log_breaker,
             lag,
             lag_monitor,
@@ -203,6 +249,9 @@ impl Conveyor {
             tracing::error!(error = %err, "actor system did not stop within the grace period");
         }
         self.root.stop(Some("shutdown".into()));
+        // After the consumers: a handler still draining may need its account actor.
+        self.outbox.stop(Some("shutdown".into()));
+        self.ledger.stop();
     }
 }
 

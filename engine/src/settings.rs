@@ -62,6 +62,9 @@ const SECTIONS: &[&str] = &[
     "retry",
     "breaker",
     "dlq",
+    "loyalty",
+    "outbox",
+    "faults",
     "telemetry",
     "shutdown",
 ];

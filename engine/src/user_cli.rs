@@ -37,7 +37,7 @@ pub async fn run(config: Config, command: UserCommand) -> anyhow::Result<()> {
     let store = Store::connect(&config).await.context("connecting to the store")?;
     store.migrate().await.context("applying migrations")?;
     let cache = Cache::memory(16);
-    let identity = conveyor_actors::system::start_identity(&config, &store, &cache).await?;
+    let identity = conveyor_actors::system::start_identity(&config, &store, &cache, Default::default()).await?;
     let granted: &[&str] = if admin { &[roles::USER, roles::ADMIN] } else { &[roles::USER] };
     let user = identity
         .create_user(Registration { email, password, name, birthday }, granted)

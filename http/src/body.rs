@@ -23,6 +23,21 @@ pub fn json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(bytes).map_err(ApiError::MalformedJson)
 }
 
+/// Reads a JSON object into `T`: malformed JSON is a 400; a missing or mistyped field a
+/// 422 naming it.
+pub async fn object<T: serde::de::DeserializeOwned>(body: Incoming, limit: usize) -> Result<T, ApiError> {
+    let value = json(&read(body, limit).await?)?;
+    if !value.is_object() {
+        return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object")]));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        // serde names the field in its message ("missing field `email`").
+        let text = e.to_string();
+        let field = text.split('`').nth(1).unwrap_or("body").to_string();
+        ApiError::Validation(vec![FieldError::new(field, text)])
+    })
+}
+
 /// A device event as submitted: `{"device_id": "...", "payload": {...}}`.
 pub struct EventInput {
     pub device_id: String,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use conveyor_actors::cache::Cache;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 
 const IN_PROGRESS: &str = "\u{0}in-progress";
 
@@ -73,4 +73,17 @@ impl Guard {
     pub async fn abandon(self) {
         let _ = self.cache.delete(&self.key).await;
     }
+}
+
+/// The `Idempotency-Key` header, if sent; a malformed one is a 422.
+pub fn header_key(headers: &http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().unwrap_or_default();
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        )]));
+    }
+    Ok(Some(key.to_string()))
 }

@@ -26,13 +26,23 @@ pub enum Route {
     AuthInfo,
     AuthReady,
     AuthHealthz,
+    LoyaltyOperation,
+    LoyaltyBalance,
+    LoyaltyTransactions,
+    LoyaltyReady,
+    Saga,
 }
 
 impl Route {
     /// Which rate-limit quota the route spends.
     pub fn group(self) -> Group {
         match self {
-            Route::Health | Route::Ready | Route::Metrics | Route::AuthReady | Route::AuthHealthz => Group::Exempt,
+            Route::Health
+            | Route::Ready
+            | Route::Metrics
+            | Route::AuthReady
+            | Route::AuthHealthz
+            | Route::LoyaltyReady => Group::Exempt,
             Route::Registration | Route::Login | Route::Logout | Route::Refresh => Group::Auth,
             _ => Group::Api,
         }
@@ -60,6 +70,11 @@ pub const ROUTES: &[(&str, Method, Route)] = &[
     ("/auth/info", Method::GET, Route::AuthInfo),
     ("/auth/ready", Method::GET, Route::AuthReady),
     ("/auth/healthz", Method::GET, Route::AuthHealthz),
+    ("/loyalty", Method::POST, Route::LoyaltyOperation),
+    ("/loyalty/ready", Method::GET, Route::LoyaltyReady),
+    ("/loyalty/{uuid}", Method::GET, Route::LoyaltyBalance),
+    ("/loyalty/{uuid}/transactions", Method::GET, Route::LoyaltyTransactions),
+    ("/sagas/{id}", Method::GET, Route::Saga),
 ];
 
 pub struct Table {
@@ -128,7 +143,7 @@ mod tests {
     fn every_route_is_reachable() {
         let t = Table::new();
         for (template, method, expected) in ROUTES {
-            let path = template.replace("{id}", "42");
+            let path = template.replace("{id}", "42").replace("{uuid}", "u-1");
             assert_eq!(route(&t, method.clone(), &path), Some(*expected), "{method} {template}");
         }
         assert!(matches!(t.at(&Method::PUT, "/events"), Some(Matched::WrongMethod { template: "/events" })));

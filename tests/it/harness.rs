@@ -54,6 +54,19 @@ pub struct Names {
 }
 
 impl Names {
+    /// `(env var, value)` for the saga's topics and groups.
+    fn saga_env(&self) -> [(&'static str, String); 4] {
+        let id = &self.id;
+        [
+            ("CONVEYOR_LOG__TOPICS__REGISTRATION", format!("{id}-registration")),
+            ("CONVEYOR_LOG__TOPICS__LOYALTY", format!("{id}-loyalty")),
+            ("CONVEYOR_LOG__GROUPS__LOYALTY", format!("{id}-loyalty")),
+            ("CONVEYOR_LOG__GROUPS__IDENTITY", format!("{id}-identity-saga")),
+        ]
+    }
+}
+
+impl Names {
     pub fn unique() -> Self {
         let id = format!("it{}", uuid::Uuid::new_v4().simple().to_string().get(..12).unwrap_or("x"));
         Names {
@@ -134,6 +147,9 @@ pub fn command(opts: &Opts, data_dir: &Path) -> Command {
         // Cheaper hashing keeps the suite quick; the production cost is in the unit tests' reach.
         .env("CONVEYOR_AUTH__PASSWORD__ARGON2_MEMORY_KIB", "4096")
         .env("CONVEYOR_AUTH__PASSWORD__ARGON2_ITERATIONS", "1");
+    for (k, v) in n.saga_env() {
+        cmd.env(k, v);
+    }
     if opts.backend == Backend::Real {
         cmd.env("CONVEYOR_LOG__BACKEND", "kafka")
             .env("CONVEYOR_LOG__KAFKA__BROKERS", env_required("CONVEYOR_TEST_KAFKA_BROKERS"))

@@ -17,3 +17,4 @@ mod lifecycle;
 mod private;
 mod probes;
 mod resilience;
+mod saga;

@@ -76,6 +76,14 @@ pub struct UserInfo {
     pub name: String,
     pub roles: Vec<String>,
     pub created_at: DateTime<Utc>,
+    /// The registration saga (absent for accounts made by the CLI or bootstrap).
+    pub registration: Option<RegistrationState>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RegistrationState {
+    pub saga_id: String,
+    pub status: String,
 }
 
 #[derive(Clone)]
@@ -87,6 +95,10 @@ pub struct Identity {
     policy: PasswordConfig,
     access_ttl: Duration,
     refresh_ttl: Duration,
+    /// Where `user.registered` goes (through the outbox).
+    registration_topic: String,
+    /// Wakes the outbox relay when a registration wrote a record.
+    outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 fn refused(reason: &'static str) -> Error {
@@ -94,8 +106,17 @@ fn refused(reason: &'static str) -> Error {
 }
 
 impl Identity {
-    pub fn new(config: &AuthConfig, keys: Arc<TokenKeys>, store: Store, cache: Cache) -> Result<Self, Error> {
+    pub fn new(
+        config: &AuthConfig,
+        keys: Arc<TokenKeys>,
+        store: Store,
+        cache: Cache,
+        registration_topic: String,
+        outbox_wake: Arc<tokio::sync::Notify>,
+    ) -> Result<Self, Error> {
         Ok(Identity {
+            registration_topic,
+            outbox_wake,
             store,
             cache,
             keys,
@@ -110,14 +131,20 @@ impl Identity {
         &self.keys
     }
 
-    /// Creates a `user` account and signs its first pair.
+    /// Creates a `user` account, starts its registration saga (the loyalty side credits
+    /// the welcome bonus when `user.registered` reaches it) and signs the first pair.
     pub async fn register(&self, form: Registration) -> Result<TokenPair, Error> {
-        let user = self.create_user(form, &[roles::USER]).await?;
+        let user = self.insert_user(form, &[roles::USER], true).await?;
+        self.outbox_wake.notify_one();
         self.issue_pair(&user, None).await
     }
 
-    /// Validates, hashes and inserts a user with `roles` (registration, the CLI, bootstrap).
+    /// Validates, hashes and inserts a user with `roles` (the CLI, bootstrap: no saga).
     pub async fn create_user(&self, form: Registration, roles: &[&str]) -> Result<user::Model, Error> {
+        self.insert_user(form, roles, false).await
+    }
+
+    async fn insert_user(&self, form: Registration, roles: &[&str], saga: bool) -> Result<user::Model, Error> {
         let valid = validate::registration(&form, &self.policy)?;
         let password_hash = self.passwords.hash(form.password).await?;
         let row = user::Model {
@@ -129,7 +156,8 @@ impl Identity {
             roles: roles.join(","),
             created_at: Utc::now(),
         };
-        self.store.insert_user(row.clone()).await?;
+        let saga = saga.then(|| crate::saga::start_registration(&row.id, &self.registration_topic));
+        self.store.insert_user(row.clone(), saga).await?;
         Ok(row)
     }
 
@@ -216,12 +244,19 @@ impl Identity {
     }
 
     pub async fn info(&self, principal: &Principal) -> Result<Option<UserInfo>, Error> {
-        Ok(self.store.user_by_id(&principal.sub).await?.map(|u| UserInfo {
+        let Some(u) = self.store.user_by_id(&principal.sub).await? else { return Ok(None) };
+        let registration = self
+            .store
+            .saga_of_user(&u.id, crate::saga::REGISTRATION)
+            .await?
+            .map(|s| RegistrationState { saga_id: s.id, status: s.status });
+        Ok(Some(UserInfo {
             user_id: u.id,
             email: u.email,
             name: u.name,
             roles: split_roles(&u.roles),
             created_at: u.created_at,
+            registration,
         }))
     }
 

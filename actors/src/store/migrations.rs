@@ -1,6 +1,7 @@
 //! Schema migrations, applied in order at start-up and by `conveyor migrate`.
 
 mod identity;
+mod saga;
 
 use sea_orm_migration::prelude::*;
 
@@ -9,7 +10,12 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateResources), Box::new(CreateDeadLetters), Box::new(identity::CreateIdentity)]
+        vec![
+            Box::new(CreateResources),
+            Box::new(CreateDeadLetters),
+            Box::new(identity::CreateIdentity),
+            Box::new(saga::CreateSagaAndLedger),
+        ]
     }
 }
 

@@ -2,8 +2,10 @@
 //! migrations from `sea-orm-migration` run at start-up and by `conveyor migrate`.
 
 pub mod dead_letter;
+pub mod loyalty;
 pub mod migrations;
 pub mod resource;
+pub mod sagas;
 pub mod users;
 
 use std::sync::Arc;

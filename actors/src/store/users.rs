@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, SqlErr};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, SqlErr, TransactionTrait};
+
+use super::sagas::{insert_outbox, insert_step, outbox, saga};
 
 use super::Store;
 use crate::Error;
@@ -75,13 +77,26 @@ pub mod revocation {
 }
 
 impl Store {
-    /// Inserts a user; a taken email is [`Error::EmailTaken`] (the unique index decides,
-    /// so two concurrent registrations cannot both win).
-    pub async fn insert_user(&self, row: user::Model) -> Result<(), Error> {
-        let active: user::ActiveModel = row.into();
-        let result = self.guarded("insert_user", user::Entity::insert(active).exec_without_returning(&self.db)).await;
-        match result {
-            Ok(_) => Ok(()),
+    /// Inserts a user, and with it (in the same transaction) the saga its registration
+    /// starts and the outbox record that announces it. A taken email is
+    /// [`Error::EmailTaken`]: the unique index decides, so two concurrent registrations
+    /// cannot both win.
+    pub async fn insert_user(&self, row: user::Model, saga: Option<(saga::Model, outbox::Model)>) -> Result<(), Error> {
+        let work = async {
+            let txn = self.db.begin().await?;
+            let active: user::ActiveModel = row.into();
+            user::Entity::insert(active).exec_without_returning(&txn).await?;
+            if let Some((saga_row, announce)) = saga {
+                let id = saga_row.id.clone();
+                let active: saga::ActiveModel = saga_row.into();
+                saga::Entity::insert(active).exec_without_returning(&txn).await?;
+                insert_step(&txn, &id, "user_created", "completed", None).await?;
+                insert_outbox(&txn, announce).await?;
+            }
+            txn.commit().await
+        };
+        match self.guarded("insert_user", work).await {
+            Ok(()) => Ok(()),
             Err(Error::Store { source, .. })
                 if matches!(source.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>
             {

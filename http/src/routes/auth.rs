@@ -8,24 +8,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::body;
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::server::Ctx;
 use crate::{AppState, Response, json_response};
-
-/// Reads a JSON object into `T`; a missing or mistyped field is a 422 naming it.
-async fn form<T: serde::de::DeserializeOwned>(req: Request<Incoming>, ctx: &Ctx) -> Result<T, ApiError> {
-    let bytes = body::read(req.into_body(), ctx.body_limit).await?;
-    let value = body::json(&bytes)?;
-    if !value.is_object() {
-        return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object")]));
-    }
-    serde_json::from_value(value).map_err(|e| {
-        // serde names the field in its message ("missing field `email`").
-        let text = e.to_string();
-        let field = text.split('`').nth(1).unwrap_or("body").to_string();
-        ApiError::Validation(vec![FieldError::new(field, text)])
-    })
-}
 
 #[derive(Deserialize)]
 struct RegistrationForm {
@@ -59,24 +44,24 @@ fn pair(status: StatusCode, pair: conveyor_actors::identity::TokenPair) -> Respo
 }
 
 pub async fn register(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    let f: RegistrationForm = form(req, ctx).await?;
+    let f: RegistrationForm = body::object(req.into_body(), ctx.body_limit).await?;
     let registration = Registration { email: f.email, password: f.password, name: f.name, birthday: f.birthday };
     let tokens = state.conveyor.identity.register(registration).await?;
     Ok(pair(StatusCode::CREATED, tokens))
 }
 
 pub async fn login(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    let f: LoginForm = form(req, ctx).await?;
+    let f: LoginForm = body::object(req.into_body(), ctx.body_limit).await?;
     Ok(pair(StatusCode::OK, state.conveyor.identity.login(&f.email, &f.password).await?))
 }
 
 pub async fn refresh(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    let f: TokenForm = form(req, ctx).await?;
+    let f: TokenForm = body::object(req.into_body(), ctx.body_limit).await?;
     Ok(pair(StatusCode::OK, state.conveyor.identity.refresh(&f.token).await?))
 }
 
 pub async fn logout(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    let f: TokenForm = form(req, ctx).await?;
+    let f: TokenForm = body::object(req.into_body(), ctx.body_limit).await?;
     state.conveyor.identity.logout(&f.token).await?;
     Ok(json_response(StatusCode::OK, &json!({"status": "Success"})))
 }

@@ -35,7 +35,7 @@ async fn admit(
     let checked = async {
         let principal = state.authenticate(req.headers()).await?;
         principal.require(&[roles::DEVICE, roles::ADMIN])?;
-        let key = idempotency_key(req.headers())?;
+        let key = crate::idempotency::header_key(req.headers())?;
         let bytes = body::read(req.into_body(), ctx.body_limit).await?;
         Ok((principal, key, body::json(&bytes)?))
     };
@@ -201,17 +201,4 @@ fn replayed(status: StatusCode, body: serde_json::Value) -> Response {
     let mut response = json_response(status, &body);
     response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     response
-}
-
-/// `Idempotency-Key`: 1 to 255 visible ASCII characters, when present.
-fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = value.to_str().unwrap_or_default();
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::Validation(vec![FieldError::new(
-            "Idempotency-Key",
-            "must be 1 to 255 visible ASCII characters",
-        )]));
-    }
-    Ok(Some(key.to_string()))
 }

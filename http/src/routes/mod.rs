@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod events;
 mod health;
+mod loyalty;
 mod resources;
 
 use http::Request;
@@ -41,6 +42,11 @@ pub(crate) async fn dispatch(
         Route::AuthInfo => auth::info(state, &req).await,
         Route::AuthReady => Ok(health::ready(state).await),
         Route::AuthHealthz => Ok(health::health()),
+        Route::LoyaltyOperation => loyalty::operate(state, req, ctx).await,
+        Route::LoyaltyBalance => loyalty::balance(state, &req, param(params, "uuid")).await,
+        Route::LoyaltyTransactions => loyalty::transactions(state, &req, param(params, "uuid")).await,
+        Route::LoyaltyReady => Ok(health::ready(state).await),
+        Route::Saga => loyalty::saga(state, &req, param(params, "id")).await,
     }
 }
 

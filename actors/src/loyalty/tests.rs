@@ -1,0 +1,116 @@
+//! The saga's handlers against a real (SQLite) store, fed events twice and out of order.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::*;
+use crate::config::Config;
+use crate::log::TopicPartition;
+use crate::saga::{IdentitySagaHandler, start_registration};
+use crate::store::users::user;
+
+fn record(offset: i64, event: &SagaEvent) -> Record {
+    Record {
+        tp: TopicPartition::new("t", 0),
+        offset,
+        key: Some("u1".into()),
+        payload: event.to_json().into_bytes().into(),
+        headers: vec![],
+        timestamp_ms: 0,
+    }
+}
+
+async fn setup(faults: FaultsConfig) -> (tempfile::TempDir, Store, LoyaltyHandler, IdentitySagaHandler, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+    let store = Store::connect(&config).await.unwrap();
+    store.migrate().await.unwrap();
+    let row = user::Model {
+        id: "u1".into(),
+        email: "u1@example.com".into(),
+        password_hash: "x".into(),
+        name: "u".into(),
+        birthday: "1990-01-01".into(),
+        roles: "user".into(),
+        created_at: Utc::now(),
+    };
+    let (saga, announce) = start_registration("u1", "registration");
+    let saga_id = saga.id.clone();
+    store.insert_user(row, Some((saga, announce))).await.unwrap();
+    let (ledger, _) = Ledger::start(store.clone(), Duration::from_secs(60)).await.unwrap();
+    let loyalty = LoyaltyHandler {
+        ledger,
+        store: store.clone(),
+        welcome_bonus: 100,
+        loyalty_topic: "loyalty".into(),
+        faults,
+        injected: Default::default(),
+    };
+    let identity = IdentitySagaHandler { store: store.clone() };
+    (dir, store, loyalty, identity, saga_id)
+}
+
+fn registered(saga_id: &str) -> SagaEvent {
+    SagaEvent::UserRegistered {
+        event_id: "registered:u1".into(),
+        saga_id: saga_id.into(),
+        user_id: "u1".into(),
+        occurred_at: Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn a_registration_delivered_three_times_credits_once_and_announces_once() {
+    let (_dir, store, loyalty, _, saga_id) = setup(FaultsConfig::default()).await;
+    let event = registered(&saga_id);
+    loyalty.handle("u1", &[record(1, &event), record(2, &event)]).await.unwrap();
+    loyalty.handle("u1", &[record(1, &event)]).await.unwrap();
+    assert_eq!(store.loyalty_account("u1").await.unwrap().map(|a| a.balance), Some(100));
+    assert_eq!(store.loyalty_transactions("u1", 0, 10).await.unwrap().len(), 1);
+    let announced = store.outbox_record("credited:u1").await.unwrap().unwrap();
+    assert_eq!(announced.topic, "loyalty");
+    // One announcement for the registration, one for the credit.
+    assert_eq!(store.outbox_backlog().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn late_duplicate_and_reordered_outcomes_change_nothing() {
+    let (_dir, store, _, identity, saga_id) = setup(FaultsConfig::default()).await;
+    let credited = SagaEvent::LoyaltyCredited {
+        event_id: "credited:u1".into(),
+        saga_id: saga_id.clone(),
+        user_id: "u1".into(),
+        amount: 100,
+        occurred_at: Utc::now(),
+    };
+    let failed = SagaEvent::LoyaltyCreditFailed {
+        event_id: "credit_failed:u1".into(),
+        saga_id: saga_id.clone(),
+        user_id: "u1".into(),
+        reason: "late".into(),
+        occurred_at: Utc::now(),
+    };
+    identity.handle("u1", &[record(1, &credited), record(2, &credited)]).await.unwrap();
+    identity.handle("u1", &[record(3, &failed), record(4, &credited)]).await.unwrap();
+    let (saga, steps) = store.saga(&saga_id).await.unwrap().unwrap();
+    assert_eq!(saga.status, "completed", "the first outcome wins; later ones find the saga ended");
+    let names: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
+    assert_eq!(names, ["user_created", "loyalty_credited"]);
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_announced_instead_of_credited() {
+    let faults = FaultsConfig { loyalty_credit_permanent: true, ..FaultsConfig::default() };
+    let (_dir, store, loyalty, identity, saga_id) = setup(faults).await;
+    loyalty.handle("u1", &[record(1, &registered(&saga_id))]).await.unwrap();
+    assert!(store.loyalty_account("u1").await.unwrap().is_none());
+    let announced = store.outbox_record("credit_failed:u1").await.unwrap().unwrap();
+    let event: SagaEvent = serde_json::from_str(&announced.payload).unwrap();
+    identity.handle("u1", &[record(1, &event), record(2, &event)]).await.unwrap();
+    let (saga, steps) = store.saga(&saga_id).await.unwrap().unwrap();
+    assert_eq!(saga.status, "compensated");
+    assert_eq!(steps.len(), 3, "user_created, loyalty_credit_failed, registration_compensated");
+}
