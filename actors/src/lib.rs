@@ -5,12 +5,18 @@
 //!
 //! ```text
 //! RootSupervisor                      restarts a failed child with backoff (rejoining its group)
-//! └── ConsumerSupervisor  (group events-processor, topic events-input)
-//!     ├── PartitionActor events-input/0 ─┬─ key task "device-1"   one at a time per key,
-//!     ├── PartitionActor events-input/1  ├─ key task "device-7"   many keys at once
-//!     └── …  spawned on assign,          └─ …                     (retry/backoff, dead letters)
-//!            drained + committed on revoke
+//! ├── ConsumerSupervisor  (group events-processor, topic events-input)
+//! │   ├── PartitionActor events-input/0 ─┬─ key task "device-1"   one at a time per key,
+//! │   ├── PartitionActor events-input/1  ├─ key task "device-7"   many keys at once
+//! │   └── …  spawned on assign,          └─ …                     (retry/backoff, dead letters)
+//! │          drained + committed on revoke
+//! ├── ConsumerSupervisor  (group loyalty, topic registration)      → loyalty::LoyaltyHandler
+//! ├── ConsumerSupervisor  (group identity-saga, topic loyalty)     → saga::IdentitySagaHandler
+//! └── ConsumerSupervisor  (group conveyor-dlq-index, topic events-dlq) → dlq::DeadLetterIndexer
+//! LedgerSupervisor                    one AccountActor per loyalty account, retired when idle
+//! OutboxRelay                         publishes the outbox table, retries with backoff
 //! ```
+//! The registration saga ([`saga`]) is choreographed across the three groups above.
 //! The producer ([`log::Producer`]), the store ([`store::Store`]) and the cache
 //! ([`cache::Cache`]) are shared handles, not actors: they are clients with their own pools.
 //!
