@@ -2,15 +2,16 @@
 # Installs what Conveyor's build and tests need on a Debian 12 machine.
 # Idempotent: anything already present is skipped.
 #
-#   scripts/install-deps.sh            # apt packages + the nisshi broker binary
-#   scripts/install-deps.sh apt        # apt packages only
-#   scripts/install-deps.sh nisshi     # nisshi only (waits for a build already running)
-#   scripts/install-deps.sh pkg NAME.. # just these apt packages (used by services.sh)
+#   scripts/install-deps.sh              # apt packages + the nisshi broker + schemathesis
+#   scripts/install-deps.sh apt          # apt packages only
+#   scripts/install-deps.sh nisshi       # nisshi only (waits for a build already running)
+#   scripts/install-deps.sh schemathesis # the API fuzzer (a Python venv; used by fuzz.sh)
+#   scripts/install-deps.sh pkg NAME..   # just these apt packages (used by services.sh)
 #
 # nisshi (the Kafka-protocol broker used by the real-backend tests) is the long
 # pole (~22 min to compile on 2 cores), so it is started first, in the
 # background, once the few packages its compile needs are in place; the rest of
-# the apt packages install while it builds.
+# the apt packages and schemathesis install while it builds.
 set -euo pipefail
 
 NISSHI_VERSION=0.8.1
@@ -18,11 +19,16 @@ CACHE_DIR=${CONVEYOR_CACHE_DIR:-$HOME/.cache/conveyor}
 NISSHI_ROOT="$CACHE_DIR/nisshi-$NISSHI_VERSION"
 NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
 NISSHI_LOG="$CACHE_DIR/nisshi-$NISSHI_VERSION.install.log"
+# schemathesis (contract fuzzing of the HTTP API, scripts/fuzz.sh) lives in its own venv.
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_VENV="$CACHE_DIR/schemathesis-$SCHEMATHESIS_VERSION"
+SCHEMATHESIS_LOG="$CACHE_DIR/schemathesis-$SCHEMATHESIS_VERSION.install.log"
 
 # What compiling nisshi (and this workspace) needs; installed before nisshi starts.
 BUILD_PKGS=(build-essential pkg-config libssl-dev zlib1g-dev cmake python3)
 # Servers and tools for the tests; installed while nisshi compiles.
-RUNTIME_PKGS=(postgresql redis-server redis-tools wrk)
+# chromium: headless page checks (scripts/chromium.sh).
+RUNTIME_PKGS=(postgresql redis-server redis-tools wrk chromium)
 
 log() { printf '[install-deps] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -102,11 +108,67 @@ install_nisshi() {
     log "nisshi: installed in $((SECONDS - start))s"
 }
 
+# The Python to build venvs with: Debian's own (a pyenv shim on PATH may be a different
+# interpreter, or missing on CI), else whatever python3 is on PATH.
+system_python() {
+    if [[ -x /usr/bin/python3 ]]; then echo /usr/bin/python3
+    elif command -v python3 >/dev/null; then command -v python3
+    else return 1; fi
+}
+
+schemathesis_present() {
+    [[ -x $SCHEMATHESIS_VENV/bin/st || -x $SCHEMATHESIS_VENV/bin/schemathesis ]]
+}
+
+# Installs schemathesis into its venv unless present. Quick (~20 s: wheels only).
+install_schemathesis() {
+    if schemathesis_present; then
+        log "schemathesis: present in $SCHEMATHESIS_VENV"
+        return 0
+    fi
+    mkdir -p "$CACHE_DIR"
+    # Two runs at once must not build the same venv.
+    exec 7>"$CACHE_DIR/.schemathesis-$SCHEMATHESIS_VERSION.lock"
+    flock 7
+    if schemathesis_present; then
+        log "schemathesis: present in $SCHEMATHESIS_VENV"
+        flock -u 7; return 0
+    fi
+    local py
+    if ! py=$(system_python); then
+        apt_install python3
+        py=/usr/bin/python3
+    fi
+    # Debian splits `python3 -m venv`'s ensurepip out into python3-venv.
+    if ! "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        if [[ $py == /usr/bin/python3 ]]; then
+            apt_install python3-venv
+        else
+            flock -u 7; die "schemathesis: $py has no venv/ensurepip module"
+        fi
+    fi
+    log "schemathesis: installing $SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV with $py (log: $SCHEMATHESIS_LOG)"
+    local start=$SECONDS
+    rm -rf "$SCHEMATHESIS_VENV" # a half-made venv from an interrupted run
+    if ! { "$py" -m venv "$SCHEMATHESIS_VENV" &&
+            "$SCHEMATHESIS_VENV/bin/python" -m pip install --disable-pip-version-check --no-input \
+                "schemathesis==$SCHEMATHESIS_VERSION"; } >"$SCHEMATHESIS_LOG" 2>&1; then
+        tail -n 30 "$SCHEMATHESIS_LOG" >&2
+        rm -rf "$SCHEMATHESIS_VENV"
+        flock -u 7
+        die "schemathesis: install failed (full log: $SCHEMATHESIS_LOG)"
+    fi
+    flock -u 7
+    schemathesis_present || die "schemathesis: pip succeeded but $SCHEMATHESIS_VENV/bin/st is missing"
+    log "schemathesis: installed in $((SECONDS - start))s"
+}
+
 main() {
     local what=${1:-all}
     case $what in
         apt)    apt_install "${BUILD_PKGS[@]}" "${RUNTIME_PKGS[@]}" ;;
         nisshi) install_nisshi ;;
+        schemathesis) install_schemathesis ;;
         pkg)    shift; [[ $# -gt 0 ]] || die "usage: $0 pkg NAME..."; apt_install "$@" ;;
         all)
             apt_install "${BUILD_PKGS[@]}"
@@ -118,12 +180,16 @@ main() {
             fi
             local apt_rc=0
             ( apt_install "${RUNTIME_PKGS[@]}" ) || apt_rc=$? # subshell: still wait for nisshi on failure
+            # After the apt packages, not beside them: it may apt-get install python3-venv.
+            local st_rc=0
+            ( install_schemathesis ) || st_rc=$?
             if [[ -n $nisshi_pid ]]; then
                 wait "$nisshi_pid" || die "nisshi install failed"
             fi
             [[ $apt_rc -eq 0 ]] || die "apt install of ${RUNTIME_PKGS[*]} failed"
+            [[ $st_rc -eq 0 ]] || die "schemathesis install failed"
             ;;
-        *) die "usage: $0 [all|apt|nisshi|pkg NAME...]" ;;
+        *) die "usage: $0 [all|apt|nisshi|schemathesis|pkg NAME...]" ;;
     esac
     log "done"
 }

@@ -9,6 +9,7 @@
 #   clippy    cargo clippy --workspace --all-targets --locked -- -D warnings
 #   unit      cargo build --workspace --locked --bins, then the unit tests (--lib)
 #   embedded  integration suite (-p conveyor-engine --test it), CONVEYOR_IT_BACKENDS=embedded
+#   fuzz      scripts/fuzz.sh: schemathesis against the daemon's /openapi.json (embedded backends)
 #   real      scripts/services.sh up, then the suite again with CONVEYOR_IT_BACKENDS=real
 #   docker    scripts/check-docker.sh
 # Services this run starts are stopped on exit, pass or fail (ones already all up are left).
@@ -25,7 +26,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-ALL_PHASES=(deps fmt clippy unit embedded real docker)
+ALL_PHASES=(deps fmt clippy unit embedded fuzz real docker)
 TEST_THREADS=${TEST_THREADS:-2}
 EXTRA_ARGS=("$@")
 # Env the daemon and the test harness read; the embedded run must not inherit them.
@@ -153,6 +154,12 @@ if wanted embedded; then
     run_integration embedded
     end
 else skip embedded; fi
+
+if wanted fuzz; then
+    begin fuzz "contract fuzzing of a live daemon (scripts/fuzz.sh; reports in target/fuzz/)"
+    scripts/fuzz.sh # target/debug/conveyor, built by the unit phase
+    end
+else skip fuzz; fi
 
 if wanted real; then
     begin services "scripts/services.sh up (PostgreSQL, Redis, nisshi)"

@@ -25,7 +25,8 @@ pub struct DeviceEvent {
 }
 
 /// What `GET /resource/{id}` answers (and what the cache holds).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "device-123", "value": {"status": "online", "temp_c": 37.2}}))]
 pub struct ResourceView {
     pub id: String,
     pub value: serde_json::Value,

@@ -111,18 +111,24 @@ impl KeyHandler for DeadLetterIndexer {
 }
 
 /// Which dead letters an admin operation applies to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeadLetterFilter {
     pub source_topic: Option<String>,
     pub error_class: Option<String>,
     /// Last failure at or after this time (milliseconds since the epoch).
+    #[serde(deserialize_with = "crate::json::optional_integer")]
     pub since_ms: Option<i64>,
     /// Last failure before this time.
+    #[serde(deserialize_with = "crate::json::optional_integer")]
     pub until_ms: Option<i64>,
     /// Only ids greater than this (paging).
+    #[serde(deserialize_with = "crate::json::optional_integer")]
     pub after_id: Option<i64>,
-    pub limit: Option<u64>,
+    /// 1 to 1000 (default 100).
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(deserialize_with = "crate::json::optional_u32")]
+    pub limit: Option<u32>,
 }
 
 impl DeadLetterFilter {
@@ -148,7 +154,7 @@ impl DeadLetterFilter {
 }
 
 /// A dead letter as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterView {
     pub id: i64,
     pub source_topic: String,
@@ -204,7 +210,7 @@ impl DeadLetterView {
 }
 
 /// What replaying one dead letter did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum ReplayOutcome {
     Replayed { id: i64, topic: String, partition: i32, offset: i64, replay_count: i32 },
@@ -226,7 +232,7 @@ const MAX_LIMIT: u64 = 1_000;
 
 impl DeadLetterAdmin {
     async fn find(&self, filter: &DeadLetterFilter) -> Result<Vec<dead_letter::Model>, Error> {
-        let limit = Ord::min(filter.limit.unwrap_or(DEFAULT_LIMIT), MAX_LIMIT);
+        let limit = Ord::min(filter.limit.map_or(DEFAULT_LIMIT, u64::from), MAX_LIMIT);
         let query = Entity::find().filter(filter.condition()).order_by_asc(Column::Id).limit(limit);
         self.store.guarded("list_dead_letters", query.all(self.store.connection())).await
     }

@@ -52,6 +52,7 @@ pub mod devices;
 pub mod dlq;
 pub mod error;
 pub mod identity;
+pub mod json;
 pub mod lag;
 pub mod log;
 pub mod loyalty;

@@ -100,7 +100,7 @@ pub fn start_registration(user_id: &str, topic: &str) -> (saga::Model, outbox::M
 }
 
 /// `GET /sagas/{id}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SagaView {
     pub id: String,
     pub kind: String,
@@ -111,7 +111,7 @@ pub struct SagaView {
     pub steps: Vec<StepView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StepView {
     pub step: String,
     pub status: String,

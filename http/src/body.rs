@@ -31,16 +31,22 @@ pub async fn object<T: serde::de::DeserializeOwned>(body: Incoming, limit: usize
         return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object")]));
     }
     serde_json::from_value(value).map_err(|e| {
-        // serde names the field in its message ("missing field `email`").
+        // serde names the field only when it is missing or unknown ("missing field `email`").
         let text = e.to_string();
-        let field = text.split('`').nth(1).unwrap_or("body").to_string();
+        let named = text.starts_with("missing field") || text.starts_with("unknown field");
+        let field = if named { text.split('`').nth(1).unwrap_or("body").to_string() } else { "body".to_string() };
         ApiError::Validation(vec![FieldError::new(field, text)])
     })
 }
 
 /// A device event as submitted: `{"device_id": "...", "payload": {...}}`.
+#[derive(utoipa::ToSchema)]
+#[schema(example = json!({"device_id": "device-123", "payload": {"status": "online", "temp_c": 37.2}}))]
 pub struct EventInput {
+    /// 1 to 128 printable characters; the partition key.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     pub device_id: String,
+    /// Any JSON object; becomes the device's resource.
     pub payload: serde_json::Map<String, serde_json::Value>,
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::Response;
 
 /// A field that failed validation, named by its JSON path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -61,12 +61,21 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: String,
+/// Every error response: `{"error": {...}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "validation_failed", "message": "validation failed: device_id: is required", "details": [{"field": "device_id", "message": "is required"}]}}))]
+pub struct ErrorBody {
+    pub error: ErrorInner,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorInner {
+    /// Stable, machine-readable: `validation_failed`, `unauthorized`, `rate_limited`, …
+    pub code: String,
+    pub message: String,
+    /// Validation failures only: one entry per field.
     #[serde(skip_serializing_if = "Option::is_none")]
-    details: Option<&'a [FieldError]>,
+    pub details: Option<Vec<FieldError>>,
 }
 
 impl ApiError {
@@ -115,8 +124,13 @@ impl ApiError {
 
     /// The `{"error": …}` object alone, for per-item results.
     pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.inner()).unwrap_or_default()
+    }
+
+    /// The inside of the error body.
+    pub fn inner(&self) -> ErrorInner {
         let details = match self {
-            ApiError::Validation(fields) => Some(fields.as_slice()),
+            ApiError::Validation(fields) => Some(fields.clone()),
             _ => None,
         };
         let message = match self {
@@ -125,7 +139,7 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        serde_json::to_value(Inner { code: self.code(), message, details }).unwrap_or_default()
+        ErrorInner { code: self.code().to_string(), message, details }
     }
 
     pub fn into_response(self) -> Response {
@@ -146,7 +160,8 @@ impl ApiError {
             }
             ApiError::Unavailable { retry_after, .. }
             | ApiError::Overloaded { retry_after, .. }
-            | ApiError::RateLimited { retry_after } => {
+            | ApiError::RateLimited { retry_after }
+            | ApiError::Timeout(retry_after) => {
                 // Rounded up: a client that waits this long finds a token in the bucket.
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {

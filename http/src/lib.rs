@@ -8,6 +8,7 @@ pub mod error;
 pub mod idempotency;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod router;
 mod routes;
 mod server;

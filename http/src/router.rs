@@ -31,9 +31,18 @@ pub enum Route {
     LoyaltyTransactions,
     LoyaltyReady,
     Saga,
+    OpenApi,
+    DocsRedirect,
+    Docs,
+    DocsAsset,
 }
 
 impl Route {
+    /// In the OpenAPI document (everything but the document and its viewer).
+    pub fn documented(self) -> bool {
+        !matches!(self, Route::OpenApi | Route::DocsRedirect | Route::Docs | Route::DocsAsset)
+    }
+
     /// Which rate-limit quota the route spends.
     pub fn group(self) -> Group {
         match self {
@@ -42,7 +51,11 @@ impl Route {
             | Route::Metrics
             | Route::AuthReady
             | Route::AuthHealthz
-            | Route::LoyaltyReady => Group::Exempt,
+            | Route::LoyaltyReady
+            | Route::OpenApi
+            | Route::DocsRedirect
+            | Route::Docs
+            | Route::DocsAsset => Group::Exempt,
             Route::Registration | Route::Login | Route::Logout | Route::Refresh => Group::Auth,
             _ => Group::Api,
         }
@@ -75,6 +88,10 @@ pub const ROUTES: &[(&str, Method, Route)] = &[
     ("/loyalty/{uuid}", Method::GET, Route::LoyaltyBalance),
     ("/loyalty/{uuid}/transactions", Method::GET, Route::LoyaltyTransactions),
     ("/sagas/{id}", Method::GET, Route::Saga),
+    ("/openapi.json", Method::GET, Route::OpenApi),
+    ("/docs", Method::GET, Route::DocsRedirect),
+    ("/docs/", Method::GET, Route::Docs),
+    ("/docs/{*path}", Method::GET, Route::DocsAsset),
 ];
 
 pub struct Table {
@@ -143,7 +160,7 @@ mod tests {
     fn every_route_is_reachable() {
         let t = Table::new();
         for (template, method, expected) in ROUTES {
-            let path = template.replace("{id}", "42").replace("{uuid}", "u-1");
+            let path = template.replace("{id}", "42").replace("{uuid}", "u-1").replace("{*path}", "swagger-ui.css");
             assert_eq!(route(&t, method.clone(), &path), Some(*expected), "{method} {template}");
         }
         assert!(matches!(t.at(&Method::PUT, "/events"), Some(Matched::WrongMethod { template: "/events" })));

@@ -120,7 +120,15 @@ async fn handle(
     let m = metrics();
     let (template, response) = match table.at(&method, &path) {
         None => ("unmatched", ApiError::NotFound.into_response()),
-        Some(Matched::WrongMethod { template }) => (template, ApiError::MethodNotAllowed.into_response()),
+        Some(Matched::WrongMethod { template }) => {
+            let mut response = ApiError::MethodNotAllowed.into_response();
+            let allowed: Vec<&str> =
+                crate::router::ROUTES.iter().filter(|(t, _, _)| *t == template).map(|(_, m, _)| m.as_str()).collect();
+            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                response.headers_mut().insert(http::header::ALLOW, v);
+            }
+            (template, response)
+        }
         Some(Matched::Found { route, template, params }) => {
             let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             m.active_requests.add(1, &[KeyValue::new(ROUTE, template)]);

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod broker_restart;
+mod browser;
 mod cluster;
 mod crash;
 mod dead_letters;

@@ -69,18 +69,33 @@ impl Principal {
 }
 
 /// `GET /auth/info`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserInfo {
     pub user_id: String,
-    pub email: String,
-    pub name: String,
+    /// Null for tokens that name no account (devices, tools, external providers).
+    pub email: Option<String>,
+    pub name: Option<String>,
     pub roles: Vec<String>,
-    pub created_at: DateTime<Utc>,
+    pub created_at: Option<DateTime<Utc>>,
     /// The registration saga (absent for accounts made by the CLI or bootstrap).
     pub registration: Option<RegistrationState>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl UserInfo {
+    /// What a token says about a subject with no account.
+    pub fn principal_only(p: &Principal) -> Self {
+        UserInfo {
+            user_id: p.sub.clone(),
+            email: None,
+            name: None,
+            roles: p.roles.clone(),
+            created_at: None,
+            registration: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RegistrationState {
     pub saga_id: String,
     pub status: String,
@@ -252,10 +267,10 @@ impl Identity {
             .map(|s| RegistrationState { saga_id: s.id, status: s.status });
         Ok(Some(UserInfo {
             user_id: u.id,
-            email: u.email,
-            name: u.name,
+            email: Some(u.email),
+            name: Some(u.name),
             roles: split_roles(&u.roles),
-            created_at: u.created_at,
+            created_at: Some(u.created_at),
             registration,
         }))
     }

@@ -1,20 +1,47 @@
 //! `/admin/dead-letters`: list with filters, show one, replay one or a filtered set to
 //! its source topic, purge. Role `admin` only.
 
-use conveyor_actors::dlq::{DeadLetterFilter, ReplayOutcome};
+use conveyor_actors::dlq::{DeadLetterFilter, DeadLetterView, ReplayOutcome};
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::auth::{Authorize, roles};
 use crate::body;
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::server::Ctx;
 use crate::{AppState, Response, json_response};
 
 async fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     state.authenticate(headers).await?.require(&[roles::ADMIN])
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct DeadLetterPage {
+    pub items: Vec<DeadLetterView>,
+    /// Pass as `after_id` for the next page; null on an empty page.
+    pub next_after_id: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    pub deleted: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Purged {
+    pub purged: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReplayedMany {
+    pub replayed: usize,
+    pub results: Vec<ReplayOutcome>,
+}
+
+const ID: &str = "The dead letter's id";
 
 fn id_param(id: &str) -> Result<i64, ApiError> {
     id.parse().map_err(|_| ApiError::Validation(vec![FieldError::new("id", "must be an integer")]))
@@ -42,11 +69,21 @@ fn query_filter(query: Option<&str>) -> Result<DeadLetterFilter, ApiError> {
             "since_ms" => filter.since_ms = num(&mut errors),
             "until_ms" => filter.until_ms = num(&mut errors),
             "after_id" => filter.after_id = num(&mut errors),
-            "limit" => filter.limit = num(&mut errors).map(|n| n.max(1) as u64),
+            "limit" => filter.limit = num(&mut errors).map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
             other => errors.push(FieldError::new(other.to_string(), "unknown parameter")),
         }
     }
-    if errors.is_empty() { Ok(filter) } else { Err(ApiError::Validation(errors)) }
+    if errors.is_empty() { check_limit(filter) } else { Err(ApiError::Validation(errors)) }
+}
+
+/// `limit`: 1 to 1000, as documented.
+fn check_limit(filter: DeadLetterFilter) -> Result<DeadLetterFilter, ApiError> {
+    match filter.limit {
+        Some(n) if !(1..=1000).contains(&n) => {
+            Err(ApiError::Validation(vec![FieldError::new("limit", "must be from 1 to 1000")]))
+        }
+        _ => Ok(filter),
+    }
 }
 
 async fn body_filter(req: Request<Incoming>, ctx: &Ctx) -> Result<DeadLetterFilter, ApiError> {
@@ -55,17 +92,36 @@ async fn body_filter(req: Request<Incoming>, ctx: &Ctx) -> Result<DeadLetterFilt
         return Ok(DeadLetterFilter::default());
     }
     let value = body::json(&bytes)?;
-    serde_json::from_value(value).map_err(|e| ApiError::Validation(vec![FieldError::new("body", e.to_string())]))
+    if value.is_null() {
+        return Ok(DeadLetterFilter::default());
+    }
+    if !value.is_object() {
+        return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object (a filter) or null")]));
+    }
+    let filter = serde_json::from_value(value)
+        .map_err(|e| ApiError::Validation(vec![FieldError::new("body", e.to_string())]))?;
+    check_limit(filter)
 }
 
+/// Dead letters, filtered and paged by id.
+#[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", params(
+    ("source_topic" = Option<String>, Query), ("error_class" = Option<String>, Query, description = "retryable, permanent, unavailable"),
+    ("since_ms" = Option<i64>, Query, description = "Last failure at or after (ms since the epoch)"),
+    ("until_ms" = Option<i64>, Query, description = "Last failure before"),
+    ("after_id" = Option<i64>, Query, description = "Paging: ids greater than this"),
+    ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+), responses((status = 200, body = DeadLetterPage)))]
 pub async fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
     admin(state, req.headers()).await?;
     let filter = query_filter(req.uri().query())?;
     let items = state.conveyor.dead_letters.list(&filter).await.map_err(store_error)?;
     let next_after_id = items.last().map(|i| i.id);
-    Ok(json_response(StatusCode::OK, &json!({"items": items, "next_after_id": next_after_id})))
+    Ok(json_response(StatusCode::OK, &json!(DeadLetterPage { items, next_after_id })))
 }
 
+/// One dead letter with its payload and original headers.
+#[utoipa::path(get, path = "/admin/dead-letters/{id}", tag = "admin", params(("id" = i64, Path, description = ID)),
+    responses((status = 200, body = DeadLetterView), (status = 404, body = ErrorBody)))]
 pub async fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
     admin(state, req.headers()).await?;
     match state.conveyor.dead_letters.show(id_param(id)?).await.map_err(store_error)? {
@@ -74,15 +130,22 @@ pub async fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result
     }
 }
 
+/// Removes one dead letter from the index.
+#[utoipa::path(delete, path = "/admin/dead-letters/{id}", tag = "admin", params(("id" = i64, Path, description = ID)),
+    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
 pub async fn delete(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
     admin(state, req.headers()).await?;
     if state.conveyor.dead_letters.delete(id_param(id)?).await.map_err(store_error)? {
-        Ok(json_response(StatusCode::OK, &json!({"deleted": 1})))
+        Ok(json_response(StatusCode::OK, &json!(Deleted { deleted: 1 })))
     } else {
         Err(ApiError::ResourceNotFound("Dead letter"))
     }
 }
 
+/// Sends one dead letter back to its source topic.
+#[utoipa::path(post, path = "/admin/dead-letters/{id}/replay", tag = "admin", params(("id" = i64, Path, description = ID)),
+    responses((status = 200, body = ReplayOutcome), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Replayed `dlq.max_replays` times already")))]
 pub async fn replay(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
     admin(state, req.headers()).await?;
     let outcome = state.conveyor.dead_letters.replay(id_param(id)?).await.map_err(replay_error)?;
@@ -96,19 +159,25 @@ pub async fn replay(state: &AppState, req: &Request<Incoming>, id: &str) -> Resu
     }
 }
 
+/// Replays every dead letter matching the filter.
+#[utoipa::path(post, path = "/admin/dead-letters/replay", tag = "admin", request_body(content = Option<DeadLetterFilter>, description = "Empty: all"),
+    responses((status = 200, body = ReplayedMany)))]
 pub async fn replay_matching(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     admin(state, req.headers()).await?;
     let filter = body_filter(req, ctx).await?;
     let results = state.conveyor.dead_letters.replay_matching(&filter).await.map_err(replay_error)?;
     let replayed = results.iter().filter(|r| matches!(r, ReplayOutcome::Replayed { .. })).count();
-    Ok(json_response(StatusCode::OK, &json!({"replayed": replayed, "results": results})))
+    Ok(json_response(StatusCode::OK, &json!(ReplayedMany { replayed, results })))
 }
 
+/// Removes every dead letter matching the filter from the index.
+#[utoipa::path(post, path = "/admin/dead-letters/purge", tag = "admin", request_body(content = Option<DeadLetterFilter>, description = "Empty: all"),
+    responses((status = 200, body = Purged)))]
 pub async fn purge(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     admin(state, req.headers()).await?;
     let filter = body_filter(req, ctx).await?;
     let purged = state.conveyor.dead_letters.purge(&filter).await.map_err(store_error)?;
-    Ok(json_response(StatusCode::OK, &json!({"purged": purged})))
+    Ok(json_response(StatusCode::OK, &json!(Purged { purged })))
 }
 
 /// Replays touch the store and the log: say which one failed.

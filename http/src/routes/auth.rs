@@ -1,48 +1,75 @@
 //! `/auth/*` in seed 004's shapes: registration, login, logout, refresh, info.
 //! Responses are `{"status": "Success", …}`; failures use the common error body.
 
-use conveyor_actors::identity::Registration;
+use conveyor_actors::identity::{Registration, UserInfo};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::body;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::server::Ctx;
 use crate::{AppState, Response, json_response};
 
-#[derive(Deserialize)]
-struct RegistrationForm {
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"email": "ann@example.com", "password": "correct horse", "name": "Ann", "birthday": "1990-02-03"}))]
+pub struct RegistrationForm {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// The default policy (`auth.password`): 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// `YYYY-MM-DD`.
+    #[schema(format = Date)]
     birthday: String,
 }
 
-#[derive(Deserialize)]
-struct LoginForm {
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"email": "ann@example.com", "password": "correct horse"}))]
+pub struct LoginForm {
     email: String,
     password: String,
 }
 
-#[derive(Deserialize)]
-struct TokenForm {
+#[derive(Deserialize, ToSchema)]
+pub struct TokenForm {
+    /// A token Conveyor issued.
     token: String,
 }
 
-fn pair(status: StatusCode, pair: conveyor_actors::identity::TokenPair) -> Response {
-    json_response(
-        status,
-        &json!({
-            "status": "Success",
-            "user_id": pair.user_id,
-            "access_token": pair.access_token,
-            "refresh_token": pair.refresh_token,
-        }),
-    )
+/// Seed 004's answer with a token pair.
+#[derive(Serialize, ToSchema)]
+pub struct TokenPairBody {
+    /// `Success`.
+    pub status: String,
+    pub user_id: String,
+    pub access_token: String,
+    pub refresh_token: String,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct StatusBody {
+    /// `Success`.
+    pub status: String,
+}
+
+fn pair(status: StatusCode, pair: conveyor_actors::identity::TokenPair) -> Response {
+    let body = TokenPairBody {
+        status: "Success".into(),
+        user_id: pair.user_id,
+        access_token: pair.access_token,
+        refresh_token: pair.refresh_token,
+    };
+    json_response(status, &json!(body))
+}
+
+/// Creates an account (role `user`) and starts its registration saga.
+#[utoipa::path(post, path = "/auth/registration", tag = "auth", security(()), request_body = RegistrationForm, responses(
+    (status = 201, body = TokenPairBody), (status = 409, body = ErrorBody, description = "The email has an account")))]
 pub async fn register(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     let f: RegistrationForm = body::object(req.into_body(), ctx.body_limit).await?;
     let registration = Registration { email: f.email, password: f.password, name: f.name, birthday: f.birthday };
@@ -50,30 +77,38 @@ pub async fn register(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Re
     Ok(pair(StatusCode::CREATED, tokens))
 }
 
+/// Password login.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", security(()), request_body = LoginForm, responses(
+    (status = 200, body = TokenPairBody)))]
 pub async fn login(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     let f: LoginForm = body::object(req.into_body(), ctx.body_limit).await?;
     Ok(pair(StatusCode::OK, state.conveyor.identity.login(&f.email, &f.password).await?))
 }
 
+/// Trades a refresh token for a new pair; the old one is spent.
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", security(()), request_body = TokenForm, responses(
+    (status = 200, body = TokenPairBody)))]
 pub async fn refresh(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     let f: TokenForm = body::object(req.into_body(), ctx.body_limit).await?;
     Ok(pair(StatusCode::OK, state.conveyor.identity.refresh(&f.token).await?))
 }
 
+/// Revokes the token and its session.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(()), request_body = TokenForm, responses(
+    (status = 200, body = StatusBody)))]
 pub async fn logout(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     let f: TokenForm = body::object(req.into_body(), ctx.body_limit).await?;
     state.conveyor.identity.logout(&f.token).await?;
-    Ok(json_response(StatusCode::OK, &json!({"status": "Success"})))
+    Ok(json_response(StatusCode::OK, &json!(StatusBody { status: "Success".into() })))
 }
 
+/// Who the token belongs to, and the state of its registration saga.
+#[utoipa::path(get, path = "/auth/info", tag = "auth", responses((status = 200, body = conveyor_actors::identity::UserInfo)))]
 pub async fn info(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     match state.conveyor.identity.info(&principal).await? {
         Some(user) => Ok(json_response(StatusCode::OK, &serde_json::to_value(user).unwrap_or_default())),
-        // Device and tool tokens name no account; say who they are.
-        None => Ok(json_response(
-            StatusCode::OK,
-            &json!({"user_id": principal.sub, "email": null, "roles": principal.roles, "created_at": null}),
-        )),
+        // Device, tool and external tokens name no account; say who they are.
+        None => Ok(json_response(StatusCode::OK, &json!(UserInfo::principal_only(&principal)))),
     }
 }

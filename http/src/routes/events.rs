@@ -9,15 +9,56 @@ use conveyor_actors::log::{Header, OutgoingRecord};
 use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use opentelemetry::KeyValue;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::{Authorize, Principal, roles};
 use crate::body::{self, EventInput};
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::idempotency::{Begin, Idempotency};
 use crate::metrics::{REASON, metrics};
 use crate::server::Ctx;
 use crate::{AppState, Response, json_response};
+
+/// `POST /events/batch`. Items are read one by one ([`body::event`]): each should be an
+/// `EventInput`, and one that is not is rejected in its own result while the others go on,
+/// so the document promises no more about an item than that it is a JSON value.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BatchBody {
+    /// 1 to `ingest.batch_max_events` (default 500) events, each `{"device_id", "payload"}`.
+    #[schema(min_items = 1, max_items = 500)]
+    events: Vec<serde_json::Value>,
+}
+
+/// An event in the log.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"request_id": "0193a7c2-5f1e-7a3b-9c4d-2e8f1a6b3c5d", "status": "accepted"}))]
+pub struct Accepted {
+    /// UUIDv7, also in the record.
+    pub request_id: String,
+    /// `accepted`.
+    pub status: String,
+}
+
+/// One item of a batch's answer.
+#[derive(Serialize, ToSchema)]
+pub struct BatchItem {
+    pub index: usize,
+    /// `accepted` or `rejected`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::error::ErrorInner>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchResult {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub results: Vec<BatchItem>,
+}
 
 /// How long a client should wait before retrying when the log cannot take events.
 const LOG_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -53,6 +94,13 @@ fn check_backlog(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Ingest one device event: 202 only once the log acknowledged it (seed 003).
+#[utoipa::path(post, path = "/events", tag = "events", request_body = EventInput,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; a repeat within the window returns the first answer")),
+    responses(
+        (status = 202, body = Accepted, description = "Durably in the log"),
+        (status = 409, body = ErrorBody, description = "A request with this Idempotency-Key is in progress"),
+    ))]
 pub async fn post_one(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     let (principal, key, value) = admit(state, req, ctx).await?;
     check_backlog(state)?;
@@ -68,7 +116,7 @@ pub async fn post_one(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Re
     };
     match produce(state, &principal, input, ctx).await {
         Ok(request_id) => {
-            let body = json!({"request_id": request_id, "status": "accepted"});
+            let body = serde_json::to_value(Accepted { request_id, status: "accepted".into() }).unwrap_or_default();
             if let Some(guard) = idem {
                 guard.complete(&body).await;
             }
@@ -83,6 +131,14 @@ pub async fn post_one(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Re
     }
 }
 
+/// Ingest up to `ingest.batch_max_events` events, answered per item.
+#[utoipa::path(post, path = "/events/batch", tag = "events", request_body = BatchBody,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; a repeat within the window returns the first answer")),
+    responses(
+        (status = 202, body = BatchResult, description = "Every item is in the log"),
+        (status = 207, body = BatchResult, description = "Some items were rejected; see each result"),
+        (status = 409, body = ErrorBody, description = "A request with this Idempotency-Key is in progress"),
+    ))]
 pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     let (principal, key, value) = admit(state, req, ctx).await?;
     check_backlog(state)?;
@@ -91,7 +147,6 @@ pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> 
             Some(serde_json::Value::Array(items)) => items,
             _ => return Err(ApiError::Validation(vec![FieldError::new("events", "must be an array of events")])),
         },
-        serde_json::Value::Array(items) => items,
         _ => return Err(ApiError::Validation(vec![FieldError::new("body", "must be {\"events\": [...]}")])),
     };
     let max = state.conveyor.config.ingest.batch_max_events;
@@ -104,7 +159,11 @@ pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> 
         Some(key) => {
             match Idempotency::begin(&state.conveyor.cache, &principal.sub, "events-batch", &key, window(state)).await?
             {
-                Begin::Replay(body) => return Ok(replayed(StatusCode::OK, body)),
+                Begin::Replay(body) => {
+                    // The status the first answer had: 202 when every item was accepted.
+                    let all = body["rejected"].as_u64() == Some(0);
+                    return Ok(replayed(if all { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS }, body));
+                }
                 Begin::Started(guard) => Some(guard),
             }
         }
@@ -118,12 +177,16 @@ pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> 
             };
             match outcome {
                 Ok(request_id) => {
-                    (true, false, json!({"index": index, "status": "accepted", "request_id": request_id}))
+                    let item =
+                        BatchItem { index, status: "accepted".into(), request_id: Some(request_id), error: None };
+                    (true, false, item)
                 }
                 Err(err) => {
                     rejected(err.code());
                     let unavailable = matches!(err, ApiError::Unavailable { .. });
-                    (false, unavailable, json!({"index": index, "status": "rejected", "error": err.to_json()}))
+                    let item =
+                        BatchItem { index, status: "rejected".into(), request_id: None, error: Some(err.inner()) };
+                    (false, unavailable, item)
                 }
             }
         }
@@ -132,11 +195,9 @@ pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> 
     let all_accepted = results.iter().all(|(ok, _, _)| *ok);
     let any_unavailable = results.iter().any(|(_, unavailable, _)| *unavailable);
     let accepted = results.iter().filter(|(ok, _, _)| *ok).count();
-    let body = json!({
-        "accepted": accepted,
-        "rejected": results.len() - accepted,
-        "results": results.into_iter().map(|(_, _, r)| r).collect::<Vec<_>>(),
-    });
+    let rejected_count = results.len() - accepted;
+    let results = results.into_iter().map(|(_, _, r)| r).collect();
+    let body = serde_json::to_value(BatchResult { accepted, rejected: rejected_count, results }).unwrap_or_default();
     // A batch is answered per item; 202 when every item is in the log, 207 otherwise.
     let status = if all_accepted { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
     if let Some(guard) = idem {

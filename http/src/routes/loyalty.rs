@@ -6,24 +6,86 @@ use conveyor_actors::saga::SagaView;
 use conveyor_actors::store::loyalty::{LedgerOp, LedgerOutcome, transaction};
 use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::auth::{Authorize, Principal, roles};
 use crate::body;
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::server::Ctx;
 use crate::{AppState, Response, json_response};
 
-#[derive(Deserialize)]
-struct OperationForm {
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"uuid": "7b4825bd-1c03-43ed-9470-3906015b6fc0", "operation": "w", "comment": "purchase", "balance": 20}))]
+pub struct OperationForm {
+    /// The account (admins only; a user's own account otherwise).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     uuid: Option<String>,
+    /// `w` (withdraw) or `d` (deposit, admins only).
+    #[schema(pattern = "^[wd]$")]
     operation: String,
     #[serde(default)]
+    #[schema(max_length = 500)]
     comment: String,
     /// The amount, in seed 004's name for it.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "conveyor_actors::json::integer")]
     balance: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TransactionView {
+    pub id: i64,
+    /// `d` or `w`.
+    pub operation: String,
+    pub amount: i64,
+    pub comment: String,
+    /// `welcome_bonus`, `manual`, `reversal`.
+    pub reason: String,
+    pub balance_after: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<&transaction::Model> for TransactionView {
+    fn from(t: &transaction::Model) -> Self {
+        TransactionView {
+            id: t.id,
+            operation: t.kind.clone(),
+            amount: t.amount,
+            comment: t.comment.clone(),
+            reason: t.reason.clone(),
+            balance_after: t.balance_after,
+            created_at: t.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OperationBody {
+    /// `Success`.
+    pub status: String,
+    pub uuid: String,
+    /// After the operation.
+    pub balance: i64,
+    pub transaction: TransactionView,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "Success", "uuid": "e66a298a-c835-4cfa-8c8e-60534f4c00f9", "balance": 78}))]
+pub struct BalanceBody {
+    pub status: String,
+    pub uuid: String,
+    pub balance: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TransactionsPage {
+    pub uuid: String,
+    pub transactions: Vec<TransactionView>,
+    /// Pass as `after_id` for the next page; null on the last.
+    pub next_after_id: Option<i64>,
 }
 
 fn owner_or_admin(principal: &Principal, uuid: &str) -> Result<(), ApiError> {
@@ -35,18 +97,11 @@ fn owner_or_admin(principal: &Principal, uuid: &str) -> Result<(), ApiError> {
     }
 }
 
-fn transaction_json(t: &transaction::Model) -> serde_json::Value {
-    json!({
-        "id": t.id,
-        "operation": t.kind,
-        "amount": t.amount,
-        "comment": t.comment,
-        "reason": t.reason,
-        "balance_after": t.balance_after,
-        "created_at": t.created_at,
-    })
-}
-
+/// Withdraw (own points) or, as an admin, deposit or withdraw for any account (seed 004).
+#[utoipa::path(post, path = "/loyalty", tag = "loyalty", request_body = OperationForm,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; a repeat returns the first transaction")),
+    responses((status = 200, body = OperationBody),
+        (status = 409, body = ErrorBody, description = "`insufficient_balance`: the withdrawal exceeds the balance")))]
 pub async fn operate(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     principal.require(&[roles::USER, roles::ADMIN])?;
@@ -105,24 +160,32 @@ pub async fn operate(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Res
             });
         }
     };
-    let mut response = json_response(
-        StatusCode::OK,
-        &json!({"status": "Success", "uuid": account, "balance": t.balance_after, "transaction": transaction_json(&t)}),
-    );
+    let body =
+        OperationBody { status: "Success".into(), uuid: account, balance: t.balance_after, transaction: (&t).into() };
+    let mut response = json_response(StatusCode::OK, &json!(body));
     if replayed {
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
 
+/// An account's balance, for its owner or an admin.
+#[utoipa::path(get, path = "/loyalty/{uuid}", tag = "loyalty", params(("uuid" = String, Path, description = "The user id")),
+    responses((status = 200, body = BalanceBody), (status = 404, body = ErrorBody, description = "No loyalty account")))]
 pub async fn balance(state: &AppState, req: &Request<Incoming>, uuid: &str) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     owner_or_admin(&principal, uuid)?;
     let account =
         state.conveyor.store.loyalty_account(uuid).await?.ok_or(ApiError::ResourceNotFound("loyalty account"))?;
-    Ok(json_response(StatusCode::OK, &json!({"status": "Success", "uuid": uuid, "balance": account.balance})))
+    let body = BalanceBody { status: "Success".into(), uuid: uuid.to_string(), balance: account.balance };
+    Ok(json_response(StatusCode::OK, &json!(body)))
 }
 
+/// An account's ledger, oldest first, paged by id.
+#[utoipa::path(get, path = "/loyalty/{uuid}/transactions", tag = "loyalty", params(
+    ("uuid" = String, Path, description = "The user id"),
+    ("after_id" = Option<i64>, Query, minimum = 0), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500),
+), responses((status = 200, body = TransactionsPage)))]
 pub async fn transactions(state: &AppState, req: &Request<Incoming>, uuid: &str) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     owner_or_admin(&principal, uuid)?;
@@ -141,10 +204,16 @@ pub async fn transactions(state: &AppState, req: &Request<Incoming>, uuid: &str)
     }
     let rows = state.conveyor.store.loyalty_transactions(uuid, after_id, limit).await?;
     let next = (rows.len() as u64 == limit).then(|| rows.last().map(|t| t.id)).flatten();
-    let items: Vec<_> = rows.iter().map(transaction_json).collect();
-    Ok(json_response(StatusCode::OK, &json!({"uuid": uuid, "transactions": items, "next_after_id": next})))
+    let transactions = rows.iter().map(TransactionView::from).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!(TransactionsPage { uuid: uuid.to_string(), transactions, next_after_id: next }),
+    ))
 }
 
+/// A saga's status and steps, for its user or an admin.
+#[utoipa::path(get, path = "/sagas/{id}", tag = "loyalty", params(("id" = String, Path, description = "The saga id (see `/auth/info`)")),
+    responses((status = 200, body = SagaView), (status = 404, body = ErrorBody)))]
 pub async fn saga(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     principal.require(&[roles::USER, roles::ADMIN])?;

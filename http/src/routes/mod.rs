@@ -1,11 +1,11 @@
 //! Handlers, one module per resource.
 
-mod admin;
-mod auth;
-mod events;
-mod health;
-mod loyalty;
-mod resources;
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod events;
+pub(crate) mod health;
+pub(crate) mod loyalty;
+pub(crate) mod resources;
 
 use http::Request;
 use hyper::body::Incoming;
@@ -47,6 +47,10 @@ pub(crate) async fn dispatch(
         Route::LoyaltyTransactions => loyalty::transactions(state, &req, param(params, "uuid")).await,
         Route::LoyaltyReady => Ok(health::ready(state).await),
         Route::Saga => loyalty::saga(state, &req, param(params, "id")).await,
+        Route::OpenApi => Ok(crate::openapi::openapi_json()),
+        Route::DocsRedirect => Ok(crate::openapi::docs_redirect()),
+        Route::Docs => crate::openapi::docs_file(""),
+        Route::DocsAsset => crate::openapi::docs_file(param(params, "path")),
     }
 }
 

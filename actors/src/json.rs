@@ -1,0 +1,53 @@
+//! JSON numbers as JSON Schema sees them: `3.0` is an integer. serde's integer types refuse
+//! it, so request fields typed as integers (and documented as such) read through these.
+
+use serde::{Deserialize, Deserializer, de::Error};
+
+fn integral<'de, D: Deserializer<'de>>(value: serde_json::Number) -> Result<i64, D::Error> {
+    if let Some(n) = value.as_i64() {
+        return Ok(n);
+    }
+    match value.as_f64() {
+        // Exclusive bounds: past ±2^63 an f64 cannot say which integer it was.
+        Some(f) if f.fract() == 0.0 && f > i64::MIN as f64 && f < i64::MAX as f64 => Ok(f as i64),
+        _ => Err(D::Error::custom(format!("{value} is not a 64-bit integer"))),
+    }
+}
+
+/// An `i64` field that also accepts integral floats (`42.0`).
+pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    integral::<D>(serde_json::Number::deserialize(d)?)
+}
+
+/// An `Option<i64>` field that also accepts integral floats.
+pub fn optional_integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Option::<serde_json::Number>::deserialize(d)?.map(integral::<D>).transpose()
+}
+
+/// An `Option<u32>` field that also accepts integral floats.
+pub fn optional_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match optional_integer(d)? {
+        None => Ok(None),
+        Some(n) => u32::try_from(n).map(Some).map_err(|_| D::Error::custom(format!("{n} is out of range"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct T {
+        #[serde(deserialize_with = "super::integer")]
+        a: i64,
+        #[serde(default, deserialize_with = "super::optional_integer")]
+        b: Option<i64>,
+    }
+
+    #[test]
+    fn integral_floats_are_integers_and_fractions_are_not() {
+        let t: Result<T, _> = serde_json::from_str(r#"{"a": 3.0, "b": -7}"#);
+        assert_eq!(t.ok(), Some(T { a: 3, b: Some(-7) }));
+        assert!(serde_json::from_str::<T>(r#"{"a": 3.5}"#).is_err());
+        assert!(serde_json::from_str::<T>(r#"{"a": 1e300}"#).is_err());
+        assert_eq!(serde_json::from_str::<T>(r#"{"a": 1, "b": null}"#).ok(), Some(T { a: 1, b: None }));
+    }
+}

@@ -1,0 +1,216 @@
+//! The OpenAPI 3.1 document, generated from the handlers' own `#[utoipa::path]`
+//! annotations and request/response types, served at `/openapi.json`; Swagger UI (its
+//! assets compiled into the binary) at `/docs/`.
+//!
+//! What every operation shares is added here once instead of on each handler: bearer
+//! security unless an operation says otherwise, and the error statuses the front end
+//! itself produces (malformed bodies, auth, rate limits, unavailability).
+
+use std::sync::{Arc, LazyLock};
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::Full;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+use crate::Response;
+use crate::error::{ApiError, ErrorBody};
+use crate::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Conveyor",
+        description = "Actor-based event processing: device events, identity and loyalty (a registration saga), dead letters. Errors are always `{\"error\": {\"code\", \"message\", \"details\"}}`.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        routes::health::health,
+        routes::health::ready,
+        routes::health::metrics,
+        routes::events::post_one,
+        routes::events::post_batch,
+        routes::resources::get,
+        routes::admin::list,
+        routes::admin::show,
+        routes::admin::delete,
+        routes::admin::replay,
+        routes::admin::replay_matching,
+        routes::admin::purge,
+        routes::auth::register,
+        routes::auth::login,
+        routes::auth::logout,
+        routes::auth::refresh,
+        routes::auth::info,
+        routes::loyalty::operate,
+        routes::loyalty::balance,
+        routes::loyalty::transactions,
+        routes::loyalty::saga,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&Shared),
+    tags(
+        (name = "events", description = "Device events (seed 003)"),
+        (name = "auth", description = "Identity (seed 004)"),
+        (name = "loyalty", description = "Loyalty ledger and the registration saga (seed 004)"),
+        (name = "admin", description = "Dead letters (admin role)"),
+        (name = "probes", description = "Health, readiness, metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// Aliases answered by the same handlers (seed 004's probe paths).
+pub const ALIASES: &[(&str, &str)] =
+    &[("/auth/ready", "/ready"), ("/auth/healthz", "/health"), ("/loyalty/ready", "/ready")];
+
+struct Shared;
+
+fn error(description: &str) -> RefOr<utoipa::openapi::Response> {
+    let content = ContentBuilder::new().schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody"))).build();
+    ResponseBuilder::new().description(description).content("application/json", content).build().into()
+}
+
+fn add(op: &mut Operation, status: &str, description: &str) {
+    op.responses.responses.entry(status.to_string()).or_insert_with(|| error(description));
+}
+
+impl Modify for Shared {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let probe = matches!(path.as_str(), "/health" | "/ready" | "/metrics");
+            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete].into_iter().flatten() {
+                let public = op.security.is_some();
+                if !public {
+                    op.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+                    add(op, "401", "Missing, invalid, expired or revoked token");
+                    add(op, "403", "The token lacks a required role");
+                }
+                if op.request_body.is_some() {
+                    add(op, "400", "The body is not JSON");
+                    add(op, "413", "The body exceeds `http.body_limit_bytes`");
+                }
+                if op.request_body.is_some() || op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                    add(op, "422", "A field, parameter or header is invalid; `details` names each");
+                }
+                if public && path.starts_with("/auth/") {
+                    add(op, "401", "Invalid credentials or token");
+                }
+                if !probe {
+                    add(op, "429", "Rate limited; `Retry-After` says when to come back");
+                }
+                if path != "/health" && path != "/metrics" {
+                    add(op, "503", "A backend is unavailable or the request timed out; retry after `Retry-After`");
+                }
+            }
+        }
+        for (alias, target) in ALIASES {
+            if let Some(item) = doc.paths.paths.get(*target).cloned() {
+                doc.paths.paths.insert(alias.to_string(), item);
+            }
+        }
+    }
+}
+
+/// The document, built once.
+pub fn document() -> &'static Document {
+    static DOC: LazyLock<Document> = LazyLock::new(ApiDoc::openapi);
+    &DOC
+}
+
+static JSON: LazyLock<Bytes> = LazyLock::new(|| Bytes::from(serde_json::to_vec_pretty(document()).unwrap_or_default()));
+
+pub fn openapi_json() -> Response {
+    let mut response = http::Response::new(Full::new(JSON.clone()));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+static SWAGGER: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> =
+    LazyLock::new(|| Arc::new(utoipa_swagger_ui::Config::from("/openapi.json").persist_authorization(true)));
+
+/// `/docs` → `/docs/` (Swagger UI's assets are relative to the page).
+pub fn docs_redirect() -> Response {
+    let mut response = http::Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/docs/"));
+    response
+}
+
+/// A Swagger UI file: `tail` is the path under `/docs/`.
+pub fn docs_file(tail: &str) -> Result<Response, ApiError> {
+    let tail = if tail.is_empty() { "index.html" } else { tail };
+    match utoipa_swagger_ui::serve(tail, SWAGGER.clone()) {
+        Ok(Some(file)) => {
+            let mut response = http::Response::new(Full::new(Bytes::from(file.bytes.into_owned())));
+            if let Ok(v) = HeaderValue::from_str(&file.content_type) {
+                response.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            Ok(response)
+        }
+        Ok(None) => Err(ApiError::NotFound),
+        Err(e) => Err(ApiError::Internal(e.to_string().into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::ROUTES;
+
+    /// Every route is in the document and the document names no route that does not exist.
+    #[test]
+    fn the_document_and_the_routing_table_agree() {
+        let doc = document();
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in &doc.paths.paths {
+            for (method, op) in [("GET", &item.get), ("POST", &item.post), ("PUT", &item.put), ("DELETE", &item.delete)]
+            {
+                if op.is_some() {
+                    documented.push((path.clone(), method.to_string()));
+                }
+            }
+        }
+        documented.sort();
+        let mut routed: Vec<(String, String)> = ROUTES
+            .iter()
+            .filter(|(_, _, route)| route.documented())
+            .map(|(t, m, _)| (t.to_string(), m.to_string()))
+            .collect();
+        routed.sort();
+        assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn it_is_openapi_3_1_with_auth_and_error_bodies() {
+        let json = serde_json::to_value(document()).unwrap_or_default();
+        assert!(json["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "{}", json["openapi"]);
+        assert_eq!(json["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        let events = &json["paths"]["/events"]["post"];
+        assert_eq!(events["security"][0]["bearer"], serde_json::json!([]));
+        for status in ["202", "400", "401", "422", "429", "503"] {
+            assert!(events["responses"][status].is_object(), "POST /events lacks {status}");
+        }
+        assert!(json["paths"]["/auth/login"]["post"]["security"][0].as_object().is_some_and(|o| o.is_empty()));
+        assert!(json["components"]["schemas"]["ErrorBody"].is_object());
+    }
+
+    #[test]
+    fn swagger_ui_is_served_from_the_binary() {
+        let index = docs_file("").map(|r| r.status());
+        assert_eq!(index.ok(), Some(StatusCode::OK));
+        let config = docs_file("swagger-initializer.js").map(|r| r.status());
+        assert_eq!(config.ok(), Some(StatusCode::OK));
+    }
+}
