@@ -152,6 +152,8 @@ if wanted embedded; then
     begin embedded "integration suite on embedded backends"
     for v in "${BACKEND_VARS[@]}"; do unset "$v"; done
     run_integration embedded
+    [[ -f target/screenshots/admin-status.png ]] &&
+        say "status page screenshot (headless Chromium): $ROOT/target/screenshots/admin-status.png"
     end
 else skip embedded; fi
 

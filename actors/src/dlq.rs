@@ -277,6 +277,9 @@ impl DeadLetterAdmin {
             .exec(self.store.connection());
         self.store.guarded("mark_replayed", update).await?;
         tracing::info!(id, topic = %row.source_topic, replay_count = count, "dead letter replayed");
+        crate::metrics::metrics()
+            .dead_letters_replayed
+            .add(1, &[crate::metrics::kv(crate::metrics::TOPIC, row.source_topic.clone())]);
         Ok(ReplayOutcome::Replayed {
             id,
             topic: row.source_topic,
@@ -284,6 +287,20 @@ impl DeadLetterAdmin {
             offset: ack.offset,
             replay_count: count,
         })
+    }
+
+    /// Indexed dead letters per error class.
+    pub async fn counts(&self) -> Result<std::collections::BTreeMap<String, u64>, Error> {
+        use sea_orm::QuerySelect;
+        let query = Entity::find()
+            .select_only()
+            .column(Column::ErrorClass)
+            .column_as(Column::Id.count(), "n")
+            .group_by(Column::ErrorClass)
+            .into_tuple::<(String, i64)>()
+            .all(self.store.connection());
+        let rows = self.store.guarded("count_dead_letters", query).await?;
+        Ok(rows.into_iter().map(|(class, n)| (class, n.max(0) as u64)).collect())
     }
 
     /// Replays every dead letter matching `filter` (at most its limit), in id order.

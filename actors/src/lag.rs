@@ -1,5 +1,5 @@
-//! Consumer lag of the partitions this process owns: end offset minus committed position,
-//! refreshed every second. Exported as `conveyor.partition.lag` and used by ingest to
+//! Consumer lag of the partitions this process owns (every group's): end offset minus
+//! committed position, refreshed every second. Exported as `conveyor.partition.lag` and used by ingest to
 //! refuse work (503) instead of letting the backlog grow without bound.
 
 use std::collections::BTreeMap;
@@ -29,17 +29,32 @@ impl Lag {
         self.per_partition.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
-    async fn refresh(&self, log: &Arc<dyn LogBackend>, root: &ActorRef<RootMsg>, topic: &str) {
+    /// The lag of one owned partition, if known.
+    pub fn of(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.per_partition.lock().ok().and_then(|m| m.get(&(topic.to_string(), partition)).copied())
+    }
+
+    /// Refreshes every topic's figures; `total` is `ingest_topic`'s (what back-pressure reads).
+    async fn refresh(
+        &self,
+        log: &Arc<dyn LogBackend>,
+        root: &ActorRef<RootMsg>,
+        topics: &[String],
+        ingest_topic: &str,
+    ) {
         let Ok(statuses) = ractor::call!(root, |reply| RootMsg::Status { reply }) else { return };
-        let Ok(ends) = log.end_offsets(topic).await else { return };
         let mut map = BTreeMap::new();
-        for status in statuses.iter().filter(|s| s.tp.topic == topic) {
-            let end = ends.iter().find(|(p, _)| *p == status.tp.partition).map(|(_, e)| *e).unwrap_or(0);
-            // Before the first commit the position is unknown; count what is in flight.
-            let position = status.committed.unwrap_or(end - status.in_flight as i64);
-            map.insert((status.tp.topic.clone(), status.tp.partition), (end - position).max(0));
+        for topic in topics {
+            let Ok(ends) = log.end_offsets(topic).await else { continue };
+            for status in statuses.iter().filter(|s| s.tp.topic == *topic) {
+                let end = ends.iter().find(|(p, _)| *p == status.tp.partition).map(|(_, e)| *e).unwrap_or(0);
+                // Before the first commit the position is unknown; count what is in flight.
+                let position = status.committed.unwrap_or(end - status.in_flight as i64);
+                map.insert((status.tp.topic.clone(), status.tp.partition), (end - position).max(0));
+            }
         }
-        self.total.store(map.values().sum(), Ordering::Relaxed);
+        let total = map.iter().filter(|((t, _), _)| t == ingest_topic).map(|(_, lag)| lag).sum();
+        self.total.store(total, Ordering::Relaxed);
         if let Ok(mut m) = self.per_partition.lock() {
             *m = map;
         }
@@ -50,7 +65,8 @@ impl Lag {
         self: &Arc<Self>,
         log: Arc<dyn LogBackend>,
         root: ActorRef<RootMsg>,
-        topic: String,
+        topics: Vec<String>,
+        ingest_topic: String,
     ) -> tokio::task::JoinHandle<()> {
         let lag = self.clone();
         let gauge_source = self.clone();
@@ -68,7 +84,7 @@ impl Lag {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                lag.refresh(&log, &root, &topic).await;
+                lag.refresh(&log, &root, &topics, &ingest_topic).await;
             }
         })
     }

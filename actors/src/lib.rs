@@ -61,8 +61,10 @@ pub mod outbox;
 pub mod retry;
 pub mod root;
 pub mod saga;
+pub mod status;
 pub mod store;
 pub mod system;
+pub mod trace;
 
 pub use error::Error;
 pub use system::{Component, Conveyor};

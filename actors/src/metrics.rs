@@ -13,6 +13,7 @@ pub const LAG: &str = "conveyor.partition.lag";
 pub const PARTITION_PAUSES: &str = "conveyor.partition.pauses";
 pub const RETRIES: &str = "conveyor.handler.retries";
 pub const DEAD_LETTERS: &str = "conveyor.dlq.records.written";
+pub const DEAD_LETTERS_REPLAYED: &str = "conveyor.dlq.records.replayed";
 pub const CACHE_HITS: &str = "conveyor.cache.hits";
 pub const CACHE_MISSES: &str = "conveyor.cache.misses";
 pub const CACHE_ERRORS: &str = "conveyor.cache.errors";
@@ -44,6 +45,7 @@ pub struct Metrics {
     pub partition_pauses: Counter<u64>,
     pub retries: Counter<u64>,
     pub dead_letters: Counter<u64>,
+    pub dead_letters_replayed: Counter<u64>,
     pub cache_hits: Counter<u64>,
     pub cache_misses: Counter<u64>,
     pub cache_errors: Counter<u64>,
@@ -122,6 +124,11 @@ impl Metrics {
                 .u64_counter(DOWNSTREAM_WAITS)
                 .with_unit("{wait}")
                 .with_description("Key tasks that waited for a downstream's breaker instead of spending an attempt")
+                .build(),
+            dead_letters_replayed: meter
+                .u64_counter(DEAD_LETTERS_REPLAYED)
+                .with_unit("{record}")
+                .with_description("Dead letters sent back to their source topic, by topic")
                 .build(),
             saga_steps: meter
                 .u64_counter(SAGA_STEPS)

@@ -37,10 +37,24 @@ pub struct RootArgs {
 pub enum RootMsg {
     /// Report the partition actors of every group.
     Status { reply: RpcReplyPort<Vec<PartitionStatus>> },
+    /// Report each group: its consumer supervisor's state, restarts and partitions.
+    Groups { reply: RpcReplyPort<Vec<GroupStatus>> },
     /// Restart the consumer of group number `index` (sent after a backoff).
     Restart { index: usize },
     /// Leave every group (draining and committing), stop the children, then reply.
     Shutdown { reply: RpcReplyPort<()> },
+}
+
+/// One consumer group as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct GroupStatus {
+    pub group: String,
+    pub topic: String,
+    /// `running`, or `restarting` while its supervisor waits out a backoff.
+    pub state: &'static str,
+    /// Restarts since the process started.
+    pub restarts: u32,
+    pub partitions: Vec<PartitionStatus>,
 }
 
 struct Running {
@@ -52,6 +66,8 @@ pub struct RootState {
     args: RootArgs,
     running: Vec<Option<Running>>,
     restarts: Vec<(u32, Instant)>,
+    /// Every restart since start-up, per group (`restarts` resets; this does not).
+    total_restarts: Vec<u32>,
     stopping: bool,
 }
 
@@ -66,6 +82,7 @@ impl Actor for RootSupervisor {
             args,
             running: (0..n).map(|_| None).collect(),
             restarts: vec![(0, Instant::now()); n],
+            total_restarts: vec![0; n],
             stopping: false,
         };
         for index in 0..n {
@@ -87,6 +104,23 @@ impl Actor for RootSupervisor {
                     all.extend(r.supervisor.status().await);
                 }
                 let _ = reply.send(all);
+            }
+            RootMsg::Groups { reply } => {
+                let mut groups = Vec::new();
+                for (index, spec) in state.args.groups.iter().enumerate() {
+                    let (state_name, partitions) = match &state.running[index] {
+                        Some(r) => ("running", r.supervisor.status().await),
+                        None => ("restarting", Vec::new()),
+                    };
+                    groups.push(GroupStatus {
+                        group: spec.group.clone(),
+                        topic: spec.topic.clone(),
+                        state: state_name,
+                        restarts: state.total_restarts[index],
+                        partitions,
+                    });
+                }
+                let _ = reply.send(groups);
             }
             RootMsg::Restart { index } => {
                 if !state.stopping {
@@ -168,6 +202,7 @@ impl RootState {
 
     /// 1 s, 2 s, 4 s … capped at 60 s; the count resets after ten quiet minutes.
     fn backoff(&mut self, index: usize) -> Duration {
+        self.total_restarts[index] += 1;
         let (count, since) = &mut self.restarts[index];
         if since.elapsed() > Duration::from_secs(600) {
             *count = 0;

@@ -60,6 +60,7 @@ pub struct Conveyor {
     /// Consumer lag of owned input partitions (front-door back-pressure reads it).
     pub lag: Arc<Lag>,
     lag_monitor: tokio::task::JoinHandle<()>,
+    pub(crate) started: std::time::Instant,
     log: Arc<dyn LogBackend>,
     root: ActorRef<RootMsg>,
 }
@@ -189,7 +190,9 @@ impl Conveyor {
         .await?;
         let log_breaker = Breaker::new("log", config.breaker.clone());
         let lag = Arc::new(Lag::default());
-        let lag_monitor = lag.spawn_monitor(log.clone(), root.clone(), config.log.topics.events_input.clone());
+        let t = &config.log.topics;
+        let topics = vec![t.events_input.clone(), t.registration.clone(), t.loyalty.clone(), t.events_dlq.clone()];
+        let lag_monitor = lag.spawn_monitor(log.clone(), root.clone(), topics, t.events_input.clone());
         let conveyor = Conveyor {
             config,
             producer,
@@ -203,6 +206,7 @@ impl Conveyor {
             log_breaker,
             lag,
             lag_monitor,
+            started: std::time::Instant::now(),
             log,
             root,
         };
@@ -229,6 +233,11 @@ impl Conveyor {
     /// Every partition actor's status.
     pub async fn partitions(&self) -> Vec<PartitionStatus> {
         ractor::call!(self.root, |reply| RootMsg::Status { reply }).unwrap_or_default()
+    }
+
+    /// Each consumer group with its partitions.
+    pub async fn groups(&self) -> Vec<crate::root::GroupStatus> {
+        ractor::call!(self.root, |reply| RootMsg::Groups { reply }).unwrap_or_default()
     }
 
     /// Every downstream's circuit breaker.

@@ -23,8 +23,11 @@ pub fn init_logs(config: &TelemetryConfig) {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ =
-        if json { builder.json().flatten_event(true).with_current_span(false).try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// The installed meter provider and a renderer for `/metrics`.

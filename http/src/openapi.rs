@@ -40,6 +40,8 @@ use crate::routes;
         routes::admin::replay,
         routes::admin::replay_matching,
         routes::admin::purge,
+        routes::admin::status_page,
+        routes::admin::status,
         routes::auth::register,
         routes::auth::login,
         routes::auth::logout,
@@ -89,7 +91,7 @@ impl Modify for Shared {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
         for (path, item) in doc.paths.paths.iter_mut() {
-            let probe = matches!(path.as_str(), "/health" | "/ready" | "/metrics");
+            let probe = matches!(path.as_str(), "/health" | "/ready" | "/metrics" | "/admin/status");
             for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete].into_iter().flatten() {
                 let public = op.security.is_some();
                 if !public {
@@ -110,7 +112,7 @@ impl Modify for Shared {
                 if !probe {
                     add(op, "429", "Rate limited; `Retry-After` says when to come back");
                 }
-                if path != "/health" && path != "/metrics" {
+                if !matches!(path.as_str(), "/health" | "/metrics" | "/admin/status") {
                     add(op, "503", "A backend is unavailable or the request timed out; retry after `Retry-After`");
                 }
             }

@@ -31,6 +31,8 @@ pub enum Route {
     LoyaltyTransactions,
     LoyaltyReady,
     Saga,
+    AdminStatusPage,
+    AdminStatus,
     OpenApi,
     DocsRedirect,
     Docs,
@@ -52,6 +54,7 @@ impl Route {
             | Route::AuthReady
             | Route::AuthHealthz
             | Route::LoyaltyReady
+            | Route::AdminStatusPage
             | Route::OpenApi
             | Route::DocsRedirect
             | Route::Docs
@@ -88,6 +91,8 @@ pub const ROUTES: &[(&str, Method, Route)] = &[
     ("/loyalty/{uuid}", Method::GET, Route::LoyaltyBalance),
     ("/loyalty/{uuid}/transactions", Method::GET, Route::LoyaltyTransactions),
     ("/sagas/{id}", Method::GET, Route::Saga),
+    ("/admin/status", Method::GET, Route::AdminStatusPage),
+    ("/admin/status.json", Method::GET, Route::AdminStatus),
     ("/openapi.json", Method::GET, Route::OpenApi),
     ("/docs", Method::GET, Route::DocsRedirect),
     ("/docs/", Method::GET, Route::Docs),

@@ -135,7 +135,14 @@ async fn handle(
             let result = match state.limits.check_ip(route.group(), client_ip) {
                 Err(refused) => Err(refused),
                 Ok(()) => {
-                    let work = routes::dispatch(route, state, req, &params, &ctx);
+                    // Every log line of this request carries its request id and trace id.
+                    let span = tracing::info_span!(
+                        "request",
+                        request_id = %ctx.request_id,
+                        trace_id = conveyor_actors::trace::trace_id(&ctx.traceparent).unwrap_or_default(),
+                    );
+                    let work =
+                        tracing::Instrument::instrument(routes::dispatch(route, state, req, &params, &ctx), span);
                     match tokio::time::timeout(config.request_timeout, work).await {
                         Ok(result) => result,
                         Err(_) => Err(ApiError::Timeout(config.request_timeout)),
@@ -156,7 +163,14 @@ async fn handle(
         KeyValue::new(STATUS_CLASS, status_class(response.status().as_u16())),
     ];
     m.request_duration.record(started.elapsed().as_secs_f64(), &labels);
-    tracing::debug!(request_id, method = %method, route = template, status = response.status().as_u16(), "request");
+    tracing::debug!(
+        request_id,
+        trace_id = conveyor_actors::trace::trace_id(&ctx.traceparent).unwrap_or_default(),
+        method = %method,
+        route = template,
+        status = response.status().as_u16(),
+        "request"
+    );
     response
 }
 

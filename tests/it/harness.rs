@@ -54,14 +54,15 @@ pub struct Names {
 }
 
 impl Names {
-    /// `(env var, value)` for the saga's topics and groups.
-    fn saga_env(&self) -> [(&'static str, String); 4] {
+    /// `(env var, value)` for the saga's topics and the groups beyond the events group.
+    fn saga_env(&self) -> [(&'static str, String); 5] {
         let id = &self.id;
         [
             ("CONVEYOR_LOG__TOPICS__REGISTRATION", format!("{id}-registration")),
             ("CONVEYOR_LOG__TOPICS__LOYALTY", format!("{id}-loyalty")),
             ("CONVEYOR_LOG__GROUPS__LOYALTY", format!("{id}-loyalty")),
             ("CONVEYOR_LOG__GROUPS__IDENTITY", format!("{id}-identity-saga")),
+            ("CONVEYOR_DLQ__INDEX_GROUP", format!("{id}-dlq-index")),
         ]
     }
 }

@@ -15,6 +15,7 @@ mod harness;
 mod identity;
 mod ingest;
 mod lifecycle;
+mod observability;
 mod private;
 mod probes;
 mod resilience;

@@ -29,6 +29,11 @@ pub(super) struct KeyCtx {
     pub breakers: Vec<Arc<Breaker>>,
 }
 
+/// Labels of `conveyor.partition.records.processed`: topic, partition, outcome.
+fn processed(ctx: &KeyCtx, outcome: &'static str) -> [KeyValue; 3] {
+    [ctx.labels[0].clone(), ctx.labels[1].clone(), kv(OUTCOME, outcome)]
+}
+
 /// How a key's turn ended.
 pub(super) struct KeyOutcome {
     /// Offsets processed or dead-lettered.
@@ -54,7 +59,14 @@ pub(super) async fn run(ctx: Arc<KeyCtx>, key: String, records: Vec<Record>) -> 
     let started = Instant::now();
     let outcome = match call(&ctx, &key, &records).await {
         Ok(()) => {
-            metrics().records_processed.add(records.len() as u64, &[kv(OUTCOME, "ok")]);
+            metrics().records_processed.add(records.len() as u64, &processed(&ctx, "ok"));
+            for r in &records {
+                // The request's trace id, read back from the record: one trace across the log.
+                tracing::debug!(
+                    handler = ctx.handler.name(), topic = %r.tp.topic, partition = r.tp.partition, offset = r.offset,
+                    trace_id = crate::trace::record_trace_id(r), "record processed"
+                );
+            }
             KeyOutcome { done: records.iter().map(|r| r.offset).collect(), abandoned: false }
         }
         // A coalesced batch failed: find out record by record which one, so one bad
@@ -91,7 +103,7 @@ async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<Hand
         };
         attempt += 1;
         let Err(err) = result else {
-            m.records_processed.add(1, &[kv(OUTCOME, "ok")]);
+            m.records_processed.add(1, &processed(ctx, "ok"));
             return true;
         };
         // A downstream outage is not this record's fault: wait for the breaker, spend
@@ -145,7 +157,7 @@ async fn dead_letter(ctx: &KeyCtx, record: &Record, failure: &Failure<'_>) -> bo
                 );
                 let labels = [kv(ERROR_CLASS, class.dlq_reason()), kv(metrics::TOPIC, record.tp.topic.clone())];
                 metrics().dead_letters.add(1, &labels);
-                metrics().records_processed.add(1, &[kv(OUTCOME, "dead_lettered")]);
+                metrics().records_processed.add(1, &processed(ctx, "dead_lettered"));
                 return true;
             }
             Err(err) => {

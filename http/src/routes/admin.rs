@@ -206,3 +206,25 @@ mod tests {
         assert_eq!(fields, vec!["limit", "colour"]);
     }
 }
+
+/// The status page: an HTML shell with no data (it fetches `/admin/status.json` with the
+/// admin token it is given in `#token=…`), so it is served without authentication.
+#[utoipa::path(get, path = "/admin/status", tag = "admin", security(()),
+    responses((status = 200, content_type = "text/html", body = String, description = "Refreshes itself from /admin/status.json")))]
+pub fn status_page() -> Response {
+    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+        include_str!("../status.html").as_bytes(),
+    )));
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+    response
+}
+
+/// The supervision tree, partitions, breakers, dead letters and the outbox.
+#[utoipa::path(get, path = "/admin/status.json", tag = "admin",
+    responses((status = 200, body = conveyor_actors::status::SystemStatus)))]
+pub async fn status(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
+    admin(state, req.headers()).await?;
+    Ok(json_response(StatusCode::OK, &json!(state.conveyor.status().await)))
+}

@@ -226,7 +226,7 @@ async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx
         key: Some(event.device_id.clone()),
         payload: Bytes::from(payload),
         headers: vec![
-            Header { name: "traceparent".into(), value: ctx.traceparent.clone().into_bytes() },
+            Header { name: conveyor_actors::trace::TRACEPARENT.into(), value: ctx.traceparent.clone().into_bytes() },
             Header { name: "x-request-id".into(), value: ctx.request_id.clone().into_bytes() },
         ],
     };

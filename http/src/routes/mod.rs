@@ -47,6 +47,8 @@ pub(crate) async fn dispatch(
         Route::LoyaltyTransactions => loyalty::transactions(state, &req, param(params, "uuid")).await,
         Route::LoyaltyReady => Ok(health::ready(state).await),
         Route::Saga => loyalty::saga(state, &req, param(params, "id")).await,
+        Route::AdminStatusPage => Ok(admin::status_page()),
+        Route::AdminStatus => admin::status(state, &req).await,
         Route::OpenApi => Ok(crate::openapi::openapi_json()),
         Route::DocsRedirect => Ok(crate::openapi::docs_redirect()),
         Route::Docs => crate::openapi::docs_file(""),

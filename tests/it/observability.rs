@@ -1,0 +1,153 @@
+//! What operators see: counters that match a known workload exactly, one trace id across
+//! the log, and the status page in headless Chromium (with a screenshot).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::browser::chromium;
+use crate::devices::inject;
+use crate::harness::{Daemon, Opts, eventually, metric_sum, token};
+
+fn processed(text: &str, topic: &str, outcome: &str) -> f64 {
+    let filter = format!("topic=\"{topic}\"");
+    text.lines()
+        .filter(|l| l.starts_with("conveyor_partition_records_processed_total{"))
+        .filter(|l| l.contains(&filter) && l.contains(&format!("outcome=\"{outcome}\"")))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test]
+async fn scraped_counters_match_a_known_workload() {
+    let mut d = Daemon::start(Opts::new()).await;
+    inject(&mut d, b"{not json").await; // one poison record (restarts an embedded daemon)
+    let topic = d.names.topic_in.clone();
+    let t = token("gw", &["device", "user"]);
+    for i in 0..20 {
+        let body = json!({"device_id": format!("obs-{}", i % 5), "payload": {"seq": i}});
+        assert_eq!(d.post("/events", Some(&t), &body).await.0, StatusCode::ACCEPTED);
+    }
+    let bad = d.post("/events", Some(&t), &json!({"device_id": "", "payload": {}})).await.0;
+    assert_eq!(bad, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, _, _) = d.request(Method::POST, "/events", Some(&t), &[], b"{oops".to_vec()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let done = eventually(Duration::from_secs(60), || async {
+        let text = d.metrics().await;
+        processed(&text, &topic, "ok") >= 20.0 && processed(&text, &topic, "dead_lettered") >= 1.0
+    })
+    .await;
+    assert!(done, "workload not processed:\n{}", d.metrics().await);
+    for i in 0..5 {
+        assert_eq!(d.get(&format!("/resource/obs-{i}"), Some(&t)).await.0, StatusCode::OK);
+    }
+    for i in 0..3 {
+        assert_eq!(d.get(&format!("/resource/none-{i}"), Some(&t)).await.0, StatusCode::NOT_FOUND);
+    }
+
+    let text = d.metrics().await;
+    assert_eq!(metric_sum(&text, "conveyor_ingest_accepted_total", ""), 20.0);
+    assert_eq!(metric_sum(&text, "conveyor_ingest_rejected_total", "reason=\"validation_failed\""), 1.0);
+    assert_eq!(metric_sum(&text, "conveyor_ingest_rejected_total", "reason=\"malformed_json\""), 1.0);
+    assert_eq!(processed(&text, &topic, "ok"), 20.0, "every accepted event processed once");
+    assert_eq!(processed(&text, &topic, "dead_lettered"), 1.0);
+    assert_eq!(metric_sum(&text, "conveyor_dlq_records_written_total", "error_class=\"permanent\""), 1.0);
+    // Written through on update: each device's first read is a hit; unknown ids miss.
+    assert_eq!(metric_sum(&text, "conveyor_cache_hits_total", "operation=\"resource\""), 5.0);
+    assert_eq!(metric_sum(&text, "conveyor_cache_misses_total", "operation=\"resource\""), 3.0);
+    let posted: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+        .filter(|l| l.contains("http_route=\"/events\"") && l.contains("http_response_status_class=\"2xx\""))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    assert_eq!(posted, 20.0, "POST /events answered 2xx, by route template");
+    // Labels come from bounded sets: no device id anywhere in the exposition.
+    assert!(!text.contains("obs-0") && !text.contains("none-0"), "a device id leaked into a label");
+}
+
+#[tokio::test]
+async fn one_trace_id_crosses_the_log() {
+    let opts =
+        Opts::new().env("CONVEYOR_TELEMETRY__LOG_FILTER", "info,conveyor_http=debug,conveyor_actors::consumer=debug");
+    let d = Daemon::start(opts).await;
+    let t = token("gw", &["device"]);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = serde_json::to_vec(&json!({"device_id": "traced", "payload": {"x": 1}})).unwrap_or_default();
+    let headers =
+        [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("x-request-id", "req-trace-1")];
+    let (s, _, _) = d.request(Method::POST, "/events", Some(&t), &headers, body).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let lines = |d: &Daemon| -> Vec<Value> {
+        std::fs::read_to_string(d.data_dir.join("daemon.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    };
+    let seen = eventually(Duration::from_secs(30), || async {
+        lines(&d).iter().any(|l| {
+            l["target"].as_str().is_some_and(|t| t.starts_with("conveyor_actors::consumer")) && l["trace_id"] == trace
+        })
+    })
+    .await;
+    assert!(seen, "the consumer never logged trace {trace}:\n{}", d.log_tail(20));
+    let all = lines(&d);
+    let http = all
+        .iter()
+        .find(|l| l["target"].as_str().is_some_and(|t| t.starts_with("conveyor_http")) && l["trace_id"] == trace)
+        .unwrap_or_else(|| panic!("no HTTP log line with the trace id:\n{}", d.log_tail(20)));
+    assert_eq!(http["request_id"], "req-trace-1");
+    for field in ["timestamp", "level", "target"] {
+        assert!(http[field].is_string(), "log lines carry {field}: {http}");
+    }
+    assert!(!all.iter().any(|l| l.to_string().contains("\"x\":1")), "payloads are never logged");
+}
+
+#[tokio::test]
+async fn status_page_shows_the_running_system_in_headless_chromium() {
+    let d = Daemon::start(Opts::new()).await;
+    let device = token("gw", &["device"]);
+    for i in 0..3 {
+        let body = json!({"device_id": format!("st-{i}"), "payload": {"n": i}});
+        assert_eq!(d.post("/events", Some(&device), &body).await.0, StatusCode::ACCEPTED);
+    }
+    assert_eq!(d.get("/admin/status.json", Some(&device)).await.0, StatusCode::FORBIDDEN);
+    let admin = token("ops", &["admin"]);
+    // On Kafka every group's assignment arrives on its own schedule.
+    let assigned = eventually(Duration::from_secs(60), || async {
+        d.get("/admin/status.json", Some(&admin)).await.1["partitions"].as_array().map(Vec::len) == Some(16)
+    })
+    .await;
+    let (s, status) = d.get("/admin/status.json", Some(&admin)).await;
+    assert_eq!(s, StatusCode::OK, "{status}");
+    assert!(assigned, "{status}");
+    let groups = status["supervision"][0]["children"].as_array().map(Vec::len);
+    assert_eq!(groups, Some(4), "devices, loyalty, identity saga, dead-letter index: {status}");
+    assert_eq!(status["partitions"].as_array().map(Vec::len), Some(16), "4 groups x 4 partitions");
+
+    let url = format!("{}/admin/status#token={admin}", d.base);
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots/admin-status.png");
+    std::fs::create_dir_all(shot.parent().unwrap_or(&shot)).unwrap_or_default();
+    let (dom, _) = tokio::task::spawn_blocking({
+        let shot = shot.display().to_string();
+        move || (chromium(&["dom", &url]), chromium(&["screenshot", &url, &shot]))
+    })
+    .await
+    .unwrap_or_default();
+    assert!(dom.contains("<title>Conveyor status</title>"));
+    assert_eq!(dom.matches("data-testid=\"partition-row\"").count(), 16, "partition rows in:\n{dom}");
+    assert_eq!(dom.matches("data-kind=\"ConsumerSupervisor\"").count(), 4);
+    assert!(dom.contains("data-kind=\"LedgerSupervisor\"") && dom.contains("data-kind=\"OutboxRelay\""));
+    for breaker in ["store", "cache", "log"] {
+        assert!(dom.contains(&format!("data-testid=\"breaker-{breaker}\"")), "breaker {breaker}");
+    }
+    assert!(dom.contains("data-testid=\"dlq-total\">0<"), "dead letters: 0");
+    assert!(dom.contains("data-testid=\"outbox-backlog\""));
+    assert!(dom.contains("updated "), "the page refreshed from /admin/status.json");
+    let png = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(png > 10_000, "screenshot {} is {png} bytes", shot.display());
+    eprintln!("status page screenshot: {}", shot.display());
+}
