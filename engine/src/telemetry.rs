@@ -39,7 +39,11 @@ pub struct Metrics {
 pub fn init_metrics() -> anyhow::Result<Metrics> {
     let registry = prometheus::Registry::new();
     let exporter = opentelemetry_prometheus::exporter().with_registry(registry.clone()).build()?;
-    let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("conveyor")
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let provider = SdkMeterProvider::builder().with_resource(resource).with_reader(exporter).build();
     opentelemetry::global::set_meter_provider(provider.clone());
     register_process_metrics();
     let render = Arc::new(move || {

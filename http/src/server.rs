@@ -131,7 +131,8 @@ async fn handle(
         }
         Some(Matched::Found { route, template, params }) => {
             let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            m.active_requests.add(1, &[KeyValue::new(ROUTE, template)]);
+            // A guard, not a pair of calls: a client that hangs up drops this future mid-request.
+            let _active = ActiveRequest::enter(template);
             let result = match state.limits.check_ip(route.group(), client_ip) {
                 Err(refused) => Err(refused),
                 Ok(()) => {
@@ -149,7 +150,6 @@ async fn handle(
                     }
                 }
             };
-            m.active_requests.add(-1, &[KeyValue::new(ROUTE, template)]);
             (template, result.unwrap_or_else(ApiError::into_response))
         }
     };
@@ -172,6 +172,22 @@ async fn handle(
         "request"
     );
     response
+}
+
+/// Counts a request in `http.server.active_requests` until dropped.
+struct ActiveRequest(&'static str);
+
+impl ActiveRequest {
+    fn enter(route: &'static str) -> Self {
+        metrics().active_requests.add(1, &[KeyValue::new(ROUTE, route)]);
+        ActiveRequest(route)
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        metrics().active_requests.add(-1, &[KeyValue::new(ROUTE, self.0)]);
+    }
 }
 
 /// A `traceparent` for our span: the caller's trace id when it sent a valid one, else new.

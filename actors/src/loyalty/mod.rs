@@ -19,7 +19,7 @@ use crate::retry::{ErrorClass, HandlerError};
 use crate::saga::{SagaEvent, step, step_metric};
 use crate::store::Store;
 use crate::store::loyalty::LedgerOp;
-use crate::store::sagas::{insert_outbox, outbox_row};
+use crate::store::sagas::outbox_row;
 
 /// An injected failure (see `[faults]`).
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +59,7 @@ impl LoyaltyHandler {
             occurred_at: Utc::now(),
         };
         let row = outbox_row(format!("credit_failed:{user_id}"), &self.loyalty_topic, user_id, event.to_json(), None);
-        let db = self.store.connection().clone();
-        self.store.guarded("announce", insert_outbox(&db, row)).await.map_err(classify)?;
+        self.store.announce(row).await.map_err(classify)?;
         step_metric(step::LOYALTY_CREDIT_FAILED, "failed");
         Ok(())
     }
@@ -81,8 +80,7 @@ impl LoyaltyHandler {
         };
         let announce = outbox_row(format!("credited:{user_id}"), &self.loyalty_topic, user_id, event.to_json(), None);
         if self.welcome_bonus <= 0 {
-            let db = self.store.connection().clone();
-            return self.store.guarded("announce", insert_outbox(&db, announce)).await.map_err(classify);
+            return self.store.announce(announce).await.map_err(classify);
         }
         let op = LedgerOp {
             user_id: user_id.to_string(),

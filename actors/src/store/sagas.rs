@@ -134,6 +134,11 @@ pub async fn insert_step(
 }
 
 impl Store {
+    /// Writes one outbox record on its own (no change to go with it).
+    pub async fn announce(&self, row: outbox::Model) -> Result<(), Error> {
+        self.guarded("announce", insert_outbox(&self.db, row)).await
+    }
+
     /// Outbox records due for (re)publishing, oldest first.
     pub async fn due_outbox(&self, limit: u64) -> Result<Vec<outbox::Model>, Error> {
         let query = outbox::Entity::find()
