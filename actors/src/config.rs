@@ -372,11 +372,21 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     pub log_filter: String,
     pub metrics_token: Secret,
+    /// OTLP/HTTP collector base URL (`http://collector:4318`); empty: no push.
+    pub otlp_endpoint: String,
+    /// How often metrics are pushed, and spans batched, when `otlp_endpoint` is set.
+    pub otlp_interval_ms: u64,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { log_format: LogFormat::Auto, log_filter: "info".into(), metrics_token: Secret::default() }
+        TelemetryConfig {
+            log_format: LogFormat::Auto,
+            log_filter: "info".into(),
+            metrics_token: Secret::default(),
+            otlp_endpoint: String::new(),
+            otlp_interval_ms: 10_000,
+        }
     }
 }
 
@@ -494,6 +504,9 @@ impl Config {
         }
         if self.retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
+        }
+        if self.telemetry.otlp_interval_ms == 0 {
+            return Err(invalid("telemetry.otlp_interval_ms", "must be at least 1"));
         }
         if self.loyalty.welcome_bonus < 0 {
             return Err(invalid("loyalty.welcome_bonus", "must not be negative"));

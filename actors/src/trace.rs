@@ -17,6 +17,37 @@ pub fn record_trace_id(record: &Record) -> &str {
     record.header(TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok()).and_then(trace_id).unwrap_or_default()
 }
 
+
+/// The OpenTelemetry context a record carries (its `traceparent`), for a consumer span.
+pub fn context_of(record: &Record) -> opentelemetry::Context {
+    let value = record.header(TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
+    let carrier = std::collections::HashMap::from([(TRACEPARENT.to_string(), value.to_string())]);
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
+}
+
+/// The `traceparent` naming `cx`'s span, to write into a record; empty when `cx` has none.
+pub fn traceparent_of(cx: &opentelemetry::Context) -> String {
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(cx, &mut carrier));
+    carrier.remove(TRACEPARENT).unwrap_or_default()
+}
+
+/// Runs `work` inside a child span named `name` of the current span, if there is one (a
+/// request or a record being processed); background work makes no root spans of its own.
+pub async fn child_span<T>(name: &'static str, work: impl Future<Output = T>) -> T {
+    use opentelemetry::context::FutureExt;
+    use opentelemetry::trace::{TraceContextExt, Tracer};
+    let parent = opentelemetry::Context::current();
+    if !parent.has_active_span() {
+        return work.await;
+    }
+    let tracer = opentelemetry::global::tracer("conveyor.actors");
+    let cx = parent.with_span(tracer.start_with_context(name, &parent));
+    let out = work.with_context(cx.clone()).await;
+    cx.span().end();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::trace_id;

@@ -24,7 +24,7 @@ pub async fn migrate(config: Config) -> anyhow::Result<()> {
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init_logs(&config.telemetry);
-    let metrics = telemetry::init_metrics().context("starting metrics")?;
+    let metrics = telemetry::init_metrics(&config.telemetry).context("starting metrics and traces")?;
     let limits = RateLimits::new(&config.rate_limit);
     let _janitor = limits.spawn_janitor();
     let grace = Duration::from_millis(config.shutdown.grace_period_ms);
@@ -69,9 +69,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let spent = signalled.get().map(Instant::elapsed).unwrap_or_default();
     let remaining = grace.saturating_sub(spent).max(Duration::from_secs(1));
     conveyor.shutdown(remaining).await;
-    if let Err(err) = metrics.provider.shutdown() {
-        tracing::warn!(error = %err, "metrics provider shutdown failed");
-    }
+    metrics.shutdown();
     tracing::info!("conveyor stopped");
     Ok(())
 }

@@ -1,11 +1,18 @@
-//! Logs (tracing: JSON lines or text) and metrics (OpenTelemetry SDK, exported as
-//! Prometheus text at `/metrics`), with process metrics read from `/proc`.
+//! Logs (tracing: JSON lines or text), metrics (OpenTelemetry SDK, exported as Prometheus
+//! text at `/metrics` and optionally pushed over OTLP) with process metrics read from
+//! `/proc`, and traces (OTLP when configured).
 
 use std::io::IsTerminal;
 use std::sync::Arc;
 
 use conveyor_actors::config::{LogFormat, TelemetryConfig};
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use std::time::Duration;
+
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use prometheus::{Encoder, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
@@ -33,18 +40,57 @@ pub fn init_logs(config: &TelemetryConfig) {
 /// The installed meter provider and a renderer for `/metrics`.
 pub struct Metrics {
     pub provider: SdkMeterProvider,
+    pub tracer: SdkTracerProvider,
     pub render: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
-pub fn init_metrics() -> anyhow::Result<Metrics> {
-    let registry = prometheus::Registry::new();
-    let exporter = opentelemetry_prometheus::exporter().with_registry(registry.clone()).build()?;
-    let resource = opentelemetry_sdk::Resource::builder()
+impl Metrics {
+    /// Flushes what the OTLP exporters still hold.
+    pub fn shutdown(&self) {
+        if let Err(err) = self.provider.shutdown() {
+            tracing::warn!(error = %err, "metrics provider shutdown failed");
+        }
+        if let Err(err) = self.tracer.shutdown() {
+            tracing::warn!(error = %err, "tracer provider shutdown failed");
+        }
+    }
+}
+
+fn resource() -> Resource {
+    Resource::builder()
         .with_service_name("conveyor")
         .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .build();
-    let provider = SdkMeterProvider::builder().with_resource(resource).with_reader(exporter).build();
+        .build()
+}
+
+/// Metrics (Prometheus text, plus OTLP push when configured) and traces. Spans are always
+/// recorded so that every request has a real trace id to carry through the log; they leave
+/// the process only when `telemetry.otlp_endpoint` is set.
+pub fn init_metrics(config: &TelemetryConfig) -> anyhow::Result<Metrics> {
+    let registry = prometheus::Registry::new();
+    let exporter = opentelemetry_prometheus::exporter().with_registry(registry.clone()).build()?;
+    let mut meters = SdkMeterProvider::builder().with_resource(resource()).with_reader(exporter);
+    let mut tracer = SdkTracerProvider::builder().with_resource(resource());
+    let endpoint = config.otlp_endpoint.trim_end_matches('/');
+    if !endpoint.is_empty() {
+        let interval = Duration::from_millis(config.otlp_interval_ms);
+        let metrics = opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{endpoint}/v1/metrics"))
+            .build()?;
+        meters = meters.with_reader(PeriodicReader::builder(metrics).with_interval(interval).build());
+        let spans = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{endpoint}/v1/traces"))
+            .build()?;
+        let batch = BatchConfigBuilder::default().with_scheduled_delay(interval).build();
+        tracer = tracer.with_span_processor(BatchSpanProcessor::builder(spans).with_batch_config(batch).build());
+    }
+    let provider = meters.build();
+    let tracer = tracer.build();
     opentelemetry::global::set_meter_provider(provider.clone());
+    opentelemetry::global::set_tracer_provider(tracer.clone());
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     register_process_metrics();
     let render = Arc::new(move || {
         let mut out = Vec::new();
@@ -53,7 +99,7 @@ pub fn init_metrics() -> anyhow::Result<Metrics> {
         }
         String::from_utf8(out).unwrap_or_default()
     });
-    Ok(Metrics { provider, render })
+    Ok(Metrics { provider, tracer, render })
 }
 
 fn register_process_metrics() {

@@ -12,6 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use tokio::net::TcpListener;
 
 use crate::error::ApiError;
@@ -112,10 +113,17 @@ async fn handle(
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let traceparent = child_traceparent(req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    let method = req.method().clone();
+    // The server span continues the caller's trace (W3C `traceparent`) or starts one; its
+    // `traceparent` is what goes into the records this request writes.
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
+    let tracer = opentelemetry::global::tracer("conveyor.http");
+    let span =
+        tracer.span_builder(format!("HTTP {method}")).with_kind(SpanKind::Server).start_with_context(&tracer, &parent);
+    let otel = parent.with_span(span);
+    let traceparent = conveyor_actors::trace::traceparent_of(&otel);
     let client_ip = state.limits.client_ip(peer, req.headers());
     let ctx = Ctx { request_id: request_id.clone(), traceparent, body_limit: config.body_limit };
-    let method = req.method().clone();
     let path = req.uri().path().to_string();
     let m = metrics();
     let (template, response) = match table.at(&method, &path) {
@@ -142,8 +150,10 @@ async fn handle(
                         request_id = %ctx.request_id,
                         trace_id = conveyor_actors::trace::trace_id(&ctx.traceparent).unwrap_or_default(),
                     );
+                    otel.span().update_name(format!("{method} {template}"));
                     let work =
                         tracing::Instrument::instrument(routes::dispatch(route, state, req, &params, &ctx), span);
+                    let work = opentelemetry::context::FutureExt::with_context(work, otel.clone());
                     match tokio::time::timeout(config.request_timeout, work).await {
                         Ok(result) => result,
                         Err(_) => Err(ApiError::Timeout(config.request_timeout)),
@@ -163,6 +173,9 @@ async fn handle(
         KeyValue::new(STATUS_CLASS, status_class(response.status().as_u16())),
     ];
     m.request_duration.record(started.elapsed().as_secs_f64(), &labels);
+    otel.span().set_attribute(KeyValue::new("http.response.status_code", i64::from(response.status().as_u16())));
+    otel.span().set_attribute(KeyValue::new(ROUTE, template));
+    otel.span().end();
     tracing::debug!(
         request_id,
         trace_id = conveyor_actors::trace::trace_id(&ctx.traceparent).unwrap_or_default(),
@@ -190,33 +203,14 @@ impl Drop for ActiveRequest {
     }
 }
 
-/// A `traceparent` for our span: the caller's trace id when it sent a valid one, else new.
-fn child_traceparent(incoming: Option<&str>) -> String {
-    let span: u64 = rand::random::<u64>() | 1;
-    let trace = incoming
-        .and_then(|tp| {
-            let parts: Vec<&str> = tp.split('-').collect();
-            (parts.len() == 4
-                && parts[1].len() == 32
-                && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
-                && parts[1] != "00000000000000000000000000000000")
-                .then(|| parts[1].to_ascii_lowercase())
-        })
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>() | 1));
-    format!("00-{trace}-{span:016x}-01")
-}
+/// Reads W3C trace context from request headers.
+struct Headers<'a>(&'a http::HeaderMap);
 
-#[cfg(test)]
-mod tests {
-    use super::child_traceparent;
-
-    #[test]
-    fn traceparent_keeps_the_callers_trace() {
-        let tp = child_traceparent(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert_ne!(tp, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let fresh = child_traceparent(Some("garbage"));
-        assert_eq!(fresh.len(), 55);
-        assert!(child_traceparent(None).starts_with("00-"));
+impl opentelemetry::propagation::Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
     }
 }

@@ -16,6 +16,7 @@ mod identity;
 mod ingest;
 mod lifecycle;
 mod observability;
+mod otlp;
 mod private;
 mod probes;
 mod resilience;

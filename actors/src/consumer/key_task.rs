@@ -56,6 +56,28 @@ async fn call(ctx: &KeyCtx, key: &str, records: &[Record]) -> Result<(), Handler
 
 /// Handles `records` (same key, ascending offsets).
 pub(super) async fn run(ctx: Arc<KeyCtx>, key: String, records: Vec<Record>) -> KeyOutcome {
+    use opentelemetry::context::FutureExt;
+    use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+    // A consumer span under the producing request's trace (the first record's, when several
+    // records of one key are handled together).
+    let parent = records.first().map(crate::trace::context_of).unwrap_or_default();
+    let tracer = opentelemetry::global::tracer("conveyor.actors");
+    let span = tracer
+        .span_builder(format!("process {}", ctx.handler.name()))
+        .with_kind(SpanKind::Consumer)
+        .with_attributes([
+            ctx.labels[0].clone(),
+            ctx.labels[1].clone(),
+            kv("messaging.batch.message_count", records.len() as i64),
+        ])
+        .start_with_context(&tracer, &parent);
+    let cx = parent.with_span(span);
+    let outcome = run_records(ctx, key, records).with_context(cx.clone()).await;
+    cx.span().end();
+    outcome
+}
+
+async fn run_records(ctx: Arc<KeyCtx>, key: String, records: Vec<Record>) -> KeyOutcome {
     let started = Instant::now();
     let outcome = match call(&ctx, &key, &records).await {
         Ok(()) => {

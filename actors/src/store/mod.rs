@@ -114,7 +114,7 @@ impl Store {
     ) -> Result<T, Error> {
         let permit = self.breaker.acquire().map_err(|source| Error::BreakerOpen { op, source })?;
         let started = Instant::now();
-        let result = query.await;
+        let result = crate::trace::child_span(op, query).await;
         metrics().store_duration.record(started.elapsed().as_secs_f64(), &[kv(OPERATION, op)]);
         permit.record(matches!(&result, Err(e) if e.sql_err().is_none()));
         result.map_err(|e| Error::store(op, e))

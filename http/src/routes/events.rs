@@ -237,7 +237,7 @@ async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx
         state.conveyor.log_breaker.acquire().map_err(|refused| {
             log_unavailable(conveyor_actors::Error::BreakerOpen { op: "produce", source: refused })
         })?;
-    let sent = state.conveyor.producer.send(record, timeout).await;
+    let sent = conveyor_actors::trace::child_span("produce", state.conveyor.producer.send(record, timeout)).await;
     permit.record(sent.is_err());
     match sent {
         Ok(_) => {
