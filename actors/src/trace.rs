@@ -17,7 +17,6 @@ pub fn record_trace_id(record: &Record) -> &str {
     record.header(TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok()).and_then(trace_id).unwrap_or_default()
 }
 
-
 /// The OpenTelemetry context a record carries (its `traceparent`), for a consumer span.
 pub fn context_of(record: &Record) -> opentelemetry::Context {
     let value = record.header(TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
