@@ -12,15 +12,19 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
     (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32)).then_some(trace)
 }
 
+/// A record's `traceparent` header, or `""`.
+fn traceparent(record: &Record) -> &str {
+    record.header(TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default()
+}
+
 /// The trace id a record carries, or `""`.
 pub fn record_trace_id(record: &Record) -> &str {
-    record.header(TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok()).and_then(trace_id).unwrap_or_default()
+    trace_id(traceparent(record)).unwrap_or_default()
 }
 
 /// The OpenTelemetry context a record carries (its `traceparent`), for a consumer span.
 pub fn context_of(record: &Record) -> opentelemetry::Context {
-    let value = record.header(TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
-    let carrier = std::collections::HashMap::from([(TRACEPARENT.to_string(), value.to_string())]);
+    let carrier = std::collections::HashMap::from([(TRACEPARENT.to_string(), traceparent(record).to_string())]);
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
 }
 

@@ -122,6 +122,7 @@ async fn handle(
         tracer.span_builder(format!("HTTP {method}")).with_kind(SpanKind::Server).start_with_context(&tracer, &parent);
     let otel = parent.with_span(span);
     let traceparent = conveyor_actors::trace::traceparent_of(&otel);
+    let trace_id = otel.span().span_context().trace_id().to_string();
     let client_ip = state.limits.client_ip(peer, req.headers());
     let ctx = Ctx { request_id: request_id.clone(), traceparent, body_limit: config.body_limit };
     let path = req.uri().path().to_string();
@@ -148,7 +149,7 @@ async fn handle(
                     let span = tracing::info_span!(
                         "request",
                         request_id = %ctx.request_id,
-                        trace_id = conveyor_actors::trace::trace_id(&ctx.traceparent).unwrap_or_default(),
+                        trace_id = %trace_id,
                     );
                     otel.span().update_name(format!("{method} {template}"));
                     let work =
@@ -178,7 +179,7 @@ async fn handle(
     otel.span().end();
     tracing::debug!(
         request_id,
-        trace_id = conveyor_actors::trace::trace_id(&ctx.traceparent).unwrap_or_default(),
+        trace_id = %trace_id,
         method = %method,
         route = template,
         status = response.status().as_u16(),
