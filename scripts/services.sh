@@ -9,7 +9,9 @@
 #   scripts/services.sh stop-one|start-one postgres|redis|kafka
 #
 # Env: CONVEYOR_SERVICES_DIR (state, default /tmp/conveyor-services),
-# CONVEYOR_PG_PORT (55432), CONVEYOR_REDIS_PORT (56379), CONVEYOR_KAFKA_PORT (59092),
+# CONVEYOR_PG_PORT (55432), CONVEYOR_REDIS_PORT (56379), CONVEYOR_KAFKA_PORT (59092):
+# a default port held by another process is swapped for a free one, remembered in
+# $STATE/ports for `env`; an explicit override that is busy is an error.
 # CONVEYOR_CACHE_DIR (where nisshi is installed), CONVEYOR_SERVICES (subset for
 # `up`, e.g. "postgres redis"; default all three).
 # Only the env lines go to stdout; every message goes to stderr.
@@ -20,9 +22,14 @@ STATE=${CONVEYOR_SERVICES_DIR:-/tmp/conveyor-services}
 STATE=${STATE%/}
 CACHE_DIR=${CONVEYOR_CACHE_DIR:-$HOME/.cache/conveyor}
 NISSHI_BIN="$CACHE_DIR/nisshi-0.8.1/bin/nisshi"
-PG_PORT=${CONVEYOR_PG_PORT:-55432}
-REDIS_PORT=${CONVEYOR_REDIS_PORT:-56379}
-KAFKA_PORT=${CONVEYOR_KAFKA_PORT:-59092}
+PORTS_FILE="$STATE/ports"
+PG_PORT=55432 REDIS_PORT=56379 KAFKA_PORT=59092
+# Ports chosen by an earlier `up` win over the defaults, explicit overrides over both.
+# shellcheck disable=SC1090
+[[ -f $PORTS_FILE ]] && source "$PORTS_FILE"
+PG_PORT=${CONVEYOR_PG_PORT:-$PG_PORT}
+REDIS_PORT=${CONVEYOR_REDIS_PORT:-$REDIS_PORT}
+KAFKA_PORT=${CONVEYOR_KAFKA_PORT:-$KAFKA_PORT}
 ALL_SERVICES=(postgres redis kafka)
 READY_TIMEOUT=${CONVEYOR_SERVICES_TIMEOUT:-60}
 
@@ -39,8 +46,20 @@ kill_pidfile() { # pidfile name: TERM, wait up to 10 s, then KILL
     if kill -0 "$pid" 2>/dev/null; then log "$2: did not stop in 10s, killing"; kill -KILL "$pid" 2>/dev/null || true; fi
     rm -f "$1"
 }
-check_port_free() { # port name
-    if port_open "$1"; then die "$2: port $1 is in use by another process (set the CONVEYOR_*_PORT override)"; fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+save_ports() {
+    printf 'PG_PORT=%s\nREDIS_PORT=%s\nKAFKA_PORT=%s\n' "$PG_PORT" "$REDIS_PORT" "$KAFKA_PORT" >"$PORTS_FILE"
+}
+# claim_port VAR OVERRIDE name: keep $VAR if nobody listens there; otherwise take a free
+# port, unless the user pinned this one (CI machines may run anything on the defaults).
+claim_port() {
+    local -n port=$1
+    port_open "$port" || { save_ports; return 0; }
+    [[ -z ${!2:-} ]] || die "$3: port $port (from $2) is in use by another process"
+    local old=$port
+    port=$(free_port)
+    log "$3: port $old is in use by another process; using $port"
+    save_ports
 }
 wait_for() { # name pidfile-or-empty command...: poll until the command succeeds
     local name=$1 pidfile=$2 deadline=$((SECONDS + READY_TIMEOUT)); shift 2
@@ -72,7 +91,7 @@ start_postgres() {
     PG_BIN=$(pg_bindir) || { need_pkg postgresql; PG_BIN=$(pg_bindir) || die "postgres: initdb/pg_ctl not found"; }
     if pg_running && pg_ready; then return 0; fi
     if ! pg_running; then
-        check_port_free "$PG_PORT" postgres
+        claim_port PG_PORT CONVEYOR_PG_PORT postgres
         mkdir -p "$PG_SOCK"
         if [[ $(id -u) -eq 0 ]]; then chown -R postgres:postgres "$PG_DIR"; fi
         as_pg test -w "$PG_DIR" || die "postgres: user postgres cannot write $PG_DIR (pick a CONVEYOR_SERVICES_DIR it can reach)"
@@ -111,7 +130,7 @@ start_redis() {
     command -v redis-cli >/dev/null || need_pkg redis-tools
     if pid_alive "$REDIS_PID" && redis_ready; then return 0; fi
     kill_pidfile "$REDIS_PID" redis
-    check_port_free "$REDIS_PORT" redis
+    claim_port REDIS_PORT CONVEYOR_REDIS_PORT redis
     mkdir -p "$REDIS_DIR"
     log "redis: starting on 127.0.0.1:$REDIS_PORT"
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --daemonize yes \
@@ -153,7 +172,7 @@ start_kafka() {
     command -v python3 >/dev/null || need_pkg python3
     if pid_alive "$KAFKA_PID" && kafka_ready; then return 0; fi
     kill_pidfile "$KAFKA_PID" kafka
-    check_port_free "$KAFKA_PORT" kafka
+    claim_port KAFKA_PORT CONVEYOR_KAFKA_PORT kafka
     # nisshi reads ./.env, so it runs from a directory of its own that holds nothing.
     rm -rf "$KAFKA_DIR/run"; mkdir -p "$KAFKA_DIR/run"
     log "kafka: starting nisshi on 127.0.0.1:$KAFKA_PORT"
