@@ -3,15 +3,23 @@
 # Idempotent: anything already present is skipped.
 #
 #   scripts/install-deps.sh              # apt packages + the nisshi broker + schemathesis
+#                                        #   + standardwebhooks
 #   scripts/install-deps.sh apt          # apt packages only
 #   scripts/install-deps.sh nisshi       # nisshi only (waits for a build already running)
 #   scripts/install-deps.sh schemathesis # the API fuzzer (a Python venv; used by fuzz.sh)
+#   scripts/install-deps.sh standardwebhooks
+#                                        # the reference Standard Webhooks verifier (a Python
+#                                        #   venv; used by verify-webhooks.py in the tests)
+#   scripts/install-deps.sh standardwebhooks-python
+#                                        # print only that venv's python (installing it first
+#                                        #   if missing): PY=$(scripts/install-deps.sh standardwebhooks-python)
 #   scripts/install-deps.sh pkg NAME..   # just these apt packages (used by services.sh)
 #
 # nisshi (the Kafka-protocol broker used by the real-backend tests) is the long
 # pole (~22 min to compile on 2 cores), so it is started first, in the
 # background, once the few packages its compile needs are in place; the rest of
-# the apt packages and schemathesis install while it builds.
+# the apt packages and the Python venvs install while it builds.
+# Everything but standardwebhooks-python's path is logged to stderr.
 set -euo pipefail
 
 NISSHI_VERSION=0.8.1
@@ -23,6 +31,11 @@ NISSHI_LOG="$CACHE_DIR/nisshi-$NISSHI_VERSION.install.log"
 SCHEMATHESIS_VERSION=4.32.5
 SCHEMATHESIS_VENV="$CACHE_DIR/schemathesis-$SCHEMATHESIS_VERSION"
 SCHEMATHESIS_LOG="$CACHE_DIR/schemathesis-$SCHEMATHESIS_VERSION.install.log"
+# standardwebhooks (independent signature checks of webhook deliveries, scripts/verify-webhooks.py)
+# lives in its own venv too.
+STANDARDWEBHOOKS_VERSION=1.1.0
+STANDARDWEBHOOKS_VENV="$CACHE_DIR/standardwebhooks-$STANDARDWEBHOOKS_VERSION"
+STANDARDWEBHOOKS_LOG="$CACHE_DIR/standardwebhooks-$STANDARDWEBHOOKS_VERSION.install.log"
 
 # What compiling nisshi (and this workspace) needs; installed before nisshi starts.
 BUILD_PKGS=(build-essential pkg-config libssl-dev zlib1g-dev cmake python3)
@@ -163,12 +176,65 @@ install_schemathesis() {
     log "schemathesis: installed in $((SECONDS - start))s"
 }
 
+standardwebhooks_present() {
+    [[ -x $STANDARDWEBHOOKS_VENV/bin/python ]] &&
+        "$STANDARDWEBHOOKS_VENV/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1
+}
+
+# Installs standardwebhooks into its venv unless present. Quick (one pure-Python wheel).
+install_standardwebhooks() {
+    if standardwebhooks_present; then
+        log "standardwebhooks: present in $STANDARDWEBHOOKS_VENV"
+        return 0
+    fi
+    mkdir -p "$CACHE_DIR"
+    # Two runs at once must not build the same venv.
+    exec 6>"$CACHE_DIR/.standardwebhooks-$STANDARDWEBHOOKS_VERSION.lock"
+    flock 6
+    if standardwebhooks_present; then
+        log "standardwebhooks: present in $STANDARDWEBHOOKS_VENV"
+        flock -u 6; return 0
+    fi
+    local py
+    if ! py=$(system_python); then
+        apt_install python3
+        py=/usr/bin/python3
+    fi
+    # Debian splits `python3 -m venv`'s ensurepip out into python3-venv.
+    if ! "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        if [[ $py == /usr/bin/python3 ]]; then
+            apt_install python3-venv
+        else
+            flock -u 6; die "standardwebhooks: $py has no venv/ensurepip module"
+        fi
+    fi
+    log "standardwebhooks: installing $STANDARDWEBHOOKS_VERSION into $STANDARDWEBHOOKS_VENV with $py (log: $STANDARDWEBHOOKS_LOG)"
+    local start=$SECONDS
+    rm -rf "$STANDARDWEBHOOKS_VENV" # a half-made venv from an interrupted run
+    if ! { "$py" -m venv "$STANDARDWEBHOOKS_VENV" &&
+            "$STANDARDWEBHOOKS_VENV/bin/python" -m pip install --disable-pip-version-check --no-input \
+                "standardwebhooks==$STANDARDWEBHOOKS_VERSION"; } >"$STANDARDWEBHOOKS_LOG" 2>&1; then
+        tail -n 30 "$STANDARDWEBHOOKS_LOG" >&2
+        rm -rf "$STANDARDWEBHOOKS_VENV"
+        flock -u 6
+        die "standardwebhooks: install failed (full log: $STANDARDWEBHOOKS_LOG)"
+    fi
+    flock -u 6
+    standardwebhooks_present || die "standardwebhooks: pip succeeded but $STANDARDWEBHOOKS_VENV/bin/python cannot import it"
+    log "standardwebhooks: installed in $((SECONDS - start))s"
+}
+
 main() {
     local what=${1:-all}
     case $what in
         apt)    apt_install "${BUILD_PKGS[@]}" "${RUNTIME_PKGS[@]}" ;;
         nisshi) install_nisshi ;;
         schemathesis) install_schemathesis ;;
+        standardwebhooks) install_standardwebhooks ;;
+        standardwebhooks-python) # stdout: the path only (everything else goes to stderr)
+            install_standardwebhooks
+            printf '%s\n' "$STANDARDWEBHOOKS_VENV/bin/python"
+            return 0 ;;
         pkg)    shift; [[ $# -gt 0 ]] || die "usage: $0 pkg NAME..."; apt_install "$@" ;;
         all)
             apt_install "${BUILD_PKGS[@]}"
@@ -183,13 +249,16 @@ main() {
             # After the apt packages, not beside them: it may apt-get install python3-venv.
             local st_rc=0
             ( install_schemathesis ) || st_rc=$?
+            local sw_rc=0
+            ( install_standardwebhooks ) || sw_rc=$?
             if [[ -n $nisshi_pid ]]; then
                 wait "$nisshi_pid" || die "nisshi install failed"
             fi
             [[ $apt_rc -eq 0 ]] || die "apt install of ${RUNTIME_PKGS[*]} failed"
             [[ $st_rc -eq 0 ]] || die "schemathesis install failed"
+            [[ $sw_rc -eq 0 ]] || die "standardwebhooks install failed"
             ;;
-        *) die "usage: $0 [all|apt|nisshi|schemathesis|pkg NAME...]" ;;
+        *) die "usage: $0 [all|apt|nisshi|schemathesis|standardwebhooks|standardwebhooks-python|pkg NAME...]" ;;
     esac
     log "done"
 }

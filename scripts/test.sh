@@ -4,7 +4,7 @@
 #   scripts/test.sh [ARGS...]
 #
 # Phases, in order:
-#   deps      scripts/install-deps.sh (apt packages, the nisshi broker)
+#   deps      scripts/install-deps.sh (apt packages, the nisshi broker, the Python venvs)
 #   fmt       cargo fmt --all --check
 #   clippy    cargo clippy --workspace --all-targets --locked -- -D warnings
 #   unit      cargo build --workspace --locked --bins, then the unit tests (--lib)
@@ -12,6 +12,8 @@
 #   fuzz      scripts/fuzz.sh: schemathesis against the daemon's /openapi.json (embedded backends)
 #   real      scripts/services.sh up, then the suite again with CONVEYOR_IT_BACKENDS=real
 #   docker    scripts/check-docker.sh
+# embedded and real export CONVEYOR_STANDARDWEBHOOKS_PYTHON: the suite checks webhook signatures
+# with it (scripts/verify-webhooks.py); installed by deps, or on demand when TEST_ONLY skips deps.
 # Services this run starts are stopped on exit, pass or fail (ones already all up are left).
 #
 # Env:
@@ -120,6 +122,15 @@ run_integration() { # backends
     fi
 }
 
+# The python of the standardwebhooks venv, which runs scripts/verify-webhooks.py for the suite
+# (an independent check of our webhook signatures). Instant once deps installed it; installs it
+# when TEST_ONLY skipped deps. Inside a phase, so a failure here is that phase's.
+export_webhooks_python() {
+    CONVEYOR_STANDARDWEBHOOKS_PYTHON=$(scripts/install-deps.sh standardwebhooks-python)
+    export CONVEYOR_STANDARDWEBHOOKS_PYTHON
+    say "CONVEYOR_STANDARDWEBHOOKS_PYTHON=$CONVEYOR_STANDARDWEBHOOKS_PYTHON"
+}
+
 # ------------------------------------------------------------ phases
 say "test.sh: phases: ${PHASES[*]}; test threads: $TEST_THREADS${EXTRA_ARGS[*]:+; extra args: ${EXTRA_ARGS[*]}}"
 
@@ -151,6 +162,7 @@ else skip unit; fi
 if wanted embedded; then
     begin embedded "integration suite on embedded backends"
     for v in "${BACKEND_VARS[@]}"; do unset "$v"; done
+    export_webhooks_python
     run_integration embedded
     [[ -f target/screenshots/admin-status.png ]] &&
         say "status page screenshot (headless Chromium): $ROOT/target/screenshots/admin-status.png"
@@ -171,6 +183,7 @@ if wanted real; then
     say "$env_lines"
     end
     begin real "integration suite on real backends"
+    export_webhooks_python
     run_integration real
     end
 else skip real; fi

@@ -13,11 +13,13 @@ use serde::{Deserialize, Serialize};
 mod identity;
 mod saga;
 mod secret;
+mod webhooks;
 
 pub use identity::{AuthConfig, ExternalKey, HmacKey, PasswordConfig, Quota, RateLimitConfig};
 pub use saga::{FaultsConfig, LoyaltyConfig, OutboxConfig};
 use secret::mask_url_password;
 pub use secret::{Secret, masked_url};
+pub use webhooks::WebhooksConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +40,7 @@ pub struct Config {
     pub loyalty: LoyaltyConfig,
     pub outbox: OutboxConfig,
     pub faults: FaultsConfig,
+    pub webhooks: WebhooksConfig,
     pub telemetry: TelemetryConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -60,6 +63,7 @@ impl Default for Config {
             loyalty: LoyaltyConfig::default(),
             outbox: OutboxConfig::default(),
             faults: FaultsConfig::default(),
+            webhooks: WebhooksConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -124,6 +128,8 @@ pub struct TopicsConfig {
     pub events_dlq: String,
     pub registration: String,
     pub loyalty: String,
+    /// Posted notifications and Conveyor's own domain events, fanned out to webhook endpoints.
+    pub notifications: String,
 }
 
 impl Default for TopicsConfig {
@@ -133,6 +139,7 @@ impl Default for TopicsConfig {
             events_dlq: "events-dlq".into(),
             registration: "registration".into(),
             loyalty: "loyalty".into(),
+            notifications: "notifications".into(),
         }
     }
 }
@@ -143,11 +150,18 @@ pub struct GroupsConfig {
     pub events: String,
     pub loyalty: String,
     pub identity: String,
+    /// Fans notifications out to webhook endpoints.
+    pub webhooks: String,
 }
 
 impl Default for GroupsConfig {
     fn default() -> Self {
-        GroupsConfig { events: "events-processor".into(), loyalty: "loyalty".into(), identity: "identity-saga".into() }
+        GroupsConfig {
+            events: "events-processor".into(),
+            loyalty: "loyalty".into(),
+            identity: "identity-saga".into(),
+            webhooks: "webhooks-fanout".into(),
+        }
     }
 }
 
@@ -391,6 +405,7 @@ impl Config {
             ("log.topics.events_dlq", &self.log.topics.events_dlq),
             ("log.topics.registration", &self.log.topics.registration),
             ("log.topics.loyalty", &self.log.topics.loyalty),
+            ("log.topics.notifications", &self.log.topics.notifications),
         ] {
             if !valid_topic_name(topic) {
                 return Err(invalid(key, "topic names are 1-249 of [a-zA-Z0-9._-]"));
@@ -464,6 +479,7 @@ impl Config {
         if self.telemetry.otlp_interval_ms == 0 {
             return Err(invalid("telemetry.otlp_interval_ms", "must be at least 1"));
         }
+        self.webhooks.validate()?;
         if self.loyalty.welcome_bonus < 0 {
             return Err(invalid("loyalty.welcome_bonus", "must not be negative"));
         }

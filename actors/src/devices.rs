@@ -13,6 +13,7 @@ use crate::log::Record;
 use crate::metrics::{OPERATION, kv, metrics};
 use crate::retry::HandlerError;
 use crate::store::{Store, Upsert};
+use crate::webhooks::domain::DomainEvents;
 
 /// The record `POST /events` writes to `events-input`, keyed by `device_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +56,8 @@ pub struct DeviceHandler {
     pub cache: Cache,
     /// How long the cached copy written after each update lives.
     pub ttl: Duration,
+    /// Publishes `conveyor.resource.updated` when a webhook endpoint subscribes to it.
+    pub domain: Option<DomainEvents>,
 }
 
 #[async_trait]
@@ -80,9 +83,18 @@ impl KeyHandler for DeviceHandler {
         let Some((offset, last)) = events.pop() else { return Ok(()) };
         let value = serde_json::Value::Object(last.payload);
         let written = self.store.upsert_resource(&last.device_id, value.clone(), offset).await.map_err(classify)?;
+        let device_id = last.device_id.clone();
         match written {
-            Upsert::Written => self.refresh_cache(ResourceView { id: last.device_id, value }).await,
+            Upsert::Written => self.refresh_cache(ResourceView { id: last.device_id, value: value.clone() }).await,
             Upsert::Stale => metrics().stale_writes.add(1, &[]),
+        }
+        // Also after a stale write: a retry of a record whose announcement failed must
+        // announce it; the id is the record's, so subscribers get it once.
+        if let Some(domain) = &self.domain {
+            let tp = &records[records.len() - 1].tp;
+            let id = format!("evt_resource_{}_{}_{offset}", tp.topic, tp.partition);
+            let data = serde_json::json!({"device_id": device_id, "value": value, "offset": offset});
+            domain.publish(crate::webhooks::domain::RESOURCE_UPDATED, &id, data).await.map_err(classify)?;
         }
         Ok(())
     }
@@ -190,7 +202,7 @@ mod tests {
         store.migrate().await.unwrap();
         let cache = Cache::memory(100);
         let ttl = Duration::from_secs(60);
-        let handler = DeviceHandler { store: store.clone(), cache: cache.clone(), ttl };
+        let handler = DeviceHandler { store: store.clone(), cache: cache.clone(), ttl, domain: None };
         let reads = Resources { store, cache: cache.clone(), ttl };
         let seq = |v: Option<ResourceView>| v.and_then(|v| v.value["seq"].as_u64());
 

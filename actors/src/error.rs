@@ -91,6 +91,24 @@ pub enum Error {
         #[source]
         source: jsonwebtoken::errors::Error,
     },
+    /// A notification envelope that breaks the schema (HTTP 400, as seed 002 answered).
+    #[error("invalid notification: {}", fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
+    InvalidNotification { fields: Vec<FieldIssue> },
+    /// Nothing with this id that the caller may see.
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    /// The request contradicts the current state; `code` is a stable machine-readable name.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// The caller is authenticated but may not do this.
+    #[error("{reason}")]
+    Forbidden { reason: &'static str },
+    /// The webhook HTTP client could not be built.
+    #[error("webhook client")]
+    WebhookClient {
+        #[source]
+        source: reqwest::Error,
+    },
     /// The runtime is shutting down and the work was dropped.
     #[error("shutting down")]
     ShuttingDown,

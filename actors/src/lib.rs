@@ -65,6 +65,7 @@ pub mod status;
 pub mod store;
 pub mod system;
 pub mod trace;
+pub mod webhooks;
 
 pub use error::Error;
 pub use system::{Component, Conveyor};

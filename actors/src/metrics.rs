@@ -26,6 +26,11 @@ pub const DOWNSTREAM_WAITS: &str = "conveyor.handler.downstream_waits";
 pub const SAGA_STEPS: &str = "conveyor.saga.steps";
 pub const LOYALTY_OPERATIONS: &str = "conveyor.loyalty.operations";
 pub const OUTBOX_RECORDS: &str = "conveyor.outbox.records";
+pub const WEBHOOK_NOTIFICATIONS: &str = "conveyor.webhook.notifications";
+pub const WEBHOOK_ATTEMPTS: &str = "conveyor.webhook.attempts";
+pub const WEBHOOK_ATTEMPT_DURATION: &str = "conveyor.webhook.attempt.duration";
+pub const WEBHOOK_DELIVERIES: &str = "conveyor.webhook.deliveries";
+pub const WEBHOOK_ENDPOINTS_DISABLED: &str = "conveyor.webhook.endpoints.disabled";
 
 /// Label keys.
 pub const TOPIC: &str = "topic";
@@ -36,6 +41,7 @@ pub const OPERATION: &str = "operation";
 pub const ACTOR: &str = "actor";
 pub const DOWNSTREAM: &str = "downstream";
 pub const STATE: &str = "state";
+pub const REASON: &str = "reason";
 
 /// The crate's instruments, created once from the global meter provider.
 pub struct Metrics {
@@ -57,6 +63,11 @@ pub struct Metrics {
     pub saga_steps: Counter<u64>,
     pub loyalty_operations: Counter<u64>,
     pub outbox_records: Counter<u64>,
+    pub webhook_notifications: Counter<u64>,
+    pub webhook_attempts: Counter<u64>,
+    pub webhook_attempt_duration: Histogram<f64>,
+    pub webhook_deliveries: Counter<u64>,
+    pub webhook_endpoints_disabled: Counter<u64>,
 }
 
 const DURATION_BUCKETS: &[f64] =
@@ -144,6 +155,32 @@ impl Metrics {
                 .u64_counter(OUTBOX_RECORDS)
                 .with_unit("{record}")
                 .with_description("Outbox publish attempts by outcome (published, failed)")
+                .build(),
+            webhook_notifications: meter
+                .u64_counter(WEBHOOK_NOTIFICATIONS)
+                .with_unit("{notification}")
+                .with_description("Notifications posted, by outcome (accepted, duplicate)")
+                .build(),
+            webhook_attempts: meter
+                .u64_counter(WEBHOOK_ATTEMPTS)
+                .with_unit("{attempt}")
+                .with_description("Webhook delivery attempts by outcome (succeeded, failed) and error class")
+                .build(),
+            webhook_attempt_duration: meter
+                .f64_histogram(WEBHOOK_ATTEMPT_DURATION)
+                .with_unit("s")
+                .with_description("Time from sending a webhook to its response (or failure), by outcome")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            webhook_deliveries: meter
+                .u64_counter(WEBHOOK_DELIVERIES)
+                .with_unit("{delivery}")
+                .with_description("Webhook deliveries finished, by outcome (succeeded, exhausted, discarded)")
+                .build(),
+            webhook_endpoints_disabled: meter
+                .u64_counter(WEBHOOK_ENDPOINTS_DISABLED)
+                .with_unit("{endpoint}")
+                .with_description("Endpoints disabled by delivery, by reason (gone, failing)")
                 .build(),
             stale_writes: meter
                 .u64_counter(STALE_WRITES)

@@ -19,6 +19,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::consumer::KeyHandler;
 use crate::devices::classify;
@@ -27,6 +28,7 @@ use crate::metrics::{OUTCOME, kv, metrics};
 use crate::retry::HandlerError;
 use crate::store::Store;
 use crate::store::sagas::{outbox, outbox_row, saga, saga_step};
+use crate::webhooks::domain::{self, DomainEvents};
 
 pub const REGISTRATION: &str = "registration";
 
@@ -140,6 +142,8 @@ impl SagaView {
 /// The identity side's reactions to loyalty's events (topic `loyalty`, keyed by user).
 pub struct IdentitySagaHandler {
     pub store: Store,
+    /// Publishes `conveyor.loyalty.credited` and `conveyor.saga.*` to subscribed endpoints.
+    pub domain: Option<DomainEvents>,
 }
 
 #[async_trait]
@@ -156,12 +160,16 @@ impl KeyHandler for IdentitySagaHandler {
         for record in records {
             let event: SagaEvent = serde_json::from_slice(&record.payload).map_err(HandlerError::permanent)?;
             match event {
-                SagaEvent::LoyaltyCredited { saga_id, amount, .. } => {
+                SagaEvent::LoyaltyCredited { saga_id, amount, user_id, .. } => {
                     let detail = Some(format!("{amount} points"));
                     let steps = [(step::LOYALTY_CREDITED, "completed", detail)];
                     if self.store.finish_saga(&saga_id, status::COMPLETED, &steps).await.map_err(classify)? {
                         step_metric(step::LOYALTY_CREDITED, "completed");
                     }
+                    let credited = json!({"user_id": user_id, "amount": amount, "saga_id": saga_id});
+                    self.announce(domain::LOYALTY_CREDITED, format!("evt_credited_{saga_id}"), credited).await?;
+                    let saga = json!({"saga_id": saga_id, "kind": "registration", "status": status::COMPLETED, "user_id": user_id});
+                    self.announce(domain::SAGA_COMPLETED, format!("evt_saga_{saga_id}"), saga).await?;
                 }
                 SagaEvent::LoyaltyCreditFailed { saga_id, reason, .. } => {
                     // Compensation: the registration is marked compensated; the account
@@ -178,10 +186,22 @@ impl KeyHandler for IdentitySagaHandler {
                         step_metric(step::LOYALTY_CREDIT_FAILED, "failed");
                         step_metric(step::REGISTRATION_COMPENSATED, "compensated");
                     }
+                    let saga = json!({"saga_id": saga_id, "kind": "registration", "status": status::COMPENSATED});
+                    self.announce(domain::SAGA_COMPENSATED, format!("evt_saga_{saga_id}"), saga).await?;
                 }
                 // Not ours (the registration topic's events are loyalty's to handle).
                 SagaEvent::UserRegistered { .. } => {}
             }
+        }
+        Ok(())
+    }
+}
+
+impl IdentitySagaHandler {
+    /// The ids are the saga's: a redelivered event announces nothing new.
+    async fn announce(&self, event_type: &str, id: String, data: serde_json::Value) -> Result<(), HandlerError> {
+        if let Some(domain) = &self.domain {
+            domain.publish(event_type, &id, data).await.map_err(classify)?;
         }
         Ok(())
     }

@@ -22,6 +22,14 @@ use crate::retry::RetryPolicy;
 use crate::root::{GroupSpec, RootArgs, RootMsg, RootSupervisor};
 use crate::saga::IdentitySagaHandler;
 use crate::store::Store;
+use crate::webhooks::Webhooks;
+use crate::webhooks::attempts::AttemptLog;
+use crate::webhooks::client::WebhookClient;
+use crate::webhooks::context::DeliveryContext;
+use crate::webhooks::directory::Directory;
+use crate::webhooks::dispatcher::Dispatcher;
+use crate::webhooks::domain::DomainEvents;
+use crate::webhooks::fanout::FanoutHandler;
 
 /// A component `/ready` checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +61,9 @@ pub struct Conveyor {
     pub identity: Identity,
     /// Loyalty accounts, one actor each.
     pub ledger: Ledger,
+    /// Notifications, webhook endpoints and their deliveries.
+    pub webhooks: Webhooks,
+    attempt_writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     outbox: ActorRef<OutboxMsg>,
     /// Ingest's breaker on the log: while open, producers get a 503 at once instead of each
     /// waiting out the produce timeout.
@@ -115,6 +126,47 @@ impl Conveyor {
             topic: config.log.topics.events_dlq.clone(),
             timeout: Duration::from_millis(config.log.produce_timeout_ms),
         };
+        let produce_timeout = Duration::from_millis(config.log.produce_timeout_ms);
+        let directory = Directory::new(store.clone());
+        let domain = DomainEvents::new(
+            producer.clone(),
+            config.log.topics.notifications.clone(),
+            produce_timeout,
+            directory.clone(),
+        );
+        let (attempts, attempt_writer) = AttemptLog::start(
+            store.clone(),
+            config.webhooks.attempts_batch_size,
+            Duration::from_millis(config.webhooks.attempts_flush_ms),
+        );
+        let delivery = Arc::new(DeliveryContext {
+            store: store.clone(),
+            client: WebhookClient::new(&config.webhooks).map_err(|source| Error::WebhookClient { source })?,
+            attempts,
+            config: config.webhooks.clone(),
+            producer: producer.clone(),
+            dlq_topic: config.log.topics.events_dlq.clone(),
+            notifications_topic: config.log.topics.notifications.clone(),
+            produce_timeout,
+            domain: domain.clone(),
+            payloads: DeliveryContext::payload_cache(),
+        });
+        let dispatcher = Dispatcher::start(delivery).await?;
+        let webhooks = Webhooks::new(
+            store.clone(),
+            producer.clone(),
+            &config.webhooks,
+            config.log.topics.notifications.clone(),
+            produce_timeout,
+            directory.clone(),
+            dispatcher.clone(),
+        );
+        let fanout = GroupSpec {
+            group: config.log.groups.webhooks.clone(),
+            topic: config.log.topics.notifications.clone(),
+            handler: Arc::new(FanoutHandler { store: store.clone(), directory, dispatcher }),
+            dead_letters: dead_letters.clone(),
+        };
         let devices = GroupSpec {
             group: config.log.groups.events.clone(),
             topic: config.log.topics.events_input.clone(),
@@ -122,6 +174,7 @@ impl Conveyor {
                 store: store.clone(),
                 cache: cache.clone(),
                 ttl: Duration::from_secs(config.cache.resource_ttl_secs),
+                domain: Some(domain.clone()),
             }),
             dead_letters: dead_letters.clone(),
         };
@@ -153,12 +206,12 @@ impl Conveyor {
         let identity_saga = GroupSpec {
             group: config.log.groups.identity.clone(),
             topic: config.log.topics.loyalty.clone(),
-            handler: Arc::new(IdentitySagaHandler { store: store.clone() }),
+            handler: Arc::new(IdentitySagaHandler { store: store.clone(), domain: Some(domain) }),
             dead_letters: dead_letters.clone(),
         };
         let args = RootArgs {
             log: log.clone(),
-            groups: vec![devices, loyalty, identity_saga, index],
+            groups: vec![devices, loyalty, identity_saga, fanout, index],
             policy: RetryPolicy::from(&config.retry),
             processing: config.processing.clone(),
         };
@@ -191,7 +244,13 @@ impl Conveyor {
         let log_breaker = Breaker::new("log", config.breaker.clone());
         let lag = Arc::new(Lag::default());
         let t = &config.log.topics;
-        let topics = vec![t.events_input.clone(), t.registration.clone(), t.loyalty.clone(), t.events_dlq.clone()];
+        let topics = vec![
+            t.events_input.clone(),
+            t.registration.clone(),
+            t.loyalty.clone(),
+            t.notifications.clone(),
+            t.events_dlq.clone(),
+        ];
         let lag_monitor = lag.spawn_monitor(log.clone(), root.clone(), topics, t.events_input.clone());
         let conveyor = Conveyor {
             config,
@@ -202,6 +261,8 @@ impl Conveyor {
             cache,
             identity,
             ledger,
+            webhooks,
+            attempt_writer: std::sync::Mutex::new(Some(attempt_writer)),
             outbox,
             log_breaker,
             lag,
@@ -261,6 +322,14 @@ impl Conveyor {
         // After the consumers: a handler still draining may need its account actor.
         self.outbox.stop(Some("shutdown".into()));
         self.ledger.stop();
+        // Requests in flight keep their leases and are sent again by the next run; the
+        // attempts already recorded are flushed once the last endpoint actor let go.
+        self.webhooks.stop();
+        let writer = self.attempt_writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            let flush = Duration::from_millis(self.config.webhooks.attempts_flush_ms) * 4;
+            let _ = tokio::time::timeout(flush.max(Duration::from_secs(1)), writer).await;
+        }
     }
 }
 

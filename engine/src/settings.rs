@@ -65,6 +65,7 @@ const SECTIONS: &[&str] = &[
     "loyalty",
     "outbox",
     "faults",
+    "webhooks",
     "telemetry",
     "shutdown",
 ];

@@ -28,6 +28,11 @@ pub enum ApiError {
     MalformedJson(#[source] serde_json::Error),
     #[error("validation failed: {}", .0.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
     Validation(Vec<FieldError>),
+    #[error("invalid notification: {}", .0.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
+    InvalidNotification(Vec<FieldError>),
+    /// Basic credentials missing or wrong where basic auth is accepted (`POST /notifications`).
+    #[error("{message}")]
+    BasicUnauthorized { message: &'static str, realm: String },
     #[error("the request body exceeds {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("{0}")]
@@ -86,10 +91,10 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_) | ApiError::InvalidNotification(_) => StatusCode::BAD_REQUEST,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::BasicUnauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::ResourceNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -107,7 +112,8 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::Validation(_) => "validation_failed",
             ApiError::BodyTooLarge { .. } => "payload_too_large",
-            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Unauthorized(_) | ApiError::BasicUnauthorized { .. } => "unauthorized",
+            ApiError::InvalidNotification(_) => "invalid_notification",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::ResourceNotFound(_) => "not_found",
@@ -130,7 +136,7 @@ impl ApiError {
     /// The inside of the error body.
     pub fn inner(&self) -> ErrorInner {
         let details = match self {
-            ApiError::Validation(fields) => Some(fields.clone()),
+            ApiError::Validation(fields) | ApiError::InvalidNotification(fields) => Some(fields.clone()),
             _ => None,
         };
         let message = match self {
@@ -157,6 +163,12 @@ impl ApiError {
         match &self {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::BasicUnauthorized { realm, .. } => {
+                let challenge = format!("Basic realm=\"{}\", charset=\"UTF-8\", Bearer", realm.replace('"', ""));
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, v);
+                }
             }
             ApiError::Unavailable { retry_after, .. }
             | ApiError::Overloaded { retry_after, .. }
@@ -186,6 +198,12 @@ impl From<conveyor_actors::Error> for ApiError {
             E::InvalidInput { fields } => {
                 ApiError::Validation(fields.into_iter().map(|f| FieldError::new(f.field, f.message)).collect())
             }
+            E::InvalidNotification { fields } => {
+                ApiError::InvalidNotification(fields.into_iter().map(|f| FieldError::new(f.field, f.message)).collect())
+            }
+            E::NotFound { what } => ApiError::ResourceNotFound(what),
+            E::Conflict { code, message } => ApiError::Conflict { code, message },
+            E::Forbidden { reason } => ApiError::Forbidden(reason.to_string()),
             E::Store { .. } => ApiError::unavailable("store", err),
             E::Cache { .. } => ApiError::unavailable("cache", err),
             E::LogUnavailable { .. } | E::Kafka { .. } => ApiError::unavailable("log", err),

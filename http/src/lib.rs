@@ -42,3 +42,9 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
+
+pub(crate) fn empty_response(status: StatusCode) -> Response {
+    let mut response = http::Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}

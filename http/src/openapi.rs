@@ -24,7 +24,7 @@ use crate::routes;
 #[openapi(
     info(
         title = "Conveyor",
-        description = "Actor-based event processing: device events, identity and loyalty (a registration saga), dead letters. Errors are always `{\"error\": {\"code\", \"message\", \"details\"}}`.",
+        description = "Actor-based event processing: device events, identity and loyalty (a registration saga), webhook delivery, dead letters. Errors are always `{\"error\": {\"code\", \"message\", \"details\"}}`.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -51,6 +51,20 @@ use crate::routes;
         routes::loyalty::balance,
         routes::loyalty::transactions,
         routes::loyalty::saga,
+        routes::notifications::post,
+        routes::notifications::get,
+        routes::webhooks::create,
+        routes::webhooks::list,
+        routes::webhooks::get,
+        routes::webhooks::update,
+        routes::webhooks::delete,
+        routes::webhooks::enable,
+        routes::webhooks::disable,
+        routes::webhooks::secret,
+        routes::webhooks::rotate,
+        routes::webhooks::attempts,
+        routes::webhooks::stats,
+        routes::webhooks::resend,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Shared),
@@ -58,6 +72,7 @@ use crate::routes;
         (name = "events", description = "Device events (seed 003)"),
         (name = "auth", description = "Identity (seed 004)"),
         (name = "loyalty", description = "Loyalty ledger and the registration saga (seed 004)"),
+        (name = "webhooks", description = "Notifications fanned out to webhook endpoints, signed per Standard Webhooks (seed 002)"),
         (name = "admin", description = "Dead letters (admin role)"),
         (name = "probes", description = "Health, readiness, metrics"),
     )
@@ -87,13 +102,23 @@ impl Modify for Shared {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
         components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
+        components.add_security_scheme(
             "metrics_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
         for (path, item) in doc.paths.paths.iter_mut() {
             let probe = matches!(path.as_str(), "/health" | "/ready" | "/metrics" | "/admin/status");
-            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete].into_iter().flatten() {
+            for op in
+                [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten()
+            {
                 let public = op.security.is_some();
+                if path == "/notifications" {
+                    add(op, "401", "Missing or wrong basic credentials or token");
+                    add(op, "403", "The token lacks the publisher or admin role");
+                }
                 if !public {
                     op.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
                     add(op, "401", "Missing, invalid, expired or revoked token");
@@ -177,8 +202,8 @@ mod tests {
         let doc = document();
         let mut documented: Vec<(String, String)> = Vec::new();
         for (path, item) in &doc.paths.paths {
-            for (method, op) in [("GET", &item.get), ("POST", &item.post), ("PUT", &item.put), ("DELETE", &item.delete)]
-            {
+            let ops = [("GET", &item.get), ("POST", &item.post), ("PUT", &item.put), ("PATCH", &item.patch)];
+            for (method, op) in ops.into_iter().chain([("DELETE", &item.delete)]) {
                 if op.is_some() {
                     documented.push((path.clone(), method.to_string()));
                 }

@@ -32,6 +32,8 @@ pub mod roles {
     pub const ADMIN: &str = "admin";
     pub const DEVICE: &str = "device";
     pub const USER: &str = "user";
+    /// May post notifications (`POST /notifications`) to be fanned out to webhooks.
+    pub const PUBLISHER: &str = "publisher";
 }
 
 /// How long a "not revoked" answer is cached: the longest a revocation made through a

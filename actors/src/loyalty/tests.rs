@@ -49,7 +49,7 @@ async fn setup(faults: FaultsConfig) -> (tempfile::TempDir, Store, LoyaltyHandle
         faults,
         injected: Default::default(),
     };
-    let identity = IdentitySagaHandler { store: store.clone() };
+    let identity = IdentitySagaHandler { store: store.clone(), domain: None };
     (dir, store, loyalty, identity, saga_id)
 }
 

@@ -2,6 +2,7 @@
 
 mod identity;
 mod saga;
+mod webhooks;
 
 use sea_orm_migration::prelude::*;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateDeadLetters),
             Box::new(identity::CreateIdentity),
             Box::new(saga::CreateSagaAndLedger),
+            Box::new(webhooks::CreateWebhooks),
         ]
     }
 }

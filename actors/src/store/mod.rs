@@ -7,6 +7,7 @@ pub mod migrations;
 pub mod resource;
 pub mod sagas;
 pub mod users;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,7 +5,9 @@ pub(crate) mod auth;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod loyalty;
+pub(crate) mod notifications;
 pub(crate) mod resources;
+pub(crate) mod webhooks;
 
 use http::Request;
 use hyper::body::Incoming;
@@ -49,6 +51,20 @@ pub(crate) async fn dispatch(
         Route::Saga => loyalty::saga(state, &req, param(params, "id")).await,
         Route::AdminStatusPage => Ok(admin::status_page()),
         Route::AdminStatus => admin::status(state, &req).await,
+        Route::Notifications => notifications::post(state, req, ctx).await,
+        Route::Notification => notifications::get(state, &req, param(params, "id")).await,
+        Route::WebhookEndpoints => webhooks::list(state, &req).await,
+        Route::WebhookEndpointCreate => webhooks::create(state, req, ctx).await,
+        Route::WebhookEndpoint => webhooks::get(state, &req, param(params, "id")).await,
+        Route::WebhookEndpointUpdate => webhooks::update(state, req, param(params, "id"), ctx).await,
+        Route::WebhookEndpointDelete => webhooks::delete(state, &req, param(params, "id")).await,
+        Route::WebhookEndpointEnable => webhooks::enable(state, &req, param(params, "id")).await,
+        Route::WebhookEndpointDisable => webhooks::disable(state, &req, param(params, "id")).await,
+        Route::WebhookEndpointSecret => webhooks::secret(state, &req, param(params, "id")).await,
+        Route::WebhookEndpointRotate => webhooks::rotate(state, req, param(params, "id"), ctx).await,
+        Route::WebhookEndpointAttempts => webhooks::attempts(state, &req, param(params, "id")).await,
+        Route::WebhookEndpointStats => webhooks::stats(state, &req, param(params, "id")).await,
+        Route::WebhookDeliveryResend => webhooks::resend(state, &req, param(params, "id")).await,
         Route::OpenApi => Ok(crate::openapi::openapi_json()),
         Route::DocsRedirect => Ok(crate::openapi::docs_redirect()),
         Route::Docs => crate::openapi::docs_file(""),

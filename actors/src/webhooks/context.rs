@@ -1,0 +1,95 @@
+//! What every endpoint actor shares: the store, the HTTP client, the attempt log, the
+//! dead-letter topic, and the notification payloads (read once, then cached briefly, since
+//! one notification usually goes to several endpoints at about the same time).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::attempts::AttemptLog;
+use super::client::{Response, WebhookClient};
+use super::domain::DomainEvents;
+use crate::config::WebhooksConfig;
+use crate::consumer::dlq_header;
+use crate::log::{Header, OutgoingRecord, Producer};
+use crate::metrics::{ERROR_CLASS, kv, metrics};
+use crate::store::Store;
+use crate::store::webhooks::{delivery, endpoint};
+
+/// Header naming the endpoint on a dead-lettered delivery; replaying that dead letter
+/// resends the delivery to this endpoint only.
+pub const ENDPOINT_HEADER: &str = "conveyor.webhook.endpoint";
+
+pub struct DeliveryContext {
+    pub store: Store,
+    pub client: WebhookClient,
+    pub attempts: AttemptLog,
+    pub config: WebhooksConfig,
+    pub producer: Arc<dyn Producer>,
+    pub dlq_topic: String,
+    pub notifications_topic: String,
+    pub produce_timeout: Duration,
+    pub domain: DomainEvents,
+    pub payloads: moka::future::Cache<String, Bytes>,
+}
+
+impl DeliveryContext {
+    pub fn payload_cache() -> moka::future::Cache<String, Bytes> {
+        moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build()
+    }
+
+    /// The body every endpoint receives for this notification: the envelope as posted.
+    pub async fn payload(&self, notification_id: &str) -> Result<Bytes, crate::Error> {
+        if let Some(payload) = self.payloads.get(notification_id).await {
+            return Ok(payload);
+        }
+        let row = self
+            .store
+            .get_notification(notification_id)
+            .await?
+            .ok_or(crate::Error::NotFound { what: "notification" })?;
+        let payload = Bytes::from(row.payload);
+        self.payloads.insert(notification_id.to_string(), payload.clone()).await;
+        Ok(payload)
+    }
+
+    /// A delivery that exhausted its schedule (or met a 410) goes to the dead-letter topic
+    /// as its notification, naming the endpoint; the delivery row already says `failed`,
+    /// so a failed write here loses nothing the resend API cannot find.
+    pub async fn dead_letter(&self, delivery: &delivery::Model, attempts: i32, response: &Response) {
+        let Ok(payload) = self.payload(&delivery.notification_id).await else { return };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let header = |name: &str, value: String| Header { name: name.to_string(), value: value.into_bytes() };
+        let headers = vec![
+            header(ENDPOINT_HEADER, delivery.endpoint_id.clone()),
+            header(dlq_header::SOURCE_TOPIC, self.notifications_topic.clone()),
+            header(dlq_header::SOURCE_PARTITION, "-1".into()),
+            header(dlq_header::SOURCE_OFFSET, "-1".into()),
+            header(dlq_header::ERROR_CLASS, format!("webhook_{}", response.class.as_str())),
+            header(dlq_header::ERROR, response.error.clone().unwrap_or_else(|| "delivery failed".into())),
+            header(dlq_header::ATTEMPTS, attempts.to_string()),
+            header(dlq_header::FIRST_FAILURE_MS, delivery.created_at.timestamp_millis().to_string()),
+            header(dlq_header::LAST_FAILURE_MS, now_ms.to_string()),
+        ];
+        let record = OutgoingRecord {
+            topic: self.dlq_topic.clone(),
+            key: Some(delivery.notification_id.clone()),
+            payload,
+            headers,
+        };
+        match self.producer.send(record, self.produce_timeout).await {
+            Ok(_) => metrics().dead_letters.add(1, &[kv(ERROR_CLASS, "webhook")]),
+            Err(err) => tracing::error!(error = %err, delivery = %delivery.id, "writing a webhook dead letter"),
+        }
+    }
+
+    /// Tells subscribers (admins' endpoints) that an endpoint was disabled.
+    pub async fn announce_disabled(&self, endpoint: &endpoint::Model, reason: &str) {
+        let data = serde_json::json!({"endpoint_id": endpoint.id, "reason": reason, "url": endpoint.url});
+        let id = format!("evt_endpoint_disabled_{}_{}", endpoint.id, chrono::Utc::now().timestamp_millis());
+        if let Err(err) = self.domain.publish(super::domain::ENDPOINT_DISABLED, &id, data).await {
+            tracing::warn!(error = %err, "announcing a disabled webhook endpoint");
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The delivery supervisor: starts an [`EndpointActor`] for each endpoint with work, wakes
+//! it when deliveries are created, and polls the store for retries that came due (they
+//! may wait hours, so they live in the store, not in timers).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::context::DeliveryContext;
+use super::endpoint_actor::{EndpointActor, EndpointArgs, EndpointMsg};
+use crate::metrics::{ACTOR, kv, metrics};
+
+pub struct DispatcherActor;
+
+pub struct DispatcherArgs {
+    pub ctx: Arc<DeliveryContext>,
+}
+
+pub struct DispatcherState {
+    ctx: Arc<DeliveryContext>,
+    endpoints: HashMap<String, ActorRef<EndpointMsg>>,
+}
+
+/// Everything the dispatcher is told.
+pub enum DispatcherMsg {
+    /// Deliveries may be due for this endpoint: start its actor if needed and wake it.
+    Wake { endpoint_id: String },
+    /// The endpoint changed in the store: its actor (if running) reads it again.
+    Reload { endpoint_id: String },
+    /// Timer: wake the endpoints whose retries came due.
+    Poll,
+    /// How many endpoint actors run.
+    Running { reply: RpcReplyPort<usize> },
+}
+
+impl Actor for DispatcherActor {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        args: DispatcherArgs,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(args.ctx.config.poll_interval_ms), || DispatcherMsg::Poll);
+        // Deliveries left pending by an earlier run start now, not one interval later.
+        let _ = myself.cast(DispatcherMsg::Poll);
+        Ok(DispatcherState { ctx: args.ctx, endpoints: HashMap::new() })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        msg: DispatcherMsg,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DispatcherMsg::Wake { endpoint_id } => state.send(&myself, endpoint_id, EndpointMsg::Wake).await,
+            DispatcherMsg::Reload { endpoint_id } => {
+                if let Some(actor) = state.endpoints.get(&endpoint_id) {
+                    let _ = actor.cast(EndpointMsg::Reload);
+                }
+            }
+            DispatcherMsg::Poll => match state.ctx.store.due_endpoints(chrono::Utc::now(), 10_000).await {
+                Ok(due) => {
+                    for endpoint_id in due {
+                        state.send(&myself, endpoint_id, EndpointMsg::Wake).await;
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "looking up due webhook deliveries"),
+            },
+            DispatcherMsg::Running { reply } => {
+                let _ = reply.send(state.endpoints.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<DispatcherMsg>,
+        event: SupervisionEvent,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A stopped or failed endpoint actor is forgotten; the next wake or poll starts a
+        // fresh one, and the deliveries it held come back when their leases expire.
+        let (cell, failed) = match &event {
+            SupervisionEvent::ActorTerminated(cell, ..) => (cell, false),
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::error!(error = %err, "webhook endpoint actor failed");
+                (cell, true)
+            }
+            _ => return Ok(()),
+        };
+        state.endpoints.retain(|_, actor| actor.get_id() != cell.get_id());
+        if failed {
+            metrics().actor_restarts.add(1, &[kv(ACTOR, "webhook-endpoint")]);
+        }
+        Ok(())
+    }
+}
+
+impl DispatcherState {
+    async fn send(&mut self, myself: &ActorRef<DispatcherMsg>, endpoint_id: String, msg: EndpointMsg) {
+        if let Some(actor) = self.endpoints.get(&endpoint_id) {
+            if actor.cast(msg).is_ok() {
+                return;
+            }
+            self.endpoints.remove(&endpoint_id);
+            return;
+        }
+        let args = EndpointArgs { endpoint_id: endpoint_id.clone(), ctx: self.ctx.clone() };
+        match Actor::spawn_linked(None, EndpointActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                let _ = actor.cast(msg);
+                self.endpoints.insert(endpoint_id, actor);
+            }
+            Err(err) => tracing::error!(error = %err, "starting a webhook endpoint actor"),
+        }
+    }
+}
+
+/// The typed handle callers use.
+#[derive(Clone)]
+pub struct Dispatcher {
+    actor: ActorRef<DispatcherMsg>,
+}
+
+impl Dispatcher {
+    pub async fn start(ctx: Arc<DeliveryContext>) -> Result<Self, crate::Error> {
+        let (actor, _) = Actor::spawn(None, DispatcherActor, DispatcherArgs { ctx }).await.map_err(|e| {
+            crate::Error::Actor { actor: "webhook-dispatcher".into(), op: "spawn", source: Box::new(e) }
+        })?;
+        Ok(Dispatcher { actor })
+    }
+
+    pub fn wake(&self, endpoint_id: String) {
+        let _ = self.actor.cast(DispatcherMsg::Wake { endpoint_id });
+    }
+
+    pub fn reload(&self, endpoint_id: String) {
+        let _ = self.actor.cast(DispatcherMsg::Reload { endpoint_id });
+    }
+
+    /// Endpoint actors running now (for the status page).
+    pub async fn running(&self) -> usize {
+        ractor::call!(self.actor, |reply| DispatcherMsg::Running { reply }).unwrap_or_default()
+    }
+
+    pub fn stop(&self) {
+        self.actor.stop_children(Some("shutdown".into()));
+        self.actor.stop(Some("shutdown".into()));
+    }
+}
