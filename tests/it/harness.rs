@@ -55,7 +55,7 @@ pub struct Names {
 
 impl Names {
     /// `(env var, value)` for the saga's topics and the groups beyond the events group.
-    fn saga_env(&self) -> [(&'static str, String); 5] {
+    fn saga_env(&self) -> [(&'static str, String); 7] {
         let id = &self.id;
         [
             ("CONVEYOR_LOG__TOPICS__REGISTRATION", format!("{id}-registration")),
@@ -63,6 +63,8 @@ impl Names {
             ("CONVEYOR_LOG__GROUPS__LOYALTY", format!("{id}-loyalty")),
             ("CONVEYOR_LOG__GROUPS__IDENTITY", format!("{id}-identity-saga")),
             ("CONVEYOR_DLQ__INDEX_GROUP", format!("{id}-dlq-index")),
+            ("CONVEYOR_LOG__TOPICS__NOTIFICATIONS", format!("{id}-notifications")),
+            ("CONVEYOR_LOG__GROUPS__WEBHOOKS", format!("{id}-webhooks")),
         ]
     }
 }
@@ -147,7 +149,14 @@ pub fn command(opts: &Opts, data_dir: &Path) -> Command {
         .env("CONVEYOR_RATE_LIMIT__TRUSTED_PROXIES", r#"["127.0.0.1"]"#)
         // Cheaper hashing keeps the suite quick; the production cost is in the unit tests' reach.
         .env("CONVEYOR_AUTH__PASSWORD__ARGON2_MEMORY_KIB", "4096")
-        .env("CONVEYOR_AUTH__PASSWORD__ARGON2_ITERATIONS", "1");
+        .env("CONVEYOR_AUTH__PASSWORD__ARGON2_ITERATIONS", "1")
+        // Webhook sinks live on loopback; retries come quickly.
+        .env("CONVEYOR_WEBHOOKS__ALLOW_LOOPBACK", "true")
+        .env("CONVEYOR_WEBHOOKS__POLL_INTERVAL_MS", "100")
+        .env("CONVEYOR_WEBHOOKS__RETRY_SCHEDULE_MS", "[0, 100, 100, 100, 100]")
+        .env("CONVEYOR_WEBHOOKS__RETRY_JITTER", "0")
+        .env("CONVEYOR_WEBHOOKS__BASIC_AUTH_USERNAME", "admin")
+        .env("CONVEYOR_WEBHOOKS__BASIC_AUTH_PASSWORD", "admin");
     for (k, v) in n.saga_env() {
         cmd.env(k, v);
     }

@@ -21,3 +21,5 @@ mod private;
 mod probes;
 mod resilience;
 mod saga;
+mod sink;
+mod webhooks;
