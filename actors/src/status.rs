@@ -102,6 +102,9 @@ impl Conveyor {
         let accounts = self.ledger.live_accounts().await;
         let ledger = node("ledger", "LedgerSupervisor", "running", 0, Some(format!("{accounts} account actors")));
         let relay = node("outbox-relay", "OutboxRelay", "running", 0, None);
+        let endpoints = self.webhooks.running_actors().await;
+        let webhooks =
+            node("webhooks", "WebhookDispatcher", "running", 0, Some(format!("{endpoints} endpoint actors")));
         let checks = self
             .readiness(Duration::from_secs(2))
             .await
@@ -120,7 +123,7 @@ impl Conveyor {
             uptime_secs: self.started.elapsed().as_secs(),
             log_backend: format!("{:?}", self.config.log.backend).to_lowercase(),
             checks,
-            supervision: vec![root, ledger, relay],
+            supervision: vec![root, ledger, relay, webhooks],
             partitions,
             breakers: self
                 .breakers()
