@@ -14,6 +14,22 @@ fn integral<'de, D: Deserializer<'de>>(value: serde_json::Number) -> Result<i64,
     }
 }
 
+/// A query-string integer as JSON Schema sees it: `42`, `42.0` and `-1e3` are integers.
+pub fn parse_integer(text: &str) -> Option<i64> {
+    text.parse::<i64>().ok().or_else(|| {
+        let f: f64 = text.parse().ok()?;
+        (f.is_finite() && f.fract() == 0.0 && f > i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
+    })
+}
+
+/// An `Option<u64>` field that also accepts integral floats.
+pub fn optional_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match optional_integer(d)? {
+        None => Ok(None),
+        Some(n) => u64::try_from(n).map(Some).map_err(|_| D::Error::custom(format!("{n} is out of range"))),
+    }
+}
+
 /// An `i64` field that also accepts integral floats (`42.0`).
 pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     integral::<D>(serde_json::Number::deserialize(d)?)
@@ -40,6 +56,16 @@ mod tests {
         a: i64,
         #[serde(default, deserialize_with = "super::optional_integer")]
         b: Option<i64>,
+    }
+
+    #[test]
+    fn query_integers() {
+        assert_eq!(super::parse_integer("42"), Some(42));
+        assert_eq!(super::parse_integer("-10000000000001.0"), Some(-10_000_000_000_001));
+        assert_eq!(super::parse_integer("1e3"), Some(1000));
+        assert_eq!(super::parse_integer("1.5"), None);
+        assert_eq!(super::parse_integer("NaN"), None);
+        assert_eq!(super::parse_integer("x"), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod ingest;
 mod keys;
 mod processing;
 mod report;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ enum Cmd {
     Processing(processing::ProcessingArgs),
     /// Key-level concurrency inside one partition (in-process, embedded log).
     Keys(keys::KeysArgs),
+    /// Signed webhook deliveries/s against a raw hyper client, and with one endpoint dead.
+    Webhooks(webhooks::WebhooksArgs),
     /// The ingest baseline server: answers 202 with a small JSON body to any request.
     HelloServer {
         /// 0 picks a free port; the address is printed on stdout.
@@ -40,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Ingest(args) => ingest::run(args).await,
         Cmd::Processing(args) => processing::run(args).await,
         Cmd::Keys(args) => keys::run(args).await,
+        Cmd::Webhooks(args) => webhooks::run(args).await,
         Cmd::HelloServer { port } => hello::serve(port).await,
     }
 }

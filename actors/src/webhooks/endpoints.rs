@@ -23,28 +23,67 @@ impl Caller {
     }
 }
 
+/// An exact event type or a `prefix.*` pattern (documentation only: the API reads strings).
+pub struct TypePattern;
+
+impl utoipa::PartialSchema for TypePattern {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(r"^(\*|[A-Za-z0-9_:/-][A-Za-z0-9._:/-]*(\.\*)?)$"))
+            .max_length(Some(256))
+            .into()
+    }
+}
+
+impl ToSchema for TypePattern {}
+
+/// A project name (documentation only).
+pub struct ProjectName;
+
+impl utoipa::PartialSchema for ProjectName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(256))
+            .into()
+    }
+}
+
+impl ToSchema for ProjectName {}
+
 /// `POST /webhooks/endpoints`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"url": "https://hooks.example.com/conveyor", "description": "billing", "event_types": ["subscription.*", "payment.succeeded"], "projects": ["dev"], "rate_limit_per_sec": 50}))]
 pub struct NewEndpoint {
-    #[schema(max_length = 2048)]
+    /// http(s) with a host name; a literal IP address is accepted too where the
+    /// configuration allows it. Names resolving to loopback, private, link-local or metadata
+    /// addresses are refused when the request connects, unless the configuration allows them.
+    #[schema(
+        max_length = 2048,
+        pattern = r#"^https?://([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?$"#
+    )]
     pub url: String,
     #[serde(default)]
     #[schema(max_length = 500)]
     pub description: String,
     /// Exact types or `prefix.*` patterns; empty or absent = every type.
     #[serde(default)]
+    #[schema(value_type = Vec<TypePattern>, max_items = 100)]
     pub event_types: Vec<String>,
     /// Projects to receive; empty or absent = every project.
     #[serde(default)]
+    #[schema(value_type = Vec<ProjectName>, max_items = 100)]
     pub projects: Vec<String>,
     /// Requests per second this endpoint accepts; absent = `webhooks.default_rate_limit_per_sec`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::optional_u32")]
     #[schema(minimum = 1, maximum = 100000)]
     pub rate_limit_per_sec: Option<u32>,
-    /// Bring your own `whsec_…` secret; one is generated otherwise.
+    /// Bring your own `whsec_…` secret (24-48 bytes in base64); one is generated otherwise.
     #[serde(default)]
+    #[schema(pattern = r"^whsec_(?:[A-Za-z0-9+/]{4}){8,16}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub secret: Option<String>,
     /// Create it disabled.
     #[serde(default)]
@@ -55,13 +94,19 @@ pub struct NewEndpoint {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointPatch {
-    #[schema(max_length = 2048)]
+    #[schema(
+        max_length = 2048,
+        pattern = r#"^https?://([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?$"#
+    )]
     pub url: Option<String>,
     #[schema(max_length = 500)]
     pub description: Option<String>,
+    #[schema(value_type = Option<Vec<TypePattern>>, max_items = 100)]
     pub event_types: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<ProjectName>>, max_items = 100)]
     pub projects: Option<Vec<String>>,
     /// 0 removes the endpoint's own limit.
+    #[serde(default, deserialize_with = "crate::json::optional_u32")]
     #[schema(minimum = 0, maximum = 100000)]
     pub rate_limit_per_sec: Option<u32>,
 }
@@ -106,9 +151,12 @@ pub struct SecretView {
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
     /// Seconds the old secret keeps signing; default `webhooks.secret_rotation_overlap_secs`.
+    #[serde(default, deserialize_with = "crate::json::optional_u64")]
     #[schema(minimum = 0, maximum = 2592000)]
     pub overlap_secs: Option<u64>,
-    /// Bring your own new secret; one is generated otherwise.
+    /// Bring your own new secret (24-48 bytes in base64); one is generated otherwise.
+    #[serde(default)]
+    #[schema(pattern = r"^whsec_(?:[A-Za-z0-9+/]{4}){8,16}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub secret: Option<String>,
 }
 
@@ -153,8 +201,8 @@ pub(crate) fn signing_secrets(row: &endpoint::Model, now: DateTime<Utc>) -> Vec<
 }
 
 fn check_projects(projects: &[String]) -> Result<(), FieldIssue> {
-    if projects.len() > 100 || projects.iter().any(|p| p.is_empty() || p.len() > 256) {
-        return Err(FieldIssue::new("projects", "at most 100 names of 1-256 bytes"));
+    if projects.len() > 100 || projects.iter().any(|p| p.is_empty() || p.chars().count() > 256) {
+        return Err(FieldIssue::new("projects", "at most 100 names of 1-256 characters"));
     }
     Ok(())
 }
@@ -186,7 +234,11 @@ fn check_url(policy: &TargetPolicy, url: &str) -> Result<(), FieldIssue> {
 }
 
 fn check_description(description: &str) -> Result<(), FieldIssue> {
-    if description.len() > 500 { Err(FieldIssue::new("description", "at most 500 bytes")) } else { Ok(()) }
+    if description.chars().count() > 500 {
+        Err(FieldIssue::new("description", "at most 500 characters"))
+    } else {
+        Ok(())
+    }
 }
 
 /// A new endpoint row, or every field problem at once.

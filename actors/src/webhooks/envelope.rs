@@ -27,12 +27,12 @@ pub fn validate(value: &Value) -> Result<Envelope, Vec<FieldIssue>> {
                 issues.push(FieldIssue::new(field, "is required"));
                 None
             }
-            Some(Value::String(s)) if s.trim().is_empty() => {
+            Some(Value::String(s)) if s.is_empty() => {
                 issues.push(FieldIssue::new(field, "must not be empty"));
                 None
             }
-            Some(Value::String(s)) if s.len() > max => {
-                issues.push(FieldIssue::new(field, format!("must be at most {max} bytes")));
+            Some(Value::String(s)) if s.chars().count() > max => {
+                issues.push(FieldIssue::new(field, format!("must be at most {max} characters")));
                 None
             }
             Some(Value::String(s)) if s.chars().any(char::is_control) => {
@@ -61,15 +61,15 @@ pub fn validate(value: &Value) -> Result<Envelope, Vec<FieldIssue>> {
         Some(_) => issues.push(FieldIssue::new("data", "must be an object")),
     }
     if let Some(object) = obj.get("object")
-        && object != "event"
+        && !(object.is_null() || object == "event")
     {
         issues.push(FieldIssue::new("object", "must be \"event\" when present"));
     }
     let project = match obj.get("project") {
         None | Some(Value::Null) => None,
-        Some(Value::String(p)) if p.len() <= 256 => Some(p.clone()),
+        Some(Value::String(p)) if p.chars().count() <= 256 => Some(p.clone()),
         Some(_) => {
-            issues.push(FieldIssue::new("project", "must be a string of at most 256 bytes"));
+            issues.push(FieldIssue::new("project", "must be a string of at most 256 characters"));
             None
         }
     };

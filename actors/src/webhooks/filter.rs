@@ -44,7 +44,7 @@ pub fn validate_patterns(field: &'static str, patterns: &[String]) -> Result<(),
     for p in patterns {
         let body = p.strip_suffix(".*").or_else(|| (p == "*").then_some("")).unwrap_or(p);
         let ok = !p.is_empty()
-            && p.len() <= 256
+            && p.chars().count() <= 256
             && !body.contains('*')
             && body.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'));
         if !ok {

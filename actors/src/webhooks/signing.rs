@@ -16,9 +16,18 @@ pub fn generate_secret() -> String {
     format!("{PREFIX}{}", B64.encode(key))
 }
 
+/// Reading secrets as other Standard Webhooks implementations do: padding optional, unused
+/// trailing bits ignored.
+const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// The HMAC key inside a `whsec_` secret.
 fn key(secret: &str) -> Option<Vec<u8>> {
-    B64.decode(secret.strip_prefix(PREFIX)?).ok().filter(|k| !k.is_empty())
+    LENIENT.decode(secret.strip_prefix(PREFIX)?).ok().filter(|k| !k.is_empty())
 }
 
 /// True for a secret this module can sign with (a user may bring their own).

@@ -82,14 +82,15 @@ impl TargetPolicy {
         if !url.username().is_empty() || url.password().is_some() {
             return Err("must not carry credentials".into());
         }
-        if raw.len() > 2048 {
-            return Err("must be at most 2048 bytes".into());
+        if raw.chars().count() > 2048 {
+            return Err("must be at most 2048 characters".into());
         }
         match url.host() {
             None => Err("needs a host".into()),
             Some(url::Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)).map(|_| url.clone()),
             Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)).map(|_| url.clone()),
             Some(url::Host::Domain(name)) => {
+                check_syntax(raw)?;
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
                 if (name == "localhost" || name.ends_with(".localhost")) && !self.allow_loopback {
                     return Err("resolves to a loopback address, which webhooks.allow_loopback does not allow".into());
@@ -111,6 +112,50 @@ impl TargetPolicy {
             _ => "is not a routable unicast address".into(),
         })
     }
+}
+
+/// The documented form of a URL with a host name (`NewEndpoint::url`'s pattern), checked
+/// exactly as documented: `http(s)://`, dot-separated labels of letters, digits and inner
+/// hyphens (the last starting with a letter), an optional port 1-65535, an optional path
+/// and query of URL characters, no fragment, no credentials.
+fn check_syntax(raw: &str) -> Result<(), String> {
+    const FORM: &str = "must look like https://host.example[:port][/path][?query]";
+    let rest = raw.strip_prefix("https://").or_else(|| raw.strip_prefix("http://")).ok_or(FORM)?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let last_ok = labels.last().is_some_and(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()));
+    if !(labels.iter().all(|l| label_ok(l)) && last_ok) {
+        return Err(FORM.into());
+    }
+    if let Some(port) = port {
+        let ok = !port.starts_with('0')
+            && (1..=5).contains(&port.len())
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+        if !ok {
+            return Err("the port must be 1-65535".into());
+        }
+    }
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    let url_char = |c: char| c.is_ascii_alphanumeric() || "._~%!$&'()*+,;=:@/-".contains(c);
+    if !path.chars().all(url_char) || !query.unwrap_or("").chars().all(|c| url_char(c) || c == '?') {
+        return Err("the path and query may hold only URL characters (no spaces, no fragment)".into());
+    }
+    Ok(())
 }
 
 /// reqwest's resolver: the system's answer minus every address the policy refuses; a name
@@ -179,7 +224,14 @@ mod tests {
     #[test]
     fn urls_are_checked_against_the_policy() {
         let strict = TargetPolicy::default();
-        assert!(strict.check_url("https://hooks.example.com/x").is_ok());
+        for good in [
+            "https://hooks.example.com/x",
+            "http://a.b:8080/p/q?x=1&y=%20",
+            "https://Hooks.Example.COM",
+            "https://sub-1.x9.example:65535/a~b",
+        ] {
+            assert!(strict.check_url(good).is_ok(), "{good}");
+        }
         for bad in [
             "ftp://example.com",
             "http://127.0.0.1:9/x",
@@ -189,6 +241,11 @@ mod tests {
             "http://10.0.0.1/",
             "http://user:pw@example.com/",
             "not a url",
+            "https://example.com/a b",
+            "https://example.com/#frag",
+            "https://example.com:99999/",
+            "https://-a.com/",
+            "https://example.1/",
         ] {
             assert!(strict.check_url(bad).is_err(), "{bad}");
         }

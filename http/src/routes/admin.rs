@@ -56,9 +56,9 @@ fn query_filter(query: Option<&str>) -> Result<DeadLetterFilter, ApiError> {
     let mut filter = DeadLetterFilter::default();
     let mut errors = Vec::new();
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        let num = |errors: &mut Vec<FieldError>| match v.parse::<i64>() {
-            Ok(n) => Some(n),
-            Err(_) => {
+        let num = |errors: &mut Vec<FieldError>| match conveyor_actors::json::parse_integer(&v) {
+            Some(n) => Some(n),
+            None => {
                 errors.push(FieldError::new(k.to_string(), "must be an integer"));
                 None
             }

@@ -191,9 +191,9 @@ pub async fn transactions(state: &AppState, req: &Request<Incoming>, uuid: &str)
     owner_or_admin(&principal, uuid)?;
     let (mut after_id, mut limit, mut errors) = (0i64, 50u64, Vec::new());
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
-        match (k.as_ref(), v.parse::<i64>()) {
-            ("after_id", Ok(n)) if n >= 0 => after_id = n,
-            ("limit", Ok(n)) if (1..=500).contains(&n) => limit = n as u64,
+        match (k.as_ref(), conveyor_actors::json::parse_integer(&v)) {
+            ("after_id", Some(n)) if n >= 0 => after_id = n,
+            ("limit", Some(n)) if (1..=500).contains(&n) => limit = n as u64,
             ("after_id", _) => errors.push(FieldError::new("after_id", "must be a non-negative integer")),
             ("limit", _) => errors.push(FieldError::new("limit", "must be an integer from 1 to 500")),
             (other, _) => errors.push(FieldError::new(other.to_string(), "unknown parameter")),

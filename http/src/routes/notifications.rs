@@ -36,21 +36,24 @@ pub struct NotificationAccepted {
 #[allow(dead_code)]
 pub struct NotificationEnvelope {
     /// Unique per notification; a repeat within `webhooks.dedup_window_secs` is a 409.
-    #[schema(max_length = 256)]
+    #[schema(max_length = 256, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     id: String,
     /// Endpoints filter on it (`subscription.updated`, `payment.*`).
-    #[schema(rename = "type", max_length = 256)]
+    #[schema(rename = "type", max_length = 256, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     event_type: String,
-    #[schema(max_length = 2048)]
+    #[schema(max_length = 2048, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     source: String,
-    /// `1.0`.
+    #[schema(pattern = r"^1\.0$")]
     specversion: String,
     data: serde_json::Map<String, serde_json::Value>,
     /// Endpoints may filter on it.
+    #[schema(max_length = 256)]
     project: Option<String>,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     time: Option<String>,
     /// `event` when present.
+    #[schema(pattern = r"^event$")]
     object: Option<String>,
     datacontenttype: Option<String>,
     version: Option<String>,

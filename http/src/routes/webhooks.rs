@@ -94,15 +94,17 @@ pub async fn secret(state: &AppState, req: &Request<Incoming>, id: &str) -> Resu
 
 /// Replaces the secret; the old one keeps signing for the overlap (both signatures are sent).
 #[utoipa::path(post, path = "/webhooks/endpoints/{id}/secret/rotate", tag = "webhooks", params(("id" = String, Path)),
-    request_body = RotateSecret, responses((status = 200, body = SecretView), (status = 404, body = ErrorBody)))]
+    request_body(content = Option<RotateSecret>, description = "Optional: an empty body rotates with the defaults"), responses((status = 200, body = SecretView), (status = 404, body = ErrorBody)))]
 pub async fn rotate(state: &AppState, req: Request<Incoming>, id: &str, ctx: &Ctx) -> Result<Response, ApiError> {
     let caller = caller(state, &req).await?;
     let bytes = body::read(req.into_body(), ctx.body_limit).await?;
-    let request: RotateSecret = if bytes.iter().all(u8::is_ascii_whitespace) {
-        RotateSecret::default()
-    } else {
-        let value = body::json(&bytes)?;
-        serde_json::from_value(value).map_err(|e| ApiError::Validation(vec![FieldError::new("body", e.to_string())]))?
+    // An empty body or `null` rotates with the defaults; anything else must be an object.
+    let value = if bytes.iter().all(u8::is_ascii_whitespace) { serde_json::Value::Null } else { body::json(&bytes)? };
+    let request: RotateSecret = match value {
+        serde_json::Value::Null => RotateSecret::default(),
+        value @ serde_json::Value::Object(_) => serde_json::from_value(value)
+            .map_err(|e| ApiError::Validation(vec![FieldError::new("body", e.to_string())]))?,
+        _ => return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object or empty")])),
     };
     Ok(ok(state.conveyor.webhooks.rotate_secret(&caller, id, request).await?))
 }
@@ -116,9 +118,9 @@ pub async fn attempts(state: &AppState, req: &Request<Incoming>, id: &str) -> Re
     let caller = caller(state, req).await?;
     let (mut before, mut limit, mut errors) = (None, 100u64, Vec::new());
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
-        match (k.as_ref(), v.parse::<i64>()) {
-            ("before", Ok(n)) if n >= 1 => before = Some(n),
-            ("limit", Ok(n)) if (1..=500).contains(&n) => limit = n as u64,
+        match (k.as_ref(), conveyor_actors::json::parse_integer(&v)) {
+            ("before", Some(n)) if n >= 1 => before = Some(n),
+            ("limit", Some(n)) if (1..=500).contains(&n) => limit = n as u64,
             ("before", _) => errors.push(FieldError::new("before", "must be a positive integer")),
             ("limit", _) => errors.push(FieldError::new("limit", "must be an integer from 1 to 500")),
             (other, _) => errors.push(FieldError::new(other.to_string(), "unknown parameter")),
