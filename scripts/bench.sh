@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Conveyor's benchmarks (not tests): build release, run, print the numbers, write JSON.
 #
-#   scripts/bench.sh [ingest|processing|keys|all] [ARGS...]
+#   scripts/bench.sh [ingest|processing|keys|webhooks|all] [ARGS...]
 #
 #   keys        key-level concurrency inside one partition, in-process (embedded log)
 #   ingest      POST /events: the daemon vs a bare hyper server, both under wrk
 #               (embedded backends; pass `--backend real` for Kafka/PostgreSQL/Redis)
 #   processing  pre-filled Kafka topic → PostgreSQL rows: the daemon vs a raw consumer
 #               (starts the services with scripts/services.sh up)
-#   all         keys, ingest, processing (the default)
+#   webhooks    signed deliveries/s to a local sink vs a raw hyper client posting the same
+#               body, then 9 healthy endpoints + 1 that never answers (embedded backends)
+#   all         keys, ingest, processing, webhooks (the default)
 # ARGS go to the benchmark's subcommand (one benchmark only), e.g.
 #   scripts/bench.sh ingest --duration 10 --connections 64
 #   scripts/bench.sh processing --events 20000 --devices 2000
@@ -23,14 +25,14 @@ cd "$ROOT"
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "bench.sh: ERROR: $*"; exit 2; }
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 
 WHAT=${1:-all}
 [[ $# -gt 0 ]] && shift
 EXTRA_ARGS=("$@")
 case $WHAT in
-    ingest|processing|keys) BENCHES=("$WHAT") ;;
-    all) BENCHES=(keys ingest processing)
+    ingest|processing|keys|webhooks) BENCHES=("$WHAT") ;;
+    all) BENCHES=(keys ingest processing webhooks)
          [[ ${#EXTRA_ARGS[@]} -eq 0 ]] || die "extra arguments need a single benchmark, not 'all'" ;;
     -h|--help|help) usage; exit 0 ;;
     *) usage; die "unknown benchmark '$WHAT'" ;;

@@ -12,10 +12,15 @@
 //! │          drained + committed on revoke
 //! ├── ConsumerSupervisor  (group loyalty, topic registration)      → loyalty::LoyaltyHandler
 //! ├── ConsumerSupervisor  (group identity-saga, topic loyalty)     → saga::IdentitySagaHandler
+//! ├── ConsumerSupervisor  (group webhooks-fanout, topic notifications) → webhooks::fanout
 //! └── ConsumerSupervisor  (group conveyor-dlq-index, topic events-dlq) → dlq::DeadLetterIndexer
 //! LedgerSupervisor                    one AccountActor per loyalty account, retired when idle
 //! OutboxRelay                         publishes the outbox table, retries with backoff
+//! DispatcherActor                     webhook delivery: polls due retries, wakes endpoints
+//! └── EndpointActor ep_…              one per endpoint with work: limiter, breaker, budget
 //! ```
+//! Webhook delivery ([`webhooks`]) follows a notification from `POST /notifications` to the
+//! endpoints' sinks.
 //! The registration saga ([`saga`]) is choreographed across the three groups above.
 //! The producer ([`log::Producer`]), the store ([`store::Store`]) and the cache
 //! ([`cache::Cache`]) are shared handles, not actors: they are clients with their own pools.
