@@ -14,12 +14,14 @@ mod identity;
 mod saga;
 mod secret;
 mod webhooks;
+mod workflows;
 
 pub use identity::{AuthConfig, ExternalKey, HmacKey, PasswordConfig, Quota, RateLimitConfig};
 pub use saga::{FaultsConfig, LoyaltyConfig, OutboxConfig};
 use secret::mask_url_password;
 pub use secret::{Secret, masked_url};
 pub use webhooks::WebhooksConfig;
+pub use workflows::WorkflowsConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +43,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub faults: FaultsConfig,
     pub webhooks: WebhooksConfig,
+    pub workflows: WorkflowsConfig,
     pub telemetry: TelemetryConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -64,6 +67,7 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             faults: FaultsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            workflows: WorkflowsConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -130,6 +134,8 @@ pub struct TopicsConfig {
     pub loyalty: String,
     /// Posted notifications and Conveyor's own domain events, fanned out to webhook endpoints.
     pub notifications: String,
+    /// Workflow commands (definition changes, run requests), keyed by workflow id.
+    pub workflows_command: String,
 }
 
 impl Default for TopicsConfig {
@@ -140,6 +146,7 @@ impl Default for TopicsConfig {
             registration: "registration".into(),
             loyalty: "loyalty".into(),
             notifications: "notifications".into(),
+            workflows_command: "workflows.command".into(),
         }
     }
 }
@@ -152,6 +159,8 @@ pub struct GroupsConfig {
     pub identity: String,
     /// Fans notifications out to webhook endpoints.
     pub webhooks: String,
+    /// Applies workflow commands and starts runs, sharing the work by partition.
+    pub workflows: String,
 }
 
 impl Default for GroupsConfig {
@@ -161,6 +170,7 @@ impl Default for GroupsConfig {
             loyalty: "loyalty".into(),
             identity: "identity-saga".into(),
             webhooks: "webhooks-fanout".into(),
+            workflows: "workflows".into(),
         }
     }
 }
@@ -406,6 +416,7 @@ impl Config {
             ("log.topics.registration", &self.log.topics.registration),
             ("log.topics.loyalty", &self.log.topics.loyalty),
             ("log.topics.notifications", &self.log.topics.notifications),
+            ("log.topics.workflows_command", &self.log.topics.workflows_command),
         ] {
             if !valid_topic_name(topic) {
                 return Err(invalid(key, "topic names are 1-249 of [a-zA-Z0-9._-]"));
@@ -480,6 +491,7 @@ impl Config {
             return Err(invalid("telemetry.otlp_interval_ms", "must be at least 1"));
         }
         self.webhooks.validate()?;
+        self.workflows.validate()?;
         if self.loyalty.welcome_bonus < 0 {
             return Err(invalid("loyalty.welcome_bonus", "must not be negative"));
         }

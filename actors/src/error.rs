@@ -117,13 +117,14 @@ pub enum Error {
 /// One field's problem, for [`Error::InvalidInput`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldIssue {
-    pub field: &'static str,
+    /// `name`, or a path such as `steps[2].url`.
+    pub field: std::borrow::Cow<'static, str>,
     pub message: String,
 }
 
 impl FieldIssue {
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        FieldIssue { field, message: message.into() }
+        FieldIssue { field: field.into(), message: message.into() }
     }
 }
 

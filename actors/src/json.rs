@@ -22,6 +22,12 @@ pub fn parse_integer(text: &str) -> Option<i64> {
     })
 }
 
+/// A `u64` field that also accepts integral floats.
+pub fn integer_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = integer(d)?;
+    u64::try_from(n).map_err(|_| D::Error::custom(format!("{n} is out of range")))
+}
+
 /// An `Option<u64>` field that also accepts integral floats.
 pub fn optional_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     match optional_integer(d)? {

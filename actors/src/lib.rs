@@ -71,6 +71,7 @@ pub mod store;
 pub mod system;
 pub mod trace;
 pub mod webhooks;
+pub mod workflows;
 
 pub use error::Error;
 pub use system::{Component, Conveyor};

@@ -31,6 +31,8 @@ pub const WEBHOOK_ATTEMPTS: &str = "conveyor.webhook.attempts";
 pub const WEBHOOK_ATTEMPT_DURATION: &str = "conveyor.webhook.attempt.duration";
 pub const WEBHOOK_DELIVERIES: &str = "conveyor.webhook.deliveries";
 pub const WEBHOOK_ENDPOINTS_DISABLED: &str = "conveyor.webhook.endpoints.disabled";
+pub const WORKFLOW_RUNS: &str = "conveyor.workflow.runs";
+pub const WORKFLOW_STEP_ATTEMPTS: &str = "conveyor.workflow.step.attempts";
 
 /// Label keys.
 pub const TOPIC: &str = "topic";
@@ -68,6 +70,8 @@ pub struct Metrics {
     pub webhook_attempt_duration: Histogram<f64>,
     pub webhook_deliveries: Counter<u64>,
     pub webhook_endpoints_disabled: Counter<u64>,
+    pub workflow_runs: Counter<u64>,
+    pub workflow_step_attempts: Counter<u64>,
 }
 
 const DURATION_BUCKETS: &[f64] =
@@ -175,12 +179,22 @@ impl Metrics {
             webhook_deliveries: meter
                 .u64_counter(WEBHOOK_DELIVERIES)
                 .with_unit("{delivery}")
-                .with_description("Webhook deliveries finished, by outcome (succeeded, exhausted, discarded)")
+                .with_description("Webhook deliveries finished or resent, by outcome (succeeded, exhausted, resent)")
                 .build(),
             webhook_endpoints_disabled: meter
                 .u64_counter(WEBHOOK_ENDPOINTS_DISABLED)
                 .with_unit("{endpoint}")
                 .with_description("Endpoints disabled by delivery, by reason (gone, failing)")
+                .build(),
+            workflow_runs: meter
+                .u64_counter(WORKFLOW_RUNS)
+                .with_unit("{run}")
+                .with_description("Workflow runs by outcome (started, succeeded, failed, resumed)")
+                .build(),
+            workflow_step_attempts: meter
+                .u64_counter(WORKFLOW_STEP_ATTEMPTS)
+                .with_unit("{attempt}")
+                .with_description("Workflow http step attempts by outcome (succeeded, retried, failed) and error class")
                 .build(),
             stale_writes: meter
                 .u64_counter(STALE_WRITES)

@@ -105,6 +105,8 @@ impl Conveyor {
         let endpoints = self.webhooks.running_actors().await;
         let webhooks =
             node("webhooks", "WebhookDispatcher", "running", 0, Some(format!("{endpoints} endpoint actors")));
+        let runs = self.workflows.running().await;
+        let workflows = node("workflow-runs", "RunSupervisor", "running", 0, Some(format!("{runs} runs executing")));
         let checks = self
             .readiness(Duration::from_secs(2))
             .await
@@ -123,7 +125,7 @@ impl Conveyor {
             uptime_secs: self.started.elapsed().as_secs(),
             log_backend: format!("{:?}", self.config.log.backend).to_lowercase(),
             checks,
-            supervision: vec![root, ledger, relay, webhooks],
+            supervision: vec![root, ledger, relay, webhooks, workflows],
             partitions,
             breakers: self
                 .breakers()

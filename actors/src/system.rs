@@ -30,6 +30,12 @@ use crate::webhooks::directory::Directory;
 use crate::webhooks::dispatcher::Dispatcher;
 use crate::webhooks::domain::DomainEvents;
 use crate::webhooks::fanout::FanoutHandler;
+use crate::webhooks::target::TargetPolicy;
+use crate::workflows::Workflows;
+use crate::workflows::commands::CommandHandler;
+use crate::workflows::context::{HostBreakers, RunContext};
+use crate::workflows::supervisor::Runs;
+use crate::workflows::triggers::{Scheduler, Triggers};
 
 /// A component `/ready` checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +69,9 @@ pub struct Conveyor {
     pub ledger: Ledger,
     /// Notifications, webhook endpoints and their deliveries.
     pub webhooks: Webhooks,
+    /// Workflow definitions and their runs.
+    pub workflows: Workflows,
+    scheduler: tokio::task::JoinHandle<()>,
     attempt_writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     outbox: ActorRef<OutboxMsg>,
     /// Ingest's breaker on the log: while open, producers get a 503 at once instead of each
@@ -100,6 +109,60 @@ pub async fn start_identity(
         tracing::info!("bootstrap admin created");
     }
     Ok(identity)
+}
+
+/// The run supervisor, the triggers and each daemon's scheduler.
+async fn start_workflows(
+    config: &Config,
+    store: &Store,
+    producer: &Arc<dyn crate::log::Producer>,
+) -> Result<(Workflows, Triggers, tokio::task::JoinHandle<()>), Error> {
+    let c = &config.workflows;
+    let policy = TargetPolicy { allow_loopback: c.allow_loopback, allow_private: c.allow_private };
+    let timeout = Duration::from_millis(c.step_timeout_ms);
+    let client = crate::webhooks::client::WebhookClient::build(
+        policy,
+        timeout,
+        c.max_response_bytes,
+        c.max_response_bytes,
+        "Conveyor-Workflows",
+    )
+    .map_err(|source| Error::WebhookClient { source })?;
+    let finished = Arc::new(tokio::sync::Notify::new());
+    let produce_timeout = Duration::from_millis(config.log.produce_timeout_ms);
+    let ctx = Arc::new(RunContext {
+        store: store.clone(),
+        client,
+        config: c.clone(),
+        breakers: HostBreakers::new(c),
+        producer: producer.clone(),
+        dlq_topic: config.log.topics.events_dlq.clone(),
+        commands_topic: config.log.topics.workflows_command.clone(),
+        produce_timeout,
+        finished: finished.clone(),
+    });
+    let runs = Runs::start(ctx).await?;
+    let triggers = Triggers::new(store.clone(), runs.clone());
+    let ticking = triggers.clone();
+    let scheduler = Scheduler::spawn(Duration::from_millis(c.scheduler_tick_ms), move |now| {
+        let triggers = ticking.clone();
+        async move {
+            if let Err(err) = triggers.tick(now).await {
+                tracing::warn!(error = %err, "evaluating workflow schedules");
+            }
+        }
+    });
+    let workflows = Workflows::new(
+        store.clone(),
+        producer.clone(),
+        c,
+        config.log.topics.workflows_command.clone(),
+        produce_timeout,
+        triggers.clone(),
+        runs,
+        finished,
+    );
+    Ok((workflows, triggers, scheduler))
 }
 
 /// Opens the configured log backend.
@@ -161,10 +224,22 @@ impl Conveyor {
             directory.clone(),
             dispatcher.clone(),
         );
+        let (workflows, triggers, scheduler) = start_workflows(&config, &store, &producer).await?;
         let fanout = GroupSpec {
             group: config.log.groups.webhooks.clone(),
             topic: config.log.topics.notifications.clone(),
-            handler: Arc::new(FanoutHandler { store: store.clone(), directory, dispatcher }),
+            handler: Arc::new(FanoutHandler {
+                store: store.clone(),
+                directory,
+                dispatcher,
+                workflows: Some(triggers.clone()),
+            }),
+            dead_letters: dead_letters.clone(),
+        };
+        let commands = GroupSpec {
+            group: config.log.groups.workflows.clone(),
+            topic: config.log.topics.workflows_command.clone(),
+            handler: Arc::new(CommandHandler { store: store.clone(), triggers, runs: workflows.runs_handle() }),
             dead_letters: dead_letters.clone(),
         };
         let devices = GroupSpec {
@@ -211,7 +286,7 @@ impl Conveyor {
         };
         let args = RootArgs {
             log: log.clone(),
-            groups: vec![devices, loyalty, identity_saga, fanout, index],
+            groups: vec![devices, loyalty, identity_saga, fanout, commands, index],
             policy: RetryPolicy::from(&config.retry),
             processing: config.processing.clone(),
         };
@@ -249,6 +324,7 @@ impl Conveyor {
             t.registration.clone(),
             t.loyalty.clone(),
             t.notifications.clone(),
+            t.workflows_command.clone(),
             t.events_dlq.clone(),
         ];
         let lag_monitor = lag.spawn_monitor(log.clone(), root.clone(), topics, t.events_input.clone());
@@ -262,6 +338,8 @@ impl Conveyor {
             identity,
             ledger,
             webhooks,
+            workflows,
+            scheduler,
             attempt_writer: std::sync::Mutex::new(Some(attempt_writer)),
             outbox,
             log_breaker,
@@ -325,6 +403,8 @@ impl Conveyor {
         // Requests in flight keep their leases and are sent again by the next run; the
         // attempts already recorded are flushed once the last endpoint actor let go.
         self.webhooks.stop();
+        self.scheduler.abort();
+        self.workflows.stop();
         let writer = self.attempt_writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(writer) = writer {
             let flush = Duration::from_millis(self.config.webhooks.attempts_flush_ms) * 4;

@@ -66,6 +66,7 @@ const SECTIONS: &[&str] = &[
     "outbox",
     "faults",
     "webhooks",
+    "workflows",
     "telemetry",
     "shutdown",
 ];

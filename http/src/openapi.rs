@@ -24,7 +24,7 @@ use crate::routes;
 #[openapi(
     info(
         title = "Conveyor",
-        description = "Actor-based event processing: device events, identity and loyalty (a registration saga), webhook delivery, dead letters. Errors are always `{\"error\": {\"code\", \"message\", \"details\"}}`.",
+        description = "Actor-based event processing: device events, identity and loyalty (a registration saga), webhook delivery, workflows, dead letters. Errors are always `{\"error\": {\"code\", \"message\", \"details\"}}`.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -65,6 +65,15 @@ use crate::routes;
         routes::webhooks::attempts,
         routes::webhooks::stats,
         routes::webhooks::resend,
+        routes::workflows::create,
+        routes::workflows::list,
+        routes::workflows::get,
+        routes::workflows::replace,
+        routes::workflows::delete,
+        routes::workflows::start,
+        routes::workflows::runs,
+        routes::workflows::run,
+        routes::workflows::dashboard,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Shared),
@@ -73,6 +82,7 @@ use crate::routes;
         (name = "auth", description = "Identity (seed 004)"),
         (name = "loyalty", description = "Loyalty ledger and the registration saga (seed 004)"),
         (name = "webhooks", description = "Notifications fanned out to webhook endpoints, signed per Standard Webhooks (seed 002)"),
+        (name = "workflows", description = "User-defined workflows run durably by actors (seeds 000/001)"),
         (name = "admin", description = "Dead letters (admin role)"),
         (name = "probes", description = "Health, readiness, metrics"),
     )

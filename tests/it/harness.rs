@@ -55,7 +55,7 @@ pub struct Names {
 
 impl Names {
     /// `(env var, value)` for the saga's topics and the groups beyond the events group.
-    fn saga_env(&self) -> [(&'static str, String); 7] {
+    fn saga_env(&self) -> [(&'static str, String); 9] {
         let id = &self.id;
         [
             ("CONVEYOR_LOG__TOPICS__REGISTRATION", format!("{id}-registration")),
@@ -65,6 +65,8 @@ impl Names {
             ("CONVEYOR_DLQ__INDEX_GROUP", format!("{id}-dlq-index")),
             ("CONVEYOR_LOG__TOPICS__NOTIFICATIONS", format!("{id}-notifications")),
             ("CONVEYOR_LOG__GROUPS__WEBHOOKS", format!("{id}-webhooks")),
+            ("CONVEYOR_LOG__TOPICS__WORKFLOWS_COMMAND", format!("{id}-workflows.command")),
+            ("CONVEYOR_LOG__GROUPS__WORKFLOWS", format!("{id}-workflows")),
         ]
     }
 }

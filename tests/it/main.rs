@@ -23,3 +23,4 @@ mod resilience;
 mod saga;
 mod sink;
 mod webhooks;
+mod workflows;

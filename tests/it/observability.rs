@@ -118,15 +118,15 @@ async fn status_page_shows_the_running_system_in_headless_chromium() {
     let admin = token("ops", &["admin"]);
     // On Kafka every group's assignment arrives on its own schedule.
     let assigned = eventually(Duration::from_secs(60), || async {
-        d.get("/admin/status.json", Some(&admin)).await.1["partitions"].as_array().map(Vec::len) == Some(20)
+        d.get("/admin/status.json", Some(&admin)).await.1["partitions"].as_array().map(Vec::len) == Some(24)
     })
     .await;
     let (s, status) = d.get("/admin/status.json", Some(&admin)).await;
     assert_eq!(s, StatusCode::OK, "{status}");
     assert!(assigned, "{status}");
     let groups = status["supervision"][0]["children"].as_array().map(Vec::len);
-    assert_eq!(groups, Some(5), "devices, loyalty, identity saga, webhooks fan-out, dead-letter index: {status}");
-    assert_eq!(status["partitions"].as_array().map(Vec::len), Some(20), "5 groups x 4 partitions");
+    assert_eq!(groups, Some(6), "devices, loyalty, identity saga, webhooks, workflows, dead-letter index: {status}");
+    assert_eq!(status["partitions"].as_array().map(Vec::len), Some(24), "6 groups x 4 partitions");
 
     let url = format!("{}/admin/status#token={admin}", d.base);
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots/admin-status.png");
@@ -138,8 +138,9 @@ async fn status_page_shows_the_running_system_in_headless_chromium() {
     .await
     .unwrap_or_default();
     assert!(dom.contains("<title>Conveyor status</title>"));
-    assert_eq!(dom.matches("data-testid=\"partition-row\"").count(), 20, "partition rows in:\n{dom}");
-    assert_eq!(dom.matches("data-kind=\"ConsumerSupervisor\"").count(), 5);
+    assert_eq!(dom.matches("data-testid=\"partition-row\"").count(), 24, "partition rows in:\n{dom}");
+    assert_eq!(dom.matches("data-kind=\"ConsumerSupervisor\"").count(), 6);
+    assert!(dom.contains("data-kind=\"RunSupervisor\""));
     assert!(dom.contains("data-kind=\"LedgerSupervisor\"") && dom.contains("data-kind=\"OutboxRelay\""));
     assert!(dom.contains("data-kind=\"WebhookDispatcher\""));
     for breaker in ["store", "cache", "log"] {

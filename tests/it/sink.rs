@@ -21,6 +21,8 @@ pub enum Script {
     FailThenOk(u16, usize),
     /// This status every time (with `Retry-After` if given).
     Always(u16, Option<u64>),
+    /// 429 with `Retry-After: secs` `n` times, then 200.
+    LimitedThenOk(u64, usize),
     /// Never answers (holds the connection open).
     Hang,
 }
@@ -102,6 +104,8 @@ impl Sink {
             Script::FailThenOk(status, n) if seen <= n => (status, None),
             Script::FailThenOk(..) => (200, None),
             Script::Always(status, retry_after) => (status, retry_after),
+            Script::LimitedThenOk(secs, n) if seen <= n => (429, Some(secs)),
+            Script::LimitedThenOk(..) => (200, None),
             Script::Hang => std::future::pending().await,
         };
         let mut response = http::Response::new(Full::new(Bytes::from(format!("{{\"answer\":{status}}}"))));

@@ -3,6 +3,7 @@
 mod identity;
 mod saga;
 mod webhooks;
+mod workflows;
 
 use sea_orm_migration::prelude::*;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(identity::CreateIdentity),
             Box::new(saga::CreateSagaAndLedger),
             Box::new(webhooks::CreateWebhooks),
+            Box::new(workflows::CreateWorkflows),
         ]
     }
 }

@@ -8,6 +8,7 @@ pub mod resource;
 pub mod sagas;
 pub mod users;
 pub mod webhooks;
+pub mod workflows;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

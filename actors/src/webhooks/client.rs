@@ -76,28 +76,45 @@ pub struct WebhookClient {
 
 /// One request to send.
 pub struct Request<'a> {
+    pub method: reqwest::Method,
     pub url: &'a str,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(String, String)>,
     pub body: bytes::Bytes,
+    /// Shorter than the client's timeout for this request only.
+    pub timeout: Option<Duration>,
+}
+
+impl<'a> Request<'a> {
+    /// A JSON POST (a webhook delivery).
+    pub fn post(url: &'a str, headers: Vec<(String, String)>, body: bytes::Bytes) -> Self {
+        Request { method: reqwest::Method::POST, url, headers, body, timeout: None }
+    }
 }
 
 impl WebhookClient {
     pub fn new(config: &WebhooksConfig) -> Result<Self, reqwest::Error> {
         let policy = TargetPolicy { allow_loopback: config.allow_loopback, allow_private: config.allow_private };
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        Self::build(policy, timeout, config.max_response_bytes, config.response_excerpt_bytes, "Conveyor-Webhooks")
+    }
+
+    /// A client with its own policy, timeout and caps (workflows keep whole responses).
+    pub fn build(
+        policy: TargetPolicy,
+        timeout: Duration,
+        max_response: usize,
+        excerpt: usize,
+        agent: &str,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(GuardedResolver::shared(policy))
-            .timeout(Duration::from_millis(config.request_timeout_ms))
-            .connect_timeout(Duration::from_millis(config.request_timeout_ms.min(10_000)))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("Conveyor-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .user_agent(format!("{agent}/{}", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(WebhookClient {
-            client,
-            policy,
-            max_response: config.max_response_bytes,
-            excerpt: config.response_excerpt_bytes,
-        })
+        Ok(WebhookClient { client, policy, max_response, excerpt })
     }
 
     pub async fn send(&self, request: Request<'_>) -> Response {
@@ -115,9 +132,15 @@ impl WebhookClient {
             Ok(url) => url,
             Err(reason) => return failed(AttemptClass::BlockedTarget, format!("target refused: {reason}")),
         };
-        let mut builder = self.client.post(url).header("content-type", "application/json").body(request.body);
+        let mut builder = self.client.request(request.method, url).body(request.body);
+        if !request.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            builder = builder.header("content-type", "application/json");
+        }
         for (name, value) in request.headers {
             builder = builder.header(name, value);
+        }
+        if let Some(timeout) = request.timeout {
+            builder = builder.timeout(timeout);
         }
         let mut response = match builder.send().await {
             Ok(response) => response,

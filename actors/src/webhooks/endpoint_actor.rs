@@ -347,9 +347,9 @@ async fn send(ctx: &DeliveryContext, endpoint: &endpoint::Model, delivery: &deli
     let secrets = signing_secrets(endpoint, Utc::now());
     let signature = super::signing::signature_header(&secrets, &delivery.notification_id, timestamp, &payload);
     let headers = vec![
-        ("webhook-id", delivery.notification_id.clone()),
-        ("webhook-timestamp", timestamp.to_string()),
-        ("webhook-signature", signature),
+        ("webhook-id".to_string(), delivery.notification_id.clone()),
+        ("webhook-timestamp".to_string(), timestamp.to_string()),
+        ("webhook-signature".to_string(), signature),
     ];
-    ctx.client.send(Request { url: &endpoint.url, headers, body: payload }).await
+    ctx.client.send(Request::post(&endpoint.url, headers, payload)).await
 }

@@ -21,6 +21,8 @@ pub struct FanoutHandler {
     pub store: Store,
     pub directory: Directory,
     pub dispatcher: Dispatcher,
+    /// Workflows with event triggers start their runs here too.
+    pub workflows: Option<crate::workflows::triggers::Triggers>,
 }
 
 /// Why a record on the notifications topic cannot be fanned out.
@@ -78,6 +80,9 @@ impl FanoutHandler {
         self.store.create_deliveries(&envelope.id, &endpoints).await.map_err(HandlerError::retryable)?;
         for endpoint in endpoints {
             self.dispatcher.wake(endpoint);
+        }
+        if let Some(workflows) = &self.workflows {
+            workflows.on_event(&envelope.id, &envelope.event_type, &value).await.map_err(HandlerError::retryable)?;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ pub(crate) mod loyalty;
 pub(crate) mod notifications;
 pub(crate) mod resources;
 pub(crate) mod webhooks;
+pub(crate) mod workflows;
 
 use http::Request;
 use hyper::body::Incoming;
@@ -65,6 +66,15 @@ pub(crate) async fn dispatch(
         Route::WebhookEndpointAttempts => webhooks::attempts(state, &req, param(params, "id")).await,
         Route::WebhookEndpointStats => webhooks::stats(state, &req, param(params, "id")).await,
         Route::WebhookDeliveryResend => webhooks::resend(state, &req, param(params, "id")).await,
+        Route::Workflows => workflows::list(state, &req).await,
+        Route::WorkflowCreate => workflows::create(state, req, ctx).await,
+        Route::Workflow => workflows::get(state, &req, param(params, "id")).await,
+        Route::WorkflowReplace => workflows::replace(state, req, param(params, "id"), ctx).await,
+        Route::WorkflowDelete => workflows::delete(state, &req, param(params, "id")).await,
+        Route::WorkflowRunStart => workflows::start(state, req, param(params, "id"), ctx).await,
+        Route::WorkflowRuns => workflows::runs(state, &req, param(params, "id")).await,
+        Route::WorkflowRun => workflows::run(state, &req, param(params, "id"), param(params, "run_id")).await,
+        Route::Dashboard => workflows::dashboard(state, &req).await,
         Route::OpenApi => Ok(crate::openapi::openapi_json()),
         Route::DocsRedirect => Ok(crate::openapi::docs_redirect()),
         Route::Docs => crate::openapi::docs_file(""),

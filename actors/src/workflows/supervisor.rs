@@ -1,0 +1,162 @@
+//! The run supervisor: leases a run and starts its [`RunActor`], at most
+//! `workflows.max_concurrent_runs_per_user` per user in this daemon (the rest wait as
+//! `pending`), and polls the store for runs that are due again: new ones whose command was
+//! missed, delays that ended, runs a dead daemon left behind.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::context::RunContext;
+use super::run_actor::{RunActor, RunArgs, RunMsg};
+use crate::metrics::{ACTOR, kv, metrics};
+use crate::store::workflows::run;
+
+pub struct RunSupervisor;
+
+pub struct RunSupervisorArgs {
+    pub ctx: Arc<RunContext>,
+}
+
+pub struct RunSupervisorState {
+    ctx: Arc<RunContext>,
+    /// Run id → (owner, actor).
+    running: HashMap<String, (String, ActorRef<RunMsg>)>,
+}
+
+/// Everything the run supervisor is told.
+pub enum RunSupervisorMsg {
+    /// This run may be ready: lease it and start its actor (if its owner has a free slot).
+    Start { run_id: String },
+    /// Timer: start the runs that are due.
+    Poll,
+    /// How many run actors are executing.
+    Running { reply: RpcReplyPort<usize> },
+}
+
+impl Actor for RunSupervisor {
+    type Msg = RunSupervisorMsg;
+    type State = RunSupervisorState;
+    type Arguments = RunSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RunSupervisorMsg>,
+        args: RunSupervisorArgs,
+    ) -> Result<RunSupervisorState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(args.ctx.config.poll_interval_ms), || RunSupervisorMsg::Poll);
+        let _ = myself.cast(RunSupervisorMsg::Poll);
+        Ok(RunSupervisorState { ctx: args.ctx, running: HashMap::new() })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RunSupervisorMsg>,
+        msg: RunSupervisorMsg,
+        state: &mut RunSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RunSupervisorMsg::Start { run_id } => match state.ctx.store.get_run(&run_id).await {
+                Ok(Some(run)) if run.next_at <= Utc::now() => state.start(&myself, run).await,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "reading a run to start; the poll will find it"),
+            },
+            RunSupervisorMsg::Poll => match state.ctx.store.due_runs(Utc::now(), 200).await {
+                Ok(due) => {
+                    for run in due {
+                        state.start(&myself, run).await;
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "looking up due workflow runs"),
+            },
+            RunSupervisorMsg::Running { reply } => {
+                let _ = reply.send(state.running.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<RunSupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut RunSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A run actor that failed leaves its lease to expire; the poll resumes the run from
+        // its last checkpoint.
+        let (cell, failed) = match &event {
+            SupervisionEvent::ActorTerminated(cell, ..) => (cell, false),
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::error!(error = %err, "workflow run actor failed");
+                (cell, true)
+            }
+            _ => return Ok(()),
+        };
+        state.running.retain(|_, (_, actor)| actor.get_id() != cell.get_id());
+        if failed {
+            metrics().actor_restarts.add(1, &[kv(ACTOR, "workflow-run")]);
+        }
+        Ok(())
+    }
+}
+
+impl RunSupervisorState {
+    async fn start(&mut self, myself: &ActorRef<RunSupervisorMsg>, run: run::Model) {
+        if self.running.contains_key(&run.id) || !matches!(run.status.as_str(), "pending" | "running") {
+            return;
+        }
+        let mine = self.running.values().filter(|(owner, _)| *owner == run.owner).count();
+        if mine >= self.ctx.config.max_concurrent_runs_per_user {
+            return;
+        }
+        let now = Utc::now();
+        let until = now + chrono::Duration::milliseconds(self.ctx.config.lease_ms as i64);
+        match self.ctx.store.lease_run(&run.id, now, until, false).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "leasing a workflow run");
+                return;
+            }
+        }
+        let (id, owner) = (run.id.clone(), run.owner.clone());
+        let args = RunArgs { run, ctx: self.ctx.clone() };
+        match Actor::spawn_linked(None, RunActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.running.insert(id, (owner, actor));
+            }
+            Err(err) => tracing::error!(error = %err, "starting a workflow run actor; its lease will expire"),
+        }
+    }
+}
+
+/// The typed handle.
+#[derive(Clone)]
+pub struct Runs {
+    actor: ActorRef<RunSupervisorMsg>,
+}
+
+impl Runs {
+    pub async fn start(ctx: Arc<RunContext>) -> Result<Self, crate::Error> {
+        let (actor, _) = Actor::spawn(None, RunSupervisor, RunSupervisorArgs { ctx })
+            .await
+            .map_err(|e| crate::Error::Actor { actor: "run-supervisor".into(), op: "spawn", source: Box::new(e) })?;
+        Ok(Runs { actor })
+    }
+
+    pub fn wake(&self, run_id: String) {
+        let _ = self.actor.cast(RunSupervisorMsg::Start { run_id });
+    }
+
+    pub async fn running(&self) -> usize {
+        ractor::call!(self.actor, |reply| RunSupervisorMsg::Running { reply }).unwrap_or_default()
+    }
+
+    pub fn stop(&self) {
+        self.actor.stop_children(Some("shutdown".into()));
+        self.actor.stop(Some("shutdown".into()));
+    }
+}

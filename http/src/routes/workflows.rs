@@ -1,0 +1,177 @@
+//! `/workflows` (seeds 000/001): definitions owned by their user (admins see all), manual
+//! runs, run results with `?wait=` long polling, and `/dashboard`.
+
+use std::time::Duration;
+
+use conveyor_actors::workflows::definition::WorkflowSpec;
+use conveyor_actors::workflows::views::{Dashboard, RunSummary, RunView, WorkflowView};
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::body;
+use crate::error::{ApiError, ErrorBody, FieldError};
+use crate::routes::webhooks::caller;
+use crate::server::Ctx;
+use crate::{AppState, Response, json_response};
+
+fn ok(status: StatusCode, value: impl serde::Serialize) -> Response {
+    json_response(status, &json!(value))
+}
+
+/// Creates a workflow; its `name` must be new among the caller's workflows.
+#[utoipa::path(post, path = "/workflows", tag = "workflows", request_body = WorkflowSpec,
+    responses((status = 201, body = WorkflowView), (status = 409, body = ErrorBody, description = "`workflow_name_taken`")))]
+pub async fn create(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
+    let caller = caller(state, &req).await?;
+    let spec: WorkflowSpec = body::object(req.into_body(), ctx.body_limit).await?;
+    Ok(ok(StatusCode::CREATED, state.conveyor.workflows.create(&caller, spec).await?))
+}
+
+/// The caller's workflows (every workflow for an admin).
+#[utoipa::path(get, path = "/workflows", tag = "workflows", responses((status = 200, body = Vec<WorkflowView>)))]
+pub async fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
+    let caller = caller(state, req).await?;
+    Ok(ok(StatusCode::OK, state.conveyor.workflows.list(&caller).await?))
+}
+
+#[utoipa::path(get, path = "/workflows/{id}", tag = "workflows", params(("id" = String, Path)),
+    responses((status = 200, body = WorkflowView), (status = 404, body = ErrorBody)))]
+pub async fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
+    let caller = caller(state, req).await?;
+    Ok(ok(StatusCode::OK, state.conveyor.workflows.get(&caller, id).await?))
+}
+
+/// Replaces the definition; runs already started finish with the definition they began with.
+#[utoipa::path(put, path = "/workflows/{id}", tag = "workflows", params(("id" = String, Path)), request_body = WorkflowSpec,
+    responses((status = 200, body = WorkflowView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`workflow_name_taken`")))]
+pub async fn replace(state: &AppState, req: Request<Incoming>, id: &str, ctx: &Ctx) -> Result<Response, ApiError> {
+    let caller = caller(state, &req).await?;
+    let spec: WorkflowSpec = body::object(req.into_body(), ctx.body_limit).await?;
+    Ok(ok(StatusCode::OK, state.conveyor.workflows.replace(&caller, id, spec).await?))
+}
+
+#[utoipa::path(delete, path = "/workflows/{id}", tag = "workflows", params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted; its runs stay readable by id"), (status = 404, body = ErrorBody)))]
+pub async fn delete(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
+    let caller = caller(state, req).await?;
+    state.conveyor.workflows.delete(&caller, id).await?;
+    Ok(crate::empty_response(StatusCode::NO_CONTENT))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"input": {"user_id": "u-1"}}))]
+pub struct RunRequest {
+    /// What the steps' templates see as `input`.
+    #[serde(default)]
+    input: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Starts a run by hand; 202 once the request is in the log.
+#[utoipa::path(post, path = "/workflows/{id}/runs", tag = "workflows", params(("id" = String, Path)),
+    request_body(content = Option<RunRequest>, description = "Optional: `{\"input\": {...}}`"),
+    responses((status = 202, body = RunView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`workflow_inactive`")))]
+pub async fn start(state: &AppState, req: Request<Incoming>, id: &str, ctx: &Ctx) -> Result<Response, ApiError> {
+    let caller = caller(state, &req).await?;
+    let bytes = body::read(req.into_body(), ctx.body_limit).await?;
+    let value = if bytes.iter().all(u8::is_ascii_whitespace) { serde_json::Value::Null } else { body::json(&bytes)? };
+    let input = match value {
+        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+        value @ serde_json::Value::Object(_) => {
+            let request: RunRequest = serde_json::from_value(value)
+                .map_err(|e| ApiError::Validation(vec![FieldError::new("body", e.to_string())]))?;
+            serde_json::Value::Object(request.input)
+        }
+        _ => return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object or empty")])),
+    };
+    Ok(ok(StatusCode::ACCEPTED, state.conveyor.workflows.start_manual(&caller, id, input).await?))
+}
+
+fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
+    form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
+/// The workflow's runs, newest first.
+#[utoipa::path(get, path = "/workflows/{id}/runs", tag = "workflows",
+    params(("id" = String, Path), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500)),
+    responses((status = 200, body = Vec<RunSummary>), (status = 404, body = ErrorBody)))]
+pub async fn runs(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
+    let caller = caller(state, req).await?;
+    let mut limit = 50u64;
+    for (k, v) in query(req) {
+        match (k.as_str(), conveyor_actors::json::parse_integer(&v)) {
+            ("limit", Some(n)) if (1..=500).contains(&n) => limit = n as u64,
+            ("limit", _) => {
+                return Err(ApiError::Validation(vec![FieldError::new("limit", "an integer from 1 to 500")]));
+            }
+            (other, _) => {
+                return Err(ApiError::Validation(vec![FieldError::new(other.to_string(), "unknown parameter")]));
+            }
+        }
+    }
+    Ok(ok(StatusCode::OK, state.conveyor.workflows.runs(&caller, id, limit).await?))
+}
+
+/// `30s`, `500ms`, `2m` or plain seconds.
+fn parse_wait(text: &str) -> Option<Duration> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
+    }
+}
+
+/// A run with every step's status, attempts, duration and response code. `?wait=30s`
+/// answers as soon as the run finishes (at most `workflows.max_wait_secs`).
+#[utoipa::path(get, path = "/workflows/{id}/runs/{run_id}", tag = "workflows",
+    params(("id" = String, Path), ("run_id" = String, Path),
+        ("wait" = Option<String>, Query, pattern = "^[0-9]{1,6}(ms|s|m)?$", description = "Long-poll until the run finishes")),
+    responses((status = 200, body = RunView), (status = 404, body = ErrorBody)))]
+pub async fn run(state: &AppState, req: &Request<Incoming>, id: &str, run_id: &str) -> Result<Response, ApiError> {
+    let caller = caller(state, req).await?;
+    let mut wait = None;
+    for (k, v) in query(req) {
+        match k.as_str() {
+            "wait" if v.len() <= 8 => match parse_wait(&v) {
+                Some(d) => wait = Some(d),
+                None => return Err(ApiError::Validation(vec![FieldError::new("wait", "like 30s, 500ms or 2m")])),
+            },
+            "wait" => return Err(ApiError::Validation(vec![FieldError::new("wait", "like 30s, 500ms or 2m")])),
+            other => return Err(ApiError::Validation(vec![FieldError::new(other.to_string(), "unknown parameter")])),
+        }
+    }
+    Ok(ok(StatusCode::OK, state.conveyor.workflows.run(&caller, id, run_id, wait).await?))
+}
+
+/// The caller's totals: workflows, runs succeeded, failed and pending, the latest runs.
+#[utoipa::path(get, path = "/dashboard", tag = "workflows", responses((status = 200, body = Dashboard)))]
+pub async fn dashboard(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
+    let caller = caller(state, req).await?;
+    Ok(ok(StatusCode::OK, state.conveyor.workflows.dashboard(&caller).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_parse() {
+        assert_eq!(parse_wait("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_wait("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_wait("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_wait("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_wait("1h"), None);
+        assert_eq!(parse_wait("s"), None);
+    }
+}
