@@ -13,14 +13,17 @@
 //! ├── ConsumerSupervisor  (group loyalty, topic registration)      → loyalty::LoyaltyHandler
 //! ├── ConsumerSupervisor  (group identity-saga, topic loyalty)     → saga::IdentitySagaHandler
 //! ├── ConsumerSupervisor  (group webhooks-fanout, topic notifications) → webhooks::fanout
+//! ├── ConsumerSupervisor  (group workflows, topic workflows.command) → workflows::commands
 //! └── ConsumerSupervisor  (group conveyor-dlq-index, topic events-dlq) → dlq::DeadLetterIndexer
 //! LedgerSupervisor                    one AccountActor per loyalty account, retired when idle
 //! OutboxRelay                         publishes the outbox table, retries with backoff
 //! DispatcherActor                     webhook delivery: polls due retries, wakes endpoints
 //! └── EndpointActor ep_…              one per endpoint with work: limiter, breaker, budget
+//! RunSupervisor                       workflow runs: leases due runs, per-user limits
+//! └── RunActor run_…                  one per executing run: step, checkpoint, step …
 //! ```
 //! Webhook delivery ([`webhooks`]) follows a notification from `POST /notifications` to the
-//! endpoints' sinks.
+//! endpoints' sinks; [`workflows`] follows a trigger to a run's last checkpoint.
 //! The registration saga ([`saga`]) is choreographed across the three groups above.
 //! The producer ([`log::Producer`]), the store ([`store::Store`]) and the cache
 //! ([`cache::Cache`]) are shared handles, not actors: they are clients with their own pools.

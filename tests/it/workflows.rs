@@ -241,7 +241,7 @@ async fn a_schedule_starts_runs() {
     let d = Daemon::start(opts()).await;
     let sink = Sink::start().await;
     let user = token("alice", &["user"]);
-    let wf = create(&d, &user, json!({"name": "tick", "trigger": {"type": "schedule", "interval_secs": 1, "timezone": "Europe/Lisbon"},
+    let wf = create(&d, &user, json!({"name": "tick", "trigger": {"type": "schedule", "cron": "@every 1s", "timezone": "Europe/Lisbon"},
         "steps": [{"type": "http", "name": "ping", "url": sink.url("/tick"), "body": "{{ input.scheduled_for | tojson }}"}]})).await;
     assert!(eventually(Duration::from_secs(20), || async { sink.hits("/tick").len() >= 2 }).await);
     let (_, runs) = d.get(&format!("/workflows/{wf}/runs"), Some(&user)).await;
@@ -270,7 +270,15 @@ async fn definitions_are_validated_owned_and_counted() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     let fields: Vec<_> =
         v["error"]["details"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap().to_string()).collect();
-    assert_eq!(fields, ["trigger.cron", "steps[0].name", "steps[0].url", "steps[1].if"], "{v}");
+    assert_eq!(fields, ["trigger.cron", "steps[0].name"], "{v}");
+    // Templates that do not compile are accepted with warnings naming them.
+    let warned_spec = json!({"name": "warned", "trigger": {"type": "manual"},
+        "steps": [{"type": "http", "name": "a", "url": "{{ oops"}, {"type": "condition", "name": "c", "if": "1 +"}]});
+    let (s, v) = d.post("/workflows", Some(&user), &warned_spec).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let warned: Vec<_> =
+        v["warnings"].as_array().unwrap().iter().map(|w| w["field"].as_str().unwrap().to_string()).collect();
+    assert_eq!(warned, ["steps[0].url", "steps[1].if"], "{v}");
     let bob = token("bob", &["user"]);
     assert_eq!(d.get(&format!("/workflows/{wf}"), Some(&bob)).await.0, StatusCode::NOT_FOUND);
     assert_eq!(d.post("/workflows", Some(&bob), &spec).await.0, StatusCode::CREATED, "names are unique per user");
@@ -284,6 +292,6 @@ async fn definitions_are_validated_owned_and_counted() {
     let (s, v) = d.post(&format!("/workflows/{wf}/runs"), Some(&user), &json!({})).await;
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("workflow_inactive")));
     let (_, dash) = d.get("/dashboard", Some(&user)).await;
-    assert_eq!(dash["workflows"], 1, "{dash}");
+    assert_eq!(dash["workflows"], 2, "{dash}");
     assert_eq!(dash["runs"], json!({"succeeded": 0, "failed": 0, "pending": 0}));
 }

@@ -74,9 +74,9 @@ mod tests {
         Registration { email: email.into(), password: password.into(), name: name.into(), birthday: birthday.into() }
     }
 
-    fn problems(r: Result<Valid, Error>) -> Vec<&'static str> {
+    fn problems(r: Result<Valid, Error>) -> Vec<String> {
         match r {
-            Err(Error::InvalidInput { fields }) => fields.iter().map(|f| f.field).collect(),
+            Err(Error::InvalidInput { fields }) => fields.iter().map(|f| f.field.to_string()).collect(),
             Err(other) => panic!("unexpected {other}"),
             Ok(_) => Vec::new(),
         }

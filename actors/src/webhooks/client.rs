@@ -218,8 +218,7 @@ mod tests {
     #[tokio::test]
     async fn literal_private_targets_are_refused_without_a_request() {
         let client = WebhookClient::new(&WebhooksConfig::default()).expect("client");
-        let r =
-            client.send(Request { url: "http://127.0.0.1:9/hook", headers: vec![], body: bytes::Bytes::new() }).await;
+        let r = client.send(Request::post("http://127.0.0.1:9/hook", vec![], bytes::Bytes::new())).await;
         assert_eq!(r.class, AttemptClass::BlockedTarget);
         assert!(r.status.is_none());
     }

@@ -344,7 +344,7 @@ mod tests {
             ..spec("http://169.254.169.254/")
         };
         let Err(Error::InvalidInput { fields }) = new_row(&caller(), bad, &policy) else { panic!("invalid") };
-        let names: Vec<_> = fields.iter().map(|f| f.field).collect();
+        let names: Vec<_> = fields.iter().map(|f| f.field.as_ref()).collect();
         assert_eq!(names, ["url", "event_types", "rate_limit_per_sec", "secret"]);
     }
 

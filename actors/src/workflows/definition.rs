@@ -44,29 +44,30 @@ fn yes() -> bool {
 
 /// What starts a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Trigger {
     /// A notification or domain event whose type matches (`payment.succeeded`, `subscription.*`),
     /// and, if given, whose envelope (`input`) makes the condition true.
     Event {
-        #[schema(max_length = 256)]
+        #[schema(max_length = 256, pattern = r"^(\*|[A-Za-z0-9_:/-][A-Za-z0-9._:/-]*(\.\*)?)$")]
         event_type: String,
         /// A template expression over `input` (the envelope), e.g. `input.project == 'dev'`.
         #[serde(default)]
         #[schema(max_length = 2000)]
         condition: Option<String>,
     },
-    /// A cron expression (5 or 6 fields) in `timezone`, or a fixed interval.
+    /// A cron expression evaluated in `timezone`, or a fixed interval.
     Schedule {
-        #[serde(default)]
-        #[schema(max_length = 200)]
-        cron: Option<String>,
-        #[serde(default, deserialize_with = "crate::json::optional_u64")]
-        #[schema(minimum = 1, maximum = 31536000)]
-        interval_secs: Option<u64>,
+        /// Five fields (minute hour day-of-month month day-of-week), each `*`, `*/step` or a
+        /// list of numbers, e.g. `0 9 * * 1,2,3,4,5`; or `@every 30s` (`s`, `m`, `h`).
+        #[schema(
+            max_length = 200,
+            pattern = r"^(@every [1-9][0-9]{0,6}[smh]|(\*(/([1-9]|[1-5][0-9]))?|[1-5]?[0-9](,[1-5]?[0-9])*) (\*(/([1-9]|1[0-9]|2[0-3]))?|(1?[0-9]|2[0-3])(,(1?[0-9]|2[0-3]))*) (\*(/([1-9]|[12][0-9]|3[01]))?|([1-9]|[12][0-9]|3[01])(,([1-9]|[12][0-9]|3[01]))*) (\*(/([1-9]|1[0-2]))?|([1-9]|1[0-2])(,([1-9]|1[0-2]))*) (\*(/[1-7])?|[0-7](,[0-7])*))$"
+        )]
+        cron: String,
         /// An IANA name such as `Europe/Lisbon`; default UTC.
         #[serde(default = "utc")]
-        #[schema(max_length = 64)]
+        #[schema(value_type = TimeZoneName)]
         timezone: String,
     },
     /// Only `POST /workflows/{id}/runs`.
@@ -80,7 +81,7 @@ fn utc() -> String {
 /// One step. Templates see `input` (the trigger's input), `steps.<name>` (earlier steps'
 /// outputs: `status`, `body`) and `run` (`id`, `workflow_id`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Step {
     /// An HTTP request; its URL, header values and body are templates.
     Http {
@@ -92,6 +93,7 @@ pub enum Step {
         #[schema(min_length = 1, max_length = 2048)]
         url: String,
         #[serde(default)]
+        #[schema(value_type = HeaderTemplates)]
         headers: BTreeMap<String, String>,
         #[serde(default)]
         #[schema(max_length = 65536)]
@@ -121,6 +123,41 @@ pub enum Step {
         otherwise: Otherwise,
     },
 }
+
+/// An IANA time zone name (documentation only: the list chrono-tz knows).
+pub struct TimeZoneName;
+
+impl utoipa::PartialSchema for TimeZoneName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let names = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
+        ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)).default(Some("UTC".into())).into()
+    }
+}
+
+impl ToSchema for TimeZoneName {}
+
+/// Header names (HTTP tokens) to value templates (documentation only).
+pub struct HeaderTemplates;
+
+impl utoipa::PartialSchema for HeaderTemplates {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let value = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(2000))
+            .pattern(Some(r"^[^\u0000-\u001F\u007F]*$"));
+        let name = ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(value))
+            .property_names(Some(name))
+            .max_properties(Some(50))
+            .into()
+    }
+}
+
+impl ToSchema for HeaderTemplates {}
 
 fn post() -> String {
     "POST".into()
@@ -154,8 +191,24 @@ fn issue(field: String, message: impl Into<String>) -> FieldIssue {
     FieldIssue { field: field.into(), message: message.into() }
 }
 
-/// Every problem with a spec, each named by its field.
+/// The message of a step name used twice (the API answers 409 when that is all that is wrong:
+/// JSON Schema cannot say "unique by name").
+pub const DUPLICATE: &str = "is used by an earlier step";
+
+/// Every problem with a spec, each named by its field (the API answers 422).
 pub fn validate(spec: &WorkflowSpec, max_steps: usize) -> Vec<FieldIssue> {
+    check(spec, max_steps).0
+}
+
+/// Templates and conditions that do not compile. The document is still accepted (no schema
+/// can describe template syntax, and the API accepts whatever its schema allows); these are
+/// shown as `warnings`, and a run fails at that step with the same message.
+pub fn template_warnings(spec: &WorkflowSpec) -> Vec<FieldIssue> {
+    check(spec, usize::MAX).1
+}
+
+fn check(spec: &WorkflowSpec, max_steps: usize) -> (Vec<FieldIssue>, Vec<FieldIssue>) {
+    let mut warnings = Vec::new();
     let mut issues = Vec::new();
     if spec.name.trim().is_empty() || spec.name.chars().count() > 200 || spec.name.chars().any(char::is_control) {
         issues.push(FieldIssue::new("name", "1-200 characters, no control characters"));
@@ -169,14 +222,18 @@ pub fn validate(spec: &WorkflowSpec, max_steps: usize) -> Vec<FieldIssue> {
                 e.field = "trigger.event_type".into();
                 issues.push(e);
             }
-            if let Some(c) = condition
-                && let Err(e) = template::check_expression(c)
-            {
-                issues.push(FieldIssue::new("trigger.condition", e));
+            if let Some(c) = condition {
+                if c.chars().count() > 2000 {
+                    issues.push(FieldIssue::new("trigger.condition", "at most 2000 characters"));
+                } else if let Err(e) = template::check_expression(c) {
+                    warnings.push(FieldIssue::new("trigger.condition", e));
+                }
             }
         }
-        Trigger::Schedule { cron, interval_secs, timezone } => {
-            if let Err(e) = super::schedule::Schedule::parse(cron.as_deref(), *interval_secs, timezone) {
+        Trigger::Schedule { cron, timezone } => {
+            if cron.chars().count() > 200 || timezone.chars().count() > 64 {
+                issues.push(FieldIssue::new("trigger.cron", "cron at most 200 characters, timezone at most 64"));
+            } else if let Err(e) = super::schedule::Schedule::parse(cron, timezone) {
                 issues.push(FieldIssue::new(e.0, e.1));
             }
         }
@@ -196,7 +253,7 @@ pub fn validate(spec: &WorkflowSpec, max_steps: usize) -> Vec<FieldIssue> {
         if !name_ok {
             issues.push(issue(at("name"), "a letter or _ then letters, digits, _ (at most 64)"));
         } else if !seen.insert(name.to_string()) {
-            issues.push(issue(at("name"), format!("{name:?} is used by an earlier step")));
+            issues.push(issue(at("name"), format!("{name:?} {DUPLICATE}")));
         }
         match step {
             Step::Http { method, url, headers, body, timeout_ms, .. } => {
@@ -206,20 +263,27 @@ pub fn validate(spec: &WorkflowSpec, max_steps: usize) -> Vec<FieldIssue> {
                 if url.is_empty() || url.chars().count() > 2048 {
                     issues.push(issue(at("url"), "1-2048 characters"));
                 } else if let Err(e) = template::check_template(url) {
-                    issues.push(issue(at("url"), e));
+                    warnings.push(issue(at("url"), e));
+                }
+                if headers.len() > 50 {
+                    issues.push(issue(at("headers"), "at most 50 headers"));
                 }
                 for (k, v) in headers {
-                    let valid = http_header_name(k);
-                    if !valid {
+                    if !http_header_name(k) {
                         issues.push(issue(at("headers"), format!("{k:?} is not a header name")));
+                    } else if v.chars().count() > 2000 || v.chars().any(|c| c.is_ascii_control()) {
+                        issues
+                            .push(issue(at("headers"), format!("{k}: at most 2000 characters, no control characters")));
                     } else if let Err(e) = template::check_template(v) {
-                        issues.push(issue(at("headers"), format!("{k}: {e}")));
+                        warnings.push(issue(at("headers"), format!("{k}: {e}")));
                     }
                 }
-                if let Some(body) = body
-                    && let Err(e) = template::check_template(body)
-                {
-                    issues.push(issue(at("body"), e));
+                if let Some(body) = body {
+                    if body.chars().count() > 65_536 {
+                        issues.push(issue(at("body"), "at most 65536 characters"));
+                    } else if let Err(e) = template::check_template(body) {
+                        warnings.push(issue(at("body"), e));
+                    }
                 }
                 if timeout_ms.is_some_and(|t| t == 0 || t > 3_600_000) {
                     issues.push(issue(at("timeout_ms"), "1-3600000"));
@@ -231,13 +295,15 @@ pub fn validate(spec: &WorkflowSpec, max_steps: usize) -> Vec<FieldIssue> {
                 }
             }
             Step::Condition { predicate, .. } => {
-                if let Err(e) = template::check_expression(predicate) {
-                    issues.push(issue(at("if"), e));
+                if predicate.is_empty() || predicate.chars().count() > 2000 {
+                    issues.push(issue(at("if"), "1-2000 characters"));
+                } else if let Err(e) = template::check_expression(predicate) {
+                    warnings.push(issue(at("if"), e));
                 }
             }
         }
     }
-    issues
+    (issues, warnings)
 }
 
 fn http_header_name(name: &str) -> bool {
@@ -269,6 +335,8 @@ mod tests {
             serde_json::json!({"type": "schedule", "cron": "61 * * * *"}),
         );
         let fields: Vec<_> = validate(&bad, 50).into_iter().map(|i| i.field).collect();
-        assert_eq!(fields, ["trigger.cron", "steps[0].method", "steps[0].url", "steps[1].name", "steps[1].if"]);
+        assert_eq!(fields, ["trigger.cron", "steps[0].method", "steps[1].name"]);
+        let warned: Vec<_> = template_warnings(&bad).into_iter().map(|i| i.field).collect();
+        assert_eq!(warned, ["steps[0].url", "steps[1].if"]);
     }
 }

@@ -4,7 +4,7 @@
 //! POST /workflows ── validate ── store (name unique per user) ── `definition.changed` ─┐
 //! trigger: manual  POST /workflows/{id}/runs ── run row ── `run.requested` ──────────────┤ workflows.command
 //!          event   a notification's fan-out matches the type (and condition) ── run row   │ (key = workflow id)
-//!          schedule each daemon's Scheduler: cron / interval, missed fires coalesced      │
+//!          schedule each daemon's Scheduler: cron or @every, missed fires coalesced     │
 //! ConsumerSupervisor (group workflows) ── CommandHandler ◄──────────────────────────────┘
 //! RunSupervisor ── leases a due run ── RunActor: step → checkpoint → step → checkpoint …
 //!                  (polls for runs due again: delays, backoffs, a dead daemon's runs)
@@ -102,7 +102,17 @@ impl Workflows {
 
     fn check(&self, spec: &WorkflowSpec) -> Result<(), Error> {
         let fields = definition::validate(spec, self.config.max_steps);
-        if fields.is_empty() { Ok(()) } else { Err(Error::InvalidInput { fields }) }
+        if fields.is_empty() {
+            return Ok(());
+        }
+        if fields.iter().all(|f| f.message.ends_with(definition::DUPLICATE)) {
+            let names: Vec<String> = fields.iter().map(|f| f.message.clone()).collect();
+            return Err(Error::Conflict {
+                code: "duplicate_step_name",
+                message: format!("step names must be unique: {}", names.join("; ")),
+            });
+        }
+        Err(Error::InvalidInput { fields })
     }
 
     fn row(id: String, caller: &Caller, spec: &WorkflowSpec, created_at: chrono::DateTime<Utc>) -> workflow::Model {

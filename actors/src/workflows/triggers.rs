@@ -29,11 +29,14 @@ struct Armed {
     schedule: Option<Schedule>,
 }
 
+/// The armed workflows and when they were read.
+type Snapshot = Option<(Instant, Arc<Vec<Armed>>)>;
+
 #[derive(Clone)]
 pub struct Triggers {
     store: Store,
     runs: Runs,
-    cached: Arc<Mutex<Option<(Instant, Arc<Vec<Armed>>)>>>,
+    cached: Arc<Mutex<Snapshot>>,
 }
 
 /// The run row a trigger creates: pending, due now, with the workflow's spec as of now.
@@ -85,9 +88,7 @@ impl Triggers {
             for row in self.store.active_workflows(kind).await? {
                 let Ok(spec) = serde_json::from_str::<WorkflowSpec>(&row.spec) else { continue };
                 let schedule = match &spec.trigger {
-                    Trigger::Schedule { cron, interval_secs, timezone } => {
-                        Schedule::parse(cron.as_deref(), *interval_secs, timezone).ok()
-                    }
+                    Trigger::Schedule { cron, timezone } => Schedule::parse(cron, timezone).ok(),
                     _ => None,
                 };
                 armed.push(Armed { row, trigger: spec.trigger, schedule });
@@ -193,7 +194,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_schedule_fires_on_time() {
-        let schedule = Schedule::parse(None, Some(60), "UTC").expect("parse");
+        let schedule = Schedule::parse("@every 60s", "UTC").expect("parse");
         let created = Clock::start().now();
         let fired = Arc::new(Mutex::new(Vec::new()));
         let seen = fired.clone();

@@ -17,8 +17,17 @@ pub struct WorkflowView {
     pub is_active: bool,
     pub trigger: Trigger,
     pub steps: Vec<Step>,
+    /// Templates or conditions that do not compile: runs will fail at those steps.
+    pub warnings: Vec<Warning>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Warning {
+    /// e.g. `steps[2].body`.
+    pub field: String,
+    pub message: String,
 }
 
 impl WorkflowView {
@@ -31,6 +40,13 @@ impl WorkflowView {
             description: row.description.clone(),
             is_active: row.is_active,
             trigger: spec.as_ref().map(|s| s.trigger.clone()).unwrap_or(Trigger::Manual),
+            warnings: spec
+                .as_ref()
+                .map(super::definition::template_warnings)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| Warning { field: w.field.into_owned(), message: w.message })
+                .collect(),
             steps: spec.map(|s| s.steps).unwrap_or_default(),
             created_at: row.created_at,
             updated_at: row.updated_at,

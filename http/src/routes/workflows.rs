@@ -23,7 +23,8 @@ fn ok(status: StatusCode, value: impl serde::Serialize) -> Response {
 
 /// Creates a workflow; its `name` must be new among the caller's workflows.
 #[utoipa::path(post, path = "/workflows", tag = "workflows", request_body = WorkflowSpec,
-    responses((status = 201, body = WorkflowView), (status = 409, body = ErrorBody, description = "`workflow_name_taken`")))]
+    responses((status = 201, body = WorkflowView),
+        (status = 409, body = ErrorBody, description = "`workflow_name_taken`, or `duplicate_step_name`: two steps share a name")))]
 pub async fn create(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     let caller = caller(state, &req).await?;
     let spec: WorkflowSpec = body::object(req.into_body(), ctx.body_limit).await?;
@@ -47,7 +48,7 @@ pub async fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<
 /// Replaces the definition; runs already started finish with the definition they began with.
 #[utoipa::path(put, path = "/workflows/{id}", tag = "workflows", params(("id" = String, Path)), request_body = WorkflowSpec,
     responses((status = 200, body = WorkflowView), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "`workflow_name_taken`")))]
+        (status = 409, body = ErrorBody, description = "`workflow_name_taken` or `duplicate_step_name`")))]
 pub async fn replace(state: &AppState, req: Request<Incoming>, id: &str, ctx: &Ctx) -> Result<Response, ApiError> {
     let caller = caller(state, &req).await?;
     let spec: WorkflowSpec = body::object(req.into_body(), ctx.body_limit).await?;
