@@ -129,23 +129,24 @@ system_python() {
     else return 1; fi
 }
 
-schemathesis_present() {
-    [[ -x $SCHEMATHESIS_VENV/bin/st || -x $SCHEMATHESIS_VENV/bin/schemathesis ]]
-}
-
-# Installs schemathesis into its venv unless present. Quick (~20 s: wheels only).
-install_schemathesis() {
-    if schemathesis_present; then
-        log "schemathesis: present in $SCHEMATHESIS_VENV"
+# Installs NAME==VERSION from PyPI into its own venv VENV (pip's output to LOGFILE) unless
+# PRESENT (the name of a function) says it is there already; MISSING_MSG is the complaint when pip
+# succeeds but PRESENT still fails.  Messages are prefixed with NAME; the lock serializing two
+# runs at once is $CACHE_DIR/.NAME-VERSION.lock.
+install_venv() {
+    local name=$1 version=$2 venv=$3 logfile=$4 present=$5 missing_msg=$6
+    if "$present"; then
+        log "$name: present in $venv"
         return 0
     fi
     mkdir -p "$CACHE_DIR"
     # Two runs at once must not build the same venv.
-    exec 7>"$CACHE_DIR/.schemathesis-$SCHEMATHESIS_VERSION.lock"
-    flock 7
-    if schemathesis_present; then
-        log "schemathesis: present in $SCHEMATHESIS_VENV"
-        flock -u 7; return 0
+    local lock_fd
+    exec {lock_fd}>"$CACHE_DIR/.$name-$version.lock"
+    flock "$lock_fd"
+    if "$present"; then
+        log "$name: present in $venv"
+        flock -u "$lock_fd"; return 0
     fi
     local py
     if ! py=$(system_python); then
@@ -157,23 +158,33 @@ install_schemathesis() {
         if [[ $py == /usr/bin/python3 ]]; then
             apt_install python3-venv
         else
-            flock -u 7; die "schemathesis: $py has no venv/ensurepip module"
+            flock -u "$lock_fd"; die "$name: $py has no venv/ensurepip module"
         fi
     fi
-    log "schemathesis: installing $SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV with $py (log: $SCHEMATHESIS_LOG)"
+    log "$name: installing $version into $venv with $py (log: $logfile)"
     local start=$SECONDS
-    rm -rf "$SCHEMATHESIS_VENV" # a half-made venv from an interrupted run
-    if ! { "$py" -m venv "$SCHEMATHESIS_VENV" &&
-            "$SCHEMATHESIS_VENV/bin/python" -m pip install --disable-pip-version-check --no-input \
-                "schemathesis==$SCHEMATHESIS_VERSION"; } >"$SCHEMATHESIS_LOG" 2>&1; then
-        tail -n 30 "$SCHEMATHESIS_LOG" >&2
-        rm -rf "$SCHEMATHESIS_VENV"
-        flock -u 7
-        die "schemathesis: install failed (full log: $SCHEMATHESIS_LOG)"
+    rm -rf "$venv" # a half-made venv from an interrupted run
+    if ! { "$py" -m venv "$venv" &&
+            "$venv/bin/python" -m pip install --disable-pip-version-check --no-input \
+                "$name==$version"; } >"$logfile" 2>&1; then
+        tail -n 30 "$logfile" >&2
+        rm -rf "$venv"
+        flock -u "$lock_fd"
+        die "$name: install failed (full log: $logfile)"
     fi
-    flock -u 7
-    schemathesis_present || die "schemathesis: pip succeeded but $SCHEMATHESIS_VENV/bin/st is missing"
-    log "schemathesis: installed in $((SECONDS - start))s"
+    flock -u "$lock_fd"
+    "$present" || die "$name: pip succeeded but $missing_msg"
+    log "$name: installed in $((SECONDS - start))s"
+}
+
+schemathesis_present() {
+    [[ -x $SCHEMATHESIS_VENV/bin/st || -x $SCHEMATHESIS_VENV/bin/schemathesis ]]
+}
+
+# Installs schemathesis into its venv unless present. Quick (~20 s: wheels only).
+install_schemathesis() {
+    install_venv schemathesis "$SCHEMATHESIS_VERSION" "$SCHEMATHESIS_VENV" "$SCHEMATHESIS_LOG" \
+        schemathesis_present "$SCHEMATHESIS_VENV/bin/st is missing"
 }
 
 standardwebhooks_present() {
@@ -183,45 +194,9 @@ standardwebhooks_present() {
 
 # Installs standardwebhooks into its venv unless present. Quick (one pure-Python wheel).
 install_standardwebhooks() {
-    if standardwebhooks_present; then
-        log "standardwebhooks: present in $STANDARDWEBHOOKS_VENV"
-        return 0
-    fi
-    mkdir -p "$CACHE_DIR"
-    # Two runs at once must not build the same venv.
-    exec 6>"$CACHE_DIR/.standardwebhooks-$STANDARDWEBHOOKS_VERSION.lock"
-    flock 6
-    if standardwebhooks_present; then
-        log "standardwebhooks: present in $STANDARDWEBHOOKS_VENV"
-        flock -u 6; return 0
-    fi
-    local py
-    if ! py=$(system_python); then
-        apt_install python3
-        py=/usr/bin/python3
-    fi
-    # Debian splits `python3 -m venv`'s ensurepip out into python3-venv.
-    if ! "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-        if [[ $py == /usr/bin/python3 ]]; then
-            apt_install python3-venv
-        else
-            flock -u 6; die "standardwebhooks: $py has no venv/ensurepip module"
-        fi
-    fi
-    log "standardwebhooks: installing $STANDARDWEBHOOKS_VERSION into $STANDARDWEBHOOKS_VENV with $py (log: $STANDARDWEBHOOKS_LOG)"
-    local start=$SECONDS
-    rm -rf "$STANDARDWEBHOOKS_VENV" # a half-made venv from an interrupted run
-    if ! { "$py" -m venv "$STANDARDWEBHOOKS_VENV" &&
-            "$STANDARDWEBHOOKS_VENV/bin/python" -m pip install --disable-pip-version-check --no-input \
-                "standardwebhooks==$STANDARDWEBHOOKS_VERSION"; } >"$STANDARDWEBHOOKS_LOG" 2>&1; then
-        tail -n 30 "$STANDARDWEBHOOKS_LOG" >&2
-        rm -rf "$STANDARDWEBHOOKS_VENV"
-        flock -u 6
-        die "standardwebhooks: install failed (full log: $STANDARDWEBHOOKS_LOG)"
-    fi
-    flock -u 6
-    standardwebhooks_present || die "standardwebhooks: pip succeeded but $STANDARDWEBHOOKS_VENV/bin/python cannot import it"
-    log "standardwebhooks: installed in $((SECONDS - start))s"
+    install_venv standardwebhooks "$STANDARDWEBHOOKS_VERSION" "$STANDARDWEBHOOKS_VENV" \
+        "$STANDARDWEBHOOKS_LOG" standardwebhooks_present \
+        "$STANDARDWEBHOOKS_VENV/bin/python cannot import it"
 }
 
 main() {

@@ -71,6 +71,7 @@ pub mod root;
 pub mod saga;
 pub mod status;
 pub mod store;
+mod supervision;
 pub mod system;
 pub mod trace;
 pub mod webhooks;

@@ -387,3 +387,29 @@ async fn an_endpoint_failing_too_long_is_disabled_and_says_so() {
     .await;
     assert!(delivered);
 }
+
+#[tokio::test]
+async fn the_registration_saga_announces_its_credit_and_completion() {
+    let d = Daemon::start(Opts::new()).await;
+    let sink = Sink::start().await;
+    let admin = token("root", &["admin"]);
+    endpoint(
+        &d,
+        &admin,
+        json!({"url": sink.url("/saga"), "event_types": ["conveyor.loyalty.credited", "conveyor.saga.*"]}),
+    )
+    .await;
+    let body =
+        json!({"email": "hooked@example.com", "password": "correct horse", "name": "Ann", "birthday": "1990-02-03"});
+    let (s, user) = d.post("/auth/registration", None, &body).await;
+    assert_eq!(s, StatusCode::CREATED, "{user}");
+    let hits = wait_hits(&sink, "/saga", 2, Duration::from_secs(30)).await;
+    let by_type: BTreeMap<String, Value> = hits
+        .iter()
+        .map(|h| (h.json()["type"].as_str().unwrap_or_default().to_string(), h.json()["data"].clone()))
+        .collect();
+    let credited = &by_type["conveyor.loyalty.credited"];
+    assert_eq!((&credited["user_id"], &credited["amount"]), (&user["user_id"], &json!(100)));
+    assert_eq!(by_type["conveyor.saga.completed"]["status"], "completed");
+    assert!(!hits.iter().any(|h| h.body.contains("hooked@example.com")), "no email in domain events");
+}

@@ -212,6 +212,11 @@ async fn a_run_killed_mid_way_resumes_without_repeating_finished_steps() {
     let b = &sink.hits("/b")[0];
     let a = &sink.hits("/a")[0];
     assert!(b.at - a.at >= Duration::from_secs(4), "the delay continued rather than being skipped");
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("conveyor_workflow_runs_total") && l.contains("outcome=\"resumed\"")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

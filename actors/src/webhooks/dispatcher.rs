@@ -10,7 +10,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 
 use super::context::DeliveryContext;
 use super::endpoint_actor::{EndpointActor, EndpointArgs, EndpointMsg};
-use crate::metrics::{ACTOR, kv, metrics};
 
 pub struct DispatcherActor;
 
@@ -87,17 +86,8 @@ impl Actor for DispatcherActor {
     ) -> Result<(), ActorProcessingErr> {
         // A stopped or failed endpoint actor is forgotten; the next wake or poll starts a
         // fresh one, and the deliveries it held come back when their leases expire.
-        let (cell, failed) = match &event {
-            SupervisionEvent::ActorTerminated(cell, ..) => (cell, false),
-            SupervisionEvent::ActorFailed(cell, err) => {
-                tracing::error!(error = %err, "webhook endpoint actor failed");
-                (cell, true)
-            }
-            _ => return Ok(()),
-        };
-        state.endpoints.retain(|_, actor| actor.get_id() != cell.get_id());
-        if failed {
-            metrics().actor_restarts.add(1, &[kv(ACTOR, "webhook-endpoint")]);
+        if let Some(id) = crate::supervision::ended(&event, "webhook-endpoint") {
+            state.endpoints.retain(|_, actor| actor.get_id() != id);
         }
         Ok(())
     }

@@ -12,7 +12,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 
 use super::context::RunContext;
 use super::run_actor::{RunActor, RunArgs, RunMsg};
-use crate::metrics::{ACTOR, kv, metrics};
 use crate::store::workflows::run;
 
 pub struct RunSupervisor;
@@ -87,17 +86,8 @@ impl Actor for RunSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         // A run actor that failed leaves its lease to expire; the poll resumes the run from
         // its last checkpoint.
-        let (cell, failed) = match &event {
-            SupervisionEvent::ActorTerminated(cell, ..) => (cell, false),
-            SupervisionEvent::ActorFailed(cell, err) => {
-                tracing::error!(error = %err, "workflow run actor failed");
-                (cell, true)
-            }
-            _ => return Ok(()),
-        };
-        state.running.retain(|_, (_, actor)| actor.get_id() != cell.get_id());
-        if failed {
-            metrics().actor_restarts.add(1, &[kv(ACTOR, "workflow-run")]);
+        if let Some(id) = crate::supervision::ended(&event, "workflow-run") {
+            state.running.retain(|_, (_, actor)| actor.get_id() != id);
         }
         Ok(())
     }
