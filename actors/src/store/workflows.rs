@@ -246,10 +246,10 @@ impl Store {
         Ok(self.guarded("lease_run", q.exec(&self.db)).await?.rows_affected == 1)
     }
 
-    /// Writes the run's row as the runner holds it (status, step index, times, error).
-    pub async fn save_run(&self, row: run::Model) -> Result<(), Error> {
-        let active = sea_orm::IntoActiveModel::into_active_model(row).reset_all();
-        self.guarded("save_run", run::Entity::update(active).exec(&self.db)).await.map(|_| ())
+    /// Writes the run's row as the runner holds it (status, step index, times, error). The
+    /// lease is the heartbeat's to extend: it is written only when `release` lets it go.
+    pub async fn save_run(&self, row: run::Model, release: bool) -> Result<(), Error> {
+        self.guarded("save_run", run::Entity::update(run_update(row, release)).exec(&self.db)).await.map(|_| ())
     }
 
     /// A step's checkpoint and the run's position, in one transaction: after a crash the
@@ -276,8 +276,7 @@ impl Store {
                     .exec_without_returning(txn)
                     .await?;
                 if let Some(run_row) = run_row {
-                    let active = sea_orm::IntoActiveModel::into_active_model(run_row).reset_all();
-                    run::Entity::update(active).exec(txn).await?;
+                    run::Entity::update(run_update(run_row, false)).exec(txn).await?;
                 }
                 Ok(())
             })
@@ -361,6 +360,17 @@ impl Store {
         }
         Ok(counts)
     }
+}
+
+/// Every column but the lease (unless `release`, which clears it).
+fn run_update(row: run::Model, release: bool) -> run::ActiveModel {
+    let mut active = sea_orm::IntoActiveModel::into_active_model(row).reset_all();
+    if release {
+        active.lease_until = sea_orm::ActiveValue::Set(None);
+    } else {
+        active.lease_until = sea_orm::ActiveValue::NotSet;
+    }
+    active
 }
 
 fn name_taken() -> Error {

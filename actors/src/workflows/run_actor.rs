@@ -70,7 +70,7 @@ impl Actor for RunActor {
         run.status = "running".into();
         run.started_at.get_or_insert(now);
         run.updated_at = now;
-        ctx.store.save_run(run.clone()).await?;
+        ctx.store.save_run(run.clone(), false).await?;
         let heartbeat = tokio::spawn(renew_lease(ctx.clone(), run.id.clone()));
         myself.cast(RunMsg::Advance)?;
         Ok(RunState { run, spec, steps, ctx, heartbeat })
@@ -88,7 +88,7 @@ impl Actor for RunActor {
                 state.run.next_at = at;
                 state.run.lease_until = None;
                 state.run.updated_at = Utc::now();
-                state.ctx.store.save_run(state.run.clone()).await?;
+                state.ctx.store.save_run(state.run.clone(), true).await?;
                 myself.stop(Some("released".into()));
             }
             Flow::Finish { failed, error } => {
@@ -362,7 +362,7 @@ impl RunState {
         self.run.finished_at = Some(now);
         self.run.lease_until = None;
         self.run.updated_at = now;
-        self.ctx.store.save_run(self.run.clone()).await?;
+        self.ctx.store.save_run(self.run.clone(), true).await?;
         metrics().workflow_runs.add(1, &[kv(OUTCOME, if failed { "failed" } else { "succeeded" })]);
         if failed {
             let attempts = self.steps.iter().map(|s| s.attempts).max().unwrap_or(0);
