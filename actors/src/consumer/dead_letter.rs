@@ -36,19 +36,50 @@ pub struct Failure<'a> {
     pub last_failure_ms: i64,
 }
 
+/// Where a dead letter came from and why it failed: the metadata every dead letter carries,
+/// whichever part of the engine wrote it.
+pub struct DeadLetterMeta<'a> {
+    pub source_topic: &'a str,
+    /// `-1` when the failure belongs to no single record (a webhook delivery, a workflow run).
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub error_class: &'a str,
+    pub error: &'a str,
+    pub attempts: u32,
+    pub first_failure_ms: i64,
+    pub last_failure_ms: i64,
+}
+
+impl DeadLetterMeta<'_> {
+    /// Appends the metadata headers the dead-letter indexer reads.
+    pub fn append_to(&self, headers: &mut Vec<Header>) {
+        let mut push =
+            |name: &str, value: String| headers.push(Header { name: name.to_string(), value: value.into_bytes() });
+        push(headers::SOURCE_TOPIC, self.source_topic.to_string());
+        push(headers::SOURCE_PARTITION, self.source_partition.to_string());
+        push(headers::SOURCE_OFFSET, self.source_offset.to_string());
+        push(headers::ERROR_CLASS, self.error_class.to_string());
+        push(headers::ERROR, self.error.to_string());
+        push(headers::ATTEMPTS, self.attempts.to_string());
+        push(headers::FIRST_FAILURE_MS, self.first_failure_ms.to_string());
+        push(headers::LAST_FAILURE_MS, self.last_failure_ms.to_string());
+    }
+}
+
 /// The dead-letter metadata headers: original headers are kept, these are appended.
 pub fn dlq_headers(record: &Record, failure: &Failure<'_>) -> Vec<Header> {
     let mut headers = record.headers.clone();
-    let mut push =
-        |name: &str, value: String| headers.push(Header { name: name.to_string(), value: value.into_bytes() });
-    push(headers::SOURCE_TOPIC, record.tp.topic.clone());
-    push(headers::SOURCE_PARTITION, record.tp.partition.to_string());
-    push(headers::SOURCE_OFFSET, record.offset.to_string());
-    push(headers::ERROR_CLASS, failure.error.class.as_str().to_string());
-    push(headers::ERROR, failure.error.describe());
-    push(headers::ATTEMPTS, failure.attempts.to_string());
-    push(headers::FIRST_FAILURE_MS, failure.first_failure_ms.to_string());
-    push(headers::LAST_FAILURE_MS, failure.last_failure_ms.to_string());
+    DeadLetterMeta {
+        source_topic: &record.tp.topic,
+        source_partition: record.tp.partition,
+        source_offset: record.offset,
+        error_class: failure.error.class.as_str(),
+        error: &failure.error.describe(),
+        attempts: failure.attempts,
+        first_failure_ms: failure.first_failure_ms,
+        last_failure_ms: failure.last_failure_ms,
+    }
+    .append_to(&mut headers);
     headers
 }
 

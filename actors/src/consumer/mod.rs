@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use dead_letter::{DeadLetters, dlq_headers, headers as dlq_header};
+pub use dead_letter::{DeadLetterMeta, DeadLetters, dlq_headers, headers as dlq_header};
 pub use offsets::OffsetTracker;
 pub use partition::{PartitionActor, PartitionArgs, PartitionMsg, PartitionState, PartitionStatus};
 pub use supervisor::{ConsumerArgs, ConsumerSupervisor, ConsumerSupervisorHandle, SupervisorMsg};

@@ -11,7 +11,7 @@ use super::attempts::AttemptLog;
 use super::client::{Response, WebhookClient};
 use super::domain::DomainEvents;
 use crate::config::WebhooksConfig;
-use crate::consumer::dlq_header;
+use crate::consumer::DeadLetterMeta;
 use crate::log::{Header, OutgoingRecord, Producer};
 use crate::metrics::{ERROR_CLASS, kv, metrics};
 use crate::store::Store;
@@ -60,18 +60,20 @@ impl DeliveryContext {
     pub async fn dead_letter(&self, delivery: &delivery::Model, attempts: i32, response: &Response) {
         let Ok(payload) = self.payload(&delivery.notification_id).await else { return };
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let header = |name: &str, value: String| Header { name: name.to_string(), value: value.into_bytes() };
-        let headers = vec![
-            header(ENDPOINT_HEADER, delivery.endpoint_id.clone()),
-            header(dlq_header::SOURCE_TOPIC, self.notifications_topic.clone()),
-            header(dlq_header::SOURCE_PARTITION, "-1".into()),
-            header(dlq_header::SOURCE_OFFSET, "-1".into()),
-            header(dlq_header::ERROR_CLASS, format!("webhook_{}", response.class.as_str())),
-            header(dlq_header::ERROR, response.error.clone().unwrap_or_else(|| "delivery failed".into())),
-            header(dlq_header::ATTEMPTS, attempts.to_string()),
-            header(dlq_header::FIRST_FAILURE_MS, delivery.created_at.timestamp_millis().to_string()),
-            header(dlq_header::LAST_FAILURE_MS, now_ms.to_string()),
-        ];
+        let error_class = format!("webhook_{}", response.class.as_str());
+        let mut headers =
+            vec![Header { name: ENDPOINT_HEADER.to_string(), value: delivery.endpoint_id.clone().into_bytes() }];
+        DeadLetterMeta {
+            source_topic: &self.notifications_topic,
+            source_partition: -1,
+            source_offset: -1,
+            error_class: &error_class,
+            error: response.error.as_deref().unwrap_or("delivery failed"),
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            first_failure_ms: delivery.created_at.timestamp_millis(),
+            last_failure_ms: now_ms,
+        }
+        .append_to(&mut headers);
         let record = OutgoingRecord {
             topic: self.dlq_topic.clone(),
             key: Some(delivery.notification_id.clone()),

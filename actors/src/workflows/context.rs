@@ -11,8 +11,8 @@ use tokio::sync::Notify;
 
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::config::WorkflowsConfig;
-use crate::consumer::dlq_header;
-use crate::log::{Header, OutgoingRecord, Producer};
+use crate::consumer::DeadLetterMeta;
+use crate::log::{OutgoingRecord, Producer};
 use crate::metrics::{ERROR_CLASS, kv, metrics};
 use crate::store::Store;
 use crate::store::workflows::run;
@@ -68,21 +68,23 @@ impl RunContext {
     pub async fn dead_letter(&self, run: &run::Model, attempts: i32) {
         let payload = serde_json::json!({"command": "run.retry", "run_id": run.id, "workflow_id": run.workflow_id});
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let header = |name: &str, value: String| Header { name: name.to_string(), value: value.into_bytes() };
+        let mut headers = Vec::new();
+        DeadLetterMeta {
+            source_topic: &self.commands_topic,
+            source_partition: -1,
+            source_offset: -1,
+            error_class: "workflow_step_failed",
+            error: run.error.as_deref().unwrap_or_default(),
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            first_failure_ms: run.created_at.timestamp_millis(),
+            last_failure_ms: now_ms,
+        }
+        .append_to(&mut headers);
         let record = OutgoingRecord {
             topic: self.dlq_topic.clone(),
             key: Some(run.workflow_id.clone()),
             payload: Bytes::from(payload.to_string()),
-            headers: vec![
-                header(dlq_header::SOURCE_TOPIC, self.commands_topic.clone()),
-                header(dlq_header::SOURCE_PARTITION, "-1".into()),
-                header(dlq_header::SOURCE_OFFSET, "-1".into()),
-                header(dlq_header::ERROR_CLASS, "workflow_step_failed".into()),
-                header(dlq_header::ERROR, run.error.clone().unwrap_or_default()),
-                header(dlq_header::ATTEMPTS, attempts.to_string()),
-                header(dlq_header::FIRST_FAILURE_MS, run.created_at.timestamp_millis().to_string()),
-                header(dlq_header::LAST_FAILURE_MS, now_ms.to_string()),
-            ],
+            headers,
         };
         match self.producer.send(record, self.produce_timeout).await {
             Ok(_) => metrics().dead_letters.add(1, &[kv(ERROR_CLASS, "workflow")]),
