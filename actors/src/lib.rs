@@ -66,6 +66,7 @@ pub mod log;
 pub mod loyalty;
 pub mod metrics;
 pub mod outbox;
+mod recent;
 pub mod retry;
 pub mod root;
 pub mod saga;

@@ -4,8 +4,8 @@
 //! daemon. A run's id is derived from what triggered it (workflow + notification, or
 //! workflow + fire time), so a trigger seen twice — a redelivery, two daemons — starts one run.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -15,6 +15,7 @@ use super::schedule::Schedule;
 use super::supervisor::Runs;
 use super::template;
 use crate::Error;
+use crate::recent::Recent;
 use crate::store::Store;
 use crate::store::workflows::{run, workflow};
 use crate::webhooks::filter::pattern_matches;
@@ -29,14 +30,11 @@ struct Armed {
     schedule: Option<Schedule>,
 }
 
-/// The armed workflows and when they were read.
-type Snapshot = Option<(Instant, Arc<Vec<Armed>>)>;
-
 #[derive(Clone)]
 pub struct Triggers {
     store: Store,
     runs: Runs,
-    cached: Arc<Mutex<Snapshot>>,
+    armed: Recent<Vec<Armed>>,
 }
 
 /// The run row a trigger creates: pending, due now, with the workflow's spec as of now.
@@ -70,33 +68,30 @@ fn derived_id(workflow_id: &str, cause: &str) -> String {
 
 impl Triggers {
     pub fn new(store: Store, runs: Runs) -> Self {
-        Triggers { store, runs, cached: Arc::default() }
+        Triggers { store, runs, armed: Recent::new(TTL) }
     }
 
     pub fn invalidate(&self) {
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.armed.invalidate();
     }
 
     async fn armed(&self) -> Result<Arc<Vec<Armed>>, Error> {
-        if let Some((at, armed)) = self.cached.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
-            && at.elapsed() < TTL
-        {
-            return Ok(armed.clone());
-        }
-        let mut armed = Vec::new();
-        for kind in ["event", "schedule"] {
-            for row in self.store.active_workflows(kind).await? {
-                let Ok(spec) = serde_json::from_str::<WorkflowSpec>(&row.spec) else { continue };
-                let schedule = match &spec.trigger {
-                    Trigger::Schedule { cron, timezone } => Schedule::parse(cron, timezone).ok(),
-                    _ => None,
-                };
-                armed.push(Armed { row, trigger: spec.trigger, schedule });
-            }
-        }
-        let armed = Arc::new(armed);
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), armed.clone()));
-        Ok(armed)
+        self.armed
+            .get_or_load(|| async {
+                let mut armed = Vec::new();
+                for kind in ["event", "schedule"] {
+                    for row in self.store.active_workflows(kind).await? {
+                        let Ok(spec) = serde_json::from_str::<WorkflowSpec>(&row.spec) else { continue };
+                        let schedule = match &spec.trigger {
+                            Trigger::Schedule { cron, timezone } => Schedule::parse(cron, timezone).ok(),
+                            _ => None,
+                        };
+                        armed.push(Armed { row, trigger: spec.trigger, schedule });
+                    }
+                }
+                Ok(armed)
+            })
+            .await
     }
 
     /// Starts a run of every active workflow whose event trigger matches this notification.
@@ -190,6 +185,8 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
