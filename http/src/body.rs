@@ -30,6 +30,30 @@ pub async fn object<T: serde::de::DeserializeOwned>(body: Incoming, limit: usize
     if !value.is_object() {
         return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object")]));
     }
+    from_object(value)
+}
+
+/// Like [`object`], for bodies that may be left out: an empty body or `null` is
+/// `T::default()`; anything else must be an object.
+pub async fn optional_object<T: serde::de::DeserializeOwned + Default>(
+    body: Incoming,
+    limit: usize,
+) -> Result<T, ApiError> {
+    parse_optional(&read(body, limit).await?)
+}
+
+fn parse_optional<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    match json(bytes)? {
+        serde_json::Value::Null => Ok(T::default()),
+        value @ serde_json::Value::Object(_) => from_object(value),
+        _ => Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object or empty")])),
+    }
+}
+
+fn from_object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| {
         // serde names the field only when it is missing or unknown ("missing field `email`").
         let text = e.to_string();
@@ -99,6 +123,28 @@ mod tests {
 
     fn fields(v: serde_json::Value) -> Vec<String> {
         event(v, "").err().unwrap_or_default().into_iter().map(|f| f.field).collect()
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Options {
+        #[serde(default)]
+        keep: u32,
+    }
+
+    #[test]
+    fn optional_bodies_default_when_empty_or_null_and_otherwise_must_be_objects() {
+        assert_eq!(parse_optional::<Options>(b"").ok(), Some(Options::default()));
+        assert_eq!(parse_optional::<Options>(b" \n").ok(), Some(Options::default()));
+        assert_eq!(parse_optional::<Options>(b"null").ok(), Some(Options::default()));
+        assert_eq!(parse_optional::<Options>(br#"{"keep": 3}"#).ok(), Some(Options { keep: 3 }));
+        let field = |bytes: &[u8]| match parse_optional::<Options>(bytes) {
+            Err(ApiError::Validation(errors)) => errors[0].field.clone(),
+            other => panic!("expected a validation error, got {other:?}"),
+        };
+        assert_eq!(field(b"[1]"), "body");
+        assert_eq!(field(br#"{"other": 1}"#), "other");
+        assert!(matches!(parse_optional::<Options>(b"{"), Err(ApiError::MalformedJson(_))));
     }
 
     #[test]

@@ -97,15 +97,7 @@ pub async fn secret(state: &AppState, req: &Request<Incoming>, id: &str) -> Resu
     request_body(content = Option<RotateSecret>, description = "Optional: an empty body rotates with the defaults"), responses((status = 200, body = SecretView), (status = 404, body = ErrorBody)))]
 pub async fn rotate(state: &AppState, req: Request<Incoming>, id: &str, ctx: &Ctx) -> Result<Response, ApiError> {
     let caller = caller(state, &req).await?;
-    let bytes = body::read(req.into_body(), ctx.body_limit).await?;
-    // An empty body or `null` rotates with the defaults; anything else must be an object.
-    let value = if bytes.iter().all(u8::is_ascii_whitespace) { serde_json::Value::Null } else { body::json(&bytes)? };
-    let request: RotateSecret = match value {
-        serde_json::Value::Null => RotateSecret::default(),
-        value @ serde_json::Value::Object(_) => serde_json::from_value(value)
-            .map_err(|e| ApiError::Validation(vec![FieldError::new("body", e.to_string())]))?,
-        _ => return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object or empty")])),
-    };
+    let request: RotateSecret = body::optional_object(req.into_body(), ctx.body_limit).await?;
     Ok(ok(state.conveyor.webhooks.rotate_secret(&caller, id, request).await?))
 }
 

@@ -63,7 +63,7 @@ pub async fn delete(state: &AppState, req: &Request<Incoming>, id: &str) -> Resu
     Ok(crate::empty_response(StatusCode::NO_CONTENT))
 }
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"input": {"user_id": "u-1"}}))]
 pub struct RunRequest {
@@ -79,17 +79,8 @@ pub struct RunRequest {
         (status = 409, body = ErrorBody, description = "`workflow_inactive`")))]
 pub async fn start(state: &AppState, req: Request<Incoming>, id: &str, ctx: &Ctx) -> Result<Response, ApiError> {
     let caller = caller(state, &req).await?;
-    let bytes = body::read(req.into_body(), ctx.body_limit).await?;
-    let value = if bytes.iter().all(u8::is_ascii_whitespace) { serde_json::Value::Null } else { body::json(&bytes)? };
-    let input = match value {
-        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
-        value @ serde_json::Value::Object(_) => {
-            let request: RunRequest = serde_json::from_value(value)
-                .map_err(|e| ApiError::Validation(vec![FieldError::new("body", e.to_string())]))?;
-            serde_json::Value::Object(request.input)
-        }
-        _ => return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object or empty")])),
-    };
+    let request: RunRequest = body::optional_object(req.into_body(), ctx.body_limit).await?;
+    let input = serde_json::Value::Object(request.input);
     Ok(ok(StatusCode::ACCEPTED, state.conveyor.workflows.start_manual(&caller, id, input).await?))
 }
 
