@@ -60,6 +60,8 @@ async fn register_login_refresh_logout_and_info() {
     assert!(c["jti"].is_string() && c["iat"].is_i64() && c["exp"].is_i64(), "{c}");
     assert!(!access.contains(&mail) && c.get("email").is_none(), "no email in tokens");
     assert_eq!(claims_of(&refresh)["token_type"], "refresh");
+    let lifetime = |c: &Value| c["exp"].as_i64().unwrap_or_default() - c["iat"].as_i64().unwrap_or_default();
+    assert_eq!((lifetime(&c), lifetime(&claims_of(&refresh))), (900, 864_000), "15 minutes and 10 days");
 
     // Duplicate (the email is normalised), invalid fields, missing fields.
     let upper = mail.to_uppercase();
@@ -72,11 +74,7 @@ async fn register_login_refresh_logout_and_info() {
         .await;
     assert_eq!((s, error_code(&b)), (StatusCode::CONFLICT, "email_taken"), "{b}");
     let (s, b) = d
-        .post(
-            "/auth/registration",
-            None,
-            &json!({"email": "nope", "password": "short", "name": "", "birthday": "string"}),
-        )
+        .post("/auth/registration", None, &json!({"email": "nope", "password": "short", "name": "", "birthday": ""}))
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     let fields: Vec<&str> =
@@ -127,12 +125,19 @@ async fn register_login_refresh_logout_and_info() {
     let other = login["access_token"].as_str().unwrap_or_default().to_string();
     assert_eq!(d.get("/auth/info", Some(&other)).await.0, StatusCode::OK);
 
-    // Logout revokes the token and its session.
+    // Logout with an access token revokes that token only; with a refresh token, the session.
     let (s, b) = d.post("/auth/logout", None, &json!({"token": other})).await;
     assert_eq!((s, b["status"].as_str()), (StatusCode::OK, Some("Success")));
     assert_eq!(d.get("/auth/info", Some(&other)).await.0, StatusCode::UNAUTHORIZED);
     let login_refresh = login["refresh_token"].as_str().unwrap_or_default();
-    assert_eq!(d.post("/auth/refresh", None, &json!({"token": login_refresh})).await.0, StatusCode::UNAUTHORIZED);
+    let (s, renewed) = d.post("/auth/refresh", None, &json!({"token": login_refresh})).await;
+    assert_eq!(s, StatusCode::OK, "the session outlives its logged-out access token: {renewed}");
+    let renewed_access = renewed["access_token"].as_str().unwrap_or_default();
+    let renewed_refresh = renewed["refresh_token"].as_str().unwrap_or_default();
+    assert_eq!(d.get("/auth/info", Some(renewed_access)).await.0, StatusCode::OK);
+    assert_eq!(d.post("/auth/logout", None, &json!({"token": renewed_refresh})).await.0, StatusCode::OK);
+    assert_eq!(d.get("/auth/info", Some(renewed_access)).await.0, StatusCode::UNAUTHORIZED, "session ended");
+    assert_eq!(d.post("/auth/refresh", None, &json!({"token": renewed_refresh})).await.0, StatusCode::UNAUTHORIZED);
 
     // Aliases of the probes.
     assert_eq!(d.get("/auth/healthz", None).await.0, StatusCode::OK);
@@ -149,6 +154,7 @@ fn external_opts() -> Opts {
                 fixture("idp-ed25519.pub")
             ),
         )
+        .env("CONVEYOR_AUTH__JWKS_FILE", fixture("idp.jwks.json"))
         .env("CONVEYOR_AUTH__EXTERNAL_ISSUER", "https://idp.example")
         .env("CONVEYOR_AUTH__PREVIOUS_KEYS", r#"[{kid="old",secret="the-old-secret"}]"#)
 }
@@ -181,7 +187,8 @@ async fn token_matrix_refuses_every_bad_token() {
         .unwrap_or_else(|e| panic!("{e}"));
     let idp = with(json!({"iss": "https://idp.example", "aud": "conveyor"}));
 
-    // Accepted: seed 003 style, Conveyor style, a rotated-out key, both external algorithms.
+    // Accepted: seed 003 style, Conveyor style, a rotated-out key, both external algorithms
+    // from PEM files and from a JWKS file.
     let good = [
         ("seed 003 token", sign(&base)),
         ("iss and aud", sign(&with(json!({"iss": "conveyor", "aud": ["other", "conveyor"]})))),
@@ -191,6 +198,9 @@ async fn token_matrix_refuses_every_bad_token() {
         ),
         ("RS256 from the IdP", encode(with_kid(Algorithm::RS256, "idp-rsa"), &idp, &rsa)),
         ("EdDSA from the IdP", encode(with_kid(Algorithm::EdDSA, "idp-ed"), &idp, &ed)),
+        ("RS256 from the JWKS", encode(with_kid(Algorithm::RS256, "jwks-rsa"), &idp, &rsa)),
+        // This JWKS entry has no `alg`: its key type (OKP, Ed25519) implies EdDSA.
+        ("EdDSA from the JWKS", encode(with_kid(Algorithm::EdDSA, "jwks-ed"), &idp, &ed)),
     ];
     for (what, t) in &good {
         let (s, b) = d.get("/auth/info", Some(t)).await;
@@ -338,4 +348,126 @@ async fn repeated_wrong_logins_are_throttled_per_client() {
     let text = d.metrics().await;
     let counted = crate::harness::metric_sum(&text, "conveyor_http_rate_limited_total", "group=\"auth\"");
     assert_eq!(counted, 3.0, "{text}");
+}
+
+#[tokio::test]
+async fn one_subject_is_throttled_from_any_address() {
+    let d =
+        Daemon::start(Opts::new().env("CONVEYOR_RATE_LIMIT__API_PER_SUBJECT", "{per_period=1,period_secs=60,burst=3}"))
+            .await;
+    let greedy = crate::harness::token("greedy", &["user"]);
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        // A new address each time: the per-IP budget never runs out, the subject's does.
+        let ip = format!("198.51.100.{}", 10 + i);
+        let (s, _, b) = d.request(Method::GET, "/auth/info", Some(&greedy), &[("x-forwarded-for", &ip)], vec![]).await;
+        statuses.push(s.as_u16());
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(error_code(&b), "rate_limited", "{b}");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let other = crate::harness::token("patient", &["user"]);
+    assert_eq!(d.get("/auth/info", Some(&other)).await.0, StatusCode::OK, "another subject is untouched");
+    let text = d.metrics().await;
+    let counted = crate::harness::metric_sum(&text, "conveyor_http_rate_limited_total", "scope=\"subject\"");
+    assert_eq!(counted, 2.0, "{text}");
+}
+
+/// Seed 004's README, request for request (headers and bodies as written; only the host
+/// differs). Its password `test` is shorter than Conveyor's default policy, so this daemon
+/// allows four characters, as an operator keeping those clients would.
+#[tokio::test]
+async fn seed_004_readme_flow_runs_as_written() {
+    let d = Daemon::start(Opts::new().env("CONVEYOR_AUTH__PASSWORD__MIN_LENGTH", "4")).await;
+    let headers = [("accept", "application/json"), ("content-type", "application/json")];
+    let post = |path: &'static str, body: String| {
+        let d = &d;
+        async move { d.request(Method::POST, path, None, &headers, body.into_bytes()).await }
+    };
+    let registration = |email: &str| {
+        format!(
+            "{{\n  \"birthday\": \"string\",\n  \"email\": \"{email}\",\n  \"name\": \"test_name\",\n  \"password\": \"test\"\n}}"
+        )
+    };
+    let (s, _, registered) = post("/auth/registration", registration("test00@test.com")).await;
+    assert_eq!((s, registered["status"].as_str()), (StatusCode::CREATED, Some("Success")), "{registered}");
+    for key in ["user_id", "access_token", "refresh_token"] {
+        assert!(registered[key].is_string(), "{key} in {registered}");
+    }
+    // The README registers test00@ but logs in as test@; both exist here.
+    assert_eq!(post("/auth/registration", registration("test@test.com")).await.0, StatusCode::CREATED);
+
+    let login = "{\n  \"email\": \"test@test.com\",\n  \"password\": \"test\"\n}".to_string();
+    let (s, _, tokens) = post("/auth/login", login).await;
+    assert_eq!((s, tokens["status"].as_str()), (StatusCode::OK, Some("Success")), "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap_or_default().to_string();
+    let refresh = tokens["refresh_token"].as_str().unwrap_or_default().to_string();
+
+    let (s, _, out) = post("/auth/logout", format!("{{\n   \"token\": \"{access}\"\n   }}")).await;
+    assert_eq!((s, out), (StatusCode::OK, json!({"status": "Success"})));
+    assert_eq!(d.get("/auth/info", Some(&access)).await.0, StatusCode::UNAUTHORIZED, "the logged-out token is dead");
+
+    let (s, _, renewed) = post("/auth/refresh", format!("{{\n  \"token\": \"{refresh}\"\n}}")).await;
+    assert_eq!((s, renewed["status"].as_str()), (StatusCode::OK, Some("Success")), "{renewed}");
+    assert_eq!(renewed["user_id"], tokens["user_id"]);
+    let renewed_access = renewed["access_token"].as_str().unwrap_or_default();
+    assert_eq!(d.get("/auth/info", Some(renewed_access)).await.0, StatusCode::OK);
+
+    // The default policy would have refused `test`, naming the field.
+    let strict = Daemon::start(Opts::new()).await;
+    let (s, _, b) = strict
+        .request(Method::POST, "/auth/registration", None, &headers, registration("test01@test.com").into_bytes())
+        .await;
+    assert_eq!((s, b["error"]["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("password")));
+}
+
+/// Every operation the document does not mark public answers 401 without a token, and the
+/// public ones are exactly the probes, the status page's shell (its data is admin-only), and
+/// the routes that take their credentials in the body. (`/openapi.json` and `/docs` are
+/// public too; the document does not list itself.)
+#[tokio::test]
+async fn every_route_but_the_public_ones_needs_a_token() {
+    let d = Daemon::start(Opts::new()).await;
+    let (s, doc) = d.get("/openapi.json", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut public = Vec::new();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            let Ok(method) = Method::from_bytes(method.to_uppercase().as_bytes()) else { continue };
+            let open = op["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.as_object().is_some_and(|r| r.is_empty())));
+            if open {
+                public.push(format!("{method} {path}"));
+                continue;
+            }
+            let concrete: String =
+                path.split('/').map(|seg| if seg.starts_with('{') { "x" } else { seg }).collect::<Vec<_>>().join("/");
+            let body = if method == Method::GET || method == Method::DELETE { vec![] } else { b"{}".to_vec() };
+            let (s, _, b) =
+                d.request(method.clone(), &concrete, None, &[("content-type", "application/json")], body).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {concrete} without a token: {b}");
+            checked += 1;
+        }
+    }
+    public.sort();
+    assert_eq!(
+        public,
+        [
+            "GET /admin/status",
+            "GET /auth/healthz",
+            "GET /auth/ready",
+            "GET /health",
+            "GET /loyalty/ready",
+            "GET /metrics",
+            "GET /ready",
+            "POST /auth/login",
+            "POST /auth/logout",
+            "POST /auth/refresh",
+            "POST /auth/registration",
+        ]
+    );
+    assert!(checked >= 35, "only {checked} protected operations");
 }

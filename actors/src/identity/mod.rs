@@ -215,7 +215,7 @@ impl Identity {
         let (Some(jti), Some(fam)) = (claims.jti.as_deref(), claims.fam.as_deref()) else {
             return Err(refused("invalid token"));
         };
-        if self.is_revoked(fam, self.refresh_ttl).await? {
+        if self.is_revoked(fam).await? || self.is_revoked(jti).await? {
             return Err(refused("token revoked"));
         }
         if !self.store.use_refresh_token(jti).await? {
@@ -227,34 +227,35 @@ impl Identity {
         self.issue_pair(&user, Some(fam.to_string())).await
     }
 
-    /// Revokes `token` and the session it belongs to.
+    /// Revokes `token`. An access token is revoked alone (seed 004's logout: the session's
+    /// refresh token still works); a refresh token ends its whole session, so every access
+    /// token issued in it stops working too.
     pub async fn logout(&self, token: &str) -> Result<(), Error> {
         let claims = self.keys.verify(token).map_err(|r| refused(r.0))?;
-        if claims.jti.is_none() && claims.fam.is_none() {
+        let Some(jti) = &claims.jti else {
             return Err(Error::InvalidInput {
                 fields: vec![crate::error::FieldIssue::new("token", "carries no jti, so it cannot be revoked")],
             });
-        }
-        if let Some(jti) = &claims.jti {
-            self.revoke(jti, DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(Utc::now)).await?;
-        }
-        if let Some(fam) = &claims.fam {
+        };
+        self.revoke(jti, DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(Utc::now)).await?;
+        if claims.token_type() == TokenType::Refresh
+            && let Some(fam) = &claims.fam
+        {
             self.revoke(fam, Utc::now() + self.refresh_ttl).await?;
         }
         Ok(())
     }
 
-    /// Authenticates an access token: signature, claims, type, revocation.
+    /// Authenticates an access token: signature, claims, type, revocation (of the token
+    /// itself or of its session).
     pub async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
         let claims = self.keys.verify(token).map_err(|r| refused(r.0))?;
         if claims.token_type() != TokenType::Access {
             return Err(refused("an access token is required"));
         }
-        // Logout revokes the family as well as the token, so one lookup covers both.
-        let id = claims.fam.as_deref().or(claims.jti.as_deref());
-        if let Some(id) = id
-            && self.is_revoked(id, self.refresh_ttl).await?
-        {
+        let (token_revoked, session_revoked) =
+            tokio::try_join!(self.is_revoked_opt(claims.jti.as_deref()), self.is_revoked_opt(claims.fam.as_deref()))?;
+        if token_revoked || session_revoked {
             return Err(refused("token revoked"));
         }
         Ok(Principal { sub: claims.subject().to_string(), roles: claims.roles })
@@ -310,23 +311,33 @@ impl Identity {
         Ok(())
     }
 
-    /// Cache first; on a miss or a cache failure, the store (and the answer is cached).
-    async fn is_revoked(&self, id: &str, max_ttl: Duration) -> Result<bool, Error> {
+    async fn is_revoked_opt(&self, id: Option<&str>) -> Result<bool, Error> {
+        match id {
+            Some(id) => self.is_revoked(id).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Cache first; on a miss or a cache failure, the store (and the answer is cached, a
+    /// revocation for as long as it lasts).
+    async fn is_revoked(&self, id: &str) -> Result<bool, Error> {
         let key = revoked_key(id);
         if let Ok(Some(value)) = self.cache.get(&key).await {
             return Ok(value == "1");
         }
-        let revoked = self.store.is_revoked(id).await?;
-        let fill = if revoked {
-            self.cache.set(&key, "1", max_ttl).await
-        } else {
+        let until = self.store.revoked_until(id).await?;
+        let fill = match until {
+            Some(until) => {
+                let ttl = (until - Utc::now()).to_std().unwrap_or(Duration::from_secs(1));
+                self.cache.set(&key, "1", ttl).await
+            }
             // Only into an empty slot: a revocation written meanwhile must win.
-            self.cache.set_nx(&key, "0", NOT_REVOKED_TTL).await.map(drop)
+            None => self.cache.set_nx(&key, "0", NOT_REVOKED_TTL).await.map(drop),
         };
         if let Err(err) = fill {
             tracing::debug!(error = &err as &dyn std::error::Error, "revocation check not cached");
         }
-        Ok(revoked)
+        Ok(until.is_some())
     }
 }
 

@@ -230,15 +230,24 @@ fn load_jwks(path: &Path, by_kid: &mut HashMap<String, VerifyKey>) -> Result<(),
     for jwk in &set.keys {
         let bad = |reason: &str| Error::Config { key: "auth.jwks_file", reason: reason.to_string() };
         let kid = jwk.common.key_id.clone().ok_or_else(|| bad("every key needs a kid"))?;
-        let algorithm = match jwk.common.key_algorithm {
-            Some(jsonwebtoken::jwk::KeyAlgorithm::RS256) => Algorithm::RS256,
-            Some(jsonwebtoken::jwk::KeyAlgorithm::EdDSA) => Algorithm::EdDSA,
-            _ => return Err(bad("every key needs alg RS256 or EdDSA")),
-        };
+        let algorithm = jwks_algorithm(jwk).ok_or_else(|| bad("every key must be RS256 (RSA) or EdDSA (Ed25519)"))?;
         let key = DecodingKey::from_jwk(jwk).map_err(|source| Error::Token { op: "reading a JWKS key", source })?;
         by_kid.insert(kid, VerifyKey { key, algorithm, external: true });
     }
     Ok(())
+}
+
+/// A key's algorithm: its `alg`, or, since many providers leave `alg` out, the one its key
+/// type implies. Other algorithms are refused rather than guessed.
+fn jwks_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, KeyAlgorithm};
+    match (jwk.common.key_algorithm, &jwk.algorithm) {
+        (Some(KeyAlgorithm::RS256), AlgorithmParameters::RSA(_)) => Some(Algorithm::RS256),
+        (Some(KeyAlgorithm::EdDSA), AlgorithmParameters::OctetKeyPair(_)) => Some(Algorithm::EdDSA),
+        (None, AlgorithmParameters::RSA(_)) => Some(Algorithm::RS256),
+        (None, AlgorithmParameters::OctetKeyPair(p)) if p.curve == EllipticCurve::Ed25519 => Some(Algorithm::EdDSA),
+        _ => None,
+    }
 }
 
 /// The configured signing secret, else the one in `{data_dir}/jwt_secret`, created on

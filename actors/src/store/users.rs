@@ -156,8 +156,9 @@ impl Store {
         self.guarded("sweep_revocations", sweep).await.map(drop)
     }
 
-    pub async fn is_revoked(&self, id: &str) -> Result<bool, Error> {
+    /// Until when `id` (a token or a session) is revoked; `None` if it is not.
+    pub async fn revoked_until(&self, id: &str) -> Result<Option<DateTime<Utc>>, Error> {
         let found = self.guarded("is_revoked", revocation::Entity::find_by_id(id.to_string()).one(&self.db)).await?;
-        Ok(found.is_some())
+        Ok(found.map(|row| row.expires_at))
     }
 }

@@ -14,7 +14,8 @@ use crate::server::Ctx;
 use crate::{AppState, Response, json_response};
 
 #[derive(Deserialize, ToSchema)]
-#[schema(example = json!({"email": "ann@example.com", "password": "correct horse", "name": "Ann", "birthday": "1990-02-03"}))]
+/// Seed 004's example, with a password the default policy accepts (its own was `test`).
+#[schema(example = json!({"birthday": "string", "email": "test00@test.com", "name": "test_name", "password": "test-password"}))]
 pub struct RegistrationForm {
     #[schema(format = Email, max_length = 254)]
     email: String,
@@ -23,19 +24,20 @@ pub struct RegistrationForm {
     password: String,
     #[schema(min_length = 1, max_length = 100)]
     name: String,
-    /// `YYYY-MM-DD`.
-    #[schema(format = Date)]
+    /// Free text, kept as written (`YYYY-MM-DD` recommended).
+    #[schema(min_length = 1, max_length = 100)]
     birthday: String,
 }
 
 #[derive(Deserialize, ToSchema)]
-#[schema(example = json!({"email": "ann@example.com", "password": "correct horse"}))]
+#[schema(example = json!({"email": "test00@test.com", "password": "test-password"}))]
 pub struct LoginForm {
     email: String,
     password: String,
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJlbWFpbCI6InRlc3RAdGVzdC5jb20iLCJleHAiOjE3MjUxOTM5MTEsInRva2VuX3R5cGUiOiJhY2Nlc3MiLCJ1aWQiOiJlNjZhMjk4YS1jODM1LTRjZmEtOGM4ZS02MDUzNGY0YzAwZjkifQ.D7SQF4GlM3ykCh8gZbb6qUOAxufbha_0ZEW1GEsei2g"}))]
 pub struct TokenForm {
     /// A token Conveyor issued.
     token: String,

@@ -87,8 +87,8 @@ pub fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response, Ap
     let token = &state.conveyor.config.telemetry.metrics_token;
     if !token.is_empty() {
         let expected = format!("Bearer {}", token.expose());
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if given != Some(expected.as_str()) {
+        let given = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes).unwrap_or_default();
+        if !conveyor_actors::webhooks::signing::constant_time_eq(given, expected.as_bytes()) {
             return Err(ApiError::Unauthorized("metrics token required"));
         }
     }
