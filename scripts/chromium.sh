@@ -52,9 +52,11 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/chromium-sh.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir "$WORK/profile"
 
-# A fresh profile every run; nothing reaches out of the machine (no updates, sync, pings).
+# A fresh profile every run; nothing reaches out of the machine (no updates, sync, pings,
+# and no host name but loopback resolves, so a page that needs the internet shows it).
 flags=(--headless --no-sandbox --disable-gpu --disable-background-networking --no-first-run
     --disable-component-update --disable-sync --user-data-dir="$WORK/profile"
+    --host-resolver-rules="MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"
     --virtual-time-budget="$BUDGET_MS")
 
 if [[ $mode == dom ]]; then

@@ -175,7 +175,11 @@ pub fn openapi_json() -> Response {
 }
 
 static SWAGGER: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> =
-    LazyLock::new(|| Arc::new(utoipa_swagger_ui::Config::from("/openapi.json").persist_authorization(true)));
+    // `validator_url("none")`: by default Swagger UI sends the document's URL to
+    // validator.swagger.io for a badge; the docs must work offline and leak nothing.
+    LazyLock::new(|| {
+        Arc::new(utoipa_swagger_ui::Config::from("/openapi.json").persist_authorization(true).validator_url("none"))
+    });
 
 /// `/docs` → `/docs/` (Swagger UI's assets are relative to the page).
 pub fn docs_redirect() -> Response {
@@ -249,5 +253,56 @@ mod tests {
         assert_eq!(index.ok(), Some(StatusCode::OK));
         let config = docs_file("swagger-initializer.js").map(|r| r.status());
         assert_eq!(config.ok(), Some(StatusCode::OK));
+    }
+
+    #[test]
+    fn swagger_ui_keeps_the_token_and_calls_nobody_else() {
+        let initializer = utoipa_swagger_ui::serve("swagger-initializer.js", SWAGGER.clone())
+            .ok()
+            .flatten()
+            .map(|f| String::from_utf8_lossy(&f.bytes).into_owned())
+            .unwrap_or_default();
+        assert!(initializer.contains("\"persistAuthorization\": true"), "{initializer}");
+        assert!(initializer.contains("\"validatorUrl\": \"none\""), "{initializer}");
+        assert!(!initializer.contains("http://") && !initializer.contains("https://"), "{initializer}");
+    }
+
+    /// Public operations are exactly those that say so; every other one asks for a bearer
+    /// token, and `/notifications` also takes basic credentials.
+    #[test]
+    fn every_operation_names_its_auth_scheme() {
+        let json = serde_json::to_value(document()).unwrap_or_default();
+        let mut public = Vec::new();
+        for (path, item) in json["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let schemes: Vec<String> = op["security"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|r| r.as_object().into_iter().flat_map(|o| o.keys().cloned().collect::<Vec<_>>()))
+                    .collect();
+                let open = op["security"].as_array().is_some_and(|a| a.iter().any(|r| r == &serde_json::json!({})));
+                match (path.as_str(), open) {
+                    ("/notifications", _) => assert_eq!(schemes, ["basic", "bearer"], "{method} {path}"),
+                    (_, true) => public.push(path.clone()),
+                    (_, false) => assert_eq!(schemes, ["bearer"], "{method} {path}"),
+                }
+            }
+        }
+        public.sort();
+        let expected = [
+            "/admin/status",
+            "/auth/healthz",
+            "/auth/login",
+            "/auth/logout",
+            "/auth/ready",
+            "/auth/refresh",
+            "/auth/registration",
+            "/health",
+            "/loyalty/ready",
+            "/metrics",
+            "/ready",
+        ];
+        assert_eq!(public, expected);
     }
 }

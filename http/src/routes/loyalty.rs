@@ -17,7 +17,7 @@ use crate::server::Ctx;
 use crate::{AppState, Response, json_response};
 
 #[derive(Deserialize, ToSchema)]
-#[schema(example = json!({"uuid": "7b4825bd-1c03-43ed-9470-3906015b6fc0", "operation": "w", "comment": "purchase", "balance": 20}))]
+#[schema(example = json!({"balance": 1, "comment": "purchase", "operation": "w", "uuid": "e66a298a-c835-4cfa-8c8e-60534f4c00f9"}))]
 pub struct OperationForm {
     /// The account (admins only; a user's own account otherwise).
     #[serde(default)]
@@ -170,7 +170,7 @@ pub async fn operate(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Res
 }
 
 /// An account's balance, for its owner or an admin.
-#[utoipa::path(get, path = "/loyalty/{uuid}", tag = "loyalty", params(("uuid" = String, Path, description = "The user id")),
+#[utoipa::path(get, path = "/loyalty/{uuid}", tag = "loyalty", params(("uuid" = String, Path, description = "The user id", example = "e66a298a-c835-4cfa-8c8e-60534f4c00f9")),
     responses((status = 200, body = BalanceBody), (status = 404, body = ErrorBody, description = "No loyalty account")))]
 pub async fn balance(state: &AppState, req: &Request<Incoming>, uuid: &str) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
@@ -183,7 +183,7 @@ pub async fn balance(state: &AppState, req: &Request<Incoming>, uuid: &str) -> R
 
 /// An account's ledger, oldest first, paged by id.
 #[utoipa::path(get, path = "/loyalty/{uuid}/transactions", tag = "loyalty", params(
-    ("uuid" = String, Path, description = "The user id"),
+    ("uuid" = String, Path, description = "The user id", example = "e66a298a-c835-4cfa-8c8e-60534f4c00f9"),
     ("after_id" = Option<i64>, Query, minimum = 0), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500),
 ), responses((status = 200, body = TransactionsPage)))]
 pub async fn transactions(state: &AppState, req: &Request<Incoming>, uuid: &str) -> Result<Response, ApiError> {
