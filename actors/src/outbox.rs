@@ -120,8 +120,8 @@ async fn publish(args: &OutboxArgs, row: outbox::Model) {
             if let Err(err) = args.store.outbox_published(&row).await {
                 // Published but not marked: it will be sent again, which consumers absorb.
                 tracing::warn!(error = &err as &dyn std::error::Error, "outbox: published record not marked");
-            } else if row.saga_step.is_some() {
-                crate::saga::step_metric(crate::saga::step::REGISTRATION_PUBLISHED, "completed");
+            } else if let Some(step) = row.saga_step.as_deref().and_then(crate::saga::step::named) {
+                crate::saga::step_metric(step, "completed");
             }
         }
         Err(err) => {

@@ -8,13 +8,21 @@
 //!   (one transaction)               (outbox relay, retried)     + outbox (one transaction)
 //!                                                                   │
 //! saga completed ◀──────────────── loyalty.credited ◀───────────────┤
-//! saga compensated ◀────────────── loyalty.credit_failed ◀──────────┘ (permanent failure)
-//!   (account kept, no bonus)        loyalty topic
+//! saga compensated ◀────────────── loyalty.credit_failed ◀──────────┘ (permanent failure;
+//!   (account kept, no bonus)        loyalty topic                      account opened at 0)
+//!
+//! a credit that lands after the compensation (a replayed dead letter, say):
+//! saga compensated + ─────────────▶ loyalty.reversal_requested ─▶ compensating ledger entry
+//!   step credit_reversal_requested                                 (`reversal:{user}`, once)
+//! step loyalty_credit_reversed ◀─── loyalty.credit_reversed ◀──────┘
 //! ```
 //!
-//! Every step is idempotent: the bonus is keyed `welcome:{user}` in the ledger, outbox
-//! records have deterministic ids, saga steps are unique per saga, and a saga leaves
-//! `started` once — later or repeated events find it ended and change nothing.
+//! Every step is idempotent: the bonus is keyed `welcome:{user}` and its reversal
+//! `reversal:{user}` in the ledger, outbox records have deterministic ids, saga steps are
+//! unique per saga, and a saga leaves `started` once — later or repeated events find it
+//! ended and change nothing, except a credit arriving after a compensation, which is taken
+//! back. Loyalty also remembers its own announced failure (`credit_failed:{user}`), so a
+//! redelivered registration never credits a user whose saga it has already failed.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -46,6 +54,23 @@ pub mod step {
     pub const LOYALTY_CREDITED: &str = "loyalty_credited";
     pub const LOYALTY_CREDIT_FAILED: &str = "loyalty_credit_failed";
     pub const REGISTRATION_COMPENSATED: &str = "registration_compensated";
+    pub const CREDIT_REVERSAL_REQUESTED: &str = "credit_reversal_requested";
+    pub const LOYALTY_CREDIT_REVERSED: &str = "loyalty_credit_reversed";
+
+    /// The constant for a step name read back from the store (metric labels stay bounded).
+    pub fn named(name: &str) -> Option<&'static str> {
+        [
+            USER_CREATED,
+            REGISTRATION_PUBLISHED,
+            LOYALTY_CREDITED,
+            LOYALTY_CREDIT_FAILED,
+            REGISTRATION_COMPENSATED,
+            CREDIT_REVERSAL_REQUESTED,
+            LOYALTY_CREDIT_REVERSED,
+        ]
+        .into_iter()
+        .find(|s| *s == name)
+    }
 }
 
 /// The saga's events. No email or other private data: ids only.
@@ -62,6 +87,24 @@ pub enum SagaEvent {
         saga_id: String,
         user_id: String,
         reason: String,
+        occurred_at: DateTime<Utc>,
+    },
+    /// Identity asks loyalty to take back a credit that landed after the saga compensated.
+    #[serde(rename = "loyalty.reversal_requested")]
+    CreditReversalRequested {
+        event_id: String,
+        saga_id: String,
+        user_id: String,
+        amount: i64,
+        occurred_at: DateTime<Utc>,
+    },
+    /// Loyalty took back `amount` (less than asked if the points were already spent).
+    #[serde(rename = "loyalty.credit_reversed")]
+    LoyaltyCreditReversed {
+        event_id: String,
+        saga_id: String,
+        user_id: String,
+        amount: i64,
         occurred_at: DateTime<Utc>,
     },
 }
@@ -95,7 +138,6 @@ pub fn start_registration(user_id: &str, topic: &str) -> (saga::Model, outbox::M
         created_at: now,
         updated_at: now,
     };
-    step_metric(step::USER_CREATED, "completed");
     let announce =
         outbox_row(event_id, topic, user_id, event.to_json(), Some((&saga_id, step::REGISTRATION_PUBLISHED)));
     (row, announce)
@@ -139,9 +181,17 @@ impl SagaView {
     }
 }
 
+/// Counts a registration saga that its transaction committed.
+pub fn registration_started() {
+    step_metric(step::USER_CREATED, "completed");
+    step_metric(step::REGISTRATION_PUBLISHED, "started");
+}
+
 /// The identity side's reactions to loyalty's events (topic `loyalty`, keyed by user).
 pub struct IdentitySagaHandler {
     pub store: Store,
+    /// Where identity's requests to loyalty go (`loyalty.reversal_requested`).
+    pub registration_topic: String,
     /// Publishes `conveyor.loyalty.credited` and `conveyor.saga.*` to subscribed endpoints.
     pub domain: Option<DomainEvents>,
 }
@@ -161,15 +211,7 @@ impl KeyHandler for IdentitySagaHandler {
             let event: SagaEvent = serde_json::from_slice(&record.payload).map_err(HandlerError::permanent)?;
             match event {
                 SagaEvent::LoyaltyCredited { saga_id, amount, user_id, .. } => {
-                    let detail = Some(format!("{amount} points"));
-                    let steps = [(step::LOYALTY_CREDITED, "completed", detail)];
-                    if self.store.finish_saga(&saga_id, status::COMPLETED, &steps).await.map_err(classify)? {
-                        step_metric(step::LOYALTY_CREDITED, "completed");
-                    }
-                    let credited = json!({"user_id": user_id, "amount": amount, "saga_id": saga_id});
-                    self.announce(domain::LOYALTY_CREDITED, format!("evt_credited_{saga_id}"), credited).await?;
-                    let saga = json!({"saga_id": saga_id, "kind": "registration", "status": status::COMPLETED, "user_id": user_id});
-                    self.announce(domain::SAGA_COMPLETED, format!("evt_saga_{saga_id}"), saga).await?;
+                    self.on_credited(saga_id, user_id, amount).await?;
                 }
                 SagaEvent::LoyaltyCreditFailed { saga_id, reason, .. } => {
                     // Compensation: the registration is marked compensated; the account
@@ -189,8 +231,19 @@ impl KeyHandler for IdentitySagaHandler {
                     let saga = json!({"saga_id": saga_id, "kind": "registration", "status": status::COMPENSATED});
                     self.announce(domain::SAGA_COMPENSATED, format!("evt_saga_{saga_id}"), saga).await?;
                 }
+                SagaEvent::LoyaltyCreditReversed { saga_id, amount, .. } => {
+                    let detail = Some(format!("{amount} points taken back"));
+                    if self
+                        .store
+                        .record_saga_step(&saga_id, step::LOYALTY_CREDIT_REVERSED, "compensated", detail, None)
+                        .await
+                        .map_err(classify)?
+                    {
+                        step_metric(step::LOYALTY_CREDIT_REVERSED, "compensated");
+                    }
+                }
                 // Not ours (the registration topic's events are loyalty's to handle).
-                SagaEvent::UserRegistered { .. } => {}
+                SagaEvent::UserRegistered { .. } | SagaEvent::CreditReversalRequested { .. } => {}
             }
         }
         Ok(())
@@ -198,6 +251,47 @@ impl KeyHandler for IdentitySagaHandler {
 }
 
 impl IdentitySagaHandler {
+    async fn on_credited(&self, saga_id: String, user_id: String, amount: i64) -> Result<(), HandlerError> {
+        let detail = Some(format!("{amount} points"));
+        let steps = [(step::LOYALTY_CREDITED, "completed", detail)];
+        if self.store.finish_saga(&saga_id, status::COMPLETED, &steps).await.map_err(classify)? {
+            step_metric(step::LOYALTY_CREDITED, "completed");
+        } else {
+            let current = self.store.saga(&saga_id).await.map_err(classify)?.map(|(saga, _)| saga.status);
+            if current.as_deref() == Some(status::COMPENSATED) {
+                // The saga already gave up on the bonus: the credit is taken back.
+                return self.request_reversal(saga_id, user_id, amount).await;
+            }
+        }
+        // Announced again on a redelivery too (same ids): a crash between the saga's update
+        // and these announcements must not lose them.
+        let credited = json!({"user_id": user_id, "amount": amount, "saga_id": saga_id});
+        self.announce(domain::LOYALTY_CREDITED, format!("evt_credited_{saga_id}"), credited).await?;
+        let saga = json!({"saga_id": saga_id, "kind": "registration", "status": status::COMPLETED, "user_id": user_id});
+        self.announce(domain::SAGA_COMPLETED, format!("evt_saga_{saga_id}"), saga).await
+    }
+
+    async fn request_reversal(&self, saga_id: String, user_id: String, amount: i64) -> Result<(), HandlerError> {
+        let event = SagaEvent::CreditReversalRequested {
+            event_id: format!("reversal:{user_id}"),
+            saga_id: saga_id.clone(),
+            user_id: user_id.clone(),
+            amount,
+            occurred_at: Utc::now(),
+        };
+        let row = outbox_row(format!("reversal:{user_id}"), &self.registration_topic, &user_id, event.to_json(), None);
+        let detail = Some(format!("{amount} points credited after the compensation"));
+        if self
+            .store
+            .record_saga_step(&saga_id, step::CREDIT_REVERSAL_REQUESTED, "started", detail, Some(row))
+            .await
+            .map_err(classify)?
+        {
+            step_metric(step::CREDIT_REVERSAL_REQUESTED, "started");
+        }
+        Ok(())
+    }
+
     /// The ids are the saga's: a redelivered event announces nothing new.
     async fn announce(&self, event_type: &str, id: String, data: serde_json::Value) -> Result<(), HandlerError> {
         if let Some(domain) = &self.domain {

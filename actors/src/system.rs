@@ -273,15 +273,18 @@ impl Conveyor {
                 store: store.clone(),
                 welcome_bonus: config.loyalty.welcome_bonus,
                 loyalty_topic: config.log.topics.loyalty.clone(),
-                faults: config.faults.clone(),
-                injected: Default::default(),
+                fail_permanently: config.faults.loyalty_credit_permanent,
             }),
             dead_letters: dead_letters.clone(),
         };
         let identity_saga = GroupSpec {
             group: config.log.groups.identity.clone(),
             topic: config.log.topics.loyalty.clone(),
-            handler: Arc::new(IdentitySagaHandler { store: store.clone(), domain: Some(domain) }),
+            handler: Arc::new(IdentitySagaHandler {
+                store: store.clone(),
+                registration_topic: config.log.topics.registration.clone(),
+                domain: Some(domain),
+            }),
             dead_letters: dead_letters.clone(),
         };
         let args = RootArgs {

@@ -80,8 +80,17 @@ async fn registration_ends_with_100_points_and_a_completed_saga() {
     assert_eq!(metric_sum(&text, "conveyor_saga_steps_total", "step=\"loyalty_credited\""), 1.0, "{text}");
     assert_eq!(metric_sum(&text, "conveyor_loyalty_operations_total", "operation=\"welcome\""), 1.0);
 
+    assert_eq!(metric_sum(&text, "conveyor_saga_steps_total", "outcome=\"started\""), 1.0, "{text}");
+    assert_eq!(metric_sum(&text, "conveyor_saga_steps_total", "step=\"user_created\""), 1.0, "{text}");
+
     let other = register(&d).await;
     assert_eq!(d.get(&format!("/sagas/{saga_id}"), Some(&other.access)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(d.get(&format!("/loyalty/{}", user.id), Some(&other.access)).await.0, StatusCode::FORBIDDEN);
+    // Admins read anyone's saga and balance.
+    let admin = crate::harness::token("ops", &["admin"]);
+    let (s, as_admin) = d.get(&format!("/sagas/{saga_id}"), Some(&admin)).await;
+    assert_eq!((s, as_admin["status"].as_str()), (StatusCode::OK, Some("completed")));
+    assert_eq!(d.get(&format!("/loyalty/{}", user.id), Some(&admin)).await.1["balance"], 100);
     saga_ends(&d, &other, Duration::from_secs(30)).await;
 
     // Every saga event delivered again, to fresh consumer groups: nothing changes.
@@ -133,7 +142,8 @@ async fn a_permanent_failure_runs_the_compensation() {
         ])
     );
     // The account stays usable, without the bonus.
-    assert_eq!(balance(&d, &user).await.0, StatusCode::NOT_FOUND);
+    let (s, b) = balance(&d, &user).await;
+    assert_eq!((s, b["balance"].as_i64()), (StatusCode::OK, Some(0)), "{b}");
     assert_eq!(d.get("/auth/info", Some(&user.access)).await.0, StatusCode::OK);
     let text = d.metrics().await;
     assert_eq!(metric_sum(&text, "conveyor_saga_steps_total", "outcome=\"compensated\""), 1.0, "{text}");

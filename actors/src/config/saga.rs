@@ -36,7 +36,7 @@ impl Default for OutboxConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultsConfig {
-    /// Each welcome-bonus credit fails this many times (retryable) before it runs.
+    /// The first this many ledger writes fail as if the store dropped the connection.
     pub loyalty_credit_transient_failures: u32,
     /// Every welcome-bonus credit fails permanently (the saga compensates).
     pub loyalty_credit_permanent: bool,

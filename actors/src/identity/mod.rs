@@ -173,8 +173,12 @@ impl Identity {
             roles: roles.join(","),
             created_at: Utc::now(),
         };
+        let started = saga;
         let saga = saga.then(|| crate::saga::start_registration(&row.id, &self.registration_topic));
         self.store.insert_user(row.clone(), saga).await?;
+        if started {
+            crate::saga::registration_started();
+        }
         Ok(row)
     }
 

@@ -206,6 +206,7 @@ impl Ledger {
     pub async fn apply(&self, op: LedgerOp, announce: Option<outbox::Model>) -> Result<LedgerOutcome, Error> {
         let operation = match (op.reason, op.kind) {
             ("welcome_bonus", _) => "welcome",
+            ("reversal", _) => "reversal",
             (_, "d") => "deposit",
             _ => "withdraw",
         };

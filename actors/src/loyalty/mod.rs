@@ -3,22 +3,18 @@
 
 mod accounts;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use async_trait::async_trait;
 use chrono::Utc;
 
 pub use accounts::{AccountActor, AccountMsg, Ledger, LedgerArgs, LedgerMsg, LedgerState, LedgerSupervisor};
 
-use crate::config::FaultsConfig;
 use crate::consumer::KeyHandler;
 use crate::devices::classify;
 use crate::log::Record;
 use crate::retry::{ErrorClass, HandlerError};
-use crate::saga::{SagaEvent, step, step_metric};
+use crate::saga::SagaEvent;
 use crate::store::Store;
-use crate::store::loyalty::LedgerOp;
+use crate::store::loyalty::{LedgerOp, LedgerOutcome};
 use crate::store::sagas::outbox_row;
 
 /// An injected failure (see `[faults]`).
@@ -33,43 +29,40 @@ pub struct LoyaltyHandler {
     pub welcome_bonus: i64,
     /// Where `loyalty.*` events go.
     pub loyalty_topic: String,
-    pub faults: FaultsConfig,
-    /// Injected transient failures spent so far, per user.
-    pub injected: Mutex<HashMap<String, u32>>,
+    /// `faults.loyalty_credit_permanent`: every credit fails permanently (the saga compensates).
+    pub fail_permanently: bool,
+}
+
+fn failed_id(user_id: &str) -> String {
+    format!("credit_failed:{user_id}")
 }
 
 impl LoyaltyHandler {
-    fn inject_transient(&self, user_id: &str) -> bool {
-        let Ok(mut spent) = self.injected.lock() else { return false };
-        let n = spent.entry(user_id.to_string()).or_default();
-        if *n < self.faults.loyalty_credit_transient_failures {
-            *n += 1;
-            return true;
-        }
-        false
-    }
-
-    /// Announces a permanent failure; the identity side compensates.
+    /// Announces a permanent failure; the identity side compensates. The account is opened
+    /// at 0 (best effort: the failure may be the store's) so that it is usable without the bonus.
     async fn credit_failed(&self, saga_id: &str, user_id: &str, reason: String) -> Result<(), HandlerError> {
+        if let Err(err) = self.store.open_loyalty_account(user_id).await {
+            tracing::warn!(error = &err as &dyn std::error::Error, "no loyalty account opened after a failed credit");
+        }
         let event = SagaEvent::LoyaltyCreditFailed {
-            event_id: format!("credit_failed:{user_id}"),
+            event_id: failed_id(user_id),
             saga_id: saga_id.to_string(),
             user_id: user_id.to_string(),
             reason,
             occurred_at: Utc::now(),
         };
-        let row = outbox_row(format!("credit_failed:{user_id}"), &self.loyalty_topic, user_id, event.to_json(), None);
-        self.store.announce(row).await.map_err(classify)?;
-        step_metric(step::LOYALTY_CREDIT_FAILED, "failed");
-        Ok(())
+        let row = outbox_row(failed_id(user_id), &self.loyalty_topic, user_id, event.to_json(), None);
+        self.store.announce(row).await.map_err(classify)
     }
 
     async fn credit(&self, saga_id: &str, user_id: &str) -> Result<(), HandlerError> {
-        if self.faults.loyalty_credit_permanent {
-            return self.credit_failed(saga_id, user_id, Injected("permanent").to_string()).await;
+        // Once this side has announced a failure, the failure stands: a redelivered or
+        // replayed registration must not credit a user whose saga is being compensated.
+        if self.store.outbox_record(&failed_id(user_id)).await.map_err(classify)?.is_some() {
+            return Ok(());
         }
-        if self.inject_transient(user_id) {
-            return Err(HandlerError::retryable(Injected("transient")));
+        if self.fail_permanently {
+            return self.credit_failed(saga_id, user_id, Injected("permanent").to_string()).await;
         }
         let event = SagaEvent::LoyaltyCredited {
             event_id: format!("credited:{user_id}"),
@@ -103,6 +96,45 @@ impl LoyaltyHandler {
             }
         }
     }
+
+    /// The compensating entry for a credit that landed after the saga compensated: takes
+    /// back `amount`, or what is left of it if the user already spent some, once per user.
+    async fn reverse(&self, saga_id: &str, user_id: &str, amount: i64) -> Result<(), HandlerError> {
+        let announce = |taken: i64| {
+            let event = SagaEvent::LoyaltyCreditReversed {
+                event_id: format!("reversed:{user_id}"),
+                saga_id: saga_id.to_string(),
+                user_id: user_id.to_string(),
+                amount: taken,
+                occurred_at: Utc::now(),
+            };
+            outbox_row(format!("reversed:{user_id}"), &self.loyalty_topic, user_id, event.to_json(), None)
+        };
+        let mut take = amount;
+        // The account's actor serialises operations, but a withdrawal may still come between
+        // reading "insufficient" and trying again: a few rounds settle it.
+        for _ in 0..3 {
+            if take <= 0 {
+                return self.store.announce(announce(0)).await.map_err(classify);
+            }
+            let op = LedgerOp {
+                user_id: user_id.to_string(),
+                kind: "w",
+                amount: take,
+                comment: "welcome bonus reversed: it landed after the registration was compensated".into(),
+                reason: "reversal",
+                idempotency_key: Some(format!("reversal:{user_id}")),
+            };
+            match self.ledger.apply(op, Some(announce(take))).await.map_err(classify)? {
+                LedgerOutcome::Applied(_) | LedgerOutcome::Replayed(_) => return Ok(()),
+                LedgerOutcome::Insufficient { balance } => take = balance.min(amount),
+            }
+        }
+        Err(HandlerError::retryable(crate::Error::Conflict {
+            code: "reversal_raced",
+            message: "the balance kept changing under the reversal; it is retried".into(),
+        }))
+    }
 }
 
 #[async_trait]
@@ -118,8 +150,13 @@ impl KeyHandler for LoyaltyHandler {
     async fn handle(&self, _key: &str, records: &[Record]) -> Result<(), HandlerError> {
         for record in records {
             let event: SagaEvent = serde_json::from_slice(&record.payload).map_err(HandlerError::permanent)?;
-            if let SagaEvent::UserRegistered { saga_id, user_id, .. } = event {
-                self.credit(&saga_id, &user_id).await?;
+            match event {
+                SagaEvent::UserRegistered { saga_id, user_id, .. } => self.credit(&saga_id, &user_id).await?,
+                SagaEvent::CreditReversalRequested { saga_id, user_id, amount, .. } => {
+                    self.reverse(&saga_id, &user_id, amount).await?;
+                }
+                // Loyalty's own announcements travel on the other topic.
+                _ => {}
             }
         }
         Ok(())

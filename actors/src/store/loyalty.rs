@@ -92,6 +92,11 @@ impl Store {
     /// Applies `op` in one transaction, with `announce` (an outbox record) written in the
     /// same transaction when the operation is applied or replayed.
     pub async fn apply_ledger(&self, op: &LedgerOp, announce: Option<outbox::Model>) -> Result<LedgerOutcome, Error> {
+        if self.injected_ledger_failure() {
+            // Through the breaker and the error classification, like a real dropped connection.
+            let dropped = DbErr::Conn(sea_orm::RuntimeErr::Internal("injected ledger failure ([faults])".into()));
+            return self.guarded("apply_ledger", async { Err(dropped) }).await;
+        }
         let work = async {
             // A repeat is answered before the balance is looked at: replaying a withdrawal
             // that emptied the account must not turn into "insufficient".
@@ -177,6 +182,20 @@ impl Store {
         }
         txn.commit().await?;
         Ok(Attempt::Done(LedgerOutcome::Applied(inserted)))
+    }
+
+    /// Opens the account at 0 unless it exists.
+    pub async fn open_loyalty_account(&self, user_id: &str) -> Result<(), Error> {
+        let now = Utc::now();
+        let row = account::ActiveModel {
+            user_id: Set(user_id.to_string()),
+            balance: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let on_conflict = OnConflict::column(account::Column::UserId).do_nothing().to_owned();
+        let insert = account::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(&self.db);
+        self.guarded("open_loyalty_account", insert).await.map(drop)
     }
 
     pub async fn loyalty_account(&self, user_id: &str) -> Result<Option<account::Model>, Error> {

@@ -11,6 +11,7 @@ pub mod webhooks;
 pub mod workflows;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
@@ -29,6 +30,8 @@ use crate::metrics::{OPERATION, kv, metrics};
 pub struct Store {
     db: DatabaseConnection,
     breaker: Arc<Breaker>,
+    /// Ledger writes left to fail as if the database dropped the connection (`[faults]`).
+    ledger_faults: Arc<AtomicU32>,
 }
 
 /// How an upsert ended.
@@ -81,7 +84,19 @@ impl Store {
             });
         }
         let db = Database::connect(opts).await.map_err(|e| Error::store("connect", e))?;
-        Ok(Store { db, breaker: Breaker::new("store", config.breaker.clone()) })
+        let ledger_faults = Arc::new(AtomicU32::new(config.faults.loyalty_credit_transient_failures));
+        Ok(Store { db, breaker: Breaker::new("store", config.breaker.clone()), ledger_faults })
+    }
+
+    /// Raw SQL, for tests that play a careless writer.
+    #[cfg(test)]
+    pub(crate) async fn execute_raw(&self, sql: &str) -> Result<(), sea_orm::DbErr> {
+        self.db.execute_unprepared(sql).await.map(drop)
+    }
+
+    /// Spends one injected ledger failure, if any are left.
+    fn injected_ledger_failure(&self) -> bool {
+        self.ledger_faults.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
     }
 
     /// Applies pending migrations.

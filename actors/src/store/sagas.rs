@@ -218,6 +218,29 @@ impl Store {
         self.guarded("saga_of_user", query).await
     }
 
+    /// Records one step of a saga (once; `false` if it was already there), with the outbox
+    /// record that goes with it in the same transaction.
+    pub async fn record_saga_step(
+        &self,
+        saga_id: &str,
+        step: &str,
+        status: &str,
+        detail: Option<String>,
+        announce: Option<outbox::Model>,
+    ) -> Result<bool, Error> {
+        use sea_orm::TransactionTrait;
+        let work = async {
+            let txn = self.db.begin().await?;
+            let inserted = insert_step(&txn, saga_id, step, status, detail).await?;
+            if let Some(row) = announce {
+                insert_outbox(&txn, row).await?;
+            }
+            txn.commit().await?;
+            Ok(inserted)
+        };
+        self.guarded("record_saga_step", work).await
+    }
+
     /// Moves a saga from `started` to `status` and records `step`, atomically; a saga that
     /// already ended is left as it is (events arriving twice or late change nothing).
     pub async fn finish_saga(
