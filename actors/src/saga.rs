@@ -155,7 +155,9 @@ pub struct SagaView {
     pub steps: Vec<StepView>,
 }
 
+/// One step of a saga (`SagaStepView` in the API document: workflows have a `StepView` too).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = SagaStepView)]
 pub struct StepView {
     pub step: String,
     pub status: String,

@@ -178,6 +178,13 @@ async fn hundred_concurrent_withdrawals_from_fifty_points() {
     assert_eq!(d.get(&format!("/loyalty/{}", user.id), None).await.0, StatusCode::UNAUTHORIZED);
     let (s, b) = d.post("/loyalty", Some(&user.access), &json!({"operation": "x", "balance": 0})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    // An empty uuid is invalid for everyone (found by the contract fuzzer: it used to mean "mine").
+    let (s, b) = d.post("/loyalty", Some(&user.access), &json!({"uuid": "", "operation": "w", "balance": 1})).await;
+    assert_eq!(
+        (s, b["error"]["details"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("uuid")),
+        "{b}"
+    );
 
     let one = serde_json::to_vec(&json!({"operation": "w", "comment": "coffee", "balance": 1})).unwrap_or_default();
     let requests = (0..100).map(|_| {

@@ -300,11 +300,20 @@ pub(crate) fn patch_row(row: &mut endpoint::Model, patch: EndpointPatch, policy:
     Ok(())
 }
 
+/// The longest overlap of two secrets.
+const MAX_OVERLAP_SECS: u64 = 2_592_000;
+
 /// Rotates the secret: the old one keeps signing for `overlap`.
 pub(crate) fn rotate(row: &mut endpoint::Model, request: RotateSecret, default_overlap: u64) -> Result<(), Error> {
-    collect([check_secret(&request.secret)])?;
+    let check_overlap = match request.overlap_secs {
+        Some(n) if n > MAX_OVERLAP_SECS => {
+            Err(FieldIssue::new("overlap_secs", format!("must be at most {MAX_OVERLAP_SECS} (30 days)")))
+        }
+        _ => Ok(()),
+    };
+    collect([check_secret(&request.secret), check_overlap])?;
+    let overlap = request.overlap_secs.unwrap_or(default_overlap).min(MAX_OVERLAP_SECS);
     let now = Utc::now();
-    let overlap = request.overlap_secs.unwrap_or(default_overlap).min(2_592_000);
     let new = request.secret.unwrap_or_else(signing::generate_secret);
     row.previous_secret = Some(std::mem::replace(&mut row.secret, new));
     row.previous_secret_until = Some(now + chrono::Duration::seconds(overlap as i64));
@@ -357,6 +366,9 @@ mod tests {
         let now = Utc::now();
         assert_eq!(signing_secrets(&row, now), [row.secret.as_str(), old.as_str()]);
         assert_eq!(signing_secrets(&row, now + chrono::Duration::seconds(61)), [row.secret.as_str()]);
+        let too_long = RotateSecret { overlap_secs: Some(MAX_OVERLAP_SECS + 1), secret: None };
+        let Err(Error::InvalidInput { fields }) = rotate(&mut row, too_long, 86_400) else { panic!("refused") };
+        assert_eq!(fields[0].field, "overlap_secs", "the documented maximum is enforced, not silently capped");
     }
 
     #[test]

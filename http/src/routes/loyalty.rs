@@ -125,12 +125,12 @@ pub async fn operate(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Res
     }
     // An admin acts on the body's uuid; a user on its own account only.
     let account = match (&f.uuid, admin) {
-        (Some(uuid), true) if !uuid.is_empty() && uuid.len() <= 128 => uuid.clone(),
-        (Some(_), true) => {
+        (Some(uuid), _) if uuid.is_empty() || uuid.chars().count() > 128 => {
             errors.push(FieldError::new("uuid", "must be 1 to 128 characters"));
             String::new()
         }
-        (Some(uuid), false) if !uuid.is_empty() && *uuid != principal.sub => {
+        (Some(uuid), true) => uuid.clone(),
+        (Some(uuid), false) if *uuid != principal.sub => {
             return Err(ApiError::Forbidden("admin (a user may only use its own points)".into()));
         }
         _ => principal.sub.clone(),
