@@ -1,7 +1,8 @@
 //! Metric names of the `actors` crate: dotted OpenTelemetry names with units; labels come
 //! from bounded sets only (topic, partition number, outcome, error class — never a key).
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, OnceLock};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
@@ -215,4 +216,19 @@ pub fn metrics() -> &'static Metrics {
 
 pub fn kv(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue {
     KeyValue::new(key, value)
+}
+
+/// Restarts in this process by node of the supervision tree (a partition, a consumer group,
+/// an actor kind), for the status page; `conveyor.actor.restarts` carries the kind only.
+static RESTARTS: LazyLock<Mutex<HashMap<String, u32>>> = LazyLock::new(Mutex::default);
+
+/// Counts a restart of an actor of `kind` (a bounded label) at `node` on the status page.
+pub fn restarted(kind: &'static str, node: &str) {
+    metrics().actor_restarts.add(1, &[kv(ACTOR, kind)]);
+    *RESTARTS.lock().unwrap_or_else(|e| e.into_inner()).entry(node.to_string()).or_default() += 1;
+}
+
+/// Restarts counted at `node` so far.
+pub fn restarts_of(node: &str) -> u32 {
+    RESTARTS.lock().unwrap_or_else(|e| e.into_inner()).get(node).copied().unwrap_or(0)
 }

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use crate::config::ProcessingConfig;
 use crate::consumer::{ConsumerSupervisorHandle, DeadLetters, KeyHandler, PartitionStatus};
 use crate::log::{ConsumerHandle, GroupListener, LogBackend};
-use crate::metrics::{self, kv, metrics};
+use crate::metrics;
 use crate::retry::RetryPolicy;
 
 /// The actor.
@@ -175,7 +175,7 @@ impl Actor for RootSupervisor {
         let delay = state.backoff(index);
         let group = &state.args.groups[index].group;
         tracing::error!(group, reason, delay_ms = delay.as_millis() as u64, "consumer supervisor died; restarting");
-        metrics().actor_restarts.add(1, &[kv(metrics::ACTOR, "consumer_supervisor")]);
+        metrics::restarted("consumer_supervisor", group);
         myself.send_after(delay, move || RootMsg::Restart { index });
         Ok(())
     }

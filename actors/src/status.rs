@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::metrics::restarts_of;
 use crate::system::Conveyor;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -85,7 +86,9 @@ impl Conveyor {
             for p in &g.partitions {
                 let state = if p.paused { "paused" } else { "running" };
                 let detail = format!("{} keys running, {} in flight", p.running_keys, p.in_flight);
-                group.children.push(node(p.tp.to_string(), "PartitionActor", state, 0, Some(detail)));
+                let name = p.tp.to_string();
+                let restarts = restarts_of(&name);
+                group.children.push(node(name, "PartitionActor", state, restarts, Some(detail)));
                 partitions.push(PartitionRow {
                     group: g.group.clone(),
                     topic: p.tp.topic.clone(),
@@ -99,14 +102,34 @@ impl Conveyor {
             }
             root.children.push(group);
         }
+        // Restarts of these supervisors' children (they start a fresh child on the next
+        // piece of work); the relay's state is its actor's own.
         let accounts = self.ledger.live_accounts().await;
-        let ledger = node("ledger", "LedgerSupervisor", "running", 0, Some(format!("{accounts} account actors")));
-        let relay = node("outbox-relay", "OutboxRelay", "running", 0, None);
+        let ledger = node(
+            "ledger",
+            "LedgerSupervisor",
+            "running",
+            restarts_of("account"),
+            Some(format!("{accounts} account actors")),
+        );
+        let relay_state = format!("{:?}", self.outbox.get_status()).to_lowercase();
+        let relay = node("outbox-relay", "OutboxRelay", &relay_state, 0, None);
         let endpoints = self.webhooks.running_actors().await;
-        let webhooks =
-            node("webhooks", "WebhookDispatcher", "running", 0, Some(format!("{endpoints} endpoint actors")));
+        let webhooks = node(
+            "webhooks",
+            "WebhookDispatcher",
+            "running",
+            restarts_of("webhook-endpoint"),
+            Some(format!("{endpoints} endpoint actors")),
+        );
         let runs = self.workflows.running().await;
-        let workflows = node("workflow-runs", "RunSupervisor", "running", 0, Some(format!("{runs} runs executing")));
+        let workflows = node(
+            "workflow-runs",
+            "RunSupervisor",
+            "running",
+            restarts_of("workflow-run"),
+            Some(format!("{runs} runs executing")),
+        );
         let checks = self
             .readiness(Duration::from_secs(2))
             .await

@@ -3,8 +3,6 @@
 
 use ractor::{ActorId, SupervisionEvent};
 
-use crate::metrics::{ACTOR, kv, metrics};
-
 /// The id of a linked child that stopped or failed; a failure is logged and counted as a
 /// restart of `kind` (the supervisor starts a fresh child the next time there is work).
 pub(crate) fn ended(event: &SupervisionEvent, kind: &'static str) -> Option<ActorId> {
@@ -12,7 +10,7 @@ pub(crate) fn ended(event: &SupervisionEvent, kind: &'static str) -> Option<Acto
         SupervisionEvent::ActorTerminated(cell, ..) => Some(cell.get_id()),
         SupervisionEvent::ActorFailed(cell, err) => {
             tracing::error!(error = %err, actor = kind, "child actor failed");
-            metrics().actor_restarts.add(1, &[kv(ACTOR, kind)]);
+            crate::metrics::restarted(kind, kind);
             Some(cell.get_id())
         }
         _ => None,

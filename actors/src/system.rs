@@ -73,7 +73,7 @@ pub struct Conveyor {
     pub workflows: Workflows,
     scheduler: tokio::task::JoinHandle<()>,
     attempt_writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    outbox: ActorRef<OutboxMsg>,
+    pub(crate) outbox: ActorRef<OutboxMsg>,
     /// Ingest's breaker on the log: while open, producers get a 503 at once instead of each
     /// waiting out the produce timeout.
     pub log_breaker: Arc<Breaker>,

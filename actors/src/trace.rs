@@ -51,6 +51,24 @@ pub async fn child_span<T>(name: &'static str, work: impl Future<Output = T>) ->
     out
 }
 
+/// Runs a produce inside a producer span, a child of the current span: `send` is given the
+/// `traceparent` naming that span, for the record's headers, so the consumer's span becomes
+/// its child and the trace reads request → produce → consume → store as one chain.
+pub async fn produce_span<T, Fut: Future<Output = T>>(name: &'static str, send: impl FnOnce(String) -> Fut) -> T {
+    use opentelemetry::context::FutureExt;
+    use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+    let parent = opentelemetry::Context::current();
+    if !parent.has_active_span() {
+        return send(traceparent_of(&parent)).await;
+    }
+    let tracer = opentelemetry::global::tracer("conveyor.actors");
+    let span = tracer.span_builder(name).with_kind(SpanKind::Producer).start_with_context(&tracer, &parent);
+    let cx = parent.with_span(span);
+    let out = send(traceparent_of(&cx)).with_context(cx.clone()).await;
+    cx.span().end();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::trace_id;

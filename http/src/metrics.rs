@@ -70,3 +70,34 @@ pub fn status_class(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
+
+/// The method as a metric label: a client may send any token as a method, so only the
+/// standard ones are named (OpenTelemetry's `_OTHER` convention).
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_from_bounded_sets() {
+        assert_eq!(method_label(&http::Method::PATCH), "PATCH");
+        let invented = http::Method::from_bytes(b"BREW").unwrap_or(http::Method::GET);
+        assert_eq!(method_label(&invented), "_OTHER");
+        assert_eq!((status_class(204), status_class(599), status_class(999)), ("2xx", "5xx", "5xx"));
+    }
+}

@@ -16,7 +16,7 @@ use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use tokio::net::TcpListener;
 
 use crate::error::ApiError;
-use crate::metrics::{METHOD, ROUTE, STATUS_CLASS, metrics, status_class};
+use crate::metrics::{METHOD, ROUTE, STATUS_CLASS, method_label, metrics, status_class};
 use crate::router::{Matched, Table};
 use crate::{AppState, Response, routes};
 
@@ -39,8 +39,6 @@ pub struct Server {
 /// Per-request facts handlers need.
 pub struct Ctx {
     pub request_id: String,
-    /// W3C trace context to carry into the log (a new span under the caller's trace).
-    pub traceparent: String,
     pub body_limit: usize,
 }
 
@@ -114,17 +112,16 @@ async fn handle(
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let method = req.method().clone();
-    // The server span continues the caller's trace (W3C `traceparent`) or starts one; its
-    // `traceparent` is what goes into the records this request writes.
+    // The server span continues the caller's trace (W3C `traceparent`) or starts one; the
+    // records this request writes name their producer span under it (`trace::produce_span`).
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
     let tracer = opentelemetry::global::tracer("conveyor.http");
     let span =
         tracer.span_builder(format!("HTTP {method}")).with_kind(SpanKind::Server).start_with_context(&tracer, &parent);
     let otel = parent.with_span(span);
-    let traceparent = conveyor_actors::trace::traceparent_of(&otel);
     let trace_id = otel.span().span_context().trace_id().to_string();
     let client_ip = state.limits.client_ip(peer, req.headers());
-    let ctx = Ctx { request_id: request_id.clone(), traceparent, body_limit: config.body_limit };
+    let ctx = Ctx { request_id: request_id.clone(), body_limit: config.body_limit };
     let path = req.uri().path().to_string();
     let m = metrics();
     let (template, response) = match table.at(&method, &path) {
@@ -170,7 +167,7 @@ async fn handle(
     }
     let labels = [
         KeyValue::new(ROUTE, template),
-        KeyValue::new(METHOD, method.as_str().to_string()),
+        KeyValue::new(METHOD, method_label(&method)),
         KeyValue::new(STATUS_CLASS, status_class(response.status().as_u16())),
     ];
     m.request_duration.record(started.elapsed().as_secs_f64(), &labels);

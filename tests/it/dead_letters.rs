@@ -54,6 +54,8 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     assert_eq!(shown["replay_count"], 2, "{shown}");
     let (s, body) = d.post(&format!("/admin/dead-letters/{id}/replay"), Some(&admin), &json!({})).await;
     assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("too_many_replays")), "{body}");
+    let text = d.metrics().await;
+    assert_eq!(crate::harness::metric_sum(&text, "conveyor_dlq_records_replayed_total", ""), 2.0, "{text}");
 
     let (s, _) = d.get("/admin/dead-letters", Some(&token("u", &["user", "device"]))).await;
     assert_eq!(s, StatusCode::FORBIDDEN);

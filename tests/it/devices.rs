@@ -122,6 +122,14 @@ async fn poison_record_is_dead_lettered_and_the_partition_flows() {
     })
     .await;
     assert!(dead, "the poison record must be dead-lettered");
+    // At the default log level, the error line names the record's trace.
+    let logged = std::fs::read_to_string(d.data_dir.join("daemon.log")).unwrap_or_default();
+    let line = logged
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "record dead-lettered")
+        .unwrap_or_else(|| panic!("no dead-letter log line:\n{}", d.log_tail(20)));
+    assert_eq!((line["level"].as_str(), line["trace_id"].as_str()), (Some("ERROR"), Some(POISON_TRACE)), "{line}");
     if d.backend() == Backend::Embedded {
         assert!(d.terminate(Duration::from_secs(20)).await.success());
     }
@@ -129,6 +137,9 @@ async fn poison_record_is_dead_lettered_and_the_partition_flows() {
     let dlq = log.end_offsets(&d.names.topic_dlq).await.unwrap_or_default();
     assert!(dlq.iter().map(|(_, end)| end).sum::<i64>() >= 1, "the dead-letter topic holds the record: {dlq:?}");
 }
+
+/// The trace id the injected records carry.
+pub const POISON_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 /// Writes a raw record to the daemon's input topic, as a broken producer would. The
 /// embedded log belongs to one process, so there the daemon is stopped and restarted around it.
@@ -162,7 +173,12 @@ async fn produce_raw(names: &Names, data_dir: Option<&std::path::Path>, payload:
         topic: names.topic_in.clone(),
         key: Some("poison-device".into()),
         payload: bytes::Bytes::from_static(payload),
-        headers: vec![],
+        // A broken producer that still propagates its trace: the consumer's log lines about
+        // this record carry the trace id.
+        headers: vec![conveyor_actors::log::Header {
+            name: "traceparent".into(),
+            value: format!("00-{POISON_TRACE}-00f067aa0ba902b7-01").into_bytes(),
+        }],
     };
     log.producer().send(record, Duration::from_secs(10)).await.unwrap();
 }

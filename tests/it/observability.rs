@@ -57,6 +57,17 @@ async fn scraped_counters_match_a_known_workload() {
     // Written through on update: each device's first read is a hit; unknown ids miss.
     assert_eq!(metric_sum(&text, "conveyor_cache_hits_total", "operation=\"resource\""), 5.0);
     assert_eq!(metric_sum(&text, "conveyor_cache_misses_total", "operation=\"resource\""), 3.0);
+    // Per partition: nothing left behind, nothing in flight; batches and queries were timed;
+    // every breaker closed (0).
+    let series = |name: &str| text.lines().filter(|l| l.starts_with(name)).count();
+    let input = format!("topic=\"{topic}\"");
+    assert_eq!(text.lines().filter(|l| l.starts_with("conveyor_partition_lag{") && l.contains(&input)).count(), 4);
+    assert_eq!(metric_sum(&text, "conveyor_partition_lag", &input), 0.0, "{text}");
+    assert_eq!(metric_sum(&text, "conveyor_partition_in_flight", &input), 0.0, "{text}");
+    assert!(metric_sum(&text, "conveyor_partition_processing_duration_seconds_count", &input) >= 1.0, "{text}");
+    assert!(metric_sum(&text, "conveyor_store_query_duration_seconds_count", "operation=\"upsert_resource\"") >= 1.0);
+    assert_eq!(series("conveyor_breaker_state{"), 3, "store, cache, log: {text}");
+    assert_eq!(metric_sum(&text, "conveyor_breaker_state", ""), 0.0);
     let posted: f64 = text
         .lines()
         .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
@@ -104,11 +115,41 @@ async fn one_trace_id_crosses_the_log() {
         assert!(http[field].is_string(), "log lines carry {field}: {http}");
     }
     assert!(!all.iter().any(|l| l.to_string().contains("\"x\":1")), "payloads are never logged");
+
+    // Secrets neither: a token, a password, a webhook secret pass through and leave no trace.
+    let password = "pw-marker-7f3a9c";
+    let reg = json!({"email": "secret-log@example.com", "password": password, "name": "S", "birthday": "x"});
+    let (s, b) = d.post("/auth/registration", None, &reg).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let access = b["access_token"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        d.post("/auth/login", None, &json!({"email": "secret-log@example.com", "password": "wrong-pass"})).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, ep) = d.post("/webhooks/endpoints", Some(&access), &json!({"url": "https://example.com/hook"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{ep}");
+    let (_, secret) =
+        d.get(&format!("/webhooks/endpoints/{}/secret", ep["id"].as_str().unwrap_or_default()), Some(&access)).await;
+    let whsec = secret["secret"].as_str().unwrap_or_default().to_string();
+    assert!(whsec.starts_with("whsec_"), "{secret}");
+    assert_eq!(d.get("/auth/info", Some(&access)).await.0, StatusCode::OK);
+    let text = std::fs::read_to_string(d.data_dir.join("daemon.log")).unwrap_or_default();
+    for (what, secret) in [
+        ("the device token", t.as_str()),
+        ("an access token", &access),
+        ("a password", password),
+        ("a wrong password", "wrong-pass"),
+        ("a webhook secret", &whsec),
+        ("the JWT secret", crate::harness::SECRET),
+    ] {
+        assert!(!text.contains(secret), "{what} appears in the log");
+    }
 }
 
 #[tokio::test]
 async fn status_page_shows_the_running_system_in_headless_chromium() {
-    let d = Daemon::start(Opts::new()).await;
+    let mut d = Daemon::start(Opts::new()).await;
+    inject(&mut d, b"{not json").await; // one dead letter to count
     let device = token("gw", &["device"]);
     for i in 0..3 {
         let body = json!({"device_id": format!("st-{i}"), "payload": {"n": i}});
@@ -121,9 +162,13 @@ async fn status_page_shows_the_running_system_in_headless_chromium() {
         d.get("/admin/status.json", Some(&admin)).await.1["partitions"].as_array().map(Vec::len) == Some(24)
     })
     .await;
+    let indexed = eventually(Duration::from_secs(60), || async {
+        d.get("/admin/status.json", Some(&admin)).await.1["dead_letters"]["total"] == 1
+    })
+    .await;
     let (s, status) = d.get("/admin/status.json", Some(&admin)).await;
     assert_eq!(s, StatusCode::OK, "{status}");
-    assert!(assigned, "{status}");
+    assert!(assigned && indexed, "{status}");
     let groups = status["supervision"][0]["children"].as_array().map(Vec::len);
     assert_eq!(groups, Some(6), "devices, loyalty, identity saga, webhooks, workflows, dead-letter index: {status}");
     assert_eq!(status["partitions"].as_array().map(Vec::len), Some(24), "6 groups x 4 partitions");
@@ -131,12 +176,15 @@ async fn status_page_shows_the_running_system_in_headless_chromium() {
     let url = format!("{}/admin/status#token={admin}", d.base);
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots/admin-status.png");
     std::fs::create_dir_all(shot.parent().unwrap_or(&shot)).unwrap_or_default();
-    let (dom, _) = tokio::task::spawn_blocking({
+    let anonymous = format!("{}/admin/status", d.base);
+    let (dom, _, locked) = tokio::task::spawn_blocking({
         let shot = shot.display().to_string();
-        move || (chromium(&["dom", &url]), chromium(&["screenshot", &url, &shot]))
+        move || (chromium(&["dom", &url]), chromium(&["screenshot", &url, &shot]), chromium(&["dom", &anonymous]))
     })
     .await
     .unwrap_or_default();
+    // Without an admin token the page is an empty shell asking for one.
+    assert!(locked.contains("An admin token is required.") && !locked.contains("data-testid=\"partition-row\""));
     assert!(dom.contains("<title>Conveyor status</title>"));
     assert_eq!(dom.matches("data-testid=\"partition-row\"").count(), 24, "partition rows in:\n{dom}");
     assert_eq!(dom.matches("data-kind=\"ConsumerSupervisor\"").count(), 6);
@@ -146,7 +194,14 @@ async fn status_page_shows_the_running_system_in_headless_chromium() {
     for breaker in ["store", "cache", "log"] {
         assert!(dom.contains(&format!("data-testid=\"breaker-{breaker}\"")), "breaker {breaker}");
     }
-    assert!(dom.contains("data-testid=\"dlq-total\">0<"), "dead letters: 0");
+    assert!(dom.contains("data-testid=\"dlq-total\">1<"), "dead letters: 1");
+    let lags = dom.split("data-testid=\"partition-lag\">").skip(1).filter_map(|rest| rest.split('<').next());
+    let numeric = lags.filter(|v| v.parse::<u64>().is_ok()).count();
+    assert_eq!(numeric, 24, "every partition shows its lag as a number");
+    assert_eq!(dom.matches("data-testid=\"partition-in-flight\">").count(), 24);
+    let states = dom.matches("data-testid=\"actor-state\">running<").count();
+    assert!(states >= 24 + 6 + 5, "root, groups, partitions and the other supervisors are running: {states}");
+    assert!(dom.contains("data-testid=\"actor-restarts\">restarts: 0<"));
     assert!(dom.contains("data-testid=\"outbox-backlog\""));
     assert!(dom.contains("updated "), "the page refreshed from /admin/status.json");
     let png = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);

@@ -42,14 +42,34 @@ async fn collector() -> (String, Received) {
     (base, received)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `(trace id, name)` of every span received.
 fn spans(received: &Received) -> Vec<(String, String)> {
+    full_spans(received).into_iter().map(|s| (s.trace, s.name)).collect()
+}
+
+struct Seen {
+    trace: String,
+    name: String,
+    id: String,
+    parent: String,
+}
+
+fn full_spans(received: &Received) -> Vec<Seen> {
     let posts = received.lock().map(|v| v.clone()).unwrap_or_default();
     let mut out = Vec::new();
     for (path, body) in posts.iter().filter(|(p, _)| p == "/v1/traces") {
         let Ok(request) = ExportTraceServiceRequest::decode(body.clone()) else { panic!("{path}: not OTLP protobuf") };
         for span in request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
-            let trace: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-            out.push((trace, span.name.clone()));
+            out.push(Seen {
+                trace: hex(&span.trace_id),
+                name: span.name.clone(),
+                id: hex(&span.span_id),
+                parent: hex(&span.parent_span_id),
+            });
         }
     }
     out
@@ -76,6 +96,14 @@ async fn one_trace_from_the_request_to_the_store_reaches_the_collector() {
     .await;
     let seen: Vec<(String, String)> = spans(&received).into_iter().filter(|(t, _)| t == trace).collect();
     assert!(complete, "spans of trace {trace}: {seen:?}");
+    // One chain: each span is the child of the one before it.
+    let all: Vec<Seen> = full_spans(&received).into_iter().filter(|s| s.trace == trace).collect();
+    let id_of = |name: &str| all.iter().find(|s| s.name == name).map(|s| s.id.clone()).unwrap_or_default();
+    let parent_of = |name: &str| all.iter().find(|s| s.name == name).map(|s| s.parent.clone()).unwrap_or_default();
+    assert_eq!(parent_of("POST /events"), "00f067aa0ba902b7", "the caller's span is the request's parent");
+    for pair in wanted.windows(2) {
+        assert_eq!(parent_of(pair[1]), id_of(pair[0]), "{} is the child of {}", pair[1], pair[0]);
+    }
     let metrics = eventually(Duration::from_secs(30), || async {
         received.lock().map(|v| v.iter().any(|(p, b)| p == "/v1/metrics" && !b.is_empty())).unwrap_or(false)
     })

@@ -149,7 +149,8 @@ async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<Hand
                 tracing::warn!(
                     handler = ctx.handler.name(), topic = %record.tp.topic, partition = record.tp.partition,
                     offset = record.offset, error.class = class, attempt, delay_ms = delay.as_millis() as u64,
-                    error = %err.describe(), "handler failed, retrying after backoff"
+                    trace_id = crate::trace::record_trace_id(record), error = %err.describe(),
+                    "handler failed, retrying after backoff"
                 );
                 m.retries.add(1, &[kv(ERROR_CLASS, class)]);
                 if !wait(ctx, delay).await {
@@ -174,8 +175,8 @@ async fn dead_letter(ctx: &KeyCtx, record: &Record, failure: &Failure<'_>) -> bo
                 tracing::error!(
                     handler = ctx.handler.name(), topic = %record.tp.topic, partition = record.tp.partition,
                     offset = record.offset, error.class = class.as_str(), attempts = failure.attempts,
-                    dlq = %ctx.dead_letters.topic, error = %failure.error.describe(),
-                    "record dead-lettered"
+                    dlq = %ctx.dead_letters.topic, trace_id = crate::trace::record_trace_id(record),
+                    error = %failure.error.describe(), "record dead-lettered"
                 );
                 let labels = [kv(ERROR_CLASS, class.dlq_reason()), kv(metrics::TOPIC, record.tp.topic.clone())];
                 metrics().dead_letters.add(1, &labels);

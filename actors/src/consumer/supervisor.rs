@@ -13,7 +13,7 @@ use super::dead_letter::DeadLetters;
 use super::partition::{PartitionActor, PartitionArgs, PartitionMsg, PartitionStatus};
 use crate::config::ProcessingConfig;
 use crate::log::{ConsumerControl, GroupListener, Record, TopicPartition};
-use crate::metrics::{self, kv, metrics};
+use crate::metrics;
 use crate::retry::RetryPolicy;
 
 type Routes = Arc<RwLock<HashMap<TopicPartition, ActorRef<PartitionMsg>>>>;
@@ -115,7 +115,7 @@ impl Actor for ConsumerSupervisor {
         // A partition actor died unasked. Its records in memory are gone but none of them
         // was committed, so rewinding to the committed offset replays exactly those.
         tracing::error!(partition = %tp, reason = ?failure, "partition actor died; restarting from the committed offset");
-        metrics().actor_restarts.add(1, &[kv(metrics::ACTOR, "partition")]);
+        metrics::restarted("partition", &tp.to_string());
         if let Ok(mut routes) = state.args.routes.write() {
             routes.remove(&tp);
         }

@@ -119,7 +119,7 @@ impl Actor for LedgerSupervisor {
         if let SupervisionEvent::ActorFailed(cell, err) = &event {
             tracing::warn!(error = %err, "account actor failed");
             state.accounts.retain(|_, (actor, _)| actor.get_id() != cell.get_id());
-            crate::metrics::metrics().actor_restarts.add(1, &[crate::metrics::kv(crate::metrics::ACTOR, "account")]);
+            crate::metrics::restarted("account", "account");
         }
         if let SupervisionEvent::ActorTerminated(cell, _, _) = &event {
             state.accounts.retain(|_, (actor, _)| actor.get_id() != cell.get_id());

@@ -221,12 +221,12 @@ async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx
         received_at: chrono::Utc::now(),
     };
     let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Internal(Box::new(e)))?;
-    let record = OutgoingRecord {
+    let record = |traceparent: String| OutgoingRecord {
         topic: config.log.topics.events_input.clone(),
         key: Some(event.device_id.clone()),
         payload: Bytes::from(payload),
         headers: vec![
-            Header { name: conveyor_actors::trace::TRACEPARENT.into(), value: ctx.traceparent.clone().into_bytes() },
+            Header { name: conveyor_actors::trace::TRACEPARENT.into(), value: traceparent.into_bytes() },
             Header { name: "x-request-id".into(), value: ctx.request_id.clone().into_bytes() },
         ],
     };
@@ -237,7 +237,8 @@ async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx
         state.conveyor.log_breaker.acquire().map_err(|refused| {
             log_unavailable(conveyor_actors::Error::BreakerOpen { op: "produce", source: refused })
         })?;
-    let sent = conveyor_actors::trace::child_span("produce", state.conveyor.producer.send(record, timeout)).await;
+    let producer = &state.conveyor.producer;
+    let sent = conveyor_actors::trace::produce_span("produce", |tp| producer.send(record(tp), timeout)).await;
     permit.record(sent.is_err());
     match sent {
         Ok(_) => {

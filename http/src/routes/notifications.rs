@@ -84,12 +84,14 @@ async fn admit(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError
 pub async fn post(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
     admit(state, &req).await?;
     let bytes = body::read(req.into_body(), ctx.body_limit).await?;
-    let headers = vec![
-        Header { name: conveyor_actors::trace::TRACEPARENT.into(), value: ctx.traceparent.clone().into_bytes() },
-        Header { name: "x-request-id".into(), value: ctx.request_id.clone().into_bytes() },
-    ];
-    let published =
-        conveyor_actors::trace::child_span("produce", state.conveyor.webhooks.publish(bytes, headers)).await?;
+    let headers = |traceparent: String| {
+        vec![
+            Header { name: conveyor_actors::trace::TRACEPARENT.into(), value: traceparent.into_bytes() },
+            Header { name: "x-request-id".into(), value: ctx.request_id.clone().into_bytes() },
+        ]
+    };
+    let webhooks = &state.conveyor.webhooks;
+    let published = conveyor_actors::trace::produce_span("produce", |tp| webhooks.publish(bytes, headers(tp))).await?;
     let body = NotificationAccepted {
         status: "accepted".into(),
         id: published.id,
