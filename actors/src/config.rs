@@ -11,12 +11,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod identity;
+mod retention;
 mod saga;
 mod secret;
 mod webhooks;
 mod workflows;
 
 pub use identity::{AuthConfig, ExternalKey, HmacKey, PasswordConfig, Quota, RateLimitConfig};
+pub use retention::RetentionConfig;
 pub use saga::{FaultsConfig, LoyaltyConfig, OutboxConfig};
 use secret::mask_url_password;
 pub use secret::{Secret, masked_url};
@@ -44,6 +46,7 @@ pub struct Config {
     pub faults: FaultsConfig,
     pub webhooks: WebhooksConfig,
     pub workflows: WorkflowsConfig,
+    pub retention: RetentionConfig,
     pub telemetry: TelemetryConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -68,6 +71,7 @@ impl Default for Config {
             faults: FaultsConfig::default(),
             webhooks: WebhooksConfig::default(),
             workflows: WorkflowsConfig::default(),
+            retention: RetentionConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -492,6 +496,7 @@ impl Config {
         }
         self.webhooks.validate()?;
         self.workflows.validate()?;
+        self.retention.validate(self.webhooks.dedup_window_secs)?;
         if self.loyalty.welcome_bonus < 0 {
             return Err(invalid("loyalty.welcome_bonus", "must not be negative"));
         }

@@ -21,6 +21,7 @@
 //! └── EndpointActor ep_…              one per endpoint with work: limiter, breaker, budget
 //! RunSupervisor                       workflow runs: leases due runs, per-user limits
 //! └── RunActor run_…                  one per executing run: step, checkpoint, step …
+//! RetentionActor                      purges finished rows in batches ([`retention`])
 //! ```
 //! Webhook delivery ([`webhooks`]) follows a notification from `POST /notifications` to the
 //! endpoints' sinks; [`workflows`] follows a trigger to a run's last checkpoint.
@@ -67,6 +68,7 @@ pub mod loyalty;
 pub mod metrics;
 pub mod outbox;
 mod recent;
+pub mod retention;
 pub mod retry;
 pub mod root;
 pub mod saga;

@@ -34,6 +34,7 @@ pub const WEBHOOK_DELIVERIES: &str = "conveyor.webhook.deliveries";
 pub const WEBHOOK_ENDPOINTS_DISABLED: &str = "conveyor.webhook.endpoints.disabled";
 pub const WORKFLOW_RUNS: &str = "conveyor.workflow.runs";
 pub const WORKFLOW_STEP_ATTEMPTS: &str = "conveyor.workflow.step.attempts";
+pub const RETENTION_PURGED: &str = "conveyor.retention.purged";
 
 /// Label keys.
 pub const TOPIC: &str = "topic";
@@ -45,6 +46,8 @@ pub const ACTOR: &str = "actor";
 pub const DOWNSTREAM: &str = "downstream";
 pub const STATE: &str = "state";
 pub const REASON: &str = "reason";
+/// A store table (retention), from a fixed set.
+pub const TABLE: &str = "table";
 
 /// The crate's instruments, created once from the global meter provider.
 pub struct Metrics {
@@ -73,6 +76,7 @@ pub struct Metrics {
     pub webhook_endpoints_disabled: Counter<u64>,
     pub workflow_runs: Counter<u64>,
     pub workflow_step_attempts: Counter<u64>,
+    pub retention_purged: Counter<u64>,
 }
 
 const DURATION_BUCKETS: &[f64] =
@@ -196,6 +200,11 @@ impl Metrics {
                 .u64_counter(WORKFLOW_STEP_ATTEMPTS)
                 .with_unit("{attempt}")
                 .with_description("Workflow http step attempts by outcome (succeeded, retried, failed) and error class")
+                .build(),
+            retention_purged: meter
+                .u64_counter(RETENTION_PURGED)
+                .with_unit("{row}")
+                .with_description("Rows deleted by retention, by table")
                 .build(),
             stale_writes: meter
                 .u64_counter(STALE_WRITES)

@@ -80,6 +80,8 @@ pub struct Conveyor {
     /// Consumer lag of owned input partitions (front-door back-pressure reads it).
     pub lag: Arc<Lag>,
     lag_monitor: tokio::task::JoinHandle<()>,
+    /// Purges finished rows from the store (`[retention]`).
+    pub retention: crate::retention::Retention,
     pub(crate) started: std::time::Instant,
     log: Arc<dyn LogBackend>,
     root: ActorRef<RootMsg>,
@@ -331,6 +333,12 @@ impl Conveyor {
             t.events_dlq.clone(),
         ];
         let lag_monitor = lag.spawn_monitor(log.clone(), root.clone(), topics, t.events_input.clone());
+        let rules = crate::retention::Rules::from_config(&config);
+        let retention = crate::retention::spawn(
+            crate::retention::RetentionArgs { store: store.clone(), log: log.clone(), rules },
+            None,
+        )
+        .await?;
         let conveyor = Conveyor {
             config,
             producer,
@@ -348,6 +356,7 @@ impl Conveyor {
             log_breaker,
             lag,
             lag_monitor,
+            retention,
             started: std::time::Instant::now(),
             log,
             root,
@@ -395,6 +404,7 @@ impl Conveyor {
     /// Leaves the consumer groups after draining and committing, then stops the tree.
     pub async fn shutdown(&self, grace: Duration) {
         self.lag_monitor.abort();
+        self.retention.stop();
         let stop = ractor::call_t!(self.root, |reply| RootMsg::Shutdown { reply }, grace.as_millis() as u64);
         if let Err(err) = stop {
             tracing::error!(error = %err, "actor system did not stop within the grace period");

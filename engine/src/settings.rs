@@ -67,6 +67,7 @@ const SECTIONS: &[&str] = &[
     "faults",
     "webhooks",
     "workflows",
+    "retention",
     "telemetry",
     "shutdown",
 ];

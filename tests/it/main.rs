@@ -20,6 +20,7 @@ mod otlp;
 mod private;
 mod probes;
 mod resilience;
+mod retention;
 mod saga;
 mod sink;
 mod webhooks;

@@ -138,4 +138,7 @@ pub trait LogBackend: Send + Sync + 'static {
     ) -> Result<Box<dyn ConsumerHandle>, Error>;
     /// Per-partition end offsets (next offset to be written), for lag.
     async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, Error>;
+    /// Per-partition start offsets (the first record retention has not deleted yet);
+    /// empty for a topic that does not exist. Retention purges what indexes records below.
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, Error>;
 }

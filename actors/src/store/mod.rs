@@ -5,6 +5,7 @@ pub mod dead_letter;
 pub mod loyalty;
 pub mod migrations;
 pub mod resource;
+pub mod retention;
 pub mod sagas;
 pub mod users;
 pub mod webhooks;

@@ -133,6 +133,24 @@ impl LogBackend for KafkaLog {
     }
 
     async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, Error> {
+        self.watermarks(topic, "end offsets", |(_, high)| high).await
+    }
+
+    /// Low watermarks: the broker's retention moved them past what it deleted.
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, Error> {
+        self.watermarks(topic, "start offsets", |(low, _)| low).await
+    }
+}
+
+impl KafkaLog {
+    /// One watermark per partition of `topic` (`pick` chooses low or high); the client
+    /// calls block, so they run on the blocking pool.
+    async fn watermarks(
+        &self,
+        topic: &str,
+        op: &'static str,
+        pick: fn((i64, i64)) -> i64,
+    ) -> Result<Vec<(i32, i64)>, Error> {
         let producer = self.producer.clone();
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
@@ -144,16 +162,16 @@ impl LogBackend for KafkaLog {
             let mut out = Vec::new();
             for t in md.topics() {
                 for p in t.partitions() {
-                    let (_, high) = client
+                    let marks = client
                         .fetch_watermarks(&topic, p.id(), timeout)
                         .map_err(|source| Error::Kafka { op: "fetch watermarks", source })?;
-                    out.push((p.id(), high));
+                    out.push((p.id(), pick(marks)));
                 }
             }
             out.sort_unstable();
             Ok(out)
         })
         .await
-        .map_err(|e| Error::Actor { actor: "kafka".into(), op: "end offsets", source: Box::new(e) })?
+        .map_err(|e| Error::Actor { actor: "kafka".into(), op, source: Box::new(e) })?
     }
 }
