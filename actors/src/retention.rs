@@ -218,16 +218,18 @@ pub async fn round(args: &RetentionArgs, now: DateTime<Utc>) -> PurgeReport {
     let (store, rules) = (&args.store, &args.rules);
     for (rule, cutoff) in rules.cutoffs(now) {
         match rule {
-            Rule::Deliveries => drain(rule, rules, &mut report, |n| store.purge_deliveries(cutoff, n)).await,
-            Rule::Notifications => drain(rule, rules, &mut report, |n| store.purge_notifications(cutoff, n)).await,
-            Rule::Runs => drain(rule, rules, &mut report, |n| store.purge_runs(cutoff, n)).await,
-            Rule::Sagas => drain(rule, rules, &mut report, |n| store.purge_sagas(cutoff, n)).await,
-            Rule::Outbox => drain(rule, rules, &mut report, |n| store.purge_outbox(cutoff, n)).await,
+            Rule::Deliveries => drain(rule, rules, &mut report, move |n| store.purge_deliveries(cutoff, n)).await,
+            Rule::Notifications => drain(rule, rules, &mut report, move |n| store.purge_notifications(cutoff, n)).await,
+            Rule::Runs => drain(rule, rules, &mut report, move |n| store.purge_runs(cutoff, n)).await,
+            Rule::Sagas => drain(rule, rules, &mut report, move |n| store.purge_sagas(cutoff, n)).await,
+            Rule::Outbox => drain(rule, rules, &mut report, move |n| store.purge_outbox(cutoff, n)).await,
             Rule::DeadLettersAge => {
-                drain(rule, rules, &mut report, |n| store.purge_dead_letters_before(cutoff, n)).await;
+                drain(rule, rules, &mut report, move |n| store.purge_dead_letters_before(cutoff, n)).await;
             }
-            Rule::RefreshTokens => drain(rule, rules, &mut report, |n| store.purge_refresh_tokens(cutoff, n)).await,
-            Rule::Revocations => drain(rule, rules, &mut report, |n| store.purge_revocations(cutoff, n)).await,
+            Rule::RefreshTokens => {
+                drain(rule, rules, &mut report, move |n| store.purge_refresh_tokens(cutoff, n)).await
+            }
+            Rule::Revocations => drain(rule, rules, &mut report, move |n| store.purge_revocations(cutoff, n)).await,
             Rule::DeadLettersGone => {}
         }
     }
@@ -253,7 +255,7 @@ async fn purge_gone_dead_letters(args: &RetentionArgs, report: &mut PurgeReport)
         for (partition, start) in starts.into_iter().filter(|(_, start)| *start > 0) {
             let store = &args.store;
             let topic = topic.as_str();
-            drain(rule, &args.rules, report, |n| store.purge_dead_letters_below(topic, partition, start, n)).await;
+            drain(rule, &args.rules, report, move |n| store.purge_dead_letters_below(topic, partition, start, n)).await;
         }
     }
 }

@@ -85,7 +85,7 @@ impl Store {
     pub async fn purge_deliveries(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use delivery::{Column, Entity};
         let finished = move || Column::Status.is_in(FINAL_DELIVERY).and(Column::UpdatedAt.lt(cutoff));
-        let work = self.db.transaction::<_, Batch, sea_orm::DbErr>(|txn| {
+        let work = self.db.transaction::<_, Batch, sea_orm::DbErr>(move |txn| {
             Box::pin(async move {
                 let ids: Vec<String> = Entity::find()
                     .select_only()
@@ -144,7 +144,7 @@ impl Store {
     pub async fn purge_runs(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use run::{Column, Entity};
         let finished = move || Column::Status.is_in(FINAL_RUN).and(Column::FinishedAt.lt(cutoff));
-        let work = self.db.transaction::<_, Batch, sea_orm::DbErr>(|txn| {
+        let work = self.db.transaction::<_, Batch, sea_orm::DbErr>(move |txn| {
             Box::pin(async move {
                 let ids: Vec<String> = Entity::find()
                     .select_only()
@@ -179,7 +179,7 @@ impl Store {
     pub async fn purge_sagas(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use saga::{Column, Entity};
         let finished = move || Column::Status.is_in(FINAL_SAGA).and(Column::UpdatedAt.lt(cutoff));
-        let work = self.db.transaction::<_, Batch, sea_orm::DbErr>(|txn| {
+        let work = self.db.transaction::<_, Batch, sea_orm::DbErr>(move |txn| {
             Box::pin(async move {
                 let ids: Vec<String> = Entity::find()
                     .select_only()

@@ -72,7 +72,7 @@ pub(crate) async fn notification(store: &Store, id: &str, received: DateTime<Utc
     store.record_notification(row).await.unwrap();
 }
 
-async fn count<E: EntityTrait>(store: &Store, _: E) -> u64 {
+async fn count<E: EntityTrait<Model: Sync>>(store: &Store, _: E) -> u64 {
     E::find().count(&store.db).await.unwrap()
 }
 
