@@ -313,3 +313,13 @@ async fn expired_refresh_tokens_and_revocations_go() {
     assert!(store.revoked_until("live").await.unwrap().is_some());
     assert!(store.revoked_until("gone").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn seconds_count_a_delivery_finished_just_now_is_not_past_a_short_retention() {
+    let (_dir, store) = store().await;
+    delivery(&store, "just-now", "n", "succeeded", Utc::now() - Duration::seconds(2)).await;
+    delivery(&store, "a-minute-ago", "n", "succeeded", Utc::now() - Duration::seconds(60)).await;
+    let batch = store.purge_deliveries(Utc::now() - Duration::seconds(5), 100).await.unwrap();
+    assert_eq!(batch.selected, 1, "{batch:?}");
+    assert!(store.get_delivery("just-now").await.unwrap().is_some());
+}
