@@ -21,6 +21,7 @@ mod private;
 mod probes;
 mod resilience;
 mod saga;
+mod supervision;
 mod sink;
 mod webhooks;
 mod workflows;
