@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Conveyor's benchmarks (not tests): build release, run, print the numbers, write JSON.
 #
-#   scripts/bench.sh [ingest|processing|keys|webhooks|all] [ARGS...]
+#   scripts/bench.sh [ingest|processing|keys|webhooks|soak|all] [ARGS...]
 #
 #   keys        key-level concurrency inside one partition, in-process (embedded log)
 #   ingest      POST /events: the daemon vs a bare hyper server, both under wrk
@@ -10,6 +10,9 @@
 #               (starts the services with scripts/services.sh up)
 #   webhooks    signed deliveries/s to a local sink vs a raw hyper client posting the same
 #               body, then 9 healthy endpoints + 1 that never answers (embedded backends)
+#   soak        3 million events through the embedded daemon with small retention: RSS, open
+#               files, data directory size and row counts sampled; slope per million events
+#               (several minutes; not part of `all`)
 #   all         keys, ingest, processing, webhooks (the default)
 # ARGS go to the benchmark's subcommand (one benchmark only), e.g.
 #   scripts/bench.sh ingest --duration 10 --connections 64
@@ -25,13 +28,13 @@ cd "$ROOT"
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "bench.sh: ERROR: $*"; exit 2; }
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 
 WHAT=${1:-all}
 [[ $# -gt 0 ]] && shift
 EXTRA_ARGS=("$@")
 case $WHAT in
-    ingest|processing|keys|webhooks) BENCHES=("$WHAT") ;;
+    ingest|processing|keys|webhooks|soak) BENCHES=("$WHAT") ;;
     all) BENCHES=(keys ingest processing webhooks)
          [[ ${#EXTRA_ARGS[@]} -eq 0 ]] || die "extra arguments need a single benchmark, not 'all'" ;;
     -h|--help|help) usage; exit 0 ;;
@@ -66,7 +69,7 @@ needs_services() { # bench
 say "== building release: conveyor-engine, conveyor-bench"
 cargo build --release -p conveyor-engine -p conveyor-bench --locked
 
-if [[ " ${BENCHES[*]} " == *" ingest "* ]] && ! command -v wrk >/dev/null; then
+if [[ " ${BENCHES[*]} " == *" ingest "* || " ${BENCHES[*]} " == *" soak "* ]] && ! command -v wrk >/dev/null; then
     say "== installing wrk"
     if [[ $(id -u) -eq 0 ]]; then
         apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2

@@ -112,6 +112,10 @@ pub enum Error {
     /// The runtime is shutting down and the work was dropped.
     #[error("shutting down")]
     ShuttingDown,
+
+    /// A supervised service is between a failure and its restart.
+    #[error("{subsystem} is restarting")]
+    SubsystemDown { subsystem: &'static str },
 }
 
 /// One field's problem, for [`Error::InvalidInput`].

@@ -3,9 +3,23 @@
 //!
 //! # The supervision tree
 //!
+//! One tree: every long-lived actor has a parent that restarts it with backoff (1 s, 2 s,
+//! 4 s … 60 s), counts the restart (`conveyor.actor.restarts`) and reports it down in
+//! `/ready` and on the status page until it is back. Services are reached through handles
+//! that read the current incarnation from a [`supervision::Slot`].
+//!
 //! ```text
-//! RootSupervisor                      restarts a failed child with backoff (rejoining its group)
-//! ├── ConsumerSupervisor  (group events-processor, topic events-input)
+//! RootSupervisor                      restarts a failed child with backoff
+//! ├── LedgerSupervisor  "ledger"      service: one AccountActor per loyalty account
+//! │   └── AccountActor …              spawned on demand, retired when idle
+//! ├── OutboxRelay  "outbox-relay"     service: publishes the outbox table, retries with backoff
+//! ├── DispatcherActor  "webhook-dispatcher"  service: polls due retries, wakes endpoints
+//! │   └── EndpointActor ep_…          one per endpoint with work: limiter, breaker, budget;
+//! │                                   retired when idle
+//! ├── RunSupervisor  "workflow-runs"  service: leases due runs, per-user limits
+//! │   └── RunActor run_…              one per executing run: step, checkpoint, step …
+//! ├── RetentionActor  "retention"     service: purges finished rows in batches ([`retention`])
+//! ├── ConsumerSupervisor  (group events-processor, topic events-input)   rejoins its group
 //! │   ├── PartitionActor events-input/0 ─┬─ key task "device-1"   one at a time per key,
 //! │   ├── PartitionActor events-input/1  ├─ key task "device-7"   many keys at once
 //! │   └── …  spawned on assign,          └─ …                     (retry/backoff, dead letters)
@@ -15,14 +29,10 @@
 //! ├── ConsumerSupervisor  (group webhooks-fanout, topic notifications) → webhooks::fanout
 //! ├── ConsumerSupervisor  (group workflows, topic workflows.command) → workflows::commands
 //! └── ConsumerSupervisor  (group conveyor-dlq-index, topic events-dlq) → dlq::DeadLetterIndexer
-//! LedgerSupervisor                    one AccountActor per loyalty account, retired when idle
-//! OutboxRelay                         publishes the outbox table, retries with backoff
-//! DispatcherActor                     webhook delivery: polls due retries, wakes endpoints
-//! └── EndpointActor ep_…              one per endpoint with work: limiter, breaker, budget
-//! RunSupervisor                       workflow runs: leases due runs, per-user limits
-//! └── RunActor run_…                  one per executing run: step, checkpoint, step …
-//! RetentionActor                      purges finished rows in batches ([`retention`])
 //! ```
+//! Services start before the groups (handlers call them) and stop after the groups have
+//! drained and committed. Plain loops are tasks, not actors: the workflow scheduler, the lag
+//! monitor and the webhook attempt writer.
 //! Webhook delivery ([`webhooks`]) follows a notification from `POST /notifications` to the
 //! endpoints' sinks; [`workflows`] follows a trigger to a run's last checkpoint.
 //! The registration saga ([`saga`]) is choreographed across the three groups above.
@@ -67,6 +77,7 @@ pub mod log;
 pub mod loyalty;
 pub mod metrics;
 pub mod outbox;
+pub mod readiness;
 mod recent;
 pub mod retention;
 pub mod retry;
@@ -74,11 +85,12 @@ pub mod root;
 pub mod saga;
 pub mod status;
 pub mod store;
-mod supervision;
+pub mod supervision;
 pub mod system;
 pub mod trace;
 pub mod webhooks;
 pub mod workflows;
 
 pub use error::Error;
-pub use system::{Component, Conveyor};
+pub use readiness::Component;
+pub use system::Conveyor;

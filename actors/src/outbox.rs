@@ -25,8 +25,11 @@ use crate::store::sagas::outbox;
 /// Header naming the outbox record a log record came from.
 pub const OUTBOX_ID_HEADER: &str = "conveyor.outbox.id";
 
+/// Publishes the outbox table; a service of the root supervisor.
 pub struct OutboxRelay;
 
+/// What the relay starts with (cloned for every incarnation).
+#[derive(Clone)]
 pub struct OutboxArgs {
     pub store: Store,
     pub producer: Arc<dyn Producer>,
@@ -38,6 +41,7 @@ pub struct OutboxArgs {
     pub wake: Arc<Notify>,
 }
 
+/// The relay's wake-up task and whether a round is queued.
 pub struct OutboxState {
     args: OutboxArgs,
     waker: tokio::task::JoinHandle<()>,
@@ -45,9 +49,12 @@ pub struct OutboxState {
     queued: Arc<AtomicBool>,
 }
 
+/// Everything the relay is told.
 pub enum OutboxMsg {
     /// Publishes every record that is due.
     Publish,
+    /// Test-only fault hook ([`crate::supervision::Service::inject_panic`]).
+    InjectPanic,
 }
 
 impl Actor for OutboxRelay {
@@ -87,7 +94,9 @@ impl Actor for OutboxRelay {
         msg: OutboxMsg,
         state: &mut OutboxState,
     ) -> Result<(), ActorProcessingErr> {
-        let OutboxMsg::Publish = msg;
+        if let OutboxMsg::InjectPanic = msg {
+            panic!("injected fault in the outbox relay");
+        }
         state.queued.store(false, Ordering::Release);
         let due = match state.args.store.due_outbox(state.args.batch).await {
             Ok(due) => due,
@@ -143,10 +152,10 @@ async fn publish(args: &OutboxArgs, row: outbox::Model) {
     }
 }
 
-/// Starts the relay.
-pub async fn start(args: OutboxArgs) -> Result<ActorRef<OutboxMsg>, crate::Error> {
-    let (actor, _) = Actor::spawn(Some("outbox-relay".into()), OutboxRelay, args)
-        .await
-        .map_err(|e| crate::Error::Actor { actor: "outbox-relay".into(), op: "spawn", source: Box::new(e) })?;
-    Ok(actor)
+/// The relay as a service of the root supervisor.
+pub fn service(args: OutboxArgs) -> crate::supervision::ActorService<OutboxRelay> {
+    let slot = crate::supervision::Slot::new("outbox-relay");
+    crate::supervision::ActorService::new("OutboxRelay", slot, || OutboxMsg::InjectPanic, move || {
+        (OutboxRelay, args.clone())
+    })
 }

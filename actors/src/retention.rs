@@ -30,6 +30,7 @@ use crate::log::LogBackend;
 use crate::metrics::{TABLE, kv, metrics};
 use crate::store::Store;
 use crate::store::retention::{Batch, Table};
+use crate::supervision::{ActorService, Slot};
 
 /// One retention rule (named in logs and in a report's failures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -157,10 +158,13 @@ pub enum RetentionMsg {
     Tick,
     /// Runs a round now and answers what it removed (tests, admin).
     PurgeNow { reply: RpcReplyPort<PurgeReport> },
+    /// Test-only fault hook ([`crate::supervision::Service::inject_panic`]).
+    InjectPanic,
 }
 
 /// What the retention actor needs: the store it purges and the log whose start offsets
 /// tell which dead letters are gone.
+#[derive(Clone)]
 pub struct RetentionArgs {
     pub store: Store,
     pub log: Arc<dyn LogBackend>,
@@ -194,6 +198,9 @@ impl Actor for RetentionActor {
         msg: RetentionMsg,
         state: &mut RetentionState,
     ) -> Result<(), ActorProcessingErr> {
+        if let RetentionMsg::InjectPanic = msg {
+            panic!("injected fault in the retention actor");
+        }
         let report = round(&state.args, Utc::now()).await;
         state.removed_total += report.total();
         if report.total() > 0 {
@@ -206,6 +213,7 @@ impl Actor for RetentionActor {
             RetentionMsg::PurgeNow { reply } => {
                 let _ = reply.send(report);
             }
+            RetentionMsg::InjectPanic => {}
         }
         Ok(())
     }
@@ -292,32 +300,45 @@ where
     }
 }
 
-/// The retention actor's handle.
+/// The retention actor's handle; it finds the current incarnation through its slot.
 #[derive(Clone)]
 pub struct Retention {
-    actor: ActorRef<RetentionMsg>,
+    slot: Slot<RetentionMsg>,
 }
 
 impl Retention {
     /// Runs a round now (after any round in progress) and answers what it removed.
     pub async fn purge_now(&self) -> Result<PurgeReport, Error> {
-        ractor::call!(self.actor, |reply| RetentionMsg::PurgeNow { reply }).map_err(|e| Error::Actor {
+        let actor = self.slot.get()?;
+        ractor::call!(actor, |reply| RetentionMsg::PurgeNow { reply }).map_err(|e| Error::Actor {
             actor: "retention".into(),
             op: "purge now",
             source: Box::new(e),
         })
     }
 
-    pub fn actor(&self) -> &ActorRef<RetentionMsg> {
-        &self.actor
-    }
-
+    /// Stops the running incarnation (only for an actor started with [`spawn`]; the root
+    /// supervisor stops its services itself).
     pub fn stop(&self) {
-        self.actor.stop(Some("shutdown".into()));
+        if let Ok(actor) = self.slot.get() {
+            actor.stop(Some("shutdown".into()));
+        }
     }
 }
 
-/// Starts the retention actor, linked to `supervisor` when one is given.
+/// The retention actor as a service of the root supervisor, with its handle.
+pub fn service(args: RetentionArgs) -> (Retention, ActorService<RetentionActor>) {
+    let slot = Slot::new("retention");
+    let service = ActorService::new(
+        "RetentionActor",
+        slot.clone(),
+        || RetentionMsg::InjectPanic,
+        move || (RetentionActor, args.clone()),
+    );
+    (Retention { slot }, service)
+}
+
+/// Starts the retention actor on its own, linked to `supervisor` when one is given.
 pub async fn spawn(args: RetentionArgs, supervisor: Option<ActorCell>) -> Result<Retention, Error> {
     let spawned = match supervisor {
         Some(sup) => Actor::spawn_linked(None, RetentionActor, args, sup).await,
@@ -325,7 +346,7 @@ pub async fn spawn(args: RetentionArgs, supervisor: Option<ActorCell>) -> Result
     };
     let (actor, _) =
         spawned.map_err(|e| Error::Actor { actor: "retention".into(), op: "spawn", source: Box::new(e) })?;
-    Ok(Retention { actor })
+    Ok(Retention { slot: Slot::holding("retention", actor) })
 }
 
 #[cfg(test)]

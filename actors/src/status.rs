@@ -2,7 +2,6 @@
 //! owned partitions with lag and in-flight counts, breakers, dead letters, the outbox.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -59,6 +58,10 @@ pub struct SystemStatus {
     pub version: String,
     pub uptime_secs: u64,
     pub log_backend: String,
+    /// What `/ready` answers now.
+    pub readiness: crate::readiness::Verdict,
+    /// Backends and subsystems that are down, by name.
+    pub down: Vec<String>,
     /// `ok` or `error: …` per backend.
     pub checks: BTreeMap<String, String>,
     pub supervision: Vec<ActorNode>,
@@ -82,7 +85,7 @@ impl Conveyor {
         for g in &groups {
             let running = g.partitions.iter().map(|p| p.running_keys).sum::<usize>();
             let detail = format!("topic {}; {} partitions, {running} keys running", g.topic, g.partitions.len());
-            let mut group = node(g.group.clone(), "ConsumerSupervisor", g.state, g.restarts, Some(detail));
+            let mut group = node(g.group.clone(), "ConsumerSupervisor", g.state.as_str(), g.restarts, Some(detail));
             for p in &g.partitions {
                 let state = if p.paused { "paused" } else { "running" };
                 let detail = format!("{} keys running, {} in flight", p.running_keys, p.in_flight);
@@ -102,37 +105,36 @@ impl Conveyor {
             }
             root.children.push(group);
         }
-        // Restarts of these supervisors' children (they start a fresh child on the next
-        // piece of work); the relay's state is its actor's own.
-        let accounts = self.ledger.live_accounts().await;
-        let ledger = node(
-            "ledger",
-            "LedgerSupervisor",
-            "running",
-            restarts_of("account"),
-            Some(format!("{accounts} account actors")),
-        );
-        let relay_state = format!("{:?}", self.outbox.get_status()).to_lowercase();
-        let relay = node("outbox-relay", "OutboxRelay", &relay_state, 0, None);
-        let endpoints = self.webhooks.running_actors().await;
-        let webhooks = node(
-            "webhooks",
-            "WebhookDispatcher",
-            "running",
-            restarts_of("webhook-endpoint"),
-            Some(format!("{endpoints} endpoint actors")),
-        );
-        let runs = self.workflows.running().await;
-        let workflows = node(
-            "workflow-runs",
-            "RunSupervisor",
-            "running",
-            restarts_of("workflow-run"),
-            Some(format!("{runs} runs executing")),
-        );
-        let checks = self
-            .readiness(Duration::from_secs(2))
-            .await
+        // The services hang under the root too; the detail names their on-demand children
+        // and how often those failed (a fresh child starts with the next piece of work).
+        let mut services = Vec::new();
+        for service in self.services().await {
+            let detail = match service.name {
+                "ledger" => Some(format!(
+                    "{} account actors ({} failed)",
+                    self.ledger.live_accounts().await,
+                    restarts_of("account")
+                )),
+                "webhook-dispatcher" => Some(format!(
+                    "{} endpoint actors ({} failed)",
+                    self.webhooks.running_actors().await,
+                    restarts_of("webhook-endpoint")
+                )),
+                "workflow-runs" => Some(format!(
+                    "{} runs executing ({} failed)",
+                    self.workflows.running().await,
+                    restarts_of("workflow-run")
+                )),
+                _ => None,
+            };
+            services.push(node(service.name, service.kind, service.state.as_str(), service.restarts, detail));
+        }
+        root.children.splice(0..0, services);
+        let readiness = self.readiness().await;
+        let verdict = readiness.verdict();
+        let down = readiness.failed();
+        let checks = readiness
+            .checks
             .into_iter()
             .map(|(c, r)| (c.as_str().to_string(), r.map_or_else(|e| format!("error: {e}"), |()| "ok".into())))
             .collect();
@@ -147,8 +149,10 @@ impl Conveyor {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
             log_backend: format!("{:?}", self.config.log.backend).to_lowercase(),
+            readiness: verdict,
+            down,
             checks,
-            supervision: vec![root, ledger, relay, webhooks, workflows],
+            supervision: vec![root],
             partitions,
             breakers: self
                 .breakers()

@@ -17,9 +17,10 @@ use crate::identity::{Identity, TokenKeys};
 use crate::lag::Lag;
 use crate::log::{LogBackend, Producer, embedded::EmbeddedLog, kafka::KafkaLog};
 use crate::loyalty::{Ledger, LoyaltyHandler};
-use crate::outbox::{OutboxArgs, OutboxMsg};
+use crate::outbox::OutboxArgs;
 use crate::retry::RetryPolicy;
-use crate::root::{GroupSpec, RootArgs, RootMsg, RootSupervisor};
+use crate::root::{GroupSpec, RootArgs, RootMsg, RootSupervisor, ServiceStatus};
+use crate::supervision::Service;
 use crate::saga::IdentitySagaHandler;
 use crate::store::Store;
 use crate::webhooks::Webhooks;
@@ -36,24 +37,6 @@ use crate::workflows::commands::CommandHandler;
 use crate::workflows::context::{HostBreakers, RunContext};
 use crate::workflows::supervisor::Runs;
 use crate::workflows::triggers::{Scheduler, Triggers};
-
-/// A component `/ready` checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Component {
-    Log,
-    Store,
-    Cache,
-}
-
-impl Component {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Component::Log => "log",
-            Component::Store => "store",
-            Component::Cache => "cache",
-        }
-    }
-}
 
 /// The running system.
 pub struct Conveyor {
@@ -73,7 +56,6 @@ pub struct Conveyor {
     pub workflows: Workflows,
     scheduler: tokio::task::JoinHandle<()>,
     attempt_writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    pub(crate) outbox: ActorRef<OutboxMsg>,
     /// Ingest's breaker on the log: while open, producers get a 503 at once instead of each
     /// waiting out the produce timeout.
     pub log_breaker: Arc<Breaker>,
@@ -113,12 +95,12 @@ pub async fn start_identity(
     Ok(identity)
 }
 
-/// The run supervisor, the triggers and each daemon's scheduler.
-async fn start_workflows(
+/// The run supervisor (as a service for the tree), the triggers and each daemon's scheduler.
+fn start_workflows(
     config: &Config,
     store: &Store,
     producer: &Arc<dyn crate::log::Producer>,
-) -> Result<(Workflows, Triggers, tokio::task::JoinHandle<()>), Error> {
+) -> Result<(Workflows, Triggers, tokio::task::JoinHandle<()>, Arc<dyn Service>), Error> {
     let c = &config.workflows;
     let policy = TargetPolicy { allow_loopback: c.allow_loopback, allow_private: c.allow_private };
     let timeout = Duration::from_millis(c.step_timeout_ms);
@@ -143,7 +125,7 @@ async fn start_workflows(
         produce_timeout,
         finished: finished.clone(),
     });
-    let runs = Runs::start(ctx).await?;
+    let (runs, service) = Runs::service(ctx);
     let triggers = Triggers::new(store.clone(), runs.clone());
     let ticking = triggers.clone();
     let scheduler = Scheduler::spawn(Duration::from_millis(c.scheduler_tick_ms), move |now| {
@@ -164,7 +146,7 @@ async fn start_workflows(
         runs,
         finished,
     );
-    Ok((workflows, triggers, scheduler))
+    Ok((workflows, triggers, scheduler, Arc::new(service)))
 }
 
 /// Opens the configured log backend.
@@ -216,7 +198,7 @@ impl Conveyor {
             domain: domain.clone(),
             payloads: DeliveryContext::payload_cache(),
         });
-        let dispatcher = Dispatcher::start(delivery).await?;
+        let (dispatcher, dispatcher_service) = Dispatcher::service(delivery);
         let webhooks = Webhooks::new(
             store.clone(),
             producer.clone(),
@@ -226,7 +208,7 @@ impl Conveyor {
             directory.clone(),
             dispatcher.clone(),
         );
-        let (workflows, triggers, scheduler) = start_workflows(&config, &store, &producer).await?;
+        let (workflows, triggers, scheduler, runs_service) = start_workflows(&config, &store, &producer)?;
         let fanout = GroupSpec {
             group: config.log.groups.webhooks.clone(),
             topic: config.log.topics.notifications.clone(),
@@ -265,7 +247,19 @@ impl Conveyor {
                 ..dead_letters.clone()
             },
         };
-        let (ledger, _) = Ledger::start(store.clone(), Duration::from_secs(config.loyalty.account_idle_secs)).await?;
+        let (ledger, ledger_service) = Ledger::service(crate::loyalty::LedgerArgs {
+            store: store.clone(),
+            idle: Duration::from_secs(config.loyalty.account_idle_secs),
+        });
+        let outbox = crate::outbox::service(OutboxArgs {
+            store: store.clone(),
+            producer: producer.clone(),
+            policy: RetryPolicy::from(&config.retry),
+            poll: Duration::from_millis(config.outbox.poll_interval_ms),
+            batch: config.outbox.batch_size,
+            produce_timeout: Duration::from_millis(config.log.produce_timeout_ms),
+            wake: outbox_wake,
+        });
         // The registration saga: loyalty reacts to `user.registered`, identity to `loyalty.*`.
         let loyalty = GroupSpec {
             group: config.log.groups.loyalty.clone(),
@@ -289,8 +283,21 @@ impl Conveyor {
             }),
             dead_letters: dead_letters.clone(),
         };
+        let rules = crate::retention::Rules::from_config(&config);
+        let (retention, retention_service) = crate::retention::service(crate::retention::RetentionArgs {
+            store: store.clone(),
+            log: log.clone(),
+            rules,
+        });
         let args = RootArgs {
             log: log.clone(),
+            services: vec![
+                Arc::new(ledger_service),
+                Arc::new(outbox),
+                Arc::new(dispatcher_service),
+                runs_service,
+                Arc::new(retention_service),
+            ],
             groups: vec![devices, loyalty, identity_saga, fanout, commands, index],
             policy: RetryPolicy::from(&config.retry),
             processing: config.processing.clone(),
@@ -311,16 +318,6 @@ impl Conveyor {
             max_replays: config.dlq.max_replays,
             timeout: Duration::from_millis(config.log.produce_timeout_ms),
         };
-        let outbox = crate::outbox::start(OutboxArgs {
-            store: store.clone(),
-            producer: producer.clone(),
-            policy: RetryPolicy::from(&config.retry),
-            poll: Duration::from_millis(config.outbox.poll_interval_ms),
-            batch: config.outbox.batch_size,
-            produce_timeout: Duration::from_millis(config.log.produce_timeout_ms),
-            wake: outbox_wake,
-        })
-        .await?;
         let log_breaker = Breaker::new("log", config.breaker.clone());
         let lag = Arc::new(Lag::default());
         let t = &config.log.topics;
@@ -333,12 +330,6 @@ impl Conveyor {
             t.events_dlq.clone(),
         ];
         let lag_monitor = lag.spawn_monitor(log.clone(), root.clone(), topics, t.events_input.clone());
-        let rules = crate::retention::Rules::from_config(&config);
-        let retention = crate::retention::spawn(
-            crate::retention::RetentionArgs { store: store.clone(), log: log.clone(), rules },
-            None,
-        )
-        .await?;
         let conveyor = Conveyor {
             config,
             producer,
@@ -352,7 +343,6 @@ impl Conveyor {
             workflows,
             scheduler,
             attempt_writer: std::sync::Mutex::new(Some(attempt_writer)),
-            outbox,
             log_breaker,
             lag,
             lag_monitor,
@@ -365,25 +355,24 @@ impl Conveyor {
         Ok(conveyor)
     }
 
-    /// Checks each backend within `timeout`; every failure is listed.
-    pub async fn readiness(&self, timeout: Duration) -> Vec<(Component, Result<(), Error>)> {
-        let bounded = |c: Component, f| async move {
-            match tokio::time::timeout(timeout, f).await {
-                Ok(r) => (c, r),
-                Err(_) => (c, Err(Error::Timeout { op: "readiness check", after: timeout })),
-            }
-        };
-        let (log, store, cache) = tokio::join!(
-            bounded(Component::Log, Box::pin(self.producer.ping(timeout)) as futures::future::BoxFuture<'_, _>),
-            bounded(Component::Store, Box::pin(self.store.ping())),
-            bounded(Component::Cache, Box::pin(self.cache.ping())),
-        );
-        vec![log, store, cache]
-    }
-
     /// Every partition actor's status.
     pub async fn partitions(&self) -> Vec<PartitionStatus> {
         ractor::call!(self.root, |reply| RootMsg::Status { reply }).unwrap_or_default()
+    }
+
+    /// Each long-lived service with its state and restarts.
+    pub async fn services(&self) -> Vec<ServiceStatus> {
+        ractor::call!(self.root, |reply| RootMsg::Services { reply }).unwrap_or_default()
+    }
+
+    /// Test-only fault hook: makes the named service panic (`faults.allow_panic_injection`).
+    pub async fn inject_panic(&self, subsystem: &str) -> Result<(), Error> {
+        if !self.config.faults.allow_panic_injection {
+            return Err(Error::NotFound { what: "fault hook" });
+        }
+        let subsystem = subsystem.to_owned();
+        ractor::call!(self.root, |reply| RootMsg::InjectPanic { subsystem, reply })
+            .map_err(|e| Error::Actor { actor: "root".into(), op: "inject a panic", source: Box::new(e) })?
     }
 
     /// Each consumer group with its partitions.
@@ -401,23 +390,18 @@ impl Conveyor {
         &self.log
     }
 
-    /// Leaves the consumer groups after draining and committing, then stops the tree.
+    /// Leaves the consumer groups after draining and committing, stops the services, then
+    /// the tree.
     pub async fn shutdown(&self, grace: Duration) {
         self.lag_monitor.abort();
-        self.retention.stop();
+        self.scheduler.abort();
         let stop = ractor::call_t!(self.root, |reply| RootMsg::Shutdown { reply }, grace.as_millis() as u64);
         if let Err(err) = stop {
             tracing::error!(error = %err, "actor system did not stop within the grace period");
         }
-        self.root.stop(Some("shutdown".into()));
-        // After the consumers: a handler still draining may need its account actor.
-        self.outbox.stop(Some("shutdown".into()));
-        self.ledger.stop();
-        // Requests in flight keep their leases and are sent again by the next run; the
-        // attempts already recorded are flushed once the last endpoint actor let go.
-        self.webhooks.stop();
-        self.scheduler.abort();
-        self.workflows.stop();
+        // The root's state holds the services' arguments: once it is gone, the attempt log's
+        // last sender is too, and the writer flushes what the endpoint actors recorded.
+        let _ = self.root.stop_and_wait(Some("shutdown".into()), Some(grace)).await;
         let writer = self.attempt_writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(writer) = writer {
             let flush = Duration::from_millis(self.config.webhooks.attempts_flush_ms) * 4;

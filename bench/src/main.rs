@@ -8,6 +8,7 @@ mod ingest;
 mod keys;
 mod processing;
 mod report;
+mod soak;
 mod webhooks;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,9 @@ enum Cmd {
     Keys(keys::KeysArgs),
     /// Signed webhook deliveries/s against a raw hyper client, and with one endpoint dead.
     Webhooks(webhooks::WebhooksArgs),
+    /// Millions of events through the embedded daemon with small retention: memory, open
+    /// files, disk and row counts sampled, their slope per million events reported.
+    Soak(soak::SoakArgs),
     /// The ingest baseline server: answers 202 with a small JSON body to any request.
     HelloServer {
         /// 0 picks a free port; the address is printed on stdout.
@@ -44,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Processing(args) => processing::run(args).await,
         Cmd::Keys(args) => keys::run(args).await,
         Cmd::Webhooks(args) => webhooks::run(args).await,
+        Cmd::Soak(args) => soak::run(args).await,
         Cmd::HelloServer { port } => hello::serve(port).await,
     }
 }

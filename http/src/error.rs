@@ -209,6 +209,7 @@ impl From<conveyor_actors::Error> for ApiError {
             E::LogUnavailable { .. } | E::Kafka { .. } => ApiError::unavailable("log", err),
             E::BreakerOpen { op, .. } | E::Timeout { op, .. } => ApiError::unavailable(op, err),
             E::ShuttingDown => ApiError::unavailable("service", err),
+            E::SubsystemDown { subsystem } => ApiError::unavailable(subsystem, err),
             other => ApiError::Internal(Box::new(other)),
         }
     }

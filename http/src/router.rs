@@ -33,6 +33,7 @@ pub enum Route {
     Saga,
     AdminStatusPage,
     AdminStatus,
+    AdminFaultPanic,
     Notifications,
     Notification,
     WebhookEndpoints,
@@ -65,7 +66,8 @@ pub enum Route {
 impl Route {
     /// In the OpenAPI document (everything but the document and its viewer).
     pub fn documented(self) -> bool {
-        !matches!(self, Route::OpenApi | Route::DocsRedirect | Route::Docs | Route::DocsAsset)
+        // The fault hook is for drills and tests, off unless configured.
+        !matches!(self, Route::OpenApi | Route::DocsRedirect | Route::Docs | Route::DocsAsset | Route::AdminFaultPanic)
     }
 
     /// Which rate-limit quota the route spends.
@@ -116,6 +118,7 @@ pub const ROUTES: &[(&str, Method, Route)] = &[
     ("/sagas/{id}", Method::GET, Route::Saga),
     ("/admin/status", Method::GET, Route::AdminStatusPage),
     ("/admin/status.json", Method::GET, Route::AdminStatus),
+    ("/admin/faults/{subsystem}/panic", Method::POST, Route::AdminFaultPanic),
     ("/notifications", Method::POST, Route::Notifications),
     ("/notifications/{id}", Method::GET, Route::Notification),
     ("/webhooks/endpoints", Method::GET, Route::WebhookEndpoints),

@@ -22,6 +22,7 @@ mod probes;
 mod resilience;
 mod retention;
 mod saga;
+mod supervision;
 mod sink;
 mod webhooks;
 mod workflows;

@@ -169,8 +169,12 @@ async fn status_page_shows_the_running_system_in_headless_chromium() {
     let (s, status) = d.get("/admin/status.json", Some(&admin)).await;
     assert_eq!(s, StatusCode::OK, "{status}");
     assert!(assigned && indexed, "{status}");
-    let groups = status["supervision"][0]["children"].as_array().map(Vec::len);
-    assert_eq!(groups, Some(6), "devices, loyalty, identity saga, webhooks, workflows, dead-letter index: {status}");
+    let children = status["supervision"][0]["children"].as_array().cloned().unwrap_or_default();
+    let of_kind = |kind: &str| children.iter().filter(|c| c["kind"] == kind).count();
+    assert_eq!(of_kind("ConsumerSupervisor"), 6, "devices, loyalty, identity saga, webhooks, workflows, dlq index");
+    for kind in ["LedgerSupervisor", "OutboxRelay", "DispatcherActor", "RunSupervisor"] {
+        assert_eq!(of_kind(kind), 1, "{kind} hangs under the root: {status}");
+    }
     assert_eq!(status["partitions"].as_array().map(Vec::len), Some(24), "6 groups x 4 partitions");
 
     let url = format!("{}/admin/status#token={admin}", d.base);
@@ -190,7 +194,7 @@ async fn status_page_shows_the_running_system_in_headless_chromium() {
     assert_eq!(dom.matches("data-kind=\"ConsumerSupervisor\"").count(), 6);
     assert!(dom.contains("data-kind=\"RunSupervisor\""));
     assert!(dom.contains("data-kind=\"LedgerSupervisor\"") && dom.contains("data-kind=\"OutboxRelay\""));
-    assert!(dom.contains("data-kind=\"WebhookDispatcher\""));
+    assert!(dom.contains("data-kind=\"DispatcherActor\""));
     for breaker in ["store", "cache", "log"] {
         assert!(dom.contains(&format!("data-testid=\"breaker-{breaker}\"")), "breaker {breaker}");
     }
@@ -203,6 +207,7 @@ async fn status_page_shows_the_running_system_in_headless_chromium() {
     assert!(states >= 24 + 6 + 5, "root, groups, partitions and the other supervisors are running: {states}");
     assert!(dom.contains("data-testid=\"actor-restarts\">restarts: 0<"));
     assert!(dom.contains("data-testid=\"outbox-backlog\""));
+    assert!(dom.contains("data-testid=\"readiness\">ready<"), "the page says the daemon is ready");
     assert!(dom.contains("updated "), "the page refreshed from /admin/status.json");
     let png = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(png > 10_000, "screenshot {} is {png} bytes", shot.display());

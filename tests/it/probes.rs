@@ -42,10 +42,12 @@ async fn metrics_token_protects_metrics_when_configured() {
     assert_eq!(d.get("/metrics", Some("scrape-me")).await.0, StatusCode::OK);
 }
 
-/// A private redis-server, killed mid-test: `/ready` names the cache, reads still work.
+/// A private redis-server, killed mid-test: `/ready` stays 200 but says `degraded` naming
+/// the cache (every read still has the store), answers within its check bound, and reads
+/// and processing go on.
 #[tokio::test]
-async fn real_readiness_fails_when_the_cache_stops_and_reads_continue() {
-    if !real_only("real_readiness_fails_when_the_cache_stops_and_reads_continue") {
+async fn real_readiness_degrades_when_the_cache_stops_and_reads_continue() {
+    if !real_only("real_readiness_degrades_when_the_cache_stops_and_reads_continue") {
         return;
     }
     let port = free_port();
@@ -66,14 +68,20 @@ async fn real_readiness_fails_when_the_cache_stops_and_reads_continue() {
 
     let _ = redis.kill();
     let _ = redis.wait();
-    let failed = eventually(Duration::from_secs(15), || async {
+    let degraded = eventually(Duration::from_secs(15), || async {
         let (s, body) = d.get("/ready", None).await;
-        s == StatusCode::SERVICE_UNAVAILABLE && body["checks"]["cache"].as_str().is_some_and(|c| c.starts_with("error"))
+        s == StatusCode::OK
+            && body["status"] == "degraded"
+            && body["checks"]["cache"].as_str().is_some_and(|c| c.starts_with("error"))
     })
     .await;
-    assert!(failed, "/ready must fail naming the cache");
+    assert!(degraded, "/ready must say degraded naming the cache: {}", d.get("/ready", None).await.1);
+    let asked = std::time::Instant::now();
     let (_, body) = d.get("/ready", None).await;
+    // Each check is bounded by 500 ms and they run concurrently; the margin is for a busy machine.
+    assert!(asked.elapsed() < Duration::from_secs(2), "/ready took {:?} with the cache down", asked.elapsed());
     assert_eq!(body["checks"]["store"], "ok");
+    assert_eq!(body["error"]["code"], "degraded");
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("cache")));
 
     // Cache down: reads fall back to the store, and new events are still processed.

@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 use crate::harness::{Daemon, Opts, eventually, metric_sum, real_only};
 use crate::private::{PrivateBroker, PrivatePostgres};
 
-struct User {
-    id: String,
-    access: String,
+pub(crate) struct User {
+    pub id: String,
+    pub access: String,
 }
 
-async fn register(d: &Daemon) -> User {
+pub(crate) async fn register(d: &Daemon) -> User {
     let email = format!("saga-{}@example.com", uuid::Uuid::new_v4().simple());
     let body = json!({"email": email, "password": "correct horse", "name": "Ann", "birthday": "1990-02-03"});
     let (s, b) = d.post("/auth/registration", None, &body).await;
@@ -26,7 +26,7 @@ async fn register(d: &Daemon) -> User {
 }
 
 /// Waits for the user's registration saga to leave `started`; returns `/auth/info`.
-async fn saga_ends(d: &Daemon, user: &User, within: Duration) -> Value {
+pub(crate) async fn saga_ends(d: &Daemon, user: &User, within: Duration) -> Value {
     let ended = eventually(within, || async {
         let (_, info) = d.get("/auth/info", Some(&user.access)).await;
         info["registration"]["status"].as_str().is_some_and(|s| s != "started")
@@ -50,7 +50,7 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
-async fn balance(d: &Daemon, user: &User) -> (StatusCode, Value) {
+pub(crate) async fn balance(d: &Daemon, user: &User) -> (StatusCode, Value) {
     d.get(&format!("/loyalty/{}", user.id), Some(&user.access)).await
 }
 

@@ -24,20 +24,20 @@ fn samples() -> Vec<Value> {
         .collect()
 }
 
-async fn notify(d: &Daemon, body: &Value) -> (StatusCode, Value) {
+pub(crate) async fn notify(d: &Daemon, body: &Value) -> (StatusCode, Value) {
     let bytes = serde_json::to_vec(body).unwrap();
     let (s, _, v) = d.request(Method::POST, "/notifications", None, &[("authorization", BASIC)], bytes).await;
     (s, v)
 }
 
 /// Creates an endpoint; returns its id and secret.
-async fn endpoint(d: &Daemon, owner: &str, body: Value) -> (String, String) {
+pub(crate) async fn endpoint(d: &Daemon, owner: &str, body: Value) -> (String, String) {
     let (s, v) = d.post("/webhooks/endpoints", Some(owner), &body).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     (v["id"].as_str().unwrap().to_string(), v["secret"].as_str().unwrap().to_string())
 }
 
-async fn wait_hits(sink: &Sink, path: &str, n: usize, within: Duration) -> Vec<Hit> {
+pub(crate) async fn wait_hits(sink: &Sink, path: &str, n: usize, within: Duration) -> Vec<Hit> {
     let arrived = eventually(within, || async { sink.hits(path).len() >= n }).await;
     assert!(arrived, "{path}: {} of {n} deliveries arrived", sink.hits(path).len());
     sink.hits(path)

@@ -11,7 +11,7 @@ use crate::harness::{Daemon, Opts, eventually, token};
 use crate::sink::{Script, Sink};
 
 /// Quick retries and leases, so the tests take seconds.
-fn opts() -> Opts {
+pub(crate) fn opts() -> Opts {
     Opts::new()
         .env("CONVEYOR_WORKFLOWS__ALLOW_LOOPBACK", "true")
         .env("CONVEYOR_WORKFLOWS__RETRY_BASE_MS", "100")
@@ -22,20 +22,20 @@ fn opts() -> Opts {
         .env("CONVEYOR_WORKFLOWS__LEASE_MS", "3000")
 }
 
-async fn create(d: &Daemon, user: &str, spec: Value) -> String {
+pub(crate) async fn create(d: &Daemon, user: &str, spec: Value) -> String {
     let (s, v) = d.post("/workflows", Some(user), &spec).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     v["id"].as_str().unwrap().to_string()
 }
 
-async fn start(d: &Daemon, user: &str, wf: &str, input: Value) -> String {
+pub(crate) async fn start(d: &Daemon, user: &str, wf: &str, input: Value) -> String {
     let (s, v) = d.post(&format!("/workflows/{wf}/runs"), Some(user), &json!({"input": input})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     v["id"].as_str().unwrap().to_string()
 }
 
 /// Long-polls the run until it finishes.
-async fn finished(d: &Daemon, user: &str, wf: &str, run: &str) -> Value {
+pub(crate) async fn finished(d: &Daemon, user: &str, wf: &str, run: &str) -> Value {
     for _ in 0..6 {
         let (s, v) = d.get(&format!("/workflows/{wf}/runs/{run}?wait=10s"), Some(user)).await;
         assert_eq!(s, StatusCode::OK, "{v}");

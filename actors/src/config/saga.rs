@@ -40,4 +40,7 @@ pub struct FaultsConfig {
     pub loyalty_credit_transient_failures: u32,
     /// Every welcome-bonus credit fails permanently (the saga compensates).
     pub loyalty_credit_permanent: bool,
+    /// `POST /admin/faults/{subsystem}/panic` makes that service's actor panic, to drill the
+    /// supervision tree; answered 404 while off.
+    pub allow_panic_injection: bool,
 }

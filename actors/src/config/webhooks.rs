@@ -39,6 +39,8 @@ pub struct WebhooksConfig {
     pub breaker_open_ms: u64,
     /// How often due retries are looked up in the store.
     pub poll_interval_ms: u64,
+    /// An endpoint actor with nothing in flight and no work for this long is retired.
+    pub endpoint_idle_ms: u64,
     /// Targets on loopback addresses (127.0.0.0/8, ::1) are refused unless this is set.
     pub allow_loopback: bool,
     /// Targets on private, link-local, CGNAT, unique-local and cloud-metadata addresses
@@ -70,6 +72,7 @@ impl Default for WebhooksConfig {
             breaker_failures: 5,
             breaker_open_ms: 30_000,
             poll_interval_ms: 1_000,
+            endpoint_idle_ms: 30_000,
             allow_loopback: false,
             allow_private: false,
             attempts_batch_size: 100,
@@ -91,6 +94,9 @@ impl WebhooksConfig {
                 "webhooks.request_timeout_ms",
                 "request_timeout_ms, max_in_flight_per_endpoint and poll_interval_ms must be at least 1",
             ));
+        }
+        if self.endpoint_idle_ms == 0 {
+            return Err(invalid("webhooks.endpoint_idle_ms", "must be at least 1"));
         }
         if self.response_excerpt_bytes > self.max_response_bytes {
             return Err(invalid("webhooks.response_excerpt_bytes", "must not exceed webhooks.max_response_bytes"));

@@ -16,24 +16,30 @@ use crate::metrics::{OPERATION, OUTCOME, kv, metrics};
 use crate::store::Store;
 use crate::store::loyalty::{LedgerOp, LedgerOutcome};
 use crate::store::sagas::outbox;
+use crate::supervision::{ActorService, Slot};
 
 /// How long a caller waits for an account's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Spawns account actors on demand and retires idle ones; a service of the root supervisor.
 pub struct LedgerSupervisor;
 
+/// What the ledger starts with.
+#[derive(Clone)]
 pub struct LedgerArgs {
     pub store: Store,
     /// An account actor with no work for this long is retired.
     pub idle: Duration,
 }
 
+/// The live account actors.
 pub struct LedgerState {
     args: LedgerArgs,
     /// Live account actors and how many operations each has been forwarded.
     accounts: HashMap<String, (ActorRef<AccountMsg>, u64)>,
 }
 
+/// Everything the ledger is told.
 pub enum LedgerMsg {
     /// Applies `op` (and writes `announce` to the outbox with it) on the account's actor.
     Apply { op: LedgerOp, announce: Option<Box<outbox::Model>>, reply: RpcReplyPort<Result<LedgerOutcome, Error>> },
@@ -41,6 +47,8 @@ pub enum LedgerMsg {
     Idle { user_id: String, received: u64 },
     /// How many account actors are alive (for status and tests).
     Count { reply: RpcReplyPort<usize> },
+    /// Test-only fault hook ([`crate::supervision::Service::inject_panic`]).
+    InjectPanic,
 }
 
 impl Actor for LedgerSupervisor {
@@ -104,6 +112,7 @@ impl Actor for LedgerSupervisor {
             LedgerMsg::Count { reply } => {
                 let _ = reply.send(state.accounts.len());
             }
+            LedgerMsg::InjectPanic => panic!("injected fault in the ledger"),
         }
         Ok(())
     }
@@ -188,18 +197,29 @@ impl Actor for AccountActor {
     }
 }
 
-/// The typed handle callers use.
+/// The typed handle callers use; it follows the ledger across restarts.
 #[derive(Clone)]
 pub struct Ledger {
-    actor: ActorRef<LedgerMsg>,
+    slot: Slot<LedgerMsg>,
 }
 
 impl Ledger {
+    /// The handle and the service the root supervisor runs it as.
+    pub fn service(args: LedgerArgs) -> (Self, ActorService<LedgerSupervisor>) {
+        let slot = Slot::new("ledger");
+        let service =
+            ActorService::new("LedgerSupervisor", slot.clone(), || LedgerMsg::InjectPanic, move || {
+                (LedgerSupervisor, args.clone())
+            });
+        (Ledger { slot }, service)
+    }
+
+    /// Starts the ledger outside the supervision tree (unit tests).
     pub async fn start(store: Store, idle: Duration) -> Result<(Self, tokio::task::JoinHandle<()>), Error> {
         let (actor, handle) = Actor::spawn(None, LedgerSupervisor, LedgerArgs { store, idle })
             .await
             .map_err(|e| Error::Actor { actor: "ledger".into(), op: "spawn", source: Box::new(e) })?;
-        Ok((Ledger { actor }, handle))
+        Ok((Ledger { slot: Slot::holding("ledger", actor) }, handle))
     }
 
     /// Applies `op` on its account's actor.
@@ -224,7 +244,8 @@ impl Ledger {
 
     async fn call(&self, op: LedgerOp, announce: Option<outbox::Model>) -> Result<LedgerOutcome, Error> {
         let announce = announce.map(Box::new);
-        let result = self.actor.call(|reply| LedgerMsg::Apply { op, announce, reply }, Some(CALL_TIMEOUT)).await;
+        let actor = self.slot.get()?;
+        let result = actor.call(|reply| LedgerMsg::Apply { op, announce, reply }, Some(CALL_TIMEOUT)).await;
         match result {
             Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
             Ok(ractor::rpc::CallResult::Timeout) => Err(Error::Timeout { op: "ledger operation", after: CALL_TIMEOUT }),
@@ -235,13 +256,17 @@ impl Ledger {
 
     /// Live account actors.
     pub async fn live_accounts(&self) -> usize {
-        match self.actor.call(|reply| LedgerMsg::Count { reply }, Some(CALL_TIMEOUT)).await {
+        let Ok(actor) = self.slot.get() else { return 0 };
+        match actor.call(|reply| LedgerMsg::Count { reply }, Some(CALL_TIMEOUT)).await {
             Ok(ractor::rpc::CallResult::Success(n)) => n,
             _ => 0,
         }
     }
 
+    /// Stops a ledger started with [`Ledger::start`]; the tree stops its own.
     pub fn stop(&self) {
-        self.actor.stop(None);
+        if let Ok(actor) = self.slot.get() {
+            actor.stop(None);
+        }
     }
 }

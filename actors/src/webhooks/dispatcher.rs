@@ -10,13 +10,18 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 
 use super::context::DeliveryContext;
 use super::endpoint_actor::{EndpointActor, EndpointArgs, EndpointMsg};
+use crate::supervision::{ActorService, Slot};
 
+/// Starts and wakes endpoint actors; a service of the root supervisor.
 pub struct DispatcherActor;
 
+/// What the dispatcher starts with (cloned for every incarnation).
+#[derive(Clone)]
 pub struct DispatcherArgs {
     pub ctx: Arc<DeliveryContext>,
 }
 
+/// The running endpoint actors.
 pub struct DispatcherState {
     ctx: Arc<DeliveryContext>,
     endpoints: HashMap<String, ActorRef<EndpointMsg>>,
@@ -32,6 +37,8 @@ pub enum DispatcherMsg {
     Poll,
     /// How many endpoint actors run.
     Running { reply: RpcReplyPort<usize> },
+    /// Test-only fault hook ([`crate::supervision::Service::inject_panic`]).
+    InjectPanic,
 }
 
 impl Actor for DispatcherActor {
@@ -74,6 +81,7 @@ impl Actor for DispatcherActor {
             DispatcherMsg::Running { reply } => {
                 let _ = reply.send(state.endpoints.len());
             }
+            DispatcherMsg::InjectPanic => panic!("injected fault in the webhook dispatcher"),
         }
         Ok(())
     }
@@ -113,35 +121,35 @@ impl DispatcherState {
     }
 }
 
-/// The typed handle callers use.
+/// The typed handle callers use; it follows the dispatcher across restarts. A wake-up sent
+/// while it is down is not lost: a fresh dispatcher polls the store for due deliveries first.
 #[derive(Clone)]
 pub struct Dispatcher {
-    actor: ActorRef<DispatcherMsg>,
+    slot: Slot<DispatcherMsg>,
 }
 
 impl Dispatcher {
-    pub async fn start(ctx: Arc<DeliveryContext>) -> Result<Self, crate::Error> {
-        let (actor, _) = Actor::spawn(None, DispatcherActor, DispatcherArgs { ctx }).await.map_err(|e| {
-            crate::Error::Actor { actor: "webhook-dispatcher".into(), op: "spawn", source: Box::new(e) }
-        })?;
-        Ok(Dispatcher { actor })
+    /// The handle and the service the root supervisor runs it as.
+    pub fn service(ctx: Arc<DeliveryContext>) -> (Self, ActorService<DispatcherActor>) {
+        let slot = Slot::new("webhook-dispatcher");
+        let args = DispatcherArgs { ctx };
+        let service = ActorService::new("DispatcherActor", slot.clone(), || DispatcherMsg::InjectPanic, move || {
+            (DispatcherActor, args.clone())
+        });
+        (Dispatcher { slot }, service)
     }
 
     pub fn wake(&self, endpoint_id: String) {
-        let _ = self.actor.cast(DispatcherMsg::Wake { endpoint_id });
+        self.slot.cast(DispatcherMsg::Wake { endpoint_id });
     }
 
     pub fn reload(&self, endpoint_id: String) {
-        let _ = self.actor.cast(DispatcherMsg::Reload { endpoint_id });
+        self.slot.cast(DispatcherMsg::Reload { endpoint_id });
     }
 
     /// Endpoint actors running now (for the status page).
     pub async fn running(&self) -> usize {
-        ractor::call!(self.actor, |reply| DispatcherMsg::Running { reply }).unwrap_or_default()
-    }
-
-    pub fn stop(&self) {
-        self.actor.stop_children(Some("shutdown".into()));
-        self.actor.stop(Some("shutdown".into()));
+        let Ok(actor) = self.slot.get() else { return 0 };
+        ractor::call!(actor, |reply| DispatcherMsg::Running { reply }).unwrap_or_default()
     }
 }

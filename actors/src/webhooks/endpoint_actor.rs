@@ -100,7 +100,10 @@ impl Actor for EndpointActor {
         msg: EndpointMsg,
         state: &mut EndpointState,
     ) -> Result<(), ActorProcessingErr> {
-        state.last_activity = Instant::now();
+        // The idle timer's own tick is not activity, or an idle actor would never retire.
+        if !matches!(msg, EndpointMsg::IdleCheck) {
+            state.last_activity = Instant::now();
+        }
         match msg {
             EndpointMsg::Wake => state.wake(&myself).await,
             EndpointMsg::Attempted(done) => {
@@ -124,7 +127,7 @@ impl Actor for EndpointActor {
 }
 
 fn idle_after(ctx: &DeliveryContext) -> Duration {
-    Duration::from_millis(ctx.config.poll_interval_ms.saturating_mul(30).max(10_000))
+    Duration::from_millis(ctx.config.endpoint_idle_ms)
 }
 
 impl EndpointState {

@@ -298,11 +298,6 @@ impl Webhooks {
         Ok(delivery.into())
     }
 
-    /// Stops the dispatcher and every endpoint actor.
-    pub fn stop(&self) {
-        self.dispatcher.stop();
-    }
-
     /// Endpoint actors running now.
     pub async fn running_actors(&self) -> usize {
         self.dispatcher.running().await

@@ -251,8 +251,4 @@ impl Workflows {
     pub async fn running(&self) -> usize {
         self.runs.running().await
     }
-
-    pub fn stop(&self) {
-        self.runs.stop();
-    }
 }

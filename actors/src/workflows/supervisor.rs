@@ -13,13 +13,18 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use super::context::RunContext;
 use super::run_actor::{RunActor, RunArgs, RunMsg};
 use crate::store::workflows::run;
+use crate::supervision::{ActorService, Slot};
 
+/// Leases due runs and starts their actors; a service of the root supervisor.
 pub struct RunSupervisor;
 
+/// What the run supervisor starts with (cloned for every incarnation).
+#[derive(Clone)]
 pub struct RunSupervisorArgs {
     pub ctx: Arc<RunContext>,
 }
 
+/// The executing run actors.
 pub struct RunSupervisorState {
     ctx: Arc<RunContext>,
     /// Run id → (owner, actor).
@@ -34,6 +39,8 @@ pub enum RunSupervisorMsg {
     Poll,
     /// How many run actors are executing.
     Running { reply: RpcReplyPort<usize> },
+    /// Test-only fault hook ([`crate::supervision::Service::inject_panic`]).
+    InjectPanic,
 }
 
 impl Actor for RunSupervisor {
@@ -74,6 +81,7 @@ impl Actor for RunSupervisor {
             RunSupervisorMsg::Running { reply } => {
                 let _ = reply.send(state.running.len());
             }
+            RunSupervisorMsg::InjectPanic => panic!("injected fault in the run supervisor"),
         }
         Ok(())
     }
@@ -123,30 +131,30 @@ impl RunSupervisorState {
     }
 }
 
-/// The typed handle.
+/// The typed handle; it follows the run supervisor across restarts. A wake-up sent while it
+/// is down is not lost: a fresh supervisor polls the store for due runs first.
 #[derive(Clone)]
 pub struct Runs {
-    actor: ActorRef<RunSupervisorMsg>,
+    slot: Slot<RunSupervisorMsg>,
 }
 
 impl Runs {
-    pub async fn start(ctx: Arc<RunContext>) -> Result<Self, crate::Error> {
-        let (actor, _) = Actor::spawn(None, RunSupervisor, RunSupervisorArgs { ctx })
-            .await
-            .map_err(|e| crate::Error::Actor { actor: "run-supervisor".into(), op: "spawn", source: Box::new(e) })?;
-        Ok(Runs { actor })
+    /// The handle and the service the root supervisor runs it as.
+    pub fn service(ctx: Arc<RunContext>) -> (Self, ActorService<RunSupervisor>) {
+        let slot = Slot::new("workflow-runs");
+        let args = RunSupervisorArgs { ctx };
+        let service = ActorService::new("RunSupervisor", slot.clone(), || RunSupervisorMsg::InjectPanic, move || {
+            (RunSupervisor, args.clone())
+        });
+        (Runs { slot }, service)
     }
 
     pub fn wake(&self, run_id: String) {
-        let _ = self.actor.cast(RunSupervisorMsg::Start { run_id });
+        self.slot.cast(RunSupervisorMsg::Start { run_id });
     }
 
     pub async fn running(&self) -> usize {
-        ractor::call!(self.actor, |reply| RunSupervisorMsg::Running { reply }).unwrap_or_default()
-    }
-
-    pub fn stop(&self) {
-        self.actor.stop_children(Some("shutdown".into()));
-        self.actor.stop(Some("shutdown".into()));
+        let Ok(actor) = self.slot.get() else { return 0 };
+        ractor::call!(actor, |reply| RunSupervisorMsg::Running { reply }).unwrap_or_default()
     }
 }

@@ -1,9 +1,10 @@
-//! Probes and metrics: `/health` (liveness), `/ready` (log, store, cache), `/metrics`.
+//! Probes and metrics: `/health` (liveness), `/ready` (backends and subsystems), `/metrics`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use bytes::Bytes;
+use conveyor_actors::readiness::Verdict;
+use conveyor_actors::root::ChildState;
 use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,15 +23,18 @@ pub struct Health {
 
 #[derive(Serialize, ToSchema)]
 pub struct Ready {
-    /// `ready` or `unavailable`.
-    pub status: String,
-    /// `ok` or `error: …` per component (log, store, cache).
+    /// `ready`, `degraded` (serving without a non-essential backend: the cache) or
+    /// `unavailable` (the log, the store or a subsystem is down).
+    pub status: Verdict,
+    /// `ok` or `error: …` per backend (log, store, cache); each checked within 500 ms.
     pub checks: BTreeMap<String, String>,
+    /// Each supervised service and consumer group (`group:{name}`): `running` or `restarting`.
+    pub subsystems: BTreeMap<String, ChildState>,
     /// Circuit breaker state per downstream: closed, half_open, open.
     pub breakers: BTreeMap<String, String>,
     /// Partitions this process owns (`topic/partition`).
     pub partitions: Vec<String>,
-    /// Present when unavailable.
+    /// Present unless ready; names what is down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInner>,
 }
@@ -41,40 +45,42 @@ pub fn health() -> Response {
     json_response(StatusCode::OK, &serde_json::to_value(Health { status: "ok".into() }).unwrap_or_default())
 }
 
-/// Readiness: the log, the store and the cache answer (also `/auth/ready`, `/loyalty/ready`).
+/// Readiness: the log, the store and every subsystem are up; a cache outage degrades
+/// (also `/auth/ready`, `/loyalty/ready`).
 #[utoipa::path(get, path = "/ready", tag = "probes", security(()), responses(
-    (status = 200, body = Ready, description = "Every backend answers"),
-    (status = 503, body = Ready, description = "A backend does not answer; `error` names it"),
+    (status = 200, body = Ready, description = "Ready, or degraded: the cache is down and reads go to the store"),
+    (status = 503, body = Ready, description = "The log, the store or a subsystem is down; `error` names it"),
 ))]
 pub async fn ready(state: &AppState) -> Response {
-    let checks = state.conveyor.readiness(Duration::from_secs(2)).await;
-    let mut body = Ready {
-        status: "ready".into(),
-        checks: BTreeMap::new(),
+    let readiness = state.conveyor.readiness().await;
+    let verdict = readiness.verdict();
+    let failed = readiness.failed();
+    let body = Ready {
+        status: verdict,
+        checks: readiness
+            .checks
+            .iter()
+            .map(|(c, r)| (c.as_str().to_string(), r.as_ref().map_or_else(|e| format!("error: {e}"), |()| "ok".into())))
+            .collect(),
+        subsystems: readiness.subsystems.into_iter().collect(),
         breakers: state.conveyor.breakers().iter().map(|b| (b.name().to_string(), b.state().as_str().into())).collect(),
         // Which partitions this process owns: operators (and tests) see a rebalance here.
         partitions: state.conveyor.partitions().await.iter().map(|p| p.tp.to_string()).collect(),
-        error: None,
+        error: match verdict {
+            Verdict::Ready => None,
+            Verdict::Degraded => Some(ErrorInner {
+                code: "degraded".into(),
+                message: format!("degraded: {}", failed.join(", ")),
+                details: None,
+            }),
+            Verdict::Unavailable => Some(ErrorInner {
+                code: "not_ready".into(),
+                message: format!("unavailable: {}", failed.join(", ")),
+                details: None,
+            }),
+        },
     };
-    let mut failed = Vec::new();
-    for (component, result) in &checks {
-        let value = match result {
-            Ok(()) => "ok".to_string(),
-            Err(err) => {
-                failed.push(component.as_str());
-                format!("error: {err}")
-            }
-        };
-        body.checks.insert(component.as_str().to_string(), value);
-    }
-    let status = if failed.is_empty() {
-        StatusCode::OK
-    } else {
-        body.status = "unavailable".into();
-        let message = format!("unavailable: {}", failed.join(", "));
-        body.error = Some(ErrorInner { code: "not_ready".into(), message, details: None });
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if verdict == Verdict::Unavailable { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     json_response(status, &serde_json::to_value(body).unwrap_or_default())
 }
 

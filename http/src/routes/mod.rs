@@ -52,6 +52,7 @@ pub(crate) async fn dispatch(
         Route::Saga => loyalty::saga(state, &req, param(params, "id")).await,
         Route::AdminStatusPage => Ok(admin::status_page()),
         Route::AdminStatus => admin::status(state, &req).await,
+        Route::AdminFaultPanic => admin::inject_panic(state, &req, param(params, "subsystem")).await,
         Route::Notifications => notifications::post(state, req, ctx).await,
         Route::Notification => notifications::get(state, &req, param(params, "id")).await,
         Route::WebhookEndpoints => webhooks::list(state, &req).await,

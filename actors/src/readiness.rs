@@ -1,0 +1,132 @@
+//! What `/ready` and the status page report: each backend checked within a short bound,
+//! and every child of the root supervisor that is waiting out a restart.
+//!
+//! Only what stops the daemon from doing its job makes it unavailable: the log (nothing can
+//! be accepted), the store (nothing can be applied or read) and a subsystem that is down. A
+//! cache outage only makes reads slower, since every read falls back to the store, so it
+//! degrades the daemon without taking it out of a load balancer.
+
+use std::time::Duration;
+
+use crate::Error;
+use crate::root::ChildState;
+use crate::system::Conveyor;
+
+/// How long each check may take: a probe must answer well inside a load balancer's timeout
+/// even while a backend hangs.
+pub const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A backend `/ready` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Log,
+    Store,
+    Cache,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Log => "log",
+            Component::Store => "store",
+            Component::Cache => "cache",
+        }
+    }
+
+    /// Whether the daemon can do its job without it.
+    fn essential(self) -> bool {
+        !matches!(self, Component::Cache)
+    }
+}
+
+/// The overall answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Ready,
+    /// Serving, with something non-essential down (the cache).
+    Degraded,
+    /// A backend or subsystem the daemon needs is down.
+    Unavailable,
+}
+
+/// Every check's outcome.
+pub struct Readiness {
+    pub checks: Vec<(Component, Result<(), Error>)>,
+    /// Services and consumer groups by name, with their state.
+    pub subsystems: Vec<(String, ChildState)>,
+}
+
+impl Readiness {
+    pub fn verdict(&self) -> Verdict {
+        let essential_down = self.checks.iter().any(|(c, r)| r.is_err() && c.essential());
+        if essential_down || self.subsystems.iter().any(|(_, s)| *s != ChildState::Running) {
+            Verdict::Unavailable
+        } else if self.checks.iter().any(|(_, r)| r.is_err()) {
+            Verdict::Degraded
+        } else {
+            Verdict::Ready
+        }
+    }
+
+    /// The names of whatever failed: backends, then subsystems.
+    pub fn failed(&self) -> Vec<String> {
+        let backends = self.checks.iter().filter(|(_, r)| r.is_err()).map(|(c, _)| c.as_str().to_owned());
+        let subsystems = self.subsystems.iter().filter(|(_, s)| *s != ChildState::Running).map(|(n, _)| n.clone());
+        backends.chain(subsystems).collect()
+    }
+}
+
+impl Conveyor {
+    /// Checks each backend within [`CHECK_TIMEOUT`], concurrently, and asks the root
+    /// supervisor which of its children are down.
+    pub async fn readiness(&self) -> Readiness {
+        let (log, store, cache, services, groups) = tokio::join!(
+            bounded(Component::Log, self.producer.ping(CHECK_TIMEOUT)),
+            bounded(Component::Store, self.store.ping()),
+            bounded(Component::Cache, self.cache.ping()),
+            self.services(),
+            self.groups(),
+        );
+        let services = services.into_iter().map(|s| (s.name.to_owned(), s.state));
+        let groups = groups.into_iter().map(|g| (format!("group:{}", g.group), g.state));
+        Readiness { checks: vec![log, store, cache], subsystems: services.chain(groups).collect() }
+    }
+}
+
+async fn bounded(component: Component, check: impl Future<Output = Result<(), Error>>) -> (Component, Result<(), Error>) {
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(r) => (component, r),
+        Err(_) => (component, Err(Error::Timeout { op: "readiness check", after: CHECK_TIMEOUT })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn down() -> Result<(), Error> {
+        Err(Error::Timeout { op: "test", after: CHECK_TIMEOUT })
+    }
+
+    fn readiness(log: bool, store: bool, cache: bool, ledger: ChildState) -> Readiness {
+        let check = |ok: bool| if ok { Ok(()) } else { down() };
+        Readiness {
+            checks: vec![(Component::Log, check(log)), (Component::Store, check(store)), (Component::Cache, check(cache))],
+            subsystems: vec![("ledger".into(), ledger)],
+        }
+    }
+
+    #[test]
+    fn only_what_stops_the_daemon_makes_it_unavailable() {
+        use ChildState::{Restarting, Running};
+        assert_eq!(readiness(true, true, true, Running).verdict(), Verdict::Ready);
+        let cache_down = readiness(true, true, false, Running);
+        assert_eq!((cache_down.verdict(), cache_down.failed()), (Verdict::Degraded, vec!["cache".to_owned()]));
+        assert_eq!(readiness(false, true, true, Running).verdict(), Verdict::Unavailable);
+        assert_eq!(readiness(true, false, true, Running).verdict(), Verdict::Unavailable);
+        let restarting = readiness(true, true, false, Restarting);
+        assert_eq!(restarting.verdict(), Verdict::Unavailable);
+        assert_eq!(restarting.failed(), vec!["cache".to_owned(), "ledger".to_owned()]);
+    }
+}
