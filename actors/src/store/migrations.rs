@@ -1,6 +1,7 @@
 //! Schema migrations, applied in order at start-up and by `conveyor migrate`.
 
 mod identity;
+mod resources;
 mod saga;
 mod webhooks;
 mod workflows;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(saga::CreateSagaAndLedger),
             Box::new(webhooks::CreateWebhooks),
             Box::new(workflows::CreateWorkflows),
+            Box::new(resources::AddLastPartition),
         ]
     }
 }
