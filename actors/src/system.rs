@@ -394,6 +394,7 @@ impl Conveyor {
 
     /// Leaves the consumer groups after draining and committing, then stops the tree.
     pub async fn shutdown(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
         self.lag_monitor.abort();
         let stop = ractor::call_t!(self.root, |reply| RootMsg::Shutdown { reply }, grace.as_millis() as u64);
         if let Err(err) = stop {
@@ -403,11 +404,12 @@ impl Conveyor {
         // After the consumers: a handler still draining may need its account actor.
         self.outbox.stop(Some("shutdown".into()));
         self.ledger.stop();
-        // Requests in flight keep their leases and are sent again by the next run; the
-        // attempts already recorded are flushed once the last endpoint actor let go.
-        self.webhooks.stop();
+        // Requests in flight are cut off and runs stopped where they stand; their leases are
+        // handed back so the next daemon resumes them at once. The attempts already recorded
+        // are flushed once the last endpoint actor let go.
         self.scheduler.abort();
-        self.workflows.stop();
+        let within = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(2));
+        tokio::join!(self.webhooks.stop(within), self.workflows.stop(within));
         let writer = self.attempt_writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(writer) = writer {
             let flush = Duration::from_millis(self.config.webhooks.attempts_flush_ms) * 4;

@@ -1,25 +1,34 @@
 //! The delivery supervisor: starts an [`EndpointActor`] for each endpoint with work, wakes
 //! it when deliveries are created, and polls the store for retries that came due (they
 //! may wait hours, so they live in the store, not in timers).
+//!
+//! On a graceful shutdown each endpoint actor cuts off its requests in flight and hands
+//! their deliveries back, so the next daemon sends them at once rather than after the lease.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio_util::sync::CancellationToken;
 
 use super::context::DeliveryContext;
 use super::endpoint_actor::{EndpointActor, EndpointArgs, EndpointMsg};
 
+/// The actor; its behaviour is in [`DispatcherState`].
 pub struct DispatcherActor;
 
+/// What the dispatcher is started with.
 pub struct DispatcherArgs {
     pub ctx: Arc<DeliveryContext>,
 }
 
+/// The endpoint actors of this daemon.
 pub struct DispatcherState {
     ctx: Arc<DeliveryContext>,
     endpoints: HashMap<String, ActorRef<EndpointMsg>>,
+    /// Cancelled on shutdown (every endpoint actor holds a child token).
+    stop: CancellationToken,
 }
 
 /// Everything the dispatcher is told.
@@ -32,6 +41,9 @@ pub enum DispatcherMsg {
     Poll,
     /// How many endpoint actors run.
     Running { reply: RpcReplyPort<usize> },
+    /// Graceful shutdown: every endpoint actor hands back the deliveries it had in flight
+    /// and stops (each within `within`); nothing new starts. Answers how many were handed back.
+    Shutdown { within: Duration, reply: RpcReplyPort<usize> },
 }
 
 impl Actor for DispatcherActor {
@@ -47,7 +59,7 @@ impl Actor for DispatcherActor {
         myself.send_interval(Duration::from_millis(args.ctx.config.poll_interval_ms), || DispatcherMsg::Poll);
         // Deliveries left pending by an earlier run start now, not one interval later.
         let _ = myself.cast(DispatcherMsg::Poll);
-        Ok(DispatcherState { ctx: args.ctx, endpoints: HashMap::new() })
+        Ok(DispatcherState { ctx: args.ctx, endpoints: HashMap::new(), stop: CancellationToken::new() })
     }
 
     async fn handle(
@@ -56,6 +68,9 @@ impl Actor for DispatcherActor {
         msg: DispatcherMsg,
         state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
+        if state.stop.is_cancelled() && !matches!(msg, DispatcherMsg::Running { .. }) {
+            return Ok(());
+        }
         match msg {
             DispatcherMsg::Wake { endpoint_id } => state.send(&myself, endpoint_id, EndpointMsg::Wake).await,
             DispatcherMsg::Reload { endpoint_id } => {
@@ -73,6 +88,28 @@ impl Actor for DispatcherActor {
             },
             DispatcherMsg::Running { reply } => {
                 let _ = reply.send(state.endpoints.len());
+            }
+            DispatcherMsg::Shutdown { within, reply } => {
+                state.stop.cancel();
+                let asks = state
+                    .endpoints
+                    .values()
+                    .map(|actor| actor.call(|reply| EndpointMsg::Shutdown { reply }, Some(within)));
+                let mut released = 0;
+                for answer in futures::future::join_all(asks).await {
+                    match answer {
+                        Ok(ractor::rpc::CallResult::Success(n)) => released += n,
+                        Ok(ractor::rpc::CallResult::Timeout) => tracing::warn!(
+                            "an endpoint actor did not hand back its deliveries in time; their leases will expire"
+                        ),
+                        // It had stopped already (idle): nothing in flight.
+                        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {}
+                    }
+                }
+                if released > 0 {
+                    tracing::info!(released, "webhook delivery leases handed back");
+                }
+                let _ = reply.send(released);
             }
         }
         Ok(())
@@ -102,7 +139,8 @@ impl DispatcherState {
             self.endpoints.remove(&endpoint_id);
             return;
         }
-        let args = EndpointArgs { endpoint_id: endpoint_id.clone(), ctx: self.ctx.clone() };
+        let args =
+            EndpointArgs { endpoint_id: endpoint_id.clone(), ctx: self.ctx.clone(), stop: self.stop.child_token() };
         match Actor::spawn_linked(None, EndpointActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 let _ = actor.cast(msg);
@@ -140,7 +178,14 @@ impl Dispatcher {
         ractor::call!(self.actor, |reply| DispatcherMsg::Running { reply }).unwrap_or_default()
     }
 
-    pub fn stop(&self) {
+    /// Hands back the deliveries in flight (within `within`), then stops every actor.
+    pub async fn stop(&self, within: Duration) {
+        // The hand-backs are store writes after the requests were cut off: a little beyond `within`.
+        let asked =
+            self.actor.call(|reply| DispatcherMsg::Shutdown { within, reply }, Some(within + Duration::from_secs(2)));
+        if !matches!(asked.await, Ok(ractor::rpc::CallResult::Success(_))) {
+            tracing::warn!("the webhook dispatcher did not hand back its deliveries in time; their leases will expire");
+        }
         self.actor.stop_children(Some("shutdown".into()));
         self.actor.stop(Some("shutdown".into()));
     }

@@ -298,9 +298,10 @@ impl Webhooks {
         Ok(delivery.into())
     }
 
-    /// Stops the dispatcher and every endpoint actor.
-    pub fn stop(&self) {
-        self.dispatcher.stop();
+    /// Hands back the deliveries in flight (within `within`), then stops the dispatcher and
+    /// every endpoint actor.
+    pub async fn stop(&self, within: std::time::Duration) {
+        self.dispatcher.stop(within).await;
     }
 
     /// Endpoint actors running now.

@@ -252,7 +252,8 @@ impl Workflows {
         self.runs.running().await
     }
 
-    pub fn stop(&self) {
-        self.runs.stop();
+    /// Stops every run where it stands and hands its lease back (within `within`).
+    pub async fn stop(&self, within: std::time::Duration) {
+        self.runs.stop(within).await;
     }
 }

@@ -2,6 +2,11 @@
 //! `workflows.max_concurrent_runs_per_user` per user in this daemon (the rest wait as
 //! `pending`), and polls the store for runs that are due again: new ones whose command was
 //! missed, delays that ended, runs a dead daemon left behind.
+//!
+//! On a graceful shutdown it stops every run actor where it stands (each step's checkpoint
+//! is written before and after the step, so a cut-off step is simply done again) and then
+//! clears the leases it held, so that the next daemon resumes the runs at once instead of
+//! waiting for the leases to expire.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,21 +14,27 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio_util::sync::CancellationToken;
 
 use super::context::RunContext;
 use super::run_actor::{RunActor, RunArgs, RunMsg};
 use crate::store::workflows::run;
 
+/// The actor; its behaviour is in [`RunSupervisorState`].
 pub struct RunSupervisor;
 
+/// What the run supervisor is started with.
 pub struct RunSupervisorArgs {
     pub ctx: Arc<RunContext>,
 }
 
+/// The runs this daemon executes.
 pub struct RunSupervisorState {
     ctx: Arc<RunContext>,
     /// Run id → (owner, actor).
     running: HashMap<String, (String, ActorRef<RunMsg>)>,
+    /// Cancelled on shutdown: every run actor stops where it stands.
+    stop: CancellationToken,
 }
 
 /// Everything the run supervisor is told.
@@ -34,6 +45,9 @@ pub enum RunSupervisorMsg {
     Poll,
     /// How many run actors are executing.
     Running { reply: RpcReplyPort<usize> },
+    /// Graceful shutdown: stop every run actor, clear the leases they held, start nothing
+    /// more; answers how many leases were handed back.
+    Shutdown { within: Duration, reply: RpcReplyPort<usize> },
 }
 
 impl Actor for RunSupervisor {
@@ -48,7 +62,7 @@ impl Actor for RunSupervisor {
     ) -> Result<RunSupervisorState, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(args.ctx.config.poll_interval_ms), || RunSupervisorMsg::Poll);
         let _ = myself.cast(RunSupervisorMsg::Poll);
-        Ok(RunSupervisorState { ctx: args.ctx, running: HashMap::new() })
+        Ok(RunSupervisorState { ctx: args.ctx, running: HashMap::new(), stop: CancellationToken::new() })
     }
 
     async fn handle(
@@ -57,6 +71,9 @@ impl Actor for RunSupervisor {
         msg: RunSupervisorMsg,
         state: &mut RunSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        if state.stop.is_cancelled() && !matches!(msg, RunSupervisorMsg::Running { .. }) {
+            return Ok(());
+        }
         match msg {
             RunSupervisorMsg::Start { run_id } => match state.ctx.store.get_run(&run_id).await {
                 Ok(Some(run)) if run.next_at <= Utc::now() => state.start(&myself, run).await,
@@ -73,6 +90,10 @@ impl Actor for RunSupervisor {
             },
             RunSupervisorMsg::Running { reply } => {
                 let _ = reply.send(state.running.len());
+            }
+            RunSupervisorMsg::Shutdown { within, reply } => {
+                let released = state.shutdown(within).await;
+                let _ = reply.send(released);
             }
         }
         Ok(())
@@ -113,12 +134,40 @@ impl RunSupervisorState {
             }
         }
         let (id, owner) = (run.id.clone(), run.owner.clone());
-        let args = RunArgs { run, ctx: self.ctx.clone() };
+        let args = RunArgs { run, ctx: self.ctx.clone(), stop: self.stop.child_token() };
         match Actor::spawn_linked(None, RunActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 self.running.insert(id, (owner, actor));
             }
             Err(err) => tracing::error!(error = %err, "starting a workflow run actor; its lease will expire"),
+        }
+    }
+
+    /// Stops the run actors (within `within`) and hands back the leases of those that
+    /// stopped; a run whose actor did not stop in time keeps its lease, which then expires.
+    async fn shutdown(&mut self, within: Duration) -> usize {
+        self.stop.cancel();
+        let deadline = tokio::time::Instant::now() + within;
+        let mut stopped = Vec::with_capacity(self.running.len());
+        for (id, (_, actor)) in self.running.drain() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match actor.wait(Some(left)).await {
+                Ok(()) => stopped.push(id),
+                Err(_) => tracing::warn!(run = %id, "run actor did not stop in time; its lease will expire"),
+            }
+        }
+        if stopped.is_empty() {
+            return 0;
+        }
+        match self.ctx.store.release_runs(&stopped).await {
+            Ok(released) => {
+                tracing::info!(released, "workflow run leases handed back");
+                released as usize
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "handing back workflow run leases; they will expire");
+                0
+            }
         }
     }
 }
@@ -145,7 +194,16 @@ impl Runs {
         ractor::call!(self.actor, |reply| RunSupervisorMsg::Running { reply }).unwrap_or_default()
     }
 
-    pub fn stop(&self) {
+    /// Stops every run where it stands and hands its lease back (within `within`), then
+    /// stops the supervisor.
+    pub async fn stop(&self, within: Duration) {
+        // The release query runs after the actors stopped: a little beyond `within`.
+        let asked = self
+            .actor
+            .call(|reply| RunSupervisorMsg::Shutdown { within, reply }, Some(within + Duration::from_secs(2)));
+        if !matches!(asked.await, Ok(ractor::rpc::CallResult::Success(_))) {
+            tracing::warn!("run supervisor did not hand back its leases in time; they will expire");
+        }
         self.actor.stop_children(Some("shutdown".into()));
         self.actor.stop(Some("shutdown".into()));
     }
