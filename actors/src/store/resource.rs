@@ -33,7 +33,7 @@ mod tests {
 
     /// SQLite in a temporary directory, and PostgreSQL in a fresh schema as well when
     /// `CONVEYOR_TEST_PG_URL` is set: the guard is one SQL statement per dialect.
-    async fn stores(dir: &std::path::Path) -> Vec<Store> {
+    async fn stores(dir: &std::path::Path) -> Vec<(Store, Option<String>)> {
         let mut configs = vec![Config { data_dir: dir.to_path_buf(), ..Config::default() }];
         if let Ok(url) = std::env::var("CONVEYOR_TEST_PG_URL") {
             let mut pg = Config { data_dir: dir.to_path_buf(), ..Config::default() };
@@ -45,7 +45,8 @@ mod tests {
         for config in configs {
             let store = Store::connect(&config).await.unwrap();
             store.migrate().await.unwrap();
-            stores.push(store);
+            let schema = (!config.store.schema.is_empty()).then_some(config.store.schema);
+            stores.push((store, schema));
         }
         stores
     }
@@ -58,7 +59,7 @@ mod tests {
     #[tokio::test]
     async fn the_guard_compares_offsets_within_a_partition_only() {
         let dir = tempfile::tempdir().unwrap();
-        for store in stores(dir.path()).await {
+        for (store, schema) in stores(dir.path()).await {
             let up = |seq: u64, partition: i32, offset: i64| {
                 let store = store.clone();
                 async move { store.upsert_resource("d1", json!({"seq": seq}), partition, offset).await.unwrap() }
@@ -74,6 +75,9 @@ mod tests {
             assert_eq!(up(3, 3, 3).await, Upsert::Written, "the device keeps updating on its new partition");
             assert_eq!(up(2, 3, 2).await, Upsert::Stale, "and its new partition's order is guarded");
             assert_eq!(seq(&store, "d1").await, Some((3, Some(3), 3)));
+            if let Some(schema) = schema {
+                store.execute_raw(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+            }
         }
     }
 
