@@ -116,6 +116,18 @@ pub enum Error {
     /// A supervised service is between a failure and its restart.
     #[error("{subsystem} is restarting")]
     SubsystemDown { subsystem: &'static str },
+
+    /// A device event whose record key is missing or is not its `device_id`: it sits on a
+    /// partition other than the device's, where applying it would corrupt the offset guard.
+    #[error("record {topic}/{partition} at offset {offset}: {}", key_mismatch(.key, .device_id))]
+    KeyMismatch { topic: String, partition: i32, offset: i64, key: Option<String>, device_id: String },
+}
+
+fn key_mismatch(key: &Option<String>, device_id: &str) -> String {
+    match key {
+        None => format!("has no key; device events must be keyed by their device_id {device_id:?}"),
+        Some(key) => format!("key {key:?} differs from its device_id {device_id:?}"),
+    }
 }
 
 /// One field's problem, for [`Error::InvalidInput`].

@@ -55,7 +55,9 @@ pub enum RootMsg {
     RestartService { index: usize },
     /// Test-only fault hook: make the named service's actor panic.
     InjectPanic { subsystem: String, reply: RpcReplyPort<Result<(), crate::Error>> },
-    /// Leave every group (draining and committing), stop the children, then reply.
+    /// Leave every group (draining and committing), then reply; nothing restarts after it.
+    LeaveGroups { reply: RpcReplyPort<()> },
+    /// Leave every group left (as `LeaveGroups`), stop the services, then reply.
     Shutdown { reply: RpcReplyPort<()> },
 }
 
@@ -232,18 +234,14 @@ impl Actor for RootSupervisor {
                 };
                 let _ = reply.send(result);
             }
+            RootMsg::LeaveGroups { reply } => {
+                state.leave_groups().await;
+                let _ = reply.send(());
+            }
             RootMsg::Shutdown { reply } => {
-                state.stopping = true;
-                for slot in state.running.iter_mut() {
-                    if let Some(r) = slot.take() {
-                        if let Err(err) = r.membership.stop().await {
-                            tracing::error!(error = &err as &dyn std::error::Error, "leaving the group failed");
-                        }
-                        r.supervisor.actor().stop(Some("shutdown".into()));
-                    }
-                }
+                state.leave_groups().await;
                 // After the groups, newest first: a handler still draining may need its
-                // account actor; each service lets go of its leases in its own `post_stop`.
+                // account actor. Leases were handed back before (`Conveyor::shutdown`).
                 for (index, slot) in state.services.iter_mut().enumerate().rev() {
                     if let Some(cell) = slot.take() {
                         state.args.services[index].clear();
@@ -331,6 +329,18 @@ impl RootState {
         let membership = self.args.log.subscribe(&spec.group, &[spec.topic], listener).await?;
         self.running[index] = Some(Running { supervisor, membership });
         Ok(())
+    }
+
+    async fn leave_groups(&mut self) {
+        self.stopping = true;
+        for slot in self.running.iter_mut() {
+            if let Some(r) = slot.take() {
+                if let Err(err) = r.membership.stop().await {
+                    tracing::error!(error = &err as &dyn std::error::Error, "leaving the group failed");
+                }
+                r.supervisor.actor().stop(Some("shutdown".into()));
+            }
+        }
     }
 
     async fn start_service(&mut self, index: usize, myself: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {

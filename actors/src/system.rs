@@ -95,12 +95,15 @@ pub async fn start_identity(
     Ok(identity)
 }
 
+/// The workflows facade, the triggers, the scheduler task and the run supervisor's service.
+type WorkflowParts = (Workflows, Triggers, tokio::task::JoinHandle<()>, Arc<dyn Service>);
+
 /// The run supervisor (as a service for the tree), the triggers and each daemon's scheduler.
 fn start_workflows(
     config: &Config,
     store: &Store,
     producer: &Arc<dyn crate::log::Producer>,
-) -> Result<(Workflows, Triggers, tokio::task::JoinHandle<()>, Arc<dyn Service>), Error> {
+) -> Result<WorkflowParts, Error> {
     let c = &config.workflows;
     let policy = TargetPolicy { allow_loopback: c.allow_loopback, allow_private: c.allow_private };
     let timeout = Duration::from_millis(c.step_timeout_ms);
@@ -390,18 +393,29 @@ impl Conveyor {
         &self.log
     }
 
-    /// Leaves the consumer groups after draining and committing, stops the services, then
-    /// the tree.
+    /// Leaves the consumer groups after draining and committing, hands back the run and
+    /// delivery leases this daemon holds, stops the services, then the tree.
     pub async fn shutdown(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
         self.lag_monitor.abort();
         self.scheduler.abort();
-        let stop = ractor::call_t!(self.root, |reply| RootMsg::Shutdown { reply }, grace.as_millis() as u64);
+        let left = grace.as_millis() as u64;
+        let groups = ractor::call_t!(self.root, |reply| RootMsg::LeaveGroups { reply }, left);
+        if let Err(err) = groups {
+            tracing::error!(error = %err, "consumer groups did not drain within the grace period");
+        }
+        // Requests in flight are cut off and runs stopped where they stand; their leases are
+        // handed back so the next daemon resumes them at once.
+        let within = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(2));
+        tokio::join!(self.webhooks.hand_back_leases(within), self.workflows.hand_back_leases(within));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(2));
+        let stop = ractor::call_t!(self.root, |reply| RootMsg::Shutdown { reply }, left.as_millis() as u64);
         if let Err(err) = stop {
-            tracing::error!(error = %err, "actor system did not stop within the grace period");
+            tracing::error!(error = %err, "services did not stop within the grace period");
         }
         // The root's state holds the services' arguments: once it is gone, the attempt log's
         // last sender is too, and the writer flushes what the endpoint actors recorded.
-        let _ = self.root.stop_and_wait(Some("shutdown".into()), Some(grace)).await;
+        let _ = self.root.stop_and_wait(Some("shutdown".into()), Some(left)).await;
         let writer = self.attempt_writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(writer) = writer {
             let flush = Duration::from_millis(self.config.webhooks.attempts_flush_ms) * 4;

@@ -233,13 +233,16 @@ async fn raw_pg(
     db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await?;
     db.execute_unprepared(&format!(
         "CREATE TABLE IF NOT EXISTS \"{schema}\".resources (id varchar NOT NULL PRIMARY KEY, \
-         value jsonb NOT NULL, last_offset bigint NOT NULL, updated_at timestamptz NOT NULL)"
+         value jsonb NOT NULL, last_offset bigint NOT NULL, last_partition integer, updated_at timestamptz NOT NULL)"
     ))
     .await?;
     let sql = Arc::new(format!(
-        "INSERT INTO \"{schema}\".resources (id, value, last_offset, updated_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (id) DO UPDATE SET value = excluded.value, last_offset = excluded.last_offset, \
-         updated_at = excluded.updated_at WHERE \"{schema}\".resources.last_offset < excluded.last_offset"
+        "INSERT INTO \"{schema}\".resources (id, value, last_offset, last_partition, updated_at) \
+         VALUES ($1, $2, $3, 0, $4) ON CONFLICT (id) DO UPDATE SET value = excluded.value, \
+         last_offset = excluded.last_offset, last_partition = excluded.last_partition, updated_at = excluded.updated_at \
+         WHERE \"{schema}\".resources.last_partition IS NULL \
+         OR \"{schema}\".resources.last_partition <> excluded.last_partition \
+         OR \"{schema}\".resources.last_offset < excluded.last_offset"
     ));
     let started = Instant::now();
     let mut set = JoinSet::new();

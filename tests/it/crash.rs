@@ -62,8 +62,8 @@ async fn send_rounds(
 ///
 /// Records whose processing finished after the last committed offset are delivered again
 /// after the restart. Each one reaches the store as an upsert guarded by its source offset
-/// (`… WHERE resources.last_offset < excluded.last_offset`): the stored row already carries
-/// that offset or a later one, so the write changes nothing and is counted in
+/// (`… WHERE resources.last_offset < excluded.last_offset`, or another partition): the stored
+/// row already carries that partition's offset or a later one, so the write changes nothing and is counted in
 /// `conveyor_devices_stale_writes_total` — that is the number of redeliveries absorbed.
 /// An *applied* duplicate would rewrite a device with an older event, which the sampled
 /// devices would show as a step backwards; that count must be 0.

@@ -7,9 +7,9 @@ use http::StatusCode;
 use serde_json::json;
 
 use conveyor_actors::config::LogBackendKind;
-use conveyor_actors::log::{LogBackend, OutgoingRecord};
+use conveyor_actors::log::{Ack, LogBackend, OutgoingRecord, Producer};
 
-use crate::harness::{Backend, Daemon, Names, Opts, eventually, metric_sum, token};
+use crate::harness::{Backend, Daemon, Names, Opts, eventually, metric_sum, real_only, token};
 
 /// Sends `per_device` events to each of `devices` devices, in per-device sequence order,
 /// through `/events/batch` (100 per request); returns the last seq per device.
@@ -193,4 +193,176 @@ async fn kill_9_loses_no_accepted_event() {
     let d = Daemon::start(Opts::restart_of(&mut d)).await;
     let laggards = await_final_state(&d, &t, &expected, Duration::from_secs(120)).await;
     assert!(laggards.is_empty(), "accepted events lost across kill -9: {laggards:?}");
+}
+
+/// The daemon's log, for the test's own writes. The embedded log belongs to one process, so
+/// there the daemon is stopped first; [`resume`] starts it again.
+async fn raw_log(d: &mut Daemon) -> std::sync::Arc<dyn LogBackend> {
+    if d.backend() == Backend::Embedded {
+        assert!(d.terminate(Duration::from_secs(20)).await.success());
+    }
+    open_log(&d.names, Some(&d.data_dir)).await
+}
+
+async fn resume(d: &mut Daemon, log: std::sync::Arc<dyn LogBackend>) {
+    drop(log);
+    if d.backend() == Backend::Embedded {
+        *d = Daemon::start(Opts::restart_of(d)).await;
+    }
+}
+
+/// A device event as `POST /events` writes it, under whatever key the caller gives.
+async fn produce_event(producer: &dyn Producer, topic: &str, key: Option<&str>, device: &str, seq: u64) -> Ack {
+    let event = json!({
+        "request_id": uuid::Uuid::new_v4(), "device_id": device, "payload": {"seq": seq},
+        "user_id": "it", "received_at": "2026-12-02T00:00:00Z",
+    });
+    let record = OutgoingRecord {
+        topic: topic.to_string(),
+        key: key.map(str::to_string),
+        payload: serde_json::to_vec(&event).unwrap().into(),
+        headers: vec![],
+    };
+    producer.send(record, Duration::from_secs(10)).await.unwrap()
+}
+
+async fn post_events(d: &Daemon, t: &str, device: &str, seqs: std::ops::RangeInclusive<u64>) {
+    for seq in seqs {
+        let (s, body) = d.post("/events", Some(t), &json!({"device_id": device, "payload": {"seq": seq}})).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    }
+}
+
+/// A record without a key, and one keyed by another device, both carrying the victim's
+/// `device_id`: each lands on a partition that is not the victim's (the mis-keyed one
+/// far ahead of the victim's offsets). Both go to the dead-letter topic naming why, and
+/// every later event of the victim reaches its row. Before, the mis-keyed record was
+/// applied and its offset stored, and each later event of the victim was discarded as stale.
+#[tokio::test]
+async fn keyless_and_mis_keyed_records_are_dead_lettered_and_the_device_keeps_updating() {
+    const VICTIM: &str = "victim";
+    let mut d = Daemon::start(Opts::new()).await;
+    let t = token("gw", &["device", "user"]);
+    post_events(&d, &t, VICTIM, 0..=2).await;
+    let expected = HashMap::from([(VICTIM.to_string(), 2)]);
+    assert!(await_final_state(&d, &t, &expected, Duration::from_secs(60)).await.is_empty());
+
+    let log = raw_log(&mut d).await;
+    let (producer, topic) = (log.producer(), d.names.topic_in.clone());
+    let home = produce_event(producer.as_ref(), &topic, Some(VICTIM), VICTIM, 3).await.partition;
+    // A neighbour on another partition, which then runs far ahead of the victim's offsets.
+    let mut neighbour = None;
+    for k in 0..64 {
+        let key = format!("neighbour-{k}");
+        if produce_event(producer.as_ref(), &topic, Some(&key), &key, 0).await.partition != home {
+            neighbour = Some(key);
+            break;
+        }
+    }
+    let neighbour = neighbour.unwrap_or_else(|| panic!("no key maps to a partition other than {home}"));
+    for seq in 1..=40 {
+        produce_event(producer.as_ref(), &topic, Some(&neighbour), &neighbour, seq).await;
+    }
+    let keyless = produce_event(producer.as_ref(), &topic, None, VICTIM, 900).await;
+    let mis_keyed = produce_event(producer.as_ref(), &topic, Some(&neighbour), VICTIM, 901).await;
+    assert!(mis_keyed.partition != home && mis_keyed.offset >= 40, "{mis_keyed:?} vs partition {home}");
+    drop(producer);
+    resume(&mut d, log).await;
+
+    post_events(&d, &t, VICTIM, 4..=8).await;
+    let expected = HashMap::from([(VICTIM.to_string(), 8), (neighbour.clone(), 40)]);
+    let laggards = await_final_state(&d, &t, &expected, Duration::from_secs(60)).await;
+    assert!(laggards.is_empty(), "frozen: {laggards:?}; log:\n{}", d.log_tail(30));
+
+    let admin = token("ops", &["admin"]);
+    let path = format!("/admin/dead-letters?source_topic={topic}");
+    let list = || async {
+        let (s, body) = d.get(&path, Some(&admin)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body["items"].as_array().cloned().unwrap_or_default()
+    };
+    let listed = eventually(Duration::from_secs(60), || async { list().await.len() >= 2 }).await;
+    let items = list().await;
+    assert!(listed, "two dead letters expected: {items:?}");
+    assert_eq!(items.len(), 2, "only the keyless and the mis-keyed record: {items:?}");
+    let find = |key: Option<&str>| {
+        items
+            .iter()
+            .find(|i| i["key"].as_str() == key)
+            .unwrap_or_else(|| panic!("no dead letter with key {key:?}: {items:?}"))
+            .clone()
+    };
+    for (item, ack, reason) in
+        [(find(None), keyless, "has no key"), (find(Some(&neighbour)), mis_keyed, "differs from its device_id")]
+    {
+        assert_eq!(item["error_class"], "permanent", "{item}");
+        assert_eq!(
+            (item["source_partition"].as_i64(), item["source_offset"].as_i64()),
+            (Some(ack.partition.into()), Some(ack.offset)),
+            "{item}"
+        );
+        let error = item["error"].as_str().unwrap_or_default();
+        assert!(error.contains(reason) && error.contains(VICTIM), "{reason}: {item}");
+    }
+}
+
+/// `events-input` gains partitions: a device whose key now maps to a new partition, where
+/// offsets start at 0, keeps updating (a write from another partition is never discarded
+/// merely because its offset is lower). Kafka only: the embedded log has no way to add
+/// partitions; there the store's guard tests and the handler's unit test cover it.
+#[tokio::test]
+async fn devices_keep_updating_after_the_input_topic_gains_partitions() {
+    if !real_only("devices_keep_updating_after_the_input_topic_gains_partitions") {
+        return;
+    }
+    const DEVICES: usize = 40;
+    let mut d = Daemon::start(Opts::new()).await;
+    let t = token("gw", &["device", "user"]);
+    let expected = send_sequenced(&d, &t, "grow", DEVICES, 5, 0).await;
+    assert!(await_final_state(&d, &t, &expected, Duration::from_secs(60)).await.is_empty());
+    assert!(d.terminate(Duration::from_secs(20)).await.success());
+    if let Err(reason) = add_partitions(&d.names.topic_in, 8).await {
+        eprintln!(
+            "SKIPPED devices_keep_updating_after_the_input_topic_gains_partitions: the broker cannot add partitions: {reason}"
+        );
+        return;
+    }
+    // A fresh daemon sees the new partitions at once (producer metadata and assignment).
+    let d = Daemon::start(Opts::restart_of(&mut d)).await;
+    let expected = send_sequenced(&d, &t, "grow", DEVICES, 3, 5).await;
+    let laggards = await_final_state(&d, &t, &expected, Duration::from_secs(60)).await;
+    assert!(laggards.is_empty(), "devices frozen after the topic grew: {laggards:?}");
+    let text = d.metrics().await;
+    let on_new: f64 = (4..8)
+        .map(|p| {
+            text.lines()
+                .filter(|l| l.starts_with("conveyor_partition_records_processed_total{"))
+                .filter(|l| l.contains(&format!("partition=\"{p}\"")) && l.contains(&d.names.topic_in))
+                .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+                .sum::<f64>()
+        })
+        .sum();
+    assert!(on_new > 0.0, "no device moved to a new partition:\n{text}");
+    assert_eq!(
+        metric_sum(&text, "conveyor_devices_stale_writes_total", ""),
+        0.0,
+        "a moved device's write was discarded"
+    );
+}
+
+/// Grows a Kafka topic to `count` partitions with the admin API (CreatePartitions).
+async fn add_partitions(topic: &str, count: usize) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let brokers = std::env::var("CONVEYOR_TEST_KAFKA_BROKERS").map_err(|e| e.to_string())?;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(|e| e.to_string())?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results =
+        admin.create_partitions(&[NewPartitions::new(topic, count)], &options).await.map_err(|e| e.to_string())?;
+    for result in results {
+        result.map_err(|(topic, code)| format!("{topic}: {code:?}"))?;
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ mod devices;
 mod harness;
 mod identity;
 mod ingest;
+mod leases;
 mod lifecycle;
 mod observability;
 mod otlp;

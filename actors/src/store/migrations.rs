@@ -2,6 +2,7 @@
 
 mod identity;
 mod retention;
+mod resources;
 mod saga;
 mod webhooks;
 mod workflows;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(webhooks::CreateWebhooks),
             Box::new(workflows::CreateWorkflows),
             Box::new(retention::RetentionIndexes),
+            Box::new(resources::AddLastPartition),
         ]
     }
 }

@@ -40,7 +40,8 @@ pub struct Store {
 pub enum Upsert {
     /// The row was written.
     Written,
-    /// The stored row is already at this offset or newer (a redelivery or replay).
+    /// The stored row is already at this offset of the same partition or newer (a
+    /// redelivery or replay).
     Stale,
 }
 
@@ -139,20 +140,36 @@ impl Store {
     }
 
     /// Writes a device's resource unless the stored one comes from the same or a later
-    /// offset, so an older event never overwrites a newer one.
-    pub async fn upsert_resource(&self, id: &str, value: serde_json::Value, offset: i64) -> Result<Upsert, Error> {
+    /// offset of the same partition, so an older event never overwrites a newer one.
+    ///
+    /// Offsets of different partitions say nothing about order: a write from another
+    /// partition (the topic gained partitions and the device moved, or a row from before
+    /// partitions were recorded) always applies. One statement, so two writers never race
+    /// between a read and a write.
+    pub async fn upsert_resource(
+        &self,
+        id: &str,
+        value: serde_json::Value,
+        partition: i32,
+        offset: i64,
+    ) -> Result<Upsert, Error> {
+        use resource::Column;
         let row = resource::ActiveModel {
             id: Set(id.to_string()),
             value: Set(value),
             last_offset: Set(offset),
+            last_partition: Set(Some(partition)),
             updated_at: Set(chrono::Utc::now()),
         };
-        let on_conflict = OnConflict::column(resource::Column::Id)
-            .update_columns([resource::Column::Value, resource::Column::LastOffset, resource::Column::UpdatedAt])
-            .action_and_where(
-                Expr::col((resource::Entity, resource::Column::LastOffset))
-                    .lt(Expr::col((Alias::new("excluded"), resource::Column::LastOffset))),
-            )
+        let stored = |c: Column| Expr::col((resource::Entity, c));
+        let incoming = |c: Column| Expr::col((Alias::new("excluded"), c));
+        let newer = stored(Column::LastPartition)
+            .is_null()
+            .or(stored(Column::LastPartition).ne(incoming(Column::LastPartition)))
+            .or(stored(Column::LastOffset).lt(incoming(Column::LastOffset)));
+        let on_conflict = OnConflict::column(Column::Id)
+            .update_columns([Column::Value, Column::LastOffset, Column::LastPartition, Column::UpdatedAt])
+            .action_and_where(newer)
             .to_owned();
         let query = resource::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(&self.db);
         let rows = self.guarded("upsert_resource", query).await?;

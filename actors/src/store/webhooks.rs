@@ -409,6 +409,21 @@ impl Store {
         self.guarded("defer_delivery", q).await.map(|_| ())
     }
 
+    /// Clears the leases of pending deliveries whose requests were cut off (a graceful
+    /// shutdown): no attempt spent, due time unchanged, so the next poll sends them at once.
+    /// Answers how many were handed back.
+    pub async fn release_deliveries(&self, ids: &[String]) -> Result<u64, Error> {
+        use delivery::{Column, Entity};
+        let q = Entity::update_many()
+            .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+            .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(Column::Id.is_in(ids.iter().cloned()))
+            .filter(Column::Status.eq("pending"))
+            .filter(Column::LeaseUntil.is_not_null())
+            .exec(&self.db);
+        Ok(self.guarded("release_deliveries", q).await?.rows_affected)
+    }
+
     pub async fn get_delivery(&self, id: &str) -> Result<Option<delivery::Model>, Error> {
         self.guarded("get_delivery", delivery::Entity::find_by_id(id.to_string()).one(&self.db)).await
     }

@@ -246,6 +246,20 @@ impl Store {
         Ok(self.guarded("lease_run", q.exec(&self.db)).await?.rows_affected == 1)
     }
 
+    /// Clears the leases of these runs (a graceful shutdown hands back what it held), so the
+    /// next poll of any daemon takes them at once. Finished runs are left alone; the
+    /// checkpoints stay as they are. Answers how many leases were cleared.
+    pub async fn release_runs(&self, ids: &[String]) -> Result<u64, Error> {
+        use run::Column;
+        let q = run::Entity::update_many()
+            .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+            .filter(Column::Id.is_in(ids.iter().cloned()))
+            .filter(Column::Status.is_in(["pending", "running"]))
+            .filter(Column::LeaseUntil.is_not_null())
+            .exec(&self.db);
+        Ok(self.guarded("release_runs", q).await?.rows_affected)
+    }
+
     /// Writes the run's row as the runner holds it (status, step index, times, error). The
     /// lease is the heartbeat's to extend: it is written only when `release` lets it go.
     pub async fn save_run(&self, row: run::Model, release: bool) -> Result<(), Error> {

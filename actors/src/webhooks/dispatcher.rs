@@ -1,12 +1,16 @@
 //! The delivery supervisor: starts an [`EndpointActor`] for each endpoint with work, wakes
 //! it when deliveries are created, and polls the store for retries that came due (they
 //! may wait hours, so they live in the store, not in timers).
+//!
+//! On a graceful shutdown each endpoint actor cuts off its requests in flight and hands
+//! their deliveries back, so the next daemon sends them at once rather than after the lease.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio_util::sync::CancellationToken;
 
 use super::context::DeliveryContext;
 use super::endpoint_actor::{EndpointActor, EndpointArgs, EndpointMsg};
@@ -25,6 +29,8 @@ pub struct DispatcherArgs {
 pub struct DispatcherState {
     ctx: Arc<DeliveryContext>,
     endpoints: HashMap<String, ActorRef<EndpointMsg>>,
+    /// Cancelled on shutdown (every endpoint actor holds a child token).
+    stop: CancellationToken,
 }
 
 /// Everything the dispatcher is told.
@@ -39,6 +45,9 @@ pub enum DispatcherMsg {
     Running { reply: RpcReplyPort<usize> },
     /// Test-only fault hook ([`crate::supervision::Service::inject_panic`]).
     InjectPanic,
+    /// Graceful shutdown: every endpoint actor hands back the deliveries it had in flight
+    /// and stops (each within `within`); nothing new starts. Answers how many were handed back.
+    Shutdown { within: Duration, reply: RpcReplyPort<usize> },
 }
 
 impl Actor for DispatcherActor {
@@ -54,7 +63,7 @@ impl Actor for DispatcherActor {
         myself.send_interval(Duration::from_millis(args.ctx.config.poll_interval_ms), || DispatcherMsg::Poll);
         // Deliveries left pending by an earlier run start now, not one interval later.
         let _ = myself.cast(DispatcherMsg::Poll);
-        Ok(DispatcherState { ctx: args.ctx, endpoints: HashMap::new() })
+        Ok(DispatcherState { ctx: args.ctx, endpoints: HashMap::new(), stop: CancellationToken::new() })
     }
 
     async fn handle(
@@ -63,6 +72,9 @@ impl Actor for DispatcherActor {
         msg: DispatcherMsg,
         state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
+        if state.stop.is_cancelled() && !matches!(msg, DispatcherMsg::Running { .. }) {
+            return Ok(());
+        }
         match msg {
             DispatcherMsg::Wake { endpoint_id } => state.send(&myself, endpoint_id, EndpointMsg::Wake).await,
             DispatcherMsg::Reload { endpoint_id } => {
@@ -82,6 +94,28 @@ impl Actor for DispatcherActor {
                 let _ = reply.send(state.endpoints.len());
             }
             DispatcherMsg::InjectPanic => panic!("injected fault in the webhook dispatcher"),
+            DispatcherMsg::Shutdown { within, reply } => {
+                state.stop.cancel();
+                let asks = state
+                    .endpoints
+                    .values()
+                    .map(|actor| actor.call(|reply| EndpointMsg::Shutdown { reply }, Some(within)));
+                let mut released = 0;
+                for answer in futures::future::join_all(asks).await {
+                    match answer {
+                        Ok(ractor::rpc::CallResult::Success(n)) => released += n,
+                        Ok(ractor::rpc::CallResult::Timeout) => tracing::warn!(
+                            "an endpoint actor did not hand back its deliveries in time; their leases will expire"
+                        ),
+                        // It had stopped already (idle): nothing in flight.
+                        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {}
+                    }
+                }
+                if released > 0 {
+                    tracing::info!(released, "webhook delivery leases handed back");
+                }
+                let _ = reply.send(released);
+            }
         }
         Ok(())
     }
@@ -110,7 +144,8 @@ impl DispatcherState {
             self.endpoints.remove(&endpoint_id);
             return;
         }
-        let args = EndpointArgs { endpoint_id: endpoint_id.clone(), ctx: self.ctx.clone() };
+        let args =
+            EndpointArgs { endpoint_id: endpoint_id.clone(), ctx: self.ctx.clone(), stop: self.stop.child_token() };
         match Actor::spawn_linked(None, EndpointActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 let _ = actor.cast(msg);
@@ -151,5 +186,16 @@ impl Dispatcher {
     pub async fn running(&self) -> usize {
         let Ok(actor) = self.slot.get() else { return 0 };
         ractor::call!(actor, |reply| DispatcherMsg::Running { reply }).unwrap_or_default()
+    }
+
+    /// Graceful shutdown: the endpoint actors cut off their requests in flight and hand their
+    /// deliveries back (within `within`); the root supervisor then stops the dispatcher.
+    pub async fn hand_back_leases(&self, within: Duration) {
+        let Ok(actor) = self.slot.get() else { return };
+        // The hand-backs are store writes after the requests were cut off: a little beyond `within`.
+        let asked = actor.call(|reply| DispatcherMsg::Shutdown { within, reply }, Some(within + Duration::from_secs(2)));
+        if !matches!(asked.await, Ok(ractor::rpc::CallResult::Success(_))) {
+            tracing::warn!("the webhook dispatcher did not hand back its deliveries in time; their leases will expire");
+        }
     }
 }

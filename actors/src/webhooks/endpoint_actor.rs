@@ -2,6 +2,10 @@
 //! and in-flight budget, leases due deliveries from the store, sends them, and decides each
 //! one's next step from the retry schedule. Nothing an endpoint does can hold up another:
 //! each has its own budget, and the requests run in tasks, not in the actor.
+//!
+//! On a graceful shutdown the requests still in flight are cut off and their deliveries
+//! handed back (lease cleared, no attempt spent): the next daemon sends them at once, and
+//! the receiver deduplicates by `webhook-id` should one of them have arrived after all.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -9,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
 
 use super::client::{AttemptClass, Request, Response};
 use super::context::DeliveryContext;
@@ -19,13 +24,18 @@ use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::metrics::{ERROR_CLASS, OUTCOME, REASON, kv, metrics};
 use crate::store::webhooks::{DeliveryUpdate, attempt, delivery, endpoint};
 
+/// The actor; its behaviour is in [`EndpointState`].
 pub struct EndpointActor;
 
+/// What an endpoint actor is started with.
 pub struct EndpointArgs {
     pub endpoint_id: String,
     pub ctx: Arc<DeliveryContext>,
+    /// Cancelled on shutdown: requests in flight are cut off and handed back.
+    pub stop: CancellationToken,
 }
 
+/// One endpoint's delivery state.
 pub struct EndpointState {
     id: String,
     ctx: Arc<DeliveryContext>,
@@ -37,6 +47,10 @@ pub struct EndpointState {
     /// A wake-up is already scheduled (breaker cool-down); do not stack them.
     wake_pending: bool,
     last_activity: Instant,
+    stop: CancellationToken,
+    /// Shutting down: answered with the number of leases handed back once nothing is in flight.
+    stopping: Option<RpcReplyPort<usize>>,
+    released: usize,
 }
 
 /// Everything an endpoint actor is told.
@@ -49,6 +63,11 @@ pub enum EndpointMsg {
     Reload,
     /// Stop if idle for a while (a timer sends it).
     IdleCheck,
+    /// A request was cut off by the shutdown before it completed: hand its delivery back.
+    Abandoned { delivery_id: String },
+    /// Graceful shutdown: cut off the requests in flight, hand their deliveries back, send
+    /// nothing more, stop; answers how many deliveries were handed back.
+    Shutdown { reply: RpcReplyPort<usize> },
 }
 
 /// A finished request and what it was for.
@@ -91,6 +110,9 @@ impl Actor for EndpointActor {
             in_flight: 0,
             wake_pending: false,
             last_activity: Instant::now(),
+            stop: args.stop,
+            stopping: None,
+            released: 0,
         })
     }
 
@@ -121,6 +143,20 @@ impl Actor for EndpointActor {
                     myself.stop(Some("idle".into()));
                 }
             }
+            EndpointMsg::Abandoned { delivery_id } => {
+                state.in_flight -= 1;
+                state.hand_back(delivery_id).await;
+            }
+            EndpointMsg::Shutdown { reply } => {
+                state.stop.cancel();
+                state.stopping = Some(reply);
+            }
+        }
+        if state.in_flight == 0
+            && let Some(reply) = state.stopping.take()
+        {
+            let _ = reply.send(state.released);
+            myself.stop(Some("shutdown".into()));
         }
         Ok(())
     }
@@ -155,7 +191,7 @@ impl EndpointState {
     }
 
     async fn wake(&mut self, myself: &ActorRef<EndpointMsg>) {
-        if !self.load().await {
+        if self.stop.is_cancelled() || !self.load().await {
             return;
         }
         let Some(endpoint) = self.endpoint.clone() else { return };
@@ -193,13 +229,34 @@ impl EndpointState {
             let endpoint = endpoint.clone();
             let limiter = self.limiter.clone();
             let reply = myself.clone();
+            let stop = self.stop.clone();
             tokio::spawn(async move {
-                if let Some(limiter) = limiter {
-                    limiter.until_ready().await;
-                }
-                let response = send(&ctx, &endpoint, &delivery).await;
-                let _ = reply.cast(EndpointMsg::Attempted(Box::new(Attempted { delivery, response, permit })));
+                // A response that is in wins over a shutdown at the same moment: it is recorded.
+                let response = tokio::select! {
+                    biased;
+                    response = async {
+                        if let Some(limiter) = limiter {
+                            limiter.until_ready().await;
+                        }
+                        send(&ctx, &endpoint, &delivery).await
+                    } => Some(response),
+                    _ = stop.cancelled() => None,
+                };
+                let msg = match response {
+                    Some(response) => EndpointMsg::Attempted(Box::new(Attempted { delivery, response, permit })),
+                    None => EndpointMsg::Abandoned { delivery_id: delivery.id },
+                };
+                let _ = reply.cast(msg);
             });
+        }
+    }
+
+    /// Gives a delivery whose request was cut off back to the store: lease cleared, no
+    /// attempt spent, due at once for whichever daemon polls next.
+    async fn hand_back(&mut self, delivery_id: String) {
+        match self.ctx.store.release_deliveries(std::slice::from_ref(&delivery_id)).await {
+            Ok(n) => self.released += n as usize,
+            Err(err) => tracing::warn!(error = %err, "handing back a webhook delivery; its lease will expire"),
         }
     }
 

@@ -298,6 +298,11 @@ impl Webhooks {
         Ok(delivery.into())
     }
 
+    /// Graceful shutdown: hands back the deliveries in flight (within `within`).
+    pub async fn hand_back_leases(&self, within: std::time::Duration) {
+        self.dispatcher.hand_back_leases(within).await;
+    }
+
     /// Endpoint actors running now.
     pub async fn running_actors(&self) -> usize {
         self.dispatcher.running().await

@@ -251,4 +251,9 @@ impl Workflows {
     pub async fn running(&self) -> usize {
         self.runs.running().await
     }
+
+    /// Graceful shutdown: stops every run where it stands and hands its lease back.
+    pub async fn hand_back_leases(&self, within: std::time::Duration) {
+        self.runs.hand_back_leases(within).await;
+    }
 }

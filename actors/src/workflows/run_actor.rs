@@ -3,6 +3,8 @@
 //! restart or a `kill -9` the run is picked up again at that step: finished steps are
 //! never repeated, and every request carries `Idempotency-Key: {run_id}:{step}` so that
 //! a target can recognise the one request a crash may have cut off before its checkpoint.
+//! A graceful shutdown stops the actor the same way, between two checkpoints; its
+//! supervisor then hands the lease back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use super::context::RunContext;
 use super::definition::{Otherwise, Step, WorkflowSpec};
@@ -19,18 +22,24 @@ use crate::metrics::{ERROR_CLASS, OUTCOME, kv, metrics};
 use crate::store::workflows::{run, step};
 use crate::webhooks::client::{AttemptClass, Request};
 
+/// The actor; its behaviour is in [`RunState`].
 pub struct RunActor;
 
+/// What a run actor is started with.
 pub struct RunArgs {
     pub run: run::Model,
     pub ctx: Arc<RunContext>,
+    /// Cancelled on shutdown: the step in progress is abandoned and the actor stops.
+    pub stop: CancellationToken,
 }
 
+/// One executing run.
 pub struct RunState {
     run: run::Model,
     spec: WorkflowSpec,
     steps: Vec<step::Model>,
     ctx: Arc<RunContext>,
+    stop: CancellationToken,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
@@ -56,7 +65,7 @@ impl Actor for RunActor {
     type Arguments = RunArgs;
 
     async fn pre_start(&self, myself: ActorRef<RunMsg>, args: RunArgs) -> Result<RunState, ActorProcessingErr> {
-        let RunArgs { mut run, ctx } = args;
+        let RunArgs { mut run, ctx, stop } = args;
         let spec: WorkflowSpec = serde_json::from_str(&run.spec)?;
         let steps = ctx.store.run_steps(&run.id).await?;
         let now = Utc::now();
@@ -71,9 +80,9 @@ impl Actor for RunActor {
         run.started_at.get_or_insert(now);
         run.updated_at = now;
         ctx.store.save_run(run.clone(), false).await?;
-        let heartbeat = tokio::spawn(renew_lease(ctx.clone(), run.id.clone()));
+        let heartbeat = tokio::spawn(renew_lease(ctx.clone(), run.id.clone(), stop.child_token()));
         myself.cast(RunMsg::Advance)?;
-        Ok(RunState { run, spec, steps, ctx, heartbeat })
+        Ok(RunState { run, spec, steps, ctx, stop, heartbeat })
     }
 
     async fn handle(
@@ -82,7 +91,19 @@ impl Actor for RunActor {
         _msg: RunMsg,
         state: &mut RunState,
     ) -> Result<(), ActorProcessingErr> {
-        match state.advance().await? {
+        // Shutting down: drop the step where it stands. What it wrote is a checkpoint (each
+        // one is a transaction); a step cut off is done again by whoever resumes the run.
+        let stop = state.stop.clone();
+        let flow = tokio::select! {
+            biased;
+            _ = stop.cancelled() => None,
+            flow = state.advance() => Some(flow?),
+        };
+        let Some(flow) = flow else {
+            myself.stop(Some("shutdown".into()));
+            return Ok(());
+        };
+        match flow {
             Flow::Continue => myself.cast(RunMsg::Advance)?,
             Flow::Release(at) => {
                 state.run.next_at = at;
@@ -100,17 +121,25 @@ impl Actor for RunActor {
     }
 
     async fn post_stop(&self, _myself: ActorRef<RunMsg>, state: &mut RunState) -> Result<(), ActorProcessingErr> {
-        state.heartbeat.abort();
+        // Wait for the heartbeat to end rather than abort it: a renewal already sent must
+        // land before the supervisor clears the lease, never after.
+        state.stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), &mut state.heartbeat).await.is_err() {
+            state.heartbeat.abort();
+        }
         Ok(())
     }
 }
 
 /// Keeps the lease while the actor lives; if renewal fails the lease lapses and another
 /// daemon resumes the run from its last checkpoint.
-async fn renew_lease(ctx: Arc<RunContext>, run_id: String) {
+async fn renew_lease(ctx: Arc<RunContext>, run_id: String, stop: CancellationToken) {
     let lease = Duration::from_millis(ctx.config.lease_ms);
     loop {
-        tokio::time::sleep(lease / 3).await;
+        tokio::select! {
+            _ = tokio::time::sleep(lease / 3) => {}
+            _ = stop.cancelled() => return,
+        }
         let now = Utc::now();
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         match ctx.store.lease_run(&run_id, now, until, true).await {

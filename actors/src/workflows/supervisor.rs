@@ -2,6 +2,11 @@
 //! `workflows.max_concurrent_runs_per_user` per user in this daemon (the rest wait as
 //! `pending`), and polls the store for runs that are due again: new ones whose command was
 //! missed, delays that ended, runs a dead daemon left behind.
+//!
+//! On a graceful shutdown it stops every run actor where it stands (each step's checkpoint
+//! is written before and after the step, so a cut-off step is simply done again) and then
+//! clears the leases it held, so that the next daemon resumes the runs at once instead of
+//! waiting for the leases to expire.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +14,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio_util::sync::CancellationToken;
 
 use super::context::RunContext;
 use super::run_actor::{RunActor, RunArgs, RunMsg};
@@ -29,6 +35,8 @@ pub struct RunSupervisorState {
     ctx: Arc<RunContext>,
     /// Run id → (owner, actor).
     running: HashMap<String, (String, ActorRef<RunMsg>)>,
+    /// Cancelled on shutdown: every run actor stops where it stands.
+    stop: CancellationToken,
 }
 
 /// Everything the run supervisor is told.
@@ -41,6 +49,9 @@ pub enum RunSupervisorMsg {
     Running { reply: RpcReplyPort<usize> },
     /// Test-only fault hook ([`crate::supervision::Service::inject_panic`]).
     InjectPanic,
+    /// Graceful shutdown: stop every run actor, clear the leases they held, start nothing
+    /// more; answers how many leases were handed back.
+    Shutdown { within: Duration, reply: RpcReplyPort<usize> },
 }
 
 impl Actor for RunSupervisor {
@@ -55,7 +66,7 @@ impl Actor for RunSupervisor {
     ) -> Result<RunSupervisorState, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(args.ctx.config.poll_interval_ms), || RunSupervisorMsg::Poll);
         let _ = myself.cast(RunSupervisorMsg::Poll);
-        Ok(RunSupervisorState { ctx: args.ctx, running: HashMap::new() })
+        Ok(RunSupervisorState { ctx: args.ctx, running: HashMap::new(), stop: CancellationToken::new() })
     }
 
     async fn handle(
@@ -64,6 +75,9 @@ impl Actor for RunSupervisor {
         msg: RunSupervisorMsg,
         state: &mut RunSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        if state.stop.is_cancelled() && !matches!(msg, RunSupervisorMsg::Running { .. }) {
+            return Ok(());
+        }
         match msg {
             RunSupervisorMsg::Start { run_id } => match state.ctx.store.get_run(&run_id).await {
                 Ok(Some(run)) if run.next_at <= Utc::now() => state.start(&myself, run).await,
@@ -82,6 +96,10 @@ impl Actor for RunSupervisor {
                 let _ = reply.send(state.running.len());
             }
             RunSupervisorMsg::InjectPanic => panic!("injected fault in the run supervisor"),
+            RunSupervisorMsg::Shutdown { within, reply } => {
+                let released = state.shutdown(within).await;
+                let _ = reply.send(released);
+            }
         }
         Ok(())
     }
@@ -121,12 +139,40 @@ impl RunSupervisorState {
             }
         }
         let (id, owner) = (run.id.clone(), run.owner.clone());
-        let args = RunArgs { run, ctx: self.ctx.clone() };
+        let args = RunArgs { run, ctx: self.ctx.clone(), stop: self.stop.child_token() };
         match Actor::spawn_linked(None, RunActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 self.running.insert(id, (owner, actor));
             }
             Err(err) => tracing::error!(error = %err, "starting a workflow run actor; its lease will expire"),
+        }
+    }
+
+    /// Stops the run actors (within `within`) and hands back the leases of those that
+    /// stopped; a run whose actor did not stop in time keeps its lease, which then expires.
+    async fn shutdown(&mut self, within: Duration) -> usize {
+        self.stop.cancel();
+        let deadline = tokio::time::Instant::now() + within;
+        let mut stopped = Vec::with_capacity(self.running.len());
+        for (id, (_, actor)) in self.running.drain() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match actor.wait(Some(left)).await {
+                Ok(()) => stopped.push(id),
+                Err(_) => tracing::warn!(run = %id, "run actor did not stop in time; its lease will expire"),
+            }
+        }
+        if stopped.is_empty() {
+            return 0;
+        }
+        match self.ctx.store.release_runs(&stopped).await {
+            Ok(released) => {
+                tracing::info!(released, "workflow run leases handed back");
+                released as usize
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "handing back workflow run leases; they will expire");
+                0
+            }
         }
     }
 }
@@ -156,5 +202,17 @@ impl Runs {
     pub async fn running(&self) -> usize {
         let Ok(actor) = self.slot.get() else { return 0 };
         ractor::call!(actor, |reply| RunSupervisorMsg::Running { reply }).unwrap_or_default()
+    }
+
+    /// Graceful shutdown: stops every run where it stands and hands its lease back (within
+    /// `within`); the root supervisor then stops the run supervisor.
+    pub async fn hand_back_leases(&self, within: Duration) {
+        let Ok(actor) = self.slot.get() else { return };
+        // The release query runs after the actors stopped: a little beyond `within`.
+        let asked =
+            actor.call(|reply| RunSupervisorMsg::Shutdown { within, reply }, Some(within + Duration::from_secs(2)));
+        if !matches!(asked.await, Ok(ractor::rpc::CallResult::Success(_))) {
+            tracing::warn!("run supervisor did not hand back its leases in time; they will expire");
+        }
     }
 }
