@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod embedded_log;
 mod identity;
 mod saga;
 mod secret;
 mod webhooks;
 mod workflows;
 
+pub use embedded_log::{EmbeddedLogConfig, TopicLogOverrides, TopicLogPolicy};
 pub use identity::{AuthConfig, ExternalKey, HmacKey, PasswordConfig, Quota, RateLimitConfig};
 pub use saga::{FaultsConfig, LoyaltyConfig, OutboxConfig};
 use secret::mask_url_password;
@@ -110,6 +112,8 @@ pub struct LogConfig {
     pub topics: TopicsConfig,
     pub groups: GroupsConfig,
     pub kafka: KafkaConfig,
+    /// Segments, retention and disk budget of the embedded backend.
+    pub embedded: EmbeddedLogConfig,
 }
 
 impl Default for LogConfig {
@@ -121,6 +125,7 @@ impl Default for LogConfig {
             topics: TopicsConfig::default(),
             groups: GroupsConfig::default(),
             kafka: KafkaConfig::default(),
+            embedded: EmbeddedLogConfig::default(),
         }
     }
 }
@@ -410,6 +415,7 @@ impl Config {
         if !(1..=1024).contains(&self.log.partitions) {
             return Err(invalid("log.partitions", "must be between 1 and 1024"));
         }
+        self.log.embedded.validate(self.log.partitions)?;
         for (key, topic) in [
             ("log.topics.events_input", &self.log.topics.events_input),
             ("log.topics.events_dlq", &self.log.topics.events_dlq),
