@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod embedded_log;
 mod identity;
 mod retention;
 mod saga;
@@ -17,6 +18,7 @@ mod secret;
 mod webhooks;
 mod workflows;
 
+pub use embedded_log::{EmbeddedLogConfig, TopicLogOverrides, TopicLogPolicy};
 pub use identity::{AuthConfig, ExternalKey, HmacKey, PasswordConfig, Quota, RateLimitConfig};
 pub use retention::RetentionConfig;
 pub use saga::{FaultsConfig, LoyaltyConfig, OutboxConfig};
@@ -114,6 +116,8 @@ pub struct LogConfig {
     pub topics: TopicsConfig,
     pub groups: GroupsConfig,
     pub kafka: KafkaConfig,
+    /// Segments, retention and disk budget of the embedded backend.
+    pub embedded: EmbeddedLogConfig,
 }
 
 impl Default for LogConfig {
@@ -125,6 +129,7 @@ impl Default for LogConfig {
             topics: TopicsConfig::default(),
             groups: GroupsConfig::default(),
             kafka: KafkaConfig::default(),
+            embedded: EmbeddedLogConfig::default(),
         }
     }
 }
@@ -414,6 +419,7 @@ impl Config {
         if !(1..=1024).contains(&self.log.partitions) {
             return Err(invalid("log.partitions", "must be between 1 and 1024"));
         }
+        self.log.embedded.validate(self.log.partitions)?;
         for (key, topic) in [
             ("log.topics.events_input", &self.log.topics.events_input),
             ("log.topics.events_dlq", &self.log.topics.events_dlq),

@@ -40,7 +40,8 @@ pub fn resource_cache_key(id: &str) -> String {
 /// Classifies a store error: data problems are permanent, everything else (connection,
 /// pool, timeout, deadlock, serialization) is worth retrying.
 pub(crate) fn classify(err: Error) -> HandlerError {
-    if matches!(err, Error::BreakerOpen { .. }) {
+    // A full log is back-pressure: wait for room, never dead-letter for it.
+    if matches!(err, Error::BreakerOpen { .. } | Error::LogFull { .. }) {
         return HandlerError::unavailable(err);
     }
     let permanent = matches!(&err, Error::Store { source, .. } if matches!(

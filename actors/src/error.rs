@@ -31,6 +31,13 @@ pub enum Error {
     /// The embedded log found a record it cannot read (torn or corrupted).
     #[error("corrupt log segment {path} at byte {position}")]
     CorruptLog { path: String, position: u64 },
+    /// The embedded log refused an append: the topic reached its disk budget and every byte
+    /// of it is still needed by a consumer group (back-pressure; retry later).
+    #[error(
+        "log topic {topic:?} is full: {used_bytes} bytes used of its {budget_bytes}-byte budget, \
+         held by records a consumer group has not committed yet"
+    )]
+    LogFull { topic: String, used_bytes: u64, budget_bytes: u64 },
     /// A store query failed.
     #[error("store error while {op}")]
     Store {

@@ -155,7 +155,9 @@ fn start_workflows(
 /// Opens the configured log backend.
 pub fn open_log(config: &Config) -> Result<Arc<dyn LogBackend>, Error> {
     Ok(match config.log.backend {
-        LogBackendKind::Embedded => Arc::new(EmbeddedLog::open(&config.log_dir(), config.log.partitions)?),
+        LogBackendKind::Embedded => {
+            Arc::new(EmbeddedLog::open_with(&config.log_dir(), config.log.partitions, &config.log.embedded)?)
+        }
         LogBackendKind::Kafka => Arc::new(KafkaLog::new(&config.log)?),
     })
 }

@@ -207,6 +207,12 @@ impl From<conveyor_actors::Error> for ApiError {
             E::Store { .. } => ApiError::unavailable("store", err),
             E::Cache { .. } => ApiError::unavailable("cache", err),
             E::LogUnavailable { .. } | E::Kafka { .. } => ApiError::unavailable("log", err),
+            // Back-pressure: consumers must commit and retention run before space frees up.
+            E::LogFull { .. } => ApiError::Unavailable {
+                what: "event log",
+                retry_after: Duration::from_secs(5),
+                source: Some(Box::new(err)),
+            },
             E::BreakerOpen { op, .. } | E::Timeout { op, .. } => ApiError::unavailable(op, err),
             E::ShuttingDown => ApiError::unavailable("service", err),
             E::SubsystemDown { subsystem } => ApiError::unavailable(subsystem, err),

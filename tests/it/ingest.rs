@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{Daemon, Opts, chrono_now, eventually, sign, token};
+use crate::harness::{Backend, Daemon, Opts, chrono_now, eventually, sign, token};
 
 /// Seed 003's "How to Test", as written: a PyJWT-style token, POST, then GET twice.
 #[tokio::test]
@@ -174,4 +174,62 @@ async fn batch_answers_per_item() {
             "{id} was accepted in a batch and must be processed"
         );
     }
+}
+
+/// The embedded log's disk budget is back-pressure: once a topic is full of records its group
+/// has not committed, ingest answers 503 with Retry-After and says why; every event it
+/// accepted still reaches its resource, and once the group commits, retention makes room.
+#[tokio::test]
+async fn a_full_embedded_log_answers_503_and_loses_nothing_accepted() {
+    if Backend::from_env() != Backend::Embedded {
+        eprintln!("a_full_embedded_log_answers_503_and_loses_nothing_accepted: embedded log only");
+        return;
+    }
+    let d = Daemon::start(
+        Opts::new()
+            .env("CONVEYOR_LOG__EMBEDDED__SEGMENT_BYTES", "1024")
+            // The smallest budget four partitions allow: 2 x 4 x segment_bytes.
+            .env("CONVEYOR_LOG__EMBEDDED__MAX_DISK_BYTES", "8192")
+            .env("CONVEYOR_LOG__EMBEDDED__RETENTION_CHECK_MS", "100")
+            // Commits come late, so the budget fills with uncommitted records first.
+            .env("CONVEYOR_PROCESSING__COMMIT_INTERVAL_MS", "3000"),
+    )
+    .await;
+    let t = token("budget-tester", &["device", "user"]);
+    let json_header = [("content-type", "application/json")];
+    let mut accepted = Vec::new();
+    let mut refusal = None;
+    for i in 0..500 {
+        let device = format!("budget-{i}");
+        let body = serde_json::to_vec(&json!({"device_id": device, "payload": {"n": i}})).unwrap_or_default();
+        let (s, headers, resp) = d.request(Method::POST, "/events", Some(&t), &json_header, body).await;
+        match s {
+            StatusCode::ACCEPTED => accepted.push(device),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refusal = Some((headers, resp));
+                break;
+            }
+            other => panic!("unexpected {other}: {resp}"),
+        }
+    }
+    let Some((headers, body)) = refusal else { panic!("the log never filled") };
+    let retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    assert!(retry_after.is_some_and(|s| s >= 1), "{headers:?}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("is full") && message.contains("budget"), "{message}");
+    assert!(!accepted.is_empty(), "the first event was already refused");
+
+    for device in &accepted {
+        let path = format!("/resource/{device}");
+        let found =
+            eventually(Duration::from_secs(30), || async { d.get(&path, Some(&t)).await.0 == StatusCode::OK }).await;
+        assert!(found, "the accepted event of {device} never reached its resource");
+    }
+    let after = json!({"device_id": "budget-after", "payload": {}});
+    let accepts = eventually(Duration::from_secs(30), || async {
+        d.post("/events", Some(&t), &after).await.0 == StatusCode::ACCEPTED
+    })
+    .await;
+    assert!(accepts, "ingest never accepted again after the group committed");
 }

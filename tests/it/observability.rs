@@ -47,6 +47,13 @@ async fn scraped_counters_match_a_known_workload() {
         assert_eq!(d.get(&format!("/resource/none-{i}"), Some(&t)).await.0, StatusCode::NOT_FOUND);
     }
 
+    // The lag gauge is refreshed every second and commits follow processing: wait for both.
+    let input = format!("topic=\"{topic}\"");
+    let settled = eventually(Duration::from_secs(10), || async {
+        metric_sum(&d.metrics().await, "conveyor_partition_lag", &input) == 0.0
+    })
+    .await;
+    assert!(settled, "lag never reached 0:\n{}", d.metrics().await);
     let text = d.metrics().await;
     assert_eq!(metric_sum(&text, "conveyor_ingest_accepted_total", ""), 20.0);
     assert_eq!(metric_sum(&text, "conveyor_ingest_rejected_total", "reason=\"validation_failed\""), 1.0);
@@ -60,7 +67,6 @@ async fn scraped_counters_match_a_known_workload() {
     // Per partition: nothing left behind, nothing in flight; batches and queries were timed;
     // every breaker closed (0).
     let series = |name: &str| text.lines().filter(|l| l.starts_with(name)).count();
-    let input = format!("topic=\"{topic}\"");
     assert_eq!(text.lines().filter(|l| l.starts_with("conveyor_partition_lag{") && l.contains(&input)).count(), 4);
     assert_eq!(metric_sum(&text, "conveyor_partition_lag", &input), 0.0, "{text}");
     assert_eq!(metric_sum(&text, "conveyor_partition_in_flight", &input), 0.0, "{text}");

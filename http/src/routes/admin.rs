@@ -186,6 +186,7 @@ fn replay_error(e: conveyor_actors::Error) -> ApiError {
         conveyor_actors::Error::LogUnavailable { .. } | conveyor_actors::Error::Kafka { .. } => {
             ApiError::unavailable("event log", e)
         }
+        conveyor_actors::Error::LogFull { .. } => ApiError::from(e),
         other => store_error(other),
     }
 }

@@ -239,11 +239,17 @@ async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx
         })?;
     let producer = &state.conveyor.producer;
     let sent = conveyor_actors::trace::produce_span("produce", |tp| producer.send(record(tp), timeout)).await;
-    permit.record(sent.is_err());
+    // A full log answered at once and is healthy: back-pressure, not a failure for the breaker.
+    let full = matches!(sent, Err(conveyor_actors::Error::LogFull { .. }));
+    permit.record(sent.is_err() && !full);
     match sent {
         Ok(_) => {
             metrics().ingest_accepted.add(1, &[]);
             Ok(event.request_id.to_string())
+        }
+        Err(source) if full => {
+            rejected("log_full");
+            Err(ApiError::from(source))
         }
         Err(source) => Err(log_unavailable(source)),
     }

@@ -1,5 +1,9 @@
 //! Single-process consumer groups: the only member gets every partition, one delivery task
-//! per partition reads from the group's committed offset on, and a flusher persists commits.
+//! per partition reads from the group's committed offset on (or from the log start, if
+//! retention deleted that offset or the group is new), and a flusher persists commits.
+//!
+//! Joining writes the group's starting offset of every partition to its file before any
+//! delivery, so that retention keeps what the group has not read yet from then on.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::groups::GroupOffsets;
-use super::segment::Partition;
+use super::partition::Partition;
 use crate::error::Error;
 use crate::log::{ConsumerControl, ConsumerHandle, GroupListener, TopicPartition};
 
@@ -119,20 +123,37 @@ pub(crate) async fn subscribe(
         cancel: CancellationToken::new(),
         membership: Mutex::new(Some(membership)),
     });
+    let mut starts = Vec::with_capacity(partitions.len());
+    for partition in &partitions {
+        let tp = partition.tp();
+        let (first, end) = (partition.start_offset(), partition.next_offset());
+        let start = match group.get(tp) {
+            None => {
+                group.commit(tp, first);
+                first
+            }
+            Some(committed) if committed > end => {
+                // Only a log that lost acknowledged data gets here; new records must not be skipped.
+                tracing::warn!(%tp, committed, end, "committed offset is past the end of the log; resetting to the end");
+                group.reset(tp, end);
+                end
+            }
+            Some(committed) if committed < first => {
+                tracing::info!(%tp, committed, first, "committed offset was deleted by retention; starting at the log start");
+                group.commit(tp, first);
+                first
+            }
+            Some(committed) => committed,
+        };
+        starts.push(start);
+    }
+    if group.is_dirty() {
+        persist(&group).await?;
+    }
     listener.assigned(tps.clone(), control.clone() as Arc<dyn ConsumerControl>).await;
-
     let mut tasks = Vec::with_capacity(partitions.len() + 1);
-    for partition in partitions {
+    for (partition, start) in partitions.into_iter().zip(starts) {
         let tp = partition.tp().clone();
-        let end = partition.next_offset();
-        let mut start = group.get(&tp).unwrap_or(0);
-        if start > end {
-            // Only a log that lost acknowledged data gets here; new records must not be skipped.
-            tracing::warn!(%tp, committed = start, end,
-                "committed offset is past the end of the log; resetting to the end");
-            group.reset(&tp, end);
-            start = end;
-        }
         let Some(flow) = control.flows.get(&tp).map(watch::Sender::subscribe) else { continue };
         tasks.push(tokio::spawn(deliver(Arc::clone(&member), partition, start, flow)));
     }

@@ -1,11 +1,15 @@
-//! Committed offsets of one consumer group, kept in memory and persisted to
+//! Committed offsets of the consumer groups, kept in memory and persisted to
 //! `_groups/{group}.json` by write-temp, fsync, rename, fsync-directory, so that a crash
 //! leaves either the old or the new file, never a torn one.
+//!
+//! Every group file is loaded when the log opens, running member or not: retention keeps
+//! every record some group has not durably committed past (see [`Groups::floors`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -32,6 +36,8 @@ pub(crate) struct GroupOffsets {
     group: String,
     path: PathBuf,
     offsets: Mutex<BTreeMap<TopicPartition, i64>>,
+    /// What the file on disk says: retention goes by this, never by commits a crash could undo.
+    persisted: Mutex<BTreeMap<TopicPartition, i64>>,
     dirty: AtomicBool,
     /// Serialises writers of the temp file; whoever holds it writes the newest snapshot.
     persisting: Mutex<()>,
@@ -56,6 +62,7 @@ impl GroupOffsets {
         Ok(Self {
             group: group.to_owned(),
             path,
+            persisted: Mutex::new(offsets.clone()),
             offsets: Mutex::new(offsets),
             dirty: AtomicBool::new(false),
             persisting: Mutex::new(()),
@@ -102,10 +109,10 @@ impl GroupOffsets {
         let _writer = self.persisting.lock().unwrap_or_else(PoisonError::into_inner);
         // Cleared before the snapshot: a commit racing with this write marks it dirty again.
         self.dirty.store(false, Ordering::Release);
+        let snapshot = self.lock().clone();
         let file = GroupFile {
             group: self.group.clone(),
-            offsets: self
-                .lock()
+            offsets: snapshot
                 .iter()
                 .map(|(tp, offset)| CommittedOffset {
                     topic: tp.topic.clone(),
@@ -115,8 +122,9 @@ impl GroupOffsets {
                 .collect(),
         };
         let result = self.write_file(&file);
-        if result.is_err() {
-            self.dirty.store(true, Ordering::Release);
+        match result {
+            Ok(()) => *self.persisted.lock().unwrap_or_else(PoisonError::into_inner) = snapshot,
+            Err(_) => self.dirty.store(true, Ordering::Release),
         }
         result
     }
@@ -140,6 +148,55 @@ impl GroupOffsets {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TopicPartition, i64>> {
         self.offsets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Every group of the log directory, loaded once and shared by their members and retention.
+pub(crate) struct Groups {
+    dir: PathBuf,
+    loaded: Mutex<HashMap<String, Arc<GroupOffsets>>>,
+}
+
+impl Groups {
+    /// Loads every `{group}.json` under `dir`: an unreadable one fails, as retention could
+    /// not know what that group still needs.
+    pub(crate) fn load_all(dir: &Path) -> Result<Self, Error> {
+        let mut loaded = HashMap::new();
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name();
+            let Some(group) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+            loaded.insert(group.to_owned(), Arc::new(GroupOffsets::load(dir, group)?));
+        }
+        Ok(Self { dir: dir.to_owned(), loaded: Mutex::new(loaded) })
+    }
+
+    /// The group's offsets, loaded (or started empty) on first use.
+    pub(crate) fn get(&self, group: &str) -> Result<Arc<GroupOffsets>, Error> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(offsets) = loaded.get(group) {
+            return Ok(Arc::clone(offsets));
+        }
+        let offsets = Arc::new(GroupOffsets::load(&self.dir, group)?);
+        loaded.insert(group.to_owned(), Arc::clone(&offsets));
+        Ok(offsets)
+    }
+
+    /// Per partition, the lowest durably committed offset of any group that has one there,
+    /// with that group's name: records from it on are still needed.
+    pub(crate) fn floors(&self) -> HashMap<TopicPartition, (i64, String)> {
+        let groups: Vec<Arc<GroupOffsets>> =
+            self.loaded.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        let mut floors: HashMap<TopicPartition, (i64, String)> = HashMap::new();
+        for group in groups {
+            for (tp, offset) in group.persisted.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+                let lower = floors.get(tp).is_none_or(|(floor, _)| offset < floor);
+                if lower {
+                    floors.insert(tp.clone(), (*offset, group.group.clone()));
+                }
+            }
+        }
+        floors
     }
 }
 

@@ -1,16 +1,28 @@
-//! The embedded durable log: one append-only file per topic-partition under the data
-//! directory (`{dir}/{topic}/{partition}.log`), a group-committing writer thread per topic,
-//! and single-process consumer groups whose offsets live in `{dir}/_groups/{group}.json`.
+//! The embedded durable log: per topic-partition a directory of append-only segment files
+//! named by base offset (`{dir}/{topic}/{partition}/{base:020}.log`, see [`partition`]), a
+//! group-committing writer thread per topic ([`writer`]), a retention thread deleting whole
+//! sealed segments ([`retention`]), and single-process consumer groups whose offsets live in
+//! `{dir}/_groups/{group}.json` ([`groups`]).
 //!
-//! A record is acknowledged only after its frame was written and fsync'd; a torn tail left by
-//! a crash is cut when the log is opened. Keys are partitioned with Kafka's murmur2 so that a
-//! key lands on the same partition number here as with the Kafka backend.
+//! A record is acknowledged only after its frame was written and fsync'd. When the log is
+//! opened, a torn tail of a partition's active segment is cut, and a bad frame in a sealed
+//! segment fails the open with [`Error::CorruptLog`] naming file and byte. Memory per
+//! partition is a sparse index (one entry per 4 KiB retained), not one entry per record.
+//! The old one-file-per-partition layout (`{partition}.log`) is moved in as segment 0.
+//! Keys are partitioned with Kafka's murmur2 so that a key lands on the same partition
+//! number here as with the Kafka backend.
 
 mod consumer;
+mod frame;
 mod groups;
+mod partition;
+mod retention;
 mod segment;
 mod writer;
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod segment_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests;
@@ -20,6 +32,7 @@ use std::fs::{self, File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,9 +40,11 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use self::consumer::Membership;
-use self::groups::{GroupOffsets, sync_dir};
-use self::segment::Partition;
-use self::writer::Append;
+use self::groups::{Groups, sync_dir};
+use self::partition::Partition;
+use self::segment::Segment;
+use self::writer::{Append, Writer};
+use crate::config::EmbeddedLogConfig;
 use crate::error::Error;
 use crate::log::{Ack, ConsumerHandle, GroupListener, LogBackend, OutgoingRecord, Producer, TopicPartition};
 
@@ -53,13 +68,37 @@ impl std::fmt::Debug for EmbeddedLog {
     }
 }
 
+/// Wall-clock milliseconds; injectable so that tests can age records and segments.
+pub(crate) type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 struct Inner {
     dir: PathBuf,
     default_partitions: i32,
+    config: EmbeddedLogConfig,
+    clock: Clock,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     active_groups: Arc<Mutex<HashSet<String>>>,
+    /// Offsets of every group with a file, running or not.
+    groups: Groups,
+    /// Wakes the retention thread.
+    retention: SyncSender<()>,
     /// Exclusive lock on `{dir}/.lock`, shared with the writer threads.
     dir_lock: Arc<File>,
+}
+
+/// How [`EmbeddedLog::open_with`] opens a log, beyond its configuration.
+struct Options {
+    config: EmbeddedLogConfig,
+    clock: Clock,
+    lock_wait: Duration,
+    /// Off in tests that call [`Inner::run_retention`] themselves.
+    background_retention: bool,
+}
+
+impl Options {
+    fn new(config: &EmbeddedLogConfig) -> Self {
+        Options { config: config.clone(), clock: Arc::new(now_ms), lock_wait: LOCK_WAIT, background_retention: true }
+    }
 }
 
 struct Topic {
@@ -69,26 +108,39 @@ struct Topic {
 }
 
 impl EmbeddedLog {
-    /// Opens (creating) the log under `dir`, loading every topic found there and cutting torn
-    /// tails; `default_partitions` is the partition count of topics created later.
+    /// Opens (creating) the log under `dir` with the default segment and retention settings;
+    /// see [`EmbeddedLog::open_with`].
     pub fn open(dir: &Path, default_partitions: i32) -> Result<Self, Error> {
-        Self::open_with_lock_wait(dir, default_partitions, LOCK_WAIT)
+        Self::open_with(dir, default_partitions, &EmbeddedLogConfig::default())
     }
 
-    fn open_with_lock_wait(dir: &Path, default_partitions: i32, lock_wait: Duration) -> Result<Self, Error> {
+    /// Opens (creating) the log under `dir`, loading every topic and group found there,
+    /// cutting torn tails of active segments and failing on a corrupt sealed one;
+    /// `default_partitions` is the partition count of topics created later.
+    pub fn open_with(dir: &Path, default_partitions: i32, config: &EmbeddedLogConfig) -> Result<Self, Error> {
+        Self::open_opts(dir, default_partitions, Options::new(config))
+    }
+
+    fn open_opts(dir: &Path, default_partitions: i32, options: Options) -> Result<Self, Error> {
         if default_partitions < 1 {
             return Err(Error::Config {
                 key: "log.partitions",
                 reason: format!("must be at least 1, got {default_partitions}"),
             });
         }
+        options.config.validate(default_partitions).map_err(|e| Error::Config { key: e.key, reason: e.reason })?;
         fs::create_dir_all(dir.join(GROUPS_DIR)).map_err(|e| Error::io(dir, e))?;
-        let dir_lock = Arc::new(lock_dir(&dir.join(LOCK_FILE), lock_wait)?);
+        let dir_lock = Arc::new(lock_dir(&dir.join(LOCK_FILE), options.lock_wait)?);
+        let (retention, wake) = retention::wake_channel();
         let inner = Inner {
             dir: dir.to_owned(),
             default_partitions,
+            config: options.config,
+            clock: options.clock,
             topics: RwLock::new(HashMap::new()),
             active_groups: Arc::default(),
+            groups: Groups::load_all(&dir.join(GROUPS_DIR))?,
+            retention,
             dir_lock,
         };
         let mut topics = HashMap::new();
@@ -109,7 +161,20 @@ impl EmbeddedLog {
             }
         }
         *inner.topics.write().unwrap_or_else(PoisonError::into_inner) = topics;
-        Ok(Self { inner: Arc::new(inner) })
+        let every = Duration::from_millis(inner.config.retention_check_ms);
+        let inner = Arc::new(inner);
+        if options.background_retention {
+            retention::spawn(Arc::downgrade(&inner), wake, every)?;
+        }
+        Ok(Self { inner })
+    }
+
+    /// The first retained offset per partition; empty for a topic that does not exist.
+    pub fn start_offsets(&self, topic: &str) -> Vec<(i32, i64)> {
+        self.inner
+            .topic(topic)
+            .map(|t| t.partitions.iter().map(|p| (p.tp().partition, p.start_offset())).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -170,8 +235,9 @@ impl Inner {
         }
         fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
         for partition in 0..self.default_partitions {
-            let path = staging.join(format!("{partition}.log"));
-            File::create(&path).map_err(|e| Error::io(&path, e))?;
+            let dir = staging.join(partition.to_string());
+            fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+            Segment::create(&dir, 0)?;
         }
         sync_dir(&staging)?;
         let target = self.dir.join(name);
@@ -179,14 +245,16 @@ impl Inner {
         sync_dir(&self.dir)
     }
 
-    /// Opens every partition file of a topic directory and starts its writer.
+    /// Opens every partition of a topic directory and starts its writer.
     fn load_topic(&self, name: &str) -> Result<Topic, Error> {
         let topic_dir = self.dir.join(name);
         let mut count = 0;
         for entry in fs::read_dir(&topic_dir).map_err(|e| Error::io(&topic_dir, e))? {
             let entry = entry.map_err(|e| Error::io(&topic_dir, e))?;
             let file_name = entry.file_name();
-            let number = file_name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<i32>().ok());
+            // `{p}/` is a partition; `{p}.log` one of the old layout, migrated by Partition::open.
+            let number =
+                file_name.to_str().map(|n| n.strip_suffix(".log").unwrap_or(n)).and_then(|n| n.parse::<i32>().ok());
             if let Some(number) = number.filter(|n| *n >= 0 && *n < i32::MAX) {
                 count = count.max(number + 1);
             }
@@ -195,12 +263,17 @@ impl Inner {
             count = self.default_partitions;
         }
         let partitions = (0..count)
-            .map(|p| {
-                let path = topic_dir.join(format!("{p}.log"));
-                Partition::open(TopicPartition::new(name, p), path).map(Arc::new)
-            })
+            .map(|p| Partition::open(TopicPartition::new(name, p), &topic_dir).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let appends = writer::spawn(&topic_dir, name, partitions.clone(), Arc::clone(&self.dir_lock))?;
+        let writer = Writer {
+            topic: name.to_owned(),
+            partitions: partitions.clone(),
+            policy: self.config.policy(name),
+            clock: Arc::clone(&self.clock),
+            retention: self.retention.clone(),
+            dir_lock: Arc::clone(&self.dir_lock),
+        };
+        let appends = writer::spawn(&topic_dir, writer)?;
         Ok(Topic { partitions, appends, round_robin: AtomicUsize::new(0) })
     }
 }
@@ -260,7 +333,8 @@ impl Producer for EmbeddedLog {
     async fn send(&self, record: OutgoingRecord, timeout: Duration) -> Result<Ack, Error> {
         let topic = self.inner.topic_or_create(&record.topic)?;
         let partition = topic.choose_partition(record.key.as_deref());
-        let frame = segment::encode_frame(now_ms(), record.key.as_deref(), &record.headers, &record.payload)?;
+        let now = (self.inner.clock)();
+        let frame = frame::encode_frame(now, record.key.as_deref(), &record.headers, &record.payload)?;
         let (reply, acked) = oneshot::channel();
         let append = Append { partition, frame, reply };
         let wait = async {
@@ -303,8 +377,8 @@ impl LogBackend for EmbeddedLog {
         for topic in topics.iter().collect::<BTreeSet<_>>() {
             partitions.extend(self.inner.topic_or_create(topic)?.partitions.iter().cloned());
         }
-        let offsets = GroupOffsets::load(&self.inner.dir.join(GROUPS_DIR), group)?;
-        consumer::subscribe(Arc::new(offsets), membership, partitions, listener).await
+        let offsets = self.inner.groups.get(group)?;
+        consumer::subscribe(offsets, membership, partitions, listener).await
     }
 
     /// Next offset per partition; empty for a topic that does not exist.

@@ -1,189 +1,152 @@
-//! One partition's append-only file: the frame format, the open-time scan that rebuilds
-//! the offset index and cuts a torn tail, and positional batch reads.
+//! One segment file of a partition: `{base:020}.log` holds the frames of the records from
+//! offset `base` on, back to back, with a sparse in-memory index (one entry per
+//! [`INDEX_INTERVAL`] bytes) so that memory grows with bytes retained, not with records.
 //!
-//! A frame is `[u32 LE body length][u32 LE crc32 of body][body]`; the body is
-//! `[u8 version][i64 timestamp_ms][u32 key length or u32::MAX for none][key]`
-//! `[u32 header count]([u32 name length][name][u32 value length][value])*[payload]`,
-//! the payload taking the rest so that it can be sliced out of the read buffer without a copy.
+//! Opening scans the whole file, checking every crc: the last (active) segment has a torn
+//! tail cut, as a crash mid-batch leaves one; a sealed segment was fsync'd whole before its
+//! successor existed, so any bad frame in it is corruption and fails the open, naming the
+//! file and byte. Rebuilding the index by that scan (instead of persisting index files) is
+//! what verifies every sealed byte at start-up, and leaves no second file to keep consistent.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
-use tokio::sync::watch;
 
+use super::frame::{FRAME_HEADER, MAX_BODY, body_timestamp, decode_body, frame_header};
+use super::groups::sync_dir;
 use crate::error::Error;
-use crate::log::{Header, Record, TopicPartition};
+use crate::log::{Record, TopicPartition};
 
-const FRAME_HEADER: u64 = 8;
-/// Largest body accepted; also what the scan treats as a sane length, so a corrupt length
-/// field cannot make it allocate gigabytes.
-pub(crate) const MAX_BODY: usize = 64 << 20;
-const FORMAT_VERSION: u8 = 1;
-const NO_KEY: u32 = u32::MAX;
+/// Bytes between two index entries: a read scans at most this much before its first record.
+pub(crate) const INDEX_INTERVAL: u64 = 4096;
+/// Bytes read per positional read when fetching.
+const READ_CHUNK: u64 = 64 << 10;
 
-/// Encodes one record as a complete frame (header included), ready to append.
-pub(crate) fn encode_frame(
-    timestamp_ms: i64,
-    key: Option<&str>,
-    headers: &[Header],
-    payload: &[u8],
-) -> Result<Vec<u8>, Error> {
-    let headers_len: usize = headers.iter().map(|h| 8 + h.name.len() + h.value.len()).sum();
-    let body_len = 1 + 8 + 4 + key.map_or(0, str::len) + 4 + headers_len + payload.len();
-    let (Ok(len32), Ok(count32)) = (u32::try_from(body_len), u32::try_from(headers.len())) else {
-        return Err(too_large(body_len));
-    };
-    if body_len > MAX_BODY {
-        return Err(too_large(body_len));
-    }
-    let mut frame = Vec::with_capacity(FRAME_HEADER as usize + body_len);
-    frame.extend_from_slice(&len32.to_le_bytes());
-    frame.extend_from_slice(&[0; 4]);
-    frame.push(FORMAT_VERSION);
-    frame.extend_from_slice(&timestamp_ms.to_le_bytes());
-    match key {
-        // Lengths below fit in u32: the whole body was checked against MAX_BODY.
-        Some(key) => put_bytes(&mut frame, key.as_bytes()),
-        None => frame.extend_from_slice(&NO_KEY.to_le_bytes()),
-    }
-    frame.extend_from_slice(&count32.to_le_bytes());
-    for header in headers {
-        put_bytes(&mut frame, header.name.as_bytes());
-        put_bytes(&mut frame, &header.value);
-    }
-    frame.extend_from_slice(payload);
-    let crc = crc32fast::hash(&frame[FRAME_HEADER as usize..]);
-    frame[4..8].copy_from_slice(&crc.to_le_bytes());
-    Ok(frame)
+/// How the open-time scan treats a bad frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Only whole, fsync'd frames: a bad one is corruption.
+    Sealed,
+    /// The segment being appended to: a bad frame starts a torn tail, which is cut.
+    Active,
 }
 
-fn too_large(body_len: usize) -> Error {
-    Error::Config {
-        key: "log.max_record_bytes",
-        reason: format!("record of {body_len} bytes exceeds the embedded log's limit of {MAX_BODY}"),
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// The decoded body of one frame; the payload stays where it is, at `payload_at`.
-pub(crate) struct Body {
-    pub timestamp_ms: i64,
-    pub key: Option<String>,
-    pub headers: Vec<Header>,
-    pub payload_at: usize,
-}
-
-/// Decodes a body whose crc already matched; `None` means it is malformed.
-pub(crate) fn decode_body(body: &[u8]) -> Option<Body> {
-    let mut at = 0usize;
-    if *body.first()? != FORMAT_VERSION {
-        return None;
-    }
-    at += 1;
-    let timestamp_ms = i64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?);
-    at += 8;
-    let key_len = read_u32(body, &mut at)?;
-    let key = if key_len == NO_KEY { None } else { Some(read_string(body, &mut at, key_len)?) };
-    let count = read_u32(body, &mut at)?;
-    // Each header takes at least 8 bytes, which bounds a corrupt count before allocating.
-    if count as usize > body.len().saturating_sub(at) / 8 {
-        return None;
-    }
-    let mut headers = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let name_len = read_u32(body, &mut at)?;
-        let name = read_string(body, &mut at, name_len)?;
-        let value_len = read_u32(body, &mut at)? as usize;
-        let value = body.get(at..at.checked_add(value_len)?)?.to_vec();
-        at += value_len;
-        headers.push(Header { name, value });
-    }
-    Some(Body { timestamp_ms, key, headers, payload_at: at })
-}
-
-fn read_u32(buf: &[u8], at: &mut usize) -> Option<u32> {
-    let value = u32::from_le_bytes(buf.get(*at..*at + 4)?.try_into().ok()?);
-    *at += 4;
-    Some(value)
-}
-
-fn read_string(buf: &[u8], at: &mut usize, len: u32) -> Option<String> {
-    let end = at.checked_add(len as usize)?;
-    let text = String::from_utf8(buf.get(*at..end)?.to_vec()).ok()?;
-    *at = end;
-    Some(text)
-}
-
-/// Byte position of every acknowledged frame (offset = index) and the end of the last one.
-struct Index {
-    positions: Vec<u64>,
+/// What readers may see of a segment: published (fsync'd) frames only.
+struct State {
+    /// `(offset - base, byte position)`, ascending; the first frame is always indexed.
+    index: Vec<(u32, u32)>,
+    count: u32,
     end: u64,
+    first_timestamp: Option<i64>,
+    max_timestamp: Option<i64>,
 }
 
-/// One topic-partition's file with its in-memory index.
-///
-/// Only the topic's writer thread appends, so "read the end, write there, publish" needs no
-/// lock held across the write; readers only ever see frames that were fsync'd and published.
-pub(crate) struct Partition {
-    tp: TopicPartition,
+impl State {
+    fn add(&mut self, position: u64, timestamp: Option<i64>) {
+        let due = self.index.last().is_none_or(|&(_, at)| position - u64::from(at) >= INDEX_INTERVAL);
+        if due {
+            // Positions fit: segments roll at MAX_SEGMENT_BYTES (1 GiB) plus at most one batch.
+            self.index.push((self.count, position as u32));
+        }
+        self.count += 1;
+        if let Some(ts) = timestamp {
+            self.first_timestamp.get_or_insert(ts);
+            self.max_timestamp = Some(self.max_timestamp.map_or(ts, |m| m.max(ts)));
+        }
+    }
+
+    /// The last indexed frame at or before relative offset `rel`.
+    fn lookup(&self, rel: u32) -> (u32, u64) {
+        let i = self.index.partition_point(|&(r, _)| r <= rel);
+        i.checked_sub(1).and_then(|i| self.index.get(i)).map_or((0, 0), |&(r, at)| (r, u64::from(at)))
+    }
+}
+
+/// One segment file.
+pub(crate) struct Segment {
+    base: i64,
     path: PathBuf,
     file: File,
-    index: RwLock<Index>,
-    /// The next offset to be written, so that caught-up readers can wait for appends.
-    high_watermark: watch::Sender<i64>,
+    state: RwLock<State>,
 }
 
-impl Partition {
-    /// Opens (creating) the file, scans it and truncates a torn or corrupt tail.
-    pub(crate) fn open(tp: TopicPartition, path: PathBuf) -> Result<Self, Error> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        let (positions, end) = scan(&file, &path).map_err(|e| Error::io(&path, e))?;
-        let next = positions.len() as i64;
-        Ok(Self {
-            tp,
-            path,
-            file,
-            index: RwLock::new(Index { positions, end }),
-            high_watermark: watch::channel(next).0,
-        })
+impl Segment {
+    pub(crate) fn file_name(base: i64) -> String {
+        format!("{base:020}.log")
     }
 
-    pub(crate) fn tp(&self) -> &TopicPartition {
-        &self.tp
+    /// The base offset named by a segment file name.
+    pub(crate) fn parse_name(name: &str) -> Option<i64> {
+        let digits = name.strip_suffix(".log")?;
+        if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    /// Creates the empty segment starting at `base` and makes its name durable, so that
+    /// records acknowledged from it cannot vanish with a lost directory entry.
+    pub(crate) fn create(dir: &Path, base: i64) -> Result<Self, Error> {
+        let path = dir.join(Self::file_name(base));
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        sync_dir(dir)?;
+        Ok(Self { base, path, file, state: RwLock::new(State::empty()) })
+    }
+
+    /// Opens an existing segment, scanning it as `role` says.
+    pub(crate) fn open(path: PathBuf, base: i64, role: Role) -> Result<Self, Error> {
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let state = scan(&file, &path, role)?;
+        Ok(Self { base, path, file, state: RwLock::new(state) })
+    }
+
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn base(&self) -> i64 {
+        self.base
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The next offset to be written.
     pub(crate) fn next_offset(&self) -> i64 {
-        self.index.read().unwrap_or_else(PoisonError::into_inner).positions.len() as i64
+        self.base + i64::from(self.state().count)
     }
 
-    /// Watches the next offset to be written.
-    pub(crate) fn watch_end(&self) -> watch::Receiver<i64> {
-        self.high_watermark.subscribe()
+    /// Published bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.state().end
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.state().count == 0
+    }
+
+    pub(crate) fn first_timestamp(&self) -> Option<i64> {
+        self.state().first_timestamp
+    }
+
+    pub(crate) fn max_timestamp(&self) -> Option<i64> {
+        self.state().max_timestamp
+    }
+
+    #[cfg(test)]
+    pub(crate) fn index_len(&self) -> usize {
+        self.state().index.len()
     }
 
     /// Writes frames after the last published one (not yet durable nor visible); returns
-    /// where they start. Only the writer thread calls this.
+    /// where they start. Only the topic's writer thread calls this.
     pub(crate) fn write(&self, frames: &[u8]) -> io::Result<u64> {
-        let start = self.index.read().unwrap_or_else(PoisonError::into_inner).end;
+        let start = self.size();
         if let Err(e) = self.file.write_all_at(frames, start) {
             self.discard_from(start);
             return Err(e);
@@ -204,77 +167,122 @@ impl Partition {
         }
     }
 
-    /// Makes durable frames of the given lengths starting at `start` visible; returns the
-    /// offset of the first.
-    pub(crate) fn publish(&self, start: u64, frame_lens: &[u64]) -> i64 {
-        let (first, next) = {
-            let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
-            let first = index.positions.len() as i64;
-            let mut position = start;
-            for len in frame_lens {
-                index.positions.push(position);
-                position += len;
-            }
-            index.end = position;
-            (first, index.positions.len() as i64)
-        };
-        self.high_watermark.send_replace(next);
-        first
+    /// Makes the durable frames `frames` (lengths `lens`) written at `start` visible;
+    /// returns the next offset.
+    pub(crate) fn publish(&self, start: u64, frames: &[u8], lens: &[u64]) -> i64 {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let mut at = 0usize;
+        for len in lens {
+            let body = frames.get(at + FRAME_HEADER as usize..).unwrap_or_default();
+            state.add(start + at as u64, body_timestamp(body));
+            at += *len as usize;
+        }
+        state.end = start + at as u64;
+        self.base + i64::from(state.count)
     }
 
-    /// Reads up to `max_records` records from `from` on, stopping early after `max_bytes`
-    /// (but always returning at least one record when one exists).
-    pub(crate) fn read_batch(&self, from: i64, max_records: usize, max_bytes: u64) -> Result<Vec<Record>, Error> {
-        let Ok(from_idx) = usize::try_from(from) else { return Ok(Vec::new()) };
-        let (positions, end) = {
-            let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
-            let Some(&start) = index.positions.get(from_idx) else { return Ok(Vec::new()) };
-            let limit = index.positions.len().min(from_idx.saturating_add(max_records.max(1)));
-            let mut to = from_idx + 1;
-            while to < limit && index.positions[to] - start <= max_bytes {
-                to += 1;
+    /// Cuts anything past the published end (a failed write whose cut failed) and fsyncs the
+    /// file whole: after this it is a sealed segment, which the next open checks strictly.
+    pub(crate) fn seal(&self) -> io::Result<()> {
+        let end = self.size();
+        if self.file.metadata()?.len() != end {
+            self.file.set_len(end)?;
+        }
+        self.file.sync_all()
+    }
+
+    /// Reads up to `max_records` records from `from` (within this segment) on, stopping
+    /// after `max_bytes`, but returning at least one record when one exists.
+    pub(crate) fn read(
+        &self,
+        tp: &TopicPartition,
+        from: i64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Record>, Error> {
+        let (mut offset, mut pos, end, next) = {
+            let state = self.state();
+            let next = self.base + i64::from(state.count);
+            if from < self.base || from >= next {
+                return Ok(Vec::new());
             }
-            let end = index.positions.get(to).copied().unwrap_or(index.end);
-            (index.positions[from_idx..to].to_vec(), end)
+            let (rel, at) = state.lookup(u32::try_from(from - self.base).unwrap_or(u32::MAX));
+            (self.base + i64::from(rel), at, state.end, next)
         };
-        let base = positions.first().copied().unwrap_or(end);
-        let mut buf = vec![0u8; (end - base) as usize];
-        self.file.read_exact_at(&mut buf, base).map_err(|e| Error::io(&self.path, e))?;
-        let buf = Bytes::from(buf);
-        let mut records = Vec::with_capacity(positions.len());
-        for (i, position) in positions.iter().enumerate() {
-            let corrupt = || Error::CorruptLog { path: self.path.display().to_string(), position: *position };
-            let rel = (position - base) as usize;
-            let header = buf.get(rel..rel + FRAME_HEADER as usize).ok_or_else(corrupt)?;
-            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-            let body_start = rel + FRAME_HEADER as usize;
-            let body = buf.get(body_start..body_start + len).ok_or_else(corrupt)?;
-            if crc32fast::hash(body) != crc {
-                return Err(corrupt());
+        let max_records = max_records.max(1);
+        let corrupt = |position: u64| Error::CorruptLog { path: self.path.display().to_string(), position };
+        let mut records = Vec::new();
+        let mut bytes = 0u64;
+        let mut want = READ_CHUNK;
+        let full = |records: &[Record], bytes: u64| {
+            records.len() >= max_records || (!records.is_empty() && bytes >= max_bytes)
+        };
+        while offset < next && !full(&records, bytes) {
+            let len = want.min(end - pos);
+            let mut buf = vec![0u8; len as usize];
+            self.file.read_exact_at(&mut buf, pos).map_err(|e| Error::io(&self.path, e))?;
+            let buf = Bytes::from(buf);
+            let mut at = 0u64;
+            while offset < next && !full(&records, bytes) {
+                let header = buf.get(at as usize..(at + FRAME_HEADER) as usize).and_then(frame_header);
+                let Some((body_len, crc)) = header else { break };
+                let body_start = (at + FRAME_HEADER) as usize;
+                let body_end = body_start + body_len as usize;
+                if body_end as u64 > len {
+                    if at == 0 {
+                        // A frame larger than the chunk: read exactly it next.
+                        want = FRAME_HEADER + body_len;
+                    }
+                    break;
+                }
+                if offset >= from {
+                    let body = &buf[body_start..body_end];
+                    if crc32fast::hash(body) != crc {
+                        return Err(corrupt(pos + at));
+                    }
+                    let decoded = decode_body(body).ok_or_else(|| corrupt(pos + at))?;
+                    records.push(Record {
+                        tp: tp.clone(),
+                        offset,
+                        key: decoded.key,
+                        payload: buf.slice(body_start + decoded.payload_at..body_end),
+                        headers: decoded.headers,
+                        timestamp_ms: decoded.timestamp_ms,
+                    });
+                    bytes += FRAME_HEADER + body_len;
+                }
+                at = body_end as u64;
+                offset += 1;
             }
-            let decoded = decode_body(body).ok_or_else(corrupt)?;
-            records.push(Record {
-                tp: self.tp.clone(),
-                offset: from + i as i64,
-                key: decoded.key,
-                payload: buf.slice(body_start + decoded.payload_at..body_start + len),
-                headers: decoded.headers,
-                timestamp_ms: decoded.timestamp_ms,
-            });
+            if at == 0 && (len < FRAME_HEADER || want > end - pos) {
+                // No frame fits in what is published: the published bytes are not frames.
+                return Err(corrupt(pos));
+            }
+            if at > 0 {
+                want = READ_CHUNK;
+            }
+            pos += at;
         }
         Ok(records)
     }
 }
 
-/// Walks the file frame by frame; at the first short frame, absurd length or crc mismatch it
-/// cuts the file there. Writes reach the disk in no particular order before fsync, so
-/// everything after the first bad frame belongs to an unacknowledged batch. Bodies are not
-/// decoded here: a frame with a good crc is never cut, even if this version cannot read it.
-fn scan(file: &File, path: &Path) -> io::Result<(Vec<u64>, u64)> {
-    let file_len = file.metadata()?.len();
+impl State {
+    fn empty() -> Self {
+        State { index: Vec::new(), count: 0, end: 0, first_timestamp: None, max_timestamp: None }
+    }
+}
+
+/// Walks the file frame by frame, indexing it. At the first short frame, absurd length or
+/// crc mismatch an active segment is cut there (writes reach the disk in no particular
+/// order before fsync, so everything after belongs to an unacknowledged batch); a sealed
+/// one fails. Bodies are not decoded: a frame with a good crc is never cut, even if this
+/// version cannot read it.
+fn scan(file: &File, path: &Path, role: Role) -> Result<State, Error> {
+    let io = |e| Error::io(path, e);
+    let file_len = file.metadata().map_err(io)?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut positions = Vec::new();
+    let mut state = State::empty();
     let mut position = 0u64;
     let mut body = Vec::new();
     let problem = loop {
@@ -285,64 +293,29 @@ fn scan(file: &File, path: &Path) -> io::Result<(Vec<u64>, u64)> {
             break Some("short frame header");
         }
         let mut header = [0u8; FRAME_HEADER as usize];
-        reader.read_exact(&mut header)?;
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        reader.read_exact(&mut header).map_err(io)?;
+        let (len, crc) = frame_header(&header).unwrap_or_default();
         if len > MAX_BODY as u64 || file_len - position - FRAME_HEADER < len {
             break Some("short frame body");
         }
         body.resize(len as usize, 0);
-        reader.read_exact(&mut body)?;
+        reader.read_exact(&mut body).map_err(io)?;
         if crc32fast::hash(&body) != crc {
             break Some("crc mismatch");
         }
-        positions.push(position);
+        state.add(position, body_timestamp(&body));
         position += FRAME_HEADER + len;
     };
+    state.end = position;
     if let Some(reason) = problem {
+        if role == Role::Sealed {
+            tracing::error!(path = %path.display(), position, reason, "corrupt sealed segment in the embedded log");
+            return Err(Error::CorruptLog { path: path.display().to_string(), position });
+        }
         tracing::warn!(path = %path.display(), position, file_len, reason,
-            "truncating torn or corrupt tail of the embedded log");
-        file.set_len(position)?;
-        file.sync_all()?;
+            "truncating torn tail of the embedded log's active segment");
+        file.set_len(position).map_err(io)?;
+        file.sync_all().map_err(io)?;
     }
-    Ok((positions, position))
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frame_round_trips() {
-        let headers = vec![Header { name: "h".into(), value: vec![1, 2] }, Header { name: "h".into(), value: vec![] }];
-        let frame = encode_frame(42, Some("key"), &headers, b"payload").unwrap();
-        let body = &frame[8..];
-        assert_eq!(u32::from_le_bytes(frame[0..4].try_into().unwrap()) as usize, body.len());
-        assert_eq!(u32::from_le_bytes(frame[4..8].try_into().unwrap()), crc32fast::hash(body));
-        let decoded = decode_body(body).unwrap();
-        assert_eq!(decoded.timestamp_ms, 42);
-        assert_eq!(decoded.key.as_deref(), Some("key"));
-        assert_eq!(decoded.headers, headers);
-        assert_eq!(&body[decoded.payload_at..], b"payload");
-
-        let frame = encode_frame(-1, None, &[], b"").unwrap();
-        let decoded = decode_body(&frame[8..]).unwrap();
-        assert_eq!((decoded.key, decoded.headers.len(), decoded.payload_at), (None, 0, frame.len() - 8));
-    }
-
-    #[test]
-    fn oversized_record_is_rejected() {
-        let payload = vec![0u8; MAX_BODY];
-        assert!(matches!(encode_frame(0, None, &[], &payload), Err(Error::Config { .. })));
-    }
-
-    #[test]
-    fn malformed_body_is_rejected() {
-        let frame = encode_frame(1, Some("k"), &[], b"x").unwrap();
-        let mut body = frame[8..].to_vec();
-        body[9..13].copy_from_slice(&1000u32.to_le_bytes()); // key length past the end
-        assert!(decode_body(&body).is_none());
-        assert!(decode_body(&[9]).is_none());
-    }
+    Ok(state)
 }

@@ -2,18 +2,27 @@
 //!
 //! Senders encode their frame on their own task and queue it; the thread takes everything
 //! queued at that moment as one batch, writes each touched partition's frames with one
-//! positional write, fsyncs each touched file once, publishes the new frames to readers and
-//! only then answers the waiters. Under load a batch grows while the previous fsync runs, so
-//! the cost of an fsync is shared by many records.
+//! positional write into its active segment (rolling it first when it is full or old),
+//! fsyncs each touched file once, publishes the new frames to readers and only then answers
+//! the waiters. Under load a batch grows while the previous fsync runs, so the cost of an
+//! fsync is shared by many records.
+//!
+//! The topic's disk budget is checked here, before writing: a partition's frames that do
+//! not fit are refused with [`Error::LogFull`] and the retention thread is woken; nothing
+//! is deleted on this path.
 
 use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::segment::Partition;
+use super::Clock;
+use super::partition::Partition;
+use super::segment::Segment;
+use crate::config::TopicLogPolicy;
 use crate::error::Error;
 use crate::log::Ack;
 
@@ -31,24 +40,32 @@ pub(crate) struct Append {
     pub reply: oneshot::Sender<Result<Ack, Error>>,
 }
 
+/// What one topic's writer thread works with.
+pub(crate) struct Writer {
+    pub topic: String,
+    pub partitions: Vec<Arc<Partition>>,
+    pub policy: TopicLogPolicy,
+    pub clock: Clock,
+    /// Wakes the retention thread (after a roll, or when the budget is reached).
+    pub retention: SyncSender<()>,
+    /// Kept alive until the thread ends, so that no second log can open the directory
+    /// while this one may still write.
+    #[allow(dead_code)] // held for what dropping it does, never read
+    pub dir_lock: Arc<File>,
+}
+
 /// Starts the writer thread of one topic. It ends once every sender is gone and the queue
-/// is drained; it keeps the directory lock alive until then, so that no second log can
-/// open the directory while it may still write.
-pub(crate) fn spawn(
-    topic_dir: &Path,
-    topic: &str,
-    partitions: Vec<Arc<Partition>>,
-    dir_lock: Arc<File>,
-) -> Result<mpsc::Sender<Append>, Error> {
+/// is drained.
+pub(crate) fn spawn(topic_dir: &Path, writer: Writer) -> Result<mpsc::Sender<Append>, Error> {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     std::thread::Builder::new()
-        .name(format!("log-writer-{topic}"))
-        .spawn(move || run(rx, &partitions, dir_lock))
+        .name(format!("log-writer-{}", writer.topic))
+        .spawn(move || run(rx, &writer))
         .map_err(|e| Error::io(topic_dir, e))?;
     Ok(tx)
 }
 
-fn run(mut rx: mpsc::Receiver<Append>, partitions: &[Arc<Partition>], _dir_lock: Arc<File>) {
+fn run(mut rx: mpsc::Receiver<Append>, writer: &Writer) {
     let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.frame.len();
@@ -62,7 +79,7 @@ fn run(mut rx: mpsc::Receiver<Append>, partitions: &[Arc<Partition>], _dir_lock:
                 Err(_) => break,
             }
         }
-        commit(partitions, &mut batch);
+        commit(writer, &mut batch);
     }
 }
 
@@ -74,7 +91,8 @@ struct Pending<'a> {
     buf: Vec<u8>,
 }
 
-fn commit(partitions: &[Arc<Partition>], batch: &mut Vec<Append>) {
+fn commit(writer: &Writer, batch: &mut Vec<Append>) {
+    let partitions = &writer.partitions;
     let mut pending: Vec<Pending<'_>> = Vec::new();
     for append in batch.drain(..) {
         let Some(partition) = partitions.get(append.partition) else {
@@ -97,21 +115,48 @@ fn commit(partitions: &[Arc<Partition>], batch: &mut Vec<Append>) {
         entry.replies.push(append.reply);
     }
 
+    let budget = writer.policy.max_disk_bytes;
+    let mut used = if budget == 0 { 0 } else { partitions.iter().map(|p| p.size_bytes()).sum() };
+    let now = (writer.clock)();
+    let mut wake_retention = false;
     // Write everything before the first fsync so the kernel can start writing back all files.
-    let mut written = Vec::with_capacity(pending.len());
+    let mut written: Vec<(Pending<'_>, Arc<Segment>, u64)> = Vec::with_capacity(pending.len());
     for entry in pending {
-        match entry.partition.write(&entry.buf) {
-            Ok(start) => written.push((entry, start)),
-            Err(e) => fail(entry.partition, entry.replies, e),
-        }
-    }
-    for (entry, start) in written {
-        if let Err(e) = entry.partition.sync() {
-            entry.partition.discard_from(start);
-            fail(entry.partition, entry.replies, e);
+        let incoming = entry.buf.len() as u64;
+        if budget != 0 && used + incoming > budget {
+            wake_retention = true;
+            refuse(writer, entry.replies, used);
             continue;
         }
-        let first = entry.partition.publish(start, &entry.lens);
+        let segment = match entry.partition.segment_for_append(&writer.policy, now, incoming) {
+            Ok((segment, rolled)) => {
+                wake_retention |= rolled;
+                segment
+            }
+            Err(e) => {
+                fail(entry.partition.dir(), entry.replies, e);
+                continue;
+            }
+        };
+        match segment.write(&entry.buf) {
+            Ok(start) => {
+                used += incoming;
+                written.push((entry, segment, start));
+            }
+            Err(e) => fail(segment.path(), entry.replies, e),
+        }
+    }
+    if wake_retention {
+        // Full means a pass is already due; either way it runs soon.
+        let _ = writer.retention.try_send(());
+    }
+    for (entry, segment, start) in written {
+        if let Err(e) = segment.sync() {
+            segment.discard_from(start);
+            fail(segment.path(), entry.replies, e);
+            continue;
+        }
+        let first = entry.partition.publish(&segment, start, &entry.buf, &entry.lens);
         let partition = entry.partition.tp().partition;
         for (i, reply) in entry.replies.into_iter().enumerate() {
             // A sender that timed out is gone; its record stays written (at-least-once).
@@ -120,13 +165,25 @@ fn commit(partitions: &[Arc<Partition>], batch: &mut Vec<Append>) {
     }
 }
 
+/// Answers every waiter of a partition that would exceed the topic's budget.
+fn refuse(writer: &Writer, replies: Vec<oneshot::Sender<Result<Ack, Error>>>, used: u64) {
+    tracing::debug!(topic = writer.topic, used, budget = writer.policy.max_disk_bytes, "embedded log topic is full");
+    for reply in replies {
+        let _ = reply.send(Err(Error::LogFull {
+            topic: writer.topic.clone(),
+            used_bytes: used,
+            budget_bytes: writer.policy.max_disk_bytes,
+        }));
+    }
+}
+
 /// Answers every waiter of a failed partition write with the same cause.
-fn fail(partition: &Partition, replies: Vec<oneshot::Sender<Result<Ack, Error>>>, error: io::Error) {
-    tracing::error!(path = %partition.path().display(), error = %error, "embedded log append failed");
+fn fail(path: &Path, replies: Vec<oneshot::Sender<Result<Ack, Error>>>, error: io::Error) {
+    tracing::error!(path = %path.display(), error = %error, "embedded log append failed");
     let kind = error.kind();
     let shared = Arc::new(error);
     for reply in replies {
         let cause = io::Error::new(kind, Arc::clone(&shared));
-        let _ = reply.send(Err(Error::io(partition.path(), cause)));
+        let _ = reply.send(Err(Error::io(path, cause)));
     }
 }
