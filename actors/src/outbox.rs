@@ -155,7 +155,10 @@ async fn publish(args: &OutboxArgs, row: outbox::Model) {
 /// The relay as a service of the root supervisor.
 pub fn service(args: OutboxArgs) -> crate::supervision::ActorService<OutboxRelay> {
     let slot = crate::supervision::Slot::new("outbox-relay");
-    crate::supervision::ActorService::new("OutboxRelay", slot, || OutboxMsg::InjectPanic, move || {
-        (OutboxRelay, args.clone())
-    })
+    crate::supervision::ActorService::new(
+        "OutboxRelay",
+        slot,
+        || OutboxMsg::InjectPanic,
+        move || (OutboxRelay, args.clone()),
+    )
 }

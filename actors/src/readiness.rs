@@ -94,7 +94,10 @@ impl Conveyor {
     }
 }
 
-async fn bounded(component: Component, check: impl Future<Output = Result<(), Error>>) -> (Component, Result<(), Error>) {
+async fn bounded(
+    component: Component,
+    check: impl Future<Output = Result<(), Error>>,
+) -> (Component, Result<(), Error>) {
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
         Ok(r) => (component, r),
         Err(_) => (component, Err(Error::Timeout { op: "readiness check", after: CHECK_TIMEOUT })),
@@ -112,7 +115,11 @@ mod tests {
     fn readiness(log: bool, store: bool, cache: bool, ledger: ChildState) -> Readiness {
         let check = |ok: bool| if ok { Ok(()) } else { down() };
         Readiness {
-            checks: vec![(Component::Log, check(log)), (Component::Store, check(store)), (Component::Cache, check(cache))],
+            checks: vec![
+                (Component::Log, check(log)),
+                (Component::Store, check(store)),
+                (Component::Cache, check(cache)),
+            ],
             subsystems: vec![("ledger".into(), ledger)],
         }
     }

@@ -210,7 +210,11 @@ impl Actor for RootSupervisor {
                     .map(|(index, service)| ServiceStatus {
                         name: service.name(),
                         kind: service.kind(),
-                        state: if state.services[index].is_some() { ChildState::Running } else { ChildState::Restarting },
+                        state: if state.services[index].is_some() {
+                            ChildState::Running
+                        } else {
+                            ChildState::Restarting
+                        },
                         restarts: state.service_restarts[index].total,
                     })
                     .collect();
@@ -458,7 +462,12 @@ mod tests {
             Ok(0)
         }
 
-        async fn handle(&self, _: ActorRef<PingMsg>, msg: PingMsg, pings: &mut usize) -> Result<(), ActorProcessingErr> {
+        async fn handle(
+            &self,
+            _: ActorRef<PingMsg>,
+            msg: PingMsg,
+            pings: &mut usize,
+        ) -> Result<(), ActorProcessingErr> {
             match msg {
                 PingMsg::Ping { reply } => {
                     *pings += 1;

@@ -20,9 +20,9 @@ use crate::loyalty::{Ledger, LoyaltyHandler};
 use crate::outbox::OutboxArgs;
 use crate::retry::RetryPolicy;
 use crate::root::{GroupSpec, RootArgs, RootMsg, RootSupervisor, ServiceStatus};
-use crate::supervision::Service;
 use crate::saga::IdentitySagaHandler;
 use crate::store::Store;
+use crate::supervision::Service;
 use crate::webhooks::Webhooks;
 use crate::webhooks::attempts::AttemptLog;
 use crate::webhooks::client::WebhookClient;
@@ -376,8 +376,11 @@ impl Conveyor {
             return Err(Error::NotFound { what: "fault hook" });
         }
         let subsystem = subsystem.to_owned();
-        ractor::call!(self.root, |reply| RootMsg::InjectPanic { subsystem, reply })
-            .map_err(|e| Error::Actor { actor: "root".into(), op: "inject a panic", source: Box::new(e) })?
+        ractor::call!(self.root, |reply| RootMsg::InjectPanic { subsystem, reply }).map_err(|e| Error::Actor {
+            actor: "root".into(),
+            op: "inject a panic",
+            source: Box::new(e),
+        })?
     }
 
     /// Each consumer group with its partitions.

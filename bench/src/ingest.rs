@@ -215,7 +215,12 @@ fn parse_wrk(out: &str) -> anyhow::Result<WrkRun> {
     Ok(run)
 }
 
-pub(crate) async fn wrk(args: &IngestArgs, script: &Path, base: &str, seconds: u32) -> anyhow::Result<(WrkRun, String)> {
+pub(crate) async fn wrk(
+    args: &IngestArgs,
+    script: &Path,
+    base: &str,
+    seconds: u32,
+) -> anyhow::Result<(WrkRun, String)> {
     let out = tokio::process::Command::new(&args.wrk)
         .arg(format!("-t{}", args.threads))
         .arg(format!("-c{}", args.connections))

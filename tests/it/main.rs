@@ -23,7 +23,7 @@ mod probes;
 mod resilience;
 mod retention;
 mod saga;
-mod supervision;
 mod sink;
+mod supervision;
 mod webhooks;
 mod workflows;

@@ -105,7 +105,8 @@ async fn idle_endpoint_actors_retire() {
         let dispatcher = children.into_iter().find(|c| c["name"] == "webhook-dispatcher").unwrap_or_default();
         dispatcher["detail"].as_str().unwrap_or_default().to_string()
     };
-    let retired = eventually(Duration::from_secs(15), || async { endpoint_actors().await.starts_with("0 endpoint actors") })
-        .await;
+    let retired =
+        eventually(Duration::from_secs(15), || async { endpoint_actors().await.starts_with("0 endpoint actors") })
+            .await;
     assert!(retired, "the endpoint actor is still running: {}", endpoint_actors().await);
 }

@@ -207,10 +207,12 @@ impl Ledger {
     /// The handle and the service the root supervisor runs it as.
     pub fn service(args: LedgerArgs) -> (Self, ActorService<LedgerSupervisor>) {
         let slot = Slot::new("ledger");
-        let service =
-            ActorService::new("LedgerSupervisor", slot.clone(), || LedgerMsg::InjectPanic, move || {
-                (LedgerSupervisor, args.clone())
-            });
+        let service = ActorService::new(
+            "LedgerSupervisor",
+            slot.clone(),
+            || LedgerMsg::InjectPanic,
+            move || (LedgerSupervisor, args.clone()),
+        );
         (Ledger { slot }, service)
     }
 

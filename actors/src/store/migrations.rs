@@ -1,8 +1,8 @@
 //! Schema migrations, applied in order at start-up and by `conveyor migrate`.
 
 mod identity;
-mod retention;
 mod resources;
+mod retention;
 mod saga;
 mod webhooks;
 mod workflows;

@@ -168,9 +168,12 @@ impl Dispatcher {
     pub fn service(ctx: Arc<DeliveryContext>) -> (Self, ActorService<DispatcherActor>) {
         let slot = Slot::new("webhook-dispatcher");
         let args = DispatcherArgs { ctx };
-        let service = ActorService::new("DispatcherActor", slot.clone(), || DispatcherMsg::InjectPanic, move || {
-            (DispatcherActor, args.clone())
-        });
+        let service = ActorService::new(
+            "DispatcherActor",
+            slot.clone(),
+            || DispatcherMsg::InjectPanic,
+            move || (DispatcherActor, args.clone()),
+        );
         (Dispatcher { slot }, service)
     }
 
@@ -193,7 +196,8 @@ impl Dispatcher {
     pub async fn hand_back_leases(&self, within: Duration) {
         let Ok(actor) = self.slot.get() else { return };
         // The hand-backs are store writes after the requests were cut off: a little beyond `within`.
-        let asked = actor.call(|reply| DispatcherMsg::Shutdown { within, reply }, Some(within + Duration::from_secs(2)));
+        let asked =
+            actor.call(|reply| DispatcherMsg::Shutdown { within, reply }, Some(within + Duration::from_secs(2)));
         if !matches!(asked.await, Ok(ractor::rpc::CallResult::Success(_))) {
             tracing::warn!("the webhook dispatcher did not hand back its deliveries in time; their leases will expire");
         }

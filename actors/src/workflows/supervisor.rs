@@ -189,9 +189,12 @@ impl Runs {
     pub fn service(ctx: Arc<RunContext>) -> (Self, ActorService<RunSupervisor>) {
         let slot = Slot::new("workflow-runs");
         let args = RunSupervisorArgs { ctx };
-        let service = ActorService::new("RunSupervisor", slot.clone(), || RunSupervisorMsg::InjectPanic, move || {
-            (RunSupervisor, args.clone())
-        });
+        let service = ActorService::new(
+            "RunSupervisor",
+            slot.clone(),
+            || RunSupervisorMsg::InjectPanic,
+            move || (RunSupervisor, args.clone()),
+        );
         (Runs { slot }, service)
     }
 

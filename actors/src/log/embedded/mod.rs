@@ -390,13 +390,8 @@ impl LogBackend for EmbeddedLog {
             .unwrap_or_default())
     }
 
-    /// 0 for every partition: this log never deletes a record. (The segmented log with
-    /// retention answers its first retained offset here.)
+    /// The first retained offset per partition (retention deletes whole segments).
     async fn start_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, Error> {
-        Ok(self
-            .inner
-            .topic(topic)
-            .map(|t| t.partitions.iter().map(|p| (p.tp().partition, 0)).collect())
-            .unwrap_or_default())
+        Ok(EmbeddedLog::start_offsets(self, topic))
     }
 }
