@@ -50,19 +50,33 @@ pub enum Verdict {
     Unavailable,
 }
 
+/// A child of the root supervisor: a service, or a consumer group (`group:{name}`).
+pub struct Subsystem {
+    pub name: String,
+    pub state: ChildState,
+    /// Whether the daemon can do its job without it (see [`crate::supervision::Service::essential`]).
+    pub essential: bool,
+}
+
+impl Subsystem {
+    fn down(&self) -> bool {
+        self.state != ChildState::Running
+    }
+}
+
 /// Every check's outcome.
 pub struct Readiness {
     pub checks: Vec<(Component, Result<(), Error>)>,
-    /// Services and consumer groups by name, with their state.
-    pub subsystems: Vec<(String, ChildState)>,
+    pub subsystems: Vec<Subsystem>,
 }
 
 impl Readiness {
     pub fn verdict(&self) -> Verdict {
-        let essential_down = self.checks.iter().any(|(c, r)| r.is_err() && c.essential());
-        if essential_down || self.subsystems.iter().any(|(_, s)| *s != ChildState::Running) {
+        let backend_down = self.checks.iter().any(|(c, r)| r.is_err() && c.essential());
+        let subsystem_down = self.subsystems.iter().any(|s| s.down() && s.essential);
+        if backend_down || subsystem_down {
             Verdict::Unavailable
-        } else if self.checks.iter().any(|(_, r)| r.is_err()) {
+        } else if !self.failed().is_empty() {
             Verdict::Degraded
         } else {
             Verdict::Ready
@@ -72,7 +86,7 @@ impl Readiness {
     /// The names of whatever failed: backends, then subsystems.
     pub fn failed(&self) -> Vec<String> {
         let backends = self.checks.iter().filter(|(_, r)| r.is_err()).map(|(c, _)| c.as_str().to_owned());
-        let subsystems = self.subsystems.iter().filter(|(_, s)| *s != ChildState::Running).map(|(n, _)| n.clone());
+        let subsystems = self.subsystems.iter().filter(|s| s.down()).map(|s| s.name.clone());
         backends.chain(subsystems).collect()
     }
 }
@@ -88,8 +102,13 @@ impl Conveyor {
             self.services(),
             self.groups(),
         );
-        let services = services.into_iter().map(|s| (s.name.to_owned(), s.state));
-        let groups = groups.into_iter().map(|g| (format!("group:{}", g.group), g.state));
+        let services =
+            services.into_iter().map(|s| Subsystem { name: s.name.to_owned(), state: s.state, essential: s.essential });
+        let groups = groups.into_iter().map(|g| Subsystem {
+            name: format!("group:{}", g.group),
+            state: g.state,
+            essential: true,
+        });
         Readiness { checks: vec![log, store, cache], subsystems: services.chain(groups).collect() }
     }
 }
@@ -120,7 +139,7 @@ mod tests {
                 (Component::Store, check(store)),
                 (Component::Cache, check(cache)),
             ],
-            subsystems: vec![("ledger".into(), ledger)],
+            subsystems: vec![Subsystem { name: "ledger".into(), state: ledger, essential: true }],
         }
     }
 
@@ -135,5 +154,8 @@ mod tests {
         let restarting = readiness(true, true, false, Restarting);
         assert_eq!(restarting.verdict(), Verdict::Unavailable);
         assert_eq!(restarting.failed(), vec!["cache".to_owned(), "ledger".to_owned()]);
+        let mut housekeeping = readiness(true, true, true, Running);
+        housekeeping.subsystems.push(Subsystem { name: "retention".into(), state: Restarting, essential: false });
+        assert_eq!((housekeeping.verdict(), housekeeping.failed()), (Verdict::Degraded, vec!["retention".to_owned()]));
     }
 }

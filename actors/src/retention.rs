@@ -334,7 +334,9 @@ pub fn service(args: RetentionArgs) -> (Retention, ActorService<RetentionActor>)
         slot.clone(),
         || RetentionMsg::InjectPanic,
         move || (RetentionActor, args.clone()),
-    );
+    )
+    // Purging waits for the next round; nothing the daemon serves depends on it.
+    .non_essential();
     (Retention { slot }, service)
 }
 

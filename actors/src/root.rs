@@ -85,6 +85,8 @@ pub struct ServiceStatus {
     pub name: &'static str,
     pub kind: &'static str,
     pub state: ChildState,
+    /// See [`Service::essential`].
+    pub essential: bool,
     /// Restarts since the process started.
     pub restarts: u32,
 }
@@ -210,6 +212,7 @@ impl Actor for RootSupervisor {
                     .map(|(index, service)| ServiceStatus {
                         name: service.name(),
                         kind: service.kind(),
+                        essential: service.essential(),
                         state: if state.services[index].is_some() {
                             ChildState::Running
                         } else {

@@ -86,6 +86,9 @@ pub trait Service: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The actor type, for the status page.
     fn kind(&self) -> &'static str;
+    /// Whether the daemon can do its job while this service restarts: if not, `/ready`
+    /// answers 503 meanwhile; if so, it answers 200 `degraded`.
+    fn essential(&self) -> bool;
     /// Spawns a fresh incarnation linked to `supervisor` and publishes it to the handles.
     async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, Error>;
     /// The incarnation ended: handles see the subsystem as down until the next `spawn`.
@@ -101,6 +104,7 @@ type Make<A> = Box<dyn Fn() -> (A, <A as Actor>::Arguments) + Send + Sync>;
 /// message that makes it panic (the actor answers that message with `panic!`).
 pub struct ActorService<A: Actor> {
     kind: &'static str,
+    essential: bool,
     make: Make<A>,
     slot: Slot<A::Msg>,
     panic: fn() -> A::Msg,
@@ -113,7 +117,13 @@ impl<A: Actor> ActorService<A> {
         panic: fn() -> A::Msg,
         make: impl Fn() -> (A, A::Arguments) + Send + Sync + 'static,
     ) -> Self {
-        ActorService { kind, make: Box::new(make), slot, panic }
+        ActorService { kind, essential: true, make: Box::new(make), slot, panic }
+    }
+
+    /// Marks a service the daemon does its job without (housekeeping such as retention).
+    pub fn non_essential(mut self) -> Self {
+        self.essential = false;
+        self
     }
 }
 
@@ -125,6 +135,10 @@ impl<A: Actor> Service for ActorService<A> {
 
     fn kind(&self) -> &'static str {
         self.kind
+    }
+
+    fn essential(&self) -> bool {
+        self.essential
     }
 
     async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, Error> {

@@ -23,8 +23,9 @@ pub struct Health {
 
 #[derive(Serialize, ToSchema)]
 pub struct Ready {
-    /// `ready`, `degraded` (serving without a non-essential backend: the cache) or
-    /// `unavailable` (the log, the store or a subsystem is down).
+    /// `ready`, `degraded` (serving without something non-essential: the cache, or the
+    /// retention service while it restarts) or `unavailable` (the log, the store or another
+    /// subsystem is down).
     pub status: Verdict,
     /// `ok` or `error: …` per backend (log, store, cache); each checked within 500 ms.
     pub checks: BTreeMap<String, String>,
@@ -62,7 +63,7 @@ pub async fn ready(state: &AppState) -> Response {
             .iter()
             .map(|(c, r)| (c.as_str().to_string(), r.as_ref().map_or_else(|e| format!("error: {e}"), |()| "ok".into())))
             .collect(),
-        subsystems: readiness.subsystems.into_iter().collect(),
+        subsystems: readiness.subsystems.into_iter().map(|s| (s.name, s.state)).collect(),
         breakers: state.conveyor.breakers().iter().map(|b| (b.name().to_string(), b.state().as_str().into())).collect(),
         // Which partitions this process owns: operators (and tests) see a rebalance here.
         partitions: state.conveyor.partitions().await.iter().map(|p| p.tp.to_string()).collect(),
