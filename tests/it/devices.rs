@@ -9,7 +9,7 @@ use serde_json::json;
 use conveyor_actors::config::LogBackendKind;
 use conveyor_actors::log::{Ack, LogBackend, OutgoingRecord, Producer};
 
-use crate::harness::{Backend, Daemon, Names, Opts, eventually, metric_sum, real_only, token};
+use crate::harness::{Backend, Daemon, Names, Opts, eventually, metric_sum, token};
 
 /// Sends `per_device` events to each of `devices` devices, in per-device sequence order,
 /// through `/events/batch` (100 per request); returns the last seq per device.
@@ -308,27 +308,27 @@ async fn keyless_and_mis_keyed_records_are_dead_lettered_and_the_device_keeps_up
 
 /// `events-input` gains partitions: a device whose key now maps to a new partition, where
 /// offsets start at 0, keeps updating (a write from another partition is never discarded
-/// merely because its offset is lower). Kafka only: the embedded log has no way to add
-/// partitions; there the store's guard tests and the handler's unit test cover it.
+/// merely because its offset is lower). The embedded log grows its topics to
+/// `log.partitions` at start-up; Kafka's with the admin API.
 #[tokio::test]
 async fn devices_keep_updating_after_the_input_topic_gains_partitions() {
-    if !real_only("devices_keep_updating_after_the_input_topic_gains_partitions") {
-        return;
-    }
     const DEVICES: usize = 40;
     let mut d = Daemon::start(Opts::new()).await;
     let t = token("gw", &["device", "user"]);
     let expected = send_sequenced(&d, &t, "grow", DEVICES, 5, 0).await;
     assert!(await_final_state(&d, &t, &expected, Duration::from_secs(60)).await.is_empty());
     assert!(d.terminate(Duration::from_secs(20)).await.success());
-    if let Err(reason) = add_partitions(&d.names.topic_in, 8).await {
+    if d.backend() == Backend::Real
+        && let Err(reason) = add_partitions(&d.names.topic_in, 8).await
+    {
+        // nisshi 0.8 has no CreatePartitions; the embedded phase runs this test for real.
         eprintln!(
             "SKIPPED devices_keep_updating_after_the_input_topic_gains_partitions: the broker cannot add partitions: {reason}"
         );
         return;
     }
     // A fresh daemon sees the new partitions at once (producer metadata and assignment).
-    let d = Daemon::start(Opts::restart_of(&mut d)).await;
+    let d = Daemon::start(Opts::restart_of(&mut d).env("CONVEYOR_LOG__PARTITIONS", "8")).await;
     let expected = send_sequenced(&d, &t, "grow", DEVICES, 3, 5).await;
     let laggards = await_final_state(&d, &t, &expected, Duration::from_secs(60)).await;
     assert!(laggards.is_empty(), "devices frozen after the topic grew: {laggards:?}");

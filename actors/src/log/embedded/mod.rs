@@ -116,7 +116,8 @@ impl EmbeddedLog {
 
     /// Opens (creating) the log under `dir`, loading every topic and group found there,
     /// cutting torn tails of active segments and failing on a corrupt sealed one;
-    /// `default_partitions` is the partition count of topics created later.
+    /// `default_partitions` is the partition count of topics created later, and of topics
+    /// found with fewer (they grow; partitions are never removed).
     pub fn open_with(dir: &Path, default_partitions: i32, config: &EmbeddedLogConfig) -> Result<Self, Error> {
         Self::open_opts(dir, default_partitions, Options::new(config))
     }
@@ -259,9 +260,12 @@ impl Inner {
                 count = count.max(number + 1);
             }
         }
-        if count == 0 {
-            count = self.default_partitions;
+        // Like Kafka's `--alter --partitions`: a topic with fewer partitions than configured
+        // grows (new ones start empty); partitions are never removed.
+        if count > 0 && count < self.default_partitions {
+            tracing::info!(topic = name, from = count, to = self.default_partitions, "adding partitions to a topic");
         }
+        count = count.max(self.default_partitions);
         let partitions = (0..count)
             .map(|p| Partition::open(TopicPartition::new(name, p), &topic_dir).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;

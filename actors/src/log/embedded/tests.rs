@@ -409,3 +409,22 @@ fn a_directory_is_opened_by_one_log_at_a_time() {
     drop(log);
     EmbeddedLog::open(dir.path(), 1).unwrap();
 }
+
+#[tokio::test]
+async fn a_topic_grows_to_the_configured_partitions_and_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EmbeddedLog::open(dir.path(), 2).unwrap();
+        for i in 0..6 {
+            log.producer().send(record("t", Some(&format!("k{i}")), "p"), WAIT).await.unwrap();
+        }
+    }
+    let log = EmbeddedLog::open(dir.path(), 4).unwrap();
+    let ends = log.end_offsets("t").await.unwrap();
+    assert_eq!(ends.len(), 4, "grown to 4 partitions: {ends:?}");
+    assert_eq!(ends.iter().map(|(_, end)| end).sum::<i64>(), 6, "nothing lost: {ends:?}");
+    assert_eq!(&ends[2..], &[(2, 0), (3, 0)], "new partitions start empty");
+    drop(log);
+    let log = EmbeddedLog::open(dir.path(), 1).unwrap();
+    assert_eq!(log.end_offsets("t").await.unwrap().len(), 4, "partitions are never removed");
+}
