@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use crate::Error;
-use crate::root::ChildState;
+use crate::log::TopicPartition;
+use crate::root::{ChildState, GroupStatus, ServiceStatus};
 use crate::system::Conveyor;
 
 /// How long each check may take: a probe must answer well inside a load balancer's timeout
@@ -68,9 +69,25 @@ impl Subsystem {
 pub struct Readiness {
     pub checks: Vec<(Component, Result<(), Error>)>,
     pub subsystems: Vec<Subsystem>,
+    /// Partitions this process owns, read with the groups' states.
+    pub partitions: Vec<TopicPartition>,
 }
 
 impl Readiness {
+    /// From the backend checks and the root supervisor's report on its children.
+    pub(crate) fn new(
+        checks: Vec<(Component, Result<(), Error>)>,
+        services: &[ServiceStatus],
+        groups: &[GroupStatus],
+    ) -> Self {
+        let services =
+            services.iter().map(|s| Subsystem { name: s.name.to_owned(), state: s.state, essential: s.essential });
+        let group_states =
+            groups.iter().map(|g| Subsystem { name: format!("group:{}", g.group), state: g.state, essential: true });
+        let partitions = groups.iter().flat_map(|g| g.partitions.iter().map(|p| p.tp.clone())).collect();
+        Readiness { checks, subsystems: services.chain(group_states).collect(), partitions }
+    }
+
     pub fn verdict(&self) -> Verdict {
         let backend_down = self.checks.iter().any(|(c, r)| r.is_err() && c.essential());
         let subsystem_down = self.subsystems.iter().any(|s| s.down() && s.essential);
@@ -95,21 +112,18 @@ impl Conveyor {
     /// Checks each backend within [`CHECK_TIMEOUT`], concurrently, and asks the root
     /// supervisor which of its children are down.
     pub async fn readiness(&self) -> Readiness {
-        let (log, store, cache, services, groups) = tokio::join!(
+        let (checks, services, groups) = tokio::join!(self.backend_checks(), self.services(), self.groups());
+        Readiness::new(checks, &services, &groups)
+    }
+
+    /// Each backend checked within [`CHECK_TIMEOUT`], concurrently.
+    pub(crate) async fn backend_checks(&self) -> Vec<(Component, Result<(), Error>)> {
+        let (log, store, cache) = tokio::join!(
             bounded(Component::Log, self.producer.ping(CHECK_TIMEOUT)),
             bounded(Component::Store, self.store.ping()),
             bounded(Component::Cache, self.cache.ping()),
-            self.services(),
-            self.groups(),
         );
-        let services =
-            services.into_iter().map(|s| Subsystem { name: s.name.to_owned(), state: s.state, essential: s.essential });
-        let groups = groups.into_iter().map(|g| Subsystem {
-            name: format!("group:{}", g.group),
-            state: g.state,
-            essential: true,
-        });
-        Readiness { checks: vec![log, store, cache], subsystems: services.chain(groups).collect() }
+        vec![log, store, cache]
     }
 }
 
@@ -140,6 +154,7 @@ mod tests {
                 (Component::Cache, check(cache)),
             ],
             subsystems: vec![Subsystem { name: "ledger".into(), state: ledger, essential: true }],
+            partitions: vec![],
         }
     }
 

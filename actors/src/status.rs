@@ -79,7 +79,9 @@ fn node(name: impl Into<String>, kind: &str, state: &str, restarts: u32, detail:
 impl Conveyor {
     /// A snapshot for the status page; each part that cannot be read is left out, not fatal.
     pub async fn status(&self) -> SystemStatus {
-        let groups = self.groups().await;
+        // One report from the root serves the tree and the readiness verdict alike.
+        let (checks, services, groups) = tokio::join!(self.backend_checks(), self.services(), self.groups());
+        let readiness = crate::readiness::Readiness::new(checks, &services, &groups);
         let mut root = node("root", "RootSupervisor", "running", 0, Some(format!("{} consumer groups", groups.len())));
         let mut partitions = Vec::new();
         for g in &groups {
@@ -107,8 +109,8 @@ impl Conveyor {
         }
         // The services hang under the root too; the detail names their on-demand children
         // and how often those failed (a fresh child starts with the next piece of work).
-        let mut services = Vec::new();
-        for service in self.services().await {
+        let mut nodes = Vec::new();
+        for service in services {
             let detail = match service.name {
                 "ledger" => Some(format!(
                     "{} account actors ({} failed)",
@@ -127,10 +129,9 @@ impl Conveyor {
                 )),
                 _ => None,
             };
-            services.push(node(service.name, service.kind, service.state.as_str(), service.restarts, detail));
+            nodes.push(node(service.name, service.kind, service.state.as_str(), service.restarts, detail));
         }
-        root.children.splice(0..0, services);
-        let readiness = self.readiness().await;
+        root.children.splice(0..0, nodes);
         let verdict = readiness.verdict();
         let down = readiness.failed();
         let checks = readiness

@@ -10,7 +10,7 @@ use crate::Error;
 use crate::breaker::Breaker;
 use crate::cache::Cache;
 use crate::config::{Config, LogBackendKind};
-use crate::consumer::{DeadLetters, PartitionStatus};
+use crate::consumer::DeadLetters;
 use crate::devices::{DeviceHandler, Resources};
 use crate::dlq::{DeadLetterAdmin, DeadLetterIndexer};
 use crate::identity::{Identity, TokenKeys};
@@ -358,11 +358,6 @@ impl Conveyor {
         };
         register_breaker_gauge(conveyor.breakers());
         Ok(conveyor)
-    }
-
-    /// Every partition actor's status.
-    pub async fn partitions(&self) -> Vec<PartitionStatus> {
-        ractor::call!(self.root, |reply| RootMsg::Status { reply }).unwrap_or_default()
     }
 
     /// Each long-lived service with its state and restarts.

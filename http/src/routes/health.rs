@@ -66,7 +66,7 @@ pub async fn ready(state: &AppState) -> Response {
         subsystems: readiness.subsystems.into_iter().map(|s| (s.name, s.state)).collect(),
         breakers: state.conveyor.breakers().iter().map(|b| (b.name().to_string(), b.state().as_str().into())).collect(),
         // Which partitions this process owns: operators (and tests) see a rebalance here.
-        partitions: state.conveyor.partitions().await.iter().map(|p| p.tp.to_string()).collect(),
+        partitions: readiness.partitions.iter().map(ToString::to_string).collect(),
         error: match verdict {
             Verdict::Ready => None,
             Verdict::Degraded => Some(ErrorInner {
