@@ -6,7 +6,7 @@
 //! (see `migrations/retention.rs`).
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Condition, Expr, ExprTrait, Query};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 
 use super::Store;
@@ -74,6 +74,18 @@ const FINAL_RUN: [&str; 2] = ["succeeded", "failed"];
 const FINAL_SAGA: [&str; 2] = ["completed", "compensated"];
 const PUBLISHED: &str = "published";
 
+/// A parent table whose rows own rows of a child table (deleted with them).
+struct Family<P: EntityTrait, C: EntityTrait> {
+    /// The store operation's name (breaker, query metrics).
+    op: &'static str,
+    /// The parent's string primary key.
+    id: P::Column,
+    /// The child's column naming its parent.
+    parent_of_child: C::Column,
+    /// Metric tables of (parents, children).
+    tables: (Table, Table),
+}
+
 fn txn_err(e: sea_orm::TransactionError<sea_orm::DbErr>) -> sea_orm::DbErr {
     match e {
         sea_orm::TransactionError::Connection(e) | sea_orm::TransactionError::Transaction(e) => e,
@@ -83,40 +95,16 @@ fn txn_err(e: sea_orm::TransactionError<sea_orm::DbErr>) -> sea_orm::DbErr {
 impl Store {
     /// Finished deliveries last changed before `cutoff`, with their attempts.
     pub async fn purge_deliveries(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
-        use delivery::{Column, Entity};
+        use delivery::Column;
+        // Checked again at the delete: a resend between the select and it made it pending.
         let finished = move || Column::Status.is_in(FINAL_DELIVERY).and(Column::UpdatedAt.lt(cutoff));
-        let work = self.db.transaction::<_, Batch, sea_orm::DbErr>(move |txn| {
-            Box::pin(async move {
-                let ids: Vec<String> = Entity::find()
-                    .select_only()
-                    .column(Column::Id)
-                    .filter(finished())
-                    .order_by_asc(Column::Id)
-                    .limit(limit)
-                    .into_tuple()
-                    .all(txn)
-                    .await?;
-                if ids.is_empty() {
-                    return Ok(Batch::default());
-                }
-                let attempts = attempt::Entity::delete_many()
-                    .filter(attempt::Column::DeliveryId.is_in(ids.clone()))
-                    .exec(txn)
-                    .await?
-                    .rows_affected;
-                // Checked again: a resend between the select and here made it pending.
-                let deliveries =
-                    Entity::delete_many().filter(Column::Id.is_in(ids.clone())).filter(finished()).exec(txn).await?;
-                Ok(Batch {
-                    selected: ids.len() as u64,
-                    removed: vec![
-                        (Table::WebhookDeliveries, deliveries.rows_affected),
-                        (Table::WebhookAttempts, attempts),
-                    ],
-                })
-            })
-        });
-        self.guarded("purge_deliveries", async { work.await.map_err(txn_err) }).await
+        let family = Family::<delivery::Entity, attempt::Entity> {
+            op: "purge_deliveries",
+            id: Column::Id,
+            parent_of_child: attempt::Column::DeliveryId,
+            tables: (Table::WebhookDeliveries, Table::WebhookAttempts),
+        };
+        self.purge_family(family, finished, limit).await
     }
 
     /// Notifications received before `cutoff` that no delivery refers to (a delivery still
@@ -128,64 +116,75 @@ impl Store {
             .from(delivery::Entity)
             .and_where(Expr::col((delivery::Entity, delivery::Column::NotificationId)).equals((Entity, Column::Id)))
             .to_owned();
-        let ids = Query::select()
-            .column(Column::Id)
-            .from(Entity)
-            .and_where(Column::ReceivedAt.lt(cutoff))
-            .and_where(Expr::exists(referenced).not())
-            .limit(limit)
-            .to_owned();
-        let q = Entity::delete_many().filter(Column::Id.in_subquery(ids)).exec(&self.db);
-        let rows = self.guarded("purge_notifications", q).await?.rows_affected;
-        Ok(Batch::single(Table::Notifications, rows))
+        let unreferenced = Condition::all().add(Column::ReceivedAt.lt(cutoff)).add(Expr::exists(referenced).not());
+        self.purge_where::<Entity>("purge_notifications", Table::Notifications, Column::Id, unreferenced, limit).await
     }
 
     /// Finished workflow runs that finished before `cutoff`, with their steps.
     pub async fn purge_runs(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
-        use run::{Column, Entity};
+        use run::Column;
+        // Checked again at the delete: a replayed failure may have made the run pending.
         let finished = move || Column::Status.is_in(FINAL_RUN).and(Column::FinishedAt.lt(cutoff));
-        let work = self.db.transaction::<_, Batch, sea_orm::DbErr>(move |txn| {
-            Box::pin(async move {
-                let ids: Vec<String> = Entity::find()
-                    .select_only()
-                    .column(Column::Id)
-                    .filter(finished())
-                    .order_by_asc(Column::Id)
-                    .limit(limit)
-                    .into_tuple()
-                    .all(txn)
-                    .await?;
-                if ids.is_empty() {
-                    return Ok(Batch::default());
-                }
-                let steps =
-                    step::Entity::delete_many().filter(step::Column::RunId.is_in(ids.clone())).exec(txn).await?;
-                // Checked again: a replayed failure may have made the run pending meanwhile.
-                let runs =
-                    Entity::delete_many().filter(Column::Id.is_in(ids.clone())).filter(finished()).exec(txn).await?;
-                Ok(Batch {
-                    selected: ids.len() as u64,
-                    removed: vec![
-                        (Table::WorkflowRuns, runs.rows_affected),
-                        (Table::WorkflowRunSteps, steps.rows_affected),
-                    ],
-                })
-            })
-        });
-        self.guarded("purge_runs", async { work.await.map_err(txn_err) }).await
+        let family = Family::<run::Entity, step::Entity> {
+            op: "purge_runs",
+            id: Column::Id,
+            parent_of_child: step::Column::RunId,
+            tables: (Table::WorkflowRuns, Table::WorkflowRunSteps),
+        };
+        self.purge_family(family, finished, limit).await
     }
 
     /// Finished sagas last changed before `cutoff`, with their steps.
     pub async fn purge_sagas(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
-        use saga::{Column, Entity};
+        use saga::Column;
         let finished = move || Column::Status.is_in(FINAL_SAGA).and(Column::UpdatedAt.lt(cutoff));
+        let family = Family::<saga::Entity, saga_step::Entity> {
+            op: "purge_sagas",
+            id: Column::Id,
+            parent_of_child: saga_step::Column::SagaId,
+            tables: (Table::Sagas, Table::SagaSteps),
+        };
+        self.purge_family(family, finished, limit).await
+    }
+
+    /// Deletes up to `limit` rows of one table matching `condition`, in one statement
+    /// (`id IN (SELECT id … LIMIT n)`, which SQLite and PostgreSQL both accept).
+    async fn purge_where<E: EntityTrait>(
+        &self,
+        op: &'static str,
+        table: Table,
+        id: E::Column,
+        condition: Condition,
+        limit: u64,
+    ) -> Result<Batch, Error> {
+        let ids = Query::select().column(id).from(E::default()).cond_where(condition).limit(limit).to_owned();
+        let q = E::delete_many().filter(id.in_subquery(ids)).exec(&self.db);
+        Ok(Batch::single(table, self.guarded(op, q).await?.rows_affected))
+    }
+
+    /// Deletes up to `limit` parents matching `finished` (string ids) and their children,
+    /// children first, in one transaction. `finished` is applied again at the parents'
+    /// delete, so a parent revived between the select and the delete stays (its children
+    /// are gone by then).
+    async fn purge_family<P, C, E>(
+        &self,
+        family: Family<P, C>,
+        finished: impl Fn() -> E + Send + Sync + 'static,
+        limit: u64,
+    ) -> Result<Batch, Error>
+    where
+        P: EntityTrait,
+        C: EntityTrait,
+        E: sea_orm::sea_query::IntoCondition,
+    {
+        let Family { op, id, parent_of_child, tables: (parents, children) } = family;
         let work = self.db.transaction::<_, Batch, sea_orm::DbErr>(move |txn| {
             Box::pin(async move {
-                let ids: Vec<String> = Entity::find()
+                let ids: Vec<String> = P::find()
                     .select_only()
-                    .column(Column::Id)
+                    .column(id)
                     .filter(finished())
-                    .order_by_asc(Column::Id)
+                    .order_by_asc(id)
                     .limit(limit)
                     .into_tuple()
                     .all(txn)
@@ -193,46 +192,28 @@ impl Store {
                 if ids.is_empty() {
                     return Ok(Batch::default());
                 }
-                let steps = saga_step::Entity::delete_many()
-                    .filter(saga_step::Column::SagaId.is_in(ids.clone()))
-                    .exec(txn)
-                    .await?;
-                let sagas =
-                    Entity::delete_many().filter(Column::Id.is_in(ids.clone())).filter(finished()).exec(txn).await?;
-                Ok(Batch {
-                    selected: ids.len() as u64,
-                    removed: vec![(Table::Sagas, sagas.rows_affected), (Table::SagaSteps, steps.rows_affected)],
-                })
+                let child_rows =
+                    C::delete_many().filter(parent_of_child.is_in(ids.clone())).exec(txn).await?.rows_affected;
+                let parent_rows =
+                    P::delete_many().filter(id.is_in(ids.clone())).filter(finished()).exec(txn).await?.rows_affected;
+                Ok(Batch { selected: ids.len() as u64, removed: vec![(parents, parent_rows), (children, child_rows)] })
             })
         });
-        self.guarded("purge_sagas", async { work.await.map_err(txn_err) }).await
+        self.guarded(op, async { work.await.map_err(txn_err) }).await
     }
 
     /// Outbox records published before `cutoff`; pending and failed ones stay.
     pub async fn purge_outbox(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use outbox::{Column, Entity};
-        let ids = Query::select()
-            .column(Column::Id)
-            .from(Entity)
-            .and_where(Column::Status.eq(PUBLISHED))
-            .and_where(Column::PublishedAt.lt(cutoff))
-            .limit(limit)
-            .to_owned();
-        let q = Entity::delete_many().filter(Column::Id.in_subquery(ids)).exec(&self.db);
-        Ok(Batch::single(Table::Outbox, self.guarded("purge_outbox", q).await?.rows_affected))
+        let published = Condition::all().add(Column::Status.eq(PUBLISHED)).add(Column::PublishedAt.lt(cutoff));
+        self.purge_where::<Entity>("purge_outbox", Table::Outbox, Column::Id, published, limit).await
     }
 
     /// Dead-letter index entries indexed before `cutoff`.
     pub async fn purge_dead_letters_before(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use dead_letter::{Column, Entity};
-        let ids = Query::select()
-            .column(Column::Id)
-            .from(Entity)
-            .and_where(Column::CreatedAt.lt(cutoff))
-            .limit(limit)
-            .to_owned();
-        let q = Entity::delete_many().filter(Column::Id.in_subquery(ids)).exec(&self.db);
-        Ok(Batch::single(Table::DeadLetters, self.guarded("purge_dead_letters", q).await?.rows_affected))
+        let old = Condition::all().add(Column::CreatedAt.lt(cutoff));
+        self.purge_where::<Entity>("purge_dead_letters", Table::DeadLetters, Column::Id, old, limit).await
     }
 
     /// Dead-letter index entries of one partition whose record lies below `start` (the
@@ -245,16 +226,11 @@ impl Store {
         limit: u64,
     ) -> Result<Batch, Error> {
         use dead_letter::{Column, Entity};
-        let ids = Query::select()
-            .column(Column::Id)
-            .from(Entity)
-            .and_where(Column::DlqTopic.eq(topic))
-            .and_where(Column::DlqPartition.eq(partition))
-            .and_where(Column::DlqOffset.lt(start))
-            .limit(limit)
-            .to_owned();
-        let q = Entity::delete_many().filter(Column::Id.in_subquery(ids)).exec(&self.db);
-        Ok(Batch::single(Table::DeadLetters, self.guarded("purge_dead_letters", q).await?.rows_affected))
+        let gone = Condition::all()
+            .add(Column::DlqTopic.eq(topic))
+            .add(Column::DlqPartition.eq(partition))
+            .add(Column::DlqOffset.lt(start));
+        self.purge_where::<Entity>("purge_dead_letters", Table::DeadLetters, Column::Id, gone, limit).await
     }
 
     /// The dead-letter topics the index holds entries of.
@@ -268,27 +244,15 @@ impl Store {
     /// before its row is looked up).
     pub async fn purge_refresh_tokens(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use refresh_token::{Column, Entity};
-        let ids = Query::select()
-            .column(Column::Jti)
-            .from(Entity)
-            .and_where(Column::ExpiresAt.lt(cutoff))
-            .limit(limit)
-            .to_owned();
-        let q = Entity::delete_many().filter(Column::Jti.in_subquery(ids)).exec(&self.db);
-        Ok(Batch::single(Table::RefreshTokens, self.guarded("purge_refresh_tokens", q).await?.rows_affected))
+        let expired = Condition::all().add(Column::ExpiresAt.lt(cutoff));
+        self.purge_where::<Entity>("purge_refresh_tokens", Table::RefreshTokens, Column::Jti, expired, limit).await
     }
 
     /// Revocations that expired before `cutoff` (every token they covered has expired).
     pub async fn purge_revocations(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use revocation::{Column, Entity};
-        let ids = Query::select()
-            .column(Column::Id)
-            .from(Entity)
-            .and_where(Column::ExpiresAt.lt(cutoff))
-            .limit(limit)
-            .to_owned();
-        let q = Entity::delete_many().filter(Column::Id.in_subquery(ids)).exec(&self.db);
-        Ok(Batch::single(Table::RevokedTokens, self.guarded("purge_revocations", q).await?.rows_affected))
+        let expired = Condition::all().add(Column::ExpiresAt.lt(cutoff));
+        self.purge_where::<Entity>("purge_revocations", Table::RevokedTokens, Column::Id, expired, limit).await
     }
 }
 
