@@ -104,7 +104,7 @@ impl KeyHandler for DeadLetterIndexer {
                 .do_nothing()
                 .to_owned();
             let insert = Entity::insert(row).on_conflict(conflict).exec_without_returning(self.store.connection());
-            self.store.guarded("index_dead_letter", insert).await.map_err(crate::devices::classify)?;
+            self.store.guarded("index_dead_letter", insert).await.map_err(crate::store::classify)?;
         }
         Ok(())
     }

@@ -116,6 +116,13 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// A value could not be encoded for the log or the store.
+    #[error("encoding {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The runtime is shutting down and the work was dropped.
     #[error("shutting down")]
     ShuttingDown,

@@ -65,32 +65,24 @@
 
 pub mod breaker;
 pub mod cache;
-pub mod config;
+pub use conveyor_config as config;
 pub mod consumer;
-pub mod devices;
 pub mod dlq;
+pub mod domain_events;
 pub mod error;
-pub mod identity;
 pub mod json;
 pub mod lag;
 pub mod log;
-pub mod loyalty;
 pub mod metrics;
-pub mod outbox;
 pub mod readiness;
-mod recent;
+pub mod recent;
 pub mod retention;
 pub mod retry;
 pub mod root;
-pub mod saga;
 pub mod status;
 pub mod store;
 pub mod supervision;
-pub mod system;
 pub mod trace;
-pub mod webhooks;
-pub mod workflows;
 
 pub use error::Error;
 pub use readiness::Component;
-pub use system::Conveyor;

@@ -11,7 +11,6 @@ use std::time::Duration;
 use crate::Error;
 use crate::log::TopicPartition;
 use crate::root::{ChildState, GroupStatus, ServiceStatus};
-use crate::system::Conveyor;
 
 /// How long each check may take: a probe must answer well inside a load balancer's timeout
 /// even while a backend hangs.
@@ -75,7 +74,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// From the backend checks and the root supervisor's report on its children.
-    pub(crate) fn new(
+    pub fn new(
         checks: Vec<(Component, Result<(), Error>)>,
         services: &[ServiceStatus],
         groups: &[GroupStatus],
@@ -108,26 +107,8 @@ impl Readiness {
     }
 }
 
-impl Conveyor {
-    /// Checks each backend within [`CHECK_TIMEOUT`], concurrently, and asks the root
-    /// supervisor which of its children are down.
-    pub async fn readiness(&self) -> Readiness {
-        let (checks, services, groups) = tokio::join!(self.backend_checks(), self.services(), self.groups());
-        Readiness::new(checks, &services, &groups)
-    }
-
-    /// Each backend checked within [`CHECK_TIMEOUT`], concurrently.
-    pub(crate) async fn backend_checks(&self) -> Vec<(Component, Result<(), Error>)> {
-        let (log, store, cache) = tokio::join!(
-            bounded(Component::Log, self.producer.ping(CHECK_TIMEOUT)),
-            bounded(Component::Store, self.store.ping()),
-            bounded(Component::Cache, self.cache.ping()),
-        );
-        vec![log, store, cache]
-    }
-}
-
-async fn bounded(
+/// Runs one backend check within [`CHECK_TIMEOUT`].
+pub async fn bounded(
     component: Component,
     check: impl Future<Output = Result<(), Error>>,
 ) -> (Component, Result<(), Error>) {

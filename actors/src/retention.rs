@@ -6,15 +6,9 @@
 //! is ever purged: pending deliveries, running runs, started sagas and unpublished outbox
 //! records stay whatever their age.
 //!
-//! | rule | rows | key |
-//! |---|---|---|
-//! | deliveries | finished deliveries + their attempts | `deliveries_secs` |
-//! | notifications | notifications no delivery refers to | `notifications_secs` |
-//! | runs | succeeded/failed runs + their steps | `finished_runs_secs` |
-//! | sagas | completed/compensated sagas + their steps | `finished_sagas_secs` |
-//! | outbox | published outbox records | `outbox_relayed_secs` |
-//! | dead letters | index entries whose record the log deleted, or older than | `dead_letters_secs` |
-//! | tokens | expired refresh tokens and revocations | `expired_tokens_secs` |
+//! The rules come from the crates that own the tables ([`PurgeRule`]); the engine lists
+//! them in `[retention]`'s order. The runtime's own rule removes dead-letter index entries
+//! whose record the log deleted, or older than `dead_letters_secs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,98 +16,81 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::Error;
-use crate::config::Config;
+use crate::config::RetentionConfig;
 use crate::log::LogBackend;
 use crate::metrics::{TABLE, kv, metrics};
 use crate::store::Store;
-use crate::store::retention::{Batch, Table};
+use crate::store::retention::Batch;
 use crate::supervision::{ActorService, Slot};
 
-/// One retention rule (named in logs and in a report's failures).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Rule {
-    Deliveries,
-    Notifications,
-    Runs,
-    Sagas,
-    Outbox,
-    /// Index entries whose record is below its partition's log start.
-    DeadLettersGone,
-    /// Index entries older than `dead_letters_secs`.
-    DeadLettersAge,
-    RefreshTokens,
-    Revocations,
+/// A batch purge: `(cutoff, limit)` → what one batch removed.
+pub type PurgeFn = Arc<dyn Fn(DateTime<Utc>, u64) -> BoxFuture<'static, Result<Batch, Error>> + Send + Sync>;
+
+/// One retention rule, registered by the crate that owns its tables.
+#[derive(Clone)]
+pub struct PurgeRule {
+    /// Named in logs and in a report's failures.
+    pub name: &'static str,
+    /// Rows older than this go; `None` keeps them for ever.
+    pub keep: Option<Duration>,
+    pub purge: PurgeFn,
 }
 
-impl Rule {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::Deliveries => "deliveries",
-            Rule::Notifications => "notifications",
-            Rule::Runs => "runs",
-            Rule::Sagas => "sagas",
-            Rule::Outbox => "outbox",
-            Rule::DeadLettersGone => "dead_letters_gone",
-            Rule::DeadLettersAge => "dead_letters_age",
-            Rule::RefreshTokens => "refresh_tokens",
-            Rule::Revocations => "revocations",
-        }
+impl PurgeRule {
+    pub fn new<F, Fut>(name: &'static str, keep: Option<Duration>, purge: F) -> Self
+    where
+        F: Fn(DateTime<Utc>, u64) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Batch, Error>> + Send + 'static,
+    {
+        PurgeRule { name, keep, purge: Arc::new(move |cutoff, limit| Box::pin(purge(cutoff, limit))) }
     }
 }
 
-/// The effective rules: `None` keeps those rows for ever.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl fmt::Debug for PurgeRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PurgeRule").field("name", &self.name).field("keep", &self.keep).finish()
+    }
+}
+
+/// The dead-letter rule that purges entries whose record is below the log start.
+pub const DEAD_LETTERS_GONE: &str = "dead_letters_gone";
+
+/// The schedule and the effective rules.
+#[derive(Debug, Clone)]
 pub struct Rules {
     pub interval: Duration,
     pub batch_size: u64,
     pub batch_pause: Duration,
-    pub deliveries: Option<Duration>,
-    pub notifications: Option<Duration>,
-    pub runs: Option<Duration>,
-    pub sagas: Option<Duration>,
-    pub outbox: Option<Duration>,
-    pub dead_letters: Option<Duration>,
-    pub tokens: Option<Duration>,
+    /// Run in this order: parents before what refers to them (deliveries before
+    /// notifications, so a notification whose last delivery was purged goes in the same
+    /// round).
+    pub rules: Vec<PurgeRule>,
 }
 
 impl Rules {
-    pub fn from_config(config: &Config) -> Self {
-        let r = &config.retention;
+    /// The schedule from `[retention]`, the runtime's dead-letter age rule, then `rules`.
+    pub fn new(config: &RetentionConfig, store: &Store, rules: Vec<PurgeRule>) -> Self {
+        let dead_letters = store.clone();
+        let age = PurgeRule::new("dead_letters_age", config.dead_letters(), move |cutoff, n| {
+            let store = dead_letters.clone();
+            async move { store.purge_dead_letters_before(cutoff, n).await }
+        });
         Rules {
-            interval: r.interval(),
-            batch_size: r.batch_size,
-            batch_pause: r.batch_pause(),
-            deliveries: r.deliveries(),
-            notifications: r.notifications(config.webhooks.dedup_window_secs),
-            runs: r.finished_runs(),
-            sagas: r.finished_sagas(),
-            outbox: r.outbox_relayed(),
-            dead_letters: r.dead_letters(),
-            tokens: r.expired_tokens(),
+            interval: config.interval(),
+            batch_size: config.batch_size,
+            batch_pause: config.batch_pause(),
+            rules: rules.into_iter().chain([age]).collect(),
         }
     }
 
-    /// The age-based rules with their cutoffs at `now`, parents before what refers to
-    /// them: deliveries go before notifications, so a notification whose last delivery
-    /// was purged goes in the same round.
-    fn cutoffs(&self, now: DateTime<Utc>) -> Vec<(Rule, DateTime<Utc>)> {
+    /// The age-based rules with their cutoffs at `now`.
+    fn cutoffs(&self, now: DateTime<Utc>) -> Vec<(&PurgeRule, DateTime<Utc>)> {
         let at = |keep: Duration| now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
-        [
-            (Rule::Deliveries, self.deliveries),
-            (Rule::Notifications, self.notifications),
-            (Rule::Runs, self.runs),
-            (Rule::Sagas, self.sagas),
-            (Rule::Outbox, self.outbox),
-            (Rule::DeadLettersAge, self.dead_letters),
-            (Rule::RefreshTokens, self.tokens),
-            (Rule::Revocations, self.tokens),
-        ]
-        .into_iter()
-        .filter_map(|(rule, keep)| keep.map(|keep| (rule, at(keep))))
-        .collect()
+        self.rules.iter().filter_map(|rule| rule.keep.map(|keep| (rule, at(keep)))).collect()
     }
 }
 
@@ -121,9 +98,9 @@ impl Rules {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PurgeReport {
     /// Rows deleted per table (tables with none are absent).
-    pub removed: BTreeMap<Table, u64>,
+    pub removed: BTreeMap<&'static str, u64>,
     /// Rules that hit a store or log error this round (logged; retried next round).
-    pub failed: Vec<Rule>,
+    pub failed: Vec<&'static str>,
     /// Batches run (every rule runs at least one).
     pub batches: u64,
 }
@@ -133,8 +110,8 @@ impl PurgeReport {
         self.removed.values().sum()
     }
 
-    pub fn of(&self, table: Table) -> u64 {
-        self.removed.get(&table).copied().unwrap_or(0)
+    pub fn of(&self, table: &str) -> u64 {
+        self.removed.get(table).copied().unwrap_or(0)
     }
 }
 
@@ -142,7 +119,7 @@ impl fmt::Display for PurgeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
         for (table, n) in &self.removed {
-            write!(f, "{}{}={n}", if first { "" } else { " " }, table.as_str())?;
+            write!(f, "{}{table}={n}", if first { "" } else { " " })?;
             first = false;
         }
         Ok(())
@@ -223,23 +200,10 @@ impl Actor for RetentionActor {
 /// this round only.
 pub async fn round(args: &RetentionArgs, now: DateTime<Utc>) -> PurgeReport {
     let mut report = PurgeReport::default();
-    let (store, rules) = (&args.store, &args.rules);
+    let rules = &args.rules;
     for (rule, cutoff) in rules.cutoffs(now) {
-        match rule {
-            Rule::Deliveries => drain(rule, rules, &mut report, move |n| store.purge_deliveries(cutoff, n)).await,
-            Rule::Notifications => drain(rule, rules, &mut report, move |n| store.purge_notifications(cutoff, n)).await,
-            Rule::Runs => drain(rule, rules, &mut report, move |n| store.purge_runs(cutoff, n)).await,
-            Rule::Sagas => drain(rule, rules, &mut report, move |n| store.purge_sagas(cutoff, n)).await,
-            Rule::Outbox => drain(rule, rules, &mut report, move |n| store.purge_outbox(cutoff, n)).await,
-            Rule::DeadLettersAge => {
-                drain(rule, rules, &mut report, move |n| store.purge_dead_letters_before(cutoff, n)).await;
-            }
-            Rule::RefreshTokens => {
-                drain(rule, rules, &mut report, move |n| store.purge_refresh_tokens(cutoff, n)).await
-            }
-            Rule::Revocations => drain(rule, rules, &mut report, move |n| store.purge_revocations(cutoff, n)).await,
-            Rule::DeadLettersGone => {}
-        }
+        let purge = &rule.purge;
+        drain(rule.name, rules, &mut report, move |n| purge(cutoff, n)).await;
     }
     purge_gone_dead_letters(args, &mut report).await;
     report
@@ -247,7 +211,7 @@ pub async fn round(args: &RetentionArgs, now: DateTime<Utc>) -> PurgeReport {
 
 /// Index entries below their partition's log start describe records that no longer exist.
 async fn purge_gone_dead_letters(args: &RetentionArgs, report: &mut PurgeReport) {
-    let rule = Rule::DeadLettersGone;
+    let rule = DEAD_LETTERS_GONE;
     let topics = match args.store.dead_letter_topics().await {
         Ok(topics) => topics,
         Err(err) => return failed(rule, &err, report),
@@ -268,17 +232,13 @@ async fn purge_gone_dead_letters(args: &RetentionArgs, report: &mut PurgeReport)
     }
 }
 
-fn failed(rule: Rule, err: &Error, report: &mut PurgeReport) {
-    tracing::warn!(
-        error = err as &dyn std::error::Error,
-        rule = rule.as_str(),
-        "retention: purge failed; retried next round"
-    );
+fn failed(rule: &'static str, err: &Error, report: &mut PurgeReport) {
+    tracing::warn!(error = err as &dyn std::error::Error, rule, "retention: purge failed; retried next round");
     report.failed.push(rule);
 }
 
 /// Runs `batch` until it selects fewer rows than the batch size, counting what it removed.
-async fn drain<F, Fut>(rule: Rule, rules: &Rules, report: &mut PurgeReport, mut batch: F)
+async fn drain<F, Fut>(rule: &'static str, rules: &Rules, report: &mut PurgeReport, mut batch: F)
 where
     F: FnMut(u64) -> Fut,
     Fut: Future<Output = Result<Batch, Error>>,
@@ -290,7 +250,7 @@ where
             Err(err) => return failed(rule, &err, report),
         };
         for (table, rows) in done.removed.into_iter().filter(|(_, rows)| *rows > 0) {
-            metrics().retention_purged.add(rows, &[kv(TABLE, table.as_str())]);
+            metrics().retention_purged.add(rows, &[kv(TABLE, table)]);
             *report.removed.entry(table).or_default() += rows;
         }
         if done.selected < rules.batch_size {

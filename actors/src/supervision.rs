@@ -12,7 +12,7 @@ use crate::Error;
 
 /// The id of a linked child that stopped or failed; a failure is logged and counted as a
 /// restart of `kind` (the supervisor starts a fresh child the next time there is work).
-pub(crate) fn ended(event: &SupervisionEvent, kind: &'static str) -> Option<ActorId> {
+pub fn ended(event: &SupervisionEvent, kind: &'static str) -> Option<ActorId> {
     match event {
         SupervisionEvent::ActorTerminated(cell, ..) => Some(cell.get_id()),
         SupervisionEvent::ActorFailed(cell, err) => {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use conveyor_actors::devices::DeviceEvent;
+use conveyor_devices::DeviceEvent;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -448,7 +448,7 @@ pub async fn run(args: ProcessingArgs) -> anyhow::Result<()> {
             "partitions": args.partitions,
             "brokers": args.brokers,
             "cache": if args.redis_url.is_some() { "redis" } else { "memory" },
-            "record_format": "conveyor_actors::devices::DeviceEvent as JSON, key = device_id, headers traceparent + x-request-id, payload {\"seq\": n}",
+            "record_format": "conveyor_devices::DeviceEvent as JSON, key = device_id, headers traceparent + x-request-id, payload {\"seq\": n}",
         },
         "prefill_s": round(prefill_s, 3),
         "baseline": {

@@ -92,7 +92,7 @@ fn base_url(config: &Config, url: Option<String>) -> String {
 }
 
 pub async fn run(config: Config, args: DlqArgs) -> anyhow::Result<()> {
-    let keys = conveyor_actors::identity::tokens::keys_for(&config)?;
+    let keys = conveyor_identity::tokens::keys_for(&config)?;
     let token = keys.mint("conveyor-cli", &["admin".to_string()], Duration::from_secs(300))?;
     let base = base_url(&config, args.url);
     let (method, path, body) = match args.command {

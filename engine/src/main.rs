@@ -1,8 +1,11 @@
 //! `conveyor`: the daemon and its tools.
 
 mod dlq_cli;
+mod migrations;
 mod serve;
 mod settings;
+mod status;
+mod system;
 mod telemetry;
 mod user_cli;
 
@@ -100,7 +103,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Token { command: TokenCommand::Mint { sub, roles, ttl } } => {
-            match conveyor_actors::identity::tokens::keys_for(&config).and_then(|keys| keys.mint(&sub, &roles, ttl)) {
+            match conveyor_identity::tokens::keys_for(&config).and_then(|keys| keys.mint(&sub, &roles, ttl)) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS

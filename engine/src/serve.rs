@@ -6,18 +6,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use conveyor_actors::Conveyor;
 use conveyor_actors::config::Config;
 use conveyor_actors::store::Store;
 use conveyor_http::{AppState, RateLimits, Server, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::migrations::Migrator;
+use crate::system::Conveyor;
 use crate::telemetry;
 
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
     telemetry::init_logs(&config.telemetry);
     let store = Store::connect(&config).await.context("connecting to the store")?;
-    store.migrate().await.context("applying migrations")?;
+    store.migrate::<Migrator>().await.context("applying migrations")?;
     println!("migrations applied");
     Ok(())
 }
@@ -36,7 +37,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.http.addr.clone();
     let backend = format!("{:?}", config.log.backend).to_lowercase();
     let conveyor = Arc::new(Conveyor::start(config).await.context("starting the actor system")?);
-    let state = Arc::new(AppState { conveyor: conveyor.clone(), limits, render_metrics: metrics.render.clone() });
+    let state =
+        Arc::new(AppState { conveyor: Arc::new(conveyor.facades()), limits, render_metrics: metrics.render.clone() });
     let server = Server::bind(&addr, state, http_config).await.with_context(|| format!("binding {addr}"))?;
     let local = server.local_addr()?;
     tracing::info!(addr = %local, log = backend, "conveyor ready");

@@ -5,8 +5,9 @@ use anyhow::Context;
 use clap::Subcommand;
 use conveyor_actors::cache::Cache;
 use conveyor_actors::config::Config;
-use conveyor_actors::identity::{Registration, roles};
 use conveyor_actors::store::Store;
+use conveyor_identity::store::IdentityStore;
+use conveyor_identity::{Registration, roles};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -35,9 +36,10 @@ pub async fn run(config: Config, command: UserCommand) -> anyhow::Result<()> {
         }
     };
     let store = Store::connect(&config).await.context("connecting to the store")?;
-    store.migrate().await.context("applying migrations")?;
+    store.migrate::<crate::migrations::Migrator>().await.context("applying migrations")?;
+    let store = IdentityStore::new(store);
     let cache = Cache::memory(16);
-    let identity = conveyor_actors::system::start_identity(&config, &store, &cache, Default::default()).await?;
+    let identity = crate::system::start_identity(&config, &store, &cache, Default::default()).await?;
     let granted: &[&str] = if admin { &[roles::USER, roles::ADMIN] } else { &[roles::USER] };
     let user = identity
         .create_user(Registration { email, password, name, birthday }, granted)

@@ -1,12 +1,12 @@
 //! Bearer authentication for handlers: the token is checked by [`Identity`] (signature,
 //! claims, type, revocation), then the subject's rate limit applies.
 //!
-//! [`Identity`]: conveyor_actors::identity::Identity
+//! [`Identity`]: conveyor_identity::Identity
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
-pub use conveyor_actors::identity::{Principal, roles};
+pub use conveyor_identity::{Principal, roles};
 
 use crate::AppState;
 use crate::error::ApiError;

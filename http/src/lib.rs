@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+mod facades;
 pub mod idempotency;
 pub mod limits;
 pub mod metrics;
@@ -20,6 +21,7 @@ use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 
 pub use error::ApiError;
+pub use facades::{Facades, Operations};
 pub use limits::RateLimits;
 pub use server::{Server, ServerConfig};
 
@@ -30,7 +32,7 @@ pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Everything a handler may use.
 pub struct AppState {
-    pub conveyor: Arc<conveyor_actors::Conveyor>,
+    pub conveyor: Arc<Facades>,
     pub limits: Arc<RateLimits>,
     pub render_metrics: MetricsRenderer,
 }

@@ -63,7 +63,7 @@ async fn read_topic(brokers: &str, group: &str, topic: &str) -> Vec<(i32, i64, S
     config.log.backend = conveyor_actors::config::LogBackendKind::Kafka;
     config.log.kafka.brokers = brokers.to_string();
     config.log.kafka.session_timeout_ms = 6000;
-    let log = conveyor_actors::system::open_log(&config).unwrap();
+    let log = conveyor_actors::log::open(&config).unwrap();
     let end: i64 = log.end_offsets(topic).await.unwrap().iter().map(|(_, end)| end).sum();
     let collected = Arc::new(Collected::default());
     let member = log.subscribe(group, &[topic.to_string()], collected.clone()).await.unwrap();

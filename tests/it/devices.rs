@@ -164,7 +164,7 @@ async fn open_log(names: &Names, data_dir: Option<&std::path::Path>) -> std::syn
         }
     }
     config.log.topics.events_input = names.topic_in.clone();
-    conveyor_actors::system::open_log(&config).unwrap()
+    conveyor_actors::log::open(&config).unwrap()
 }
 
 async fn produce_raw(names: &Names, data_dir: Option<&std::path::Path>, payload: &'static [u8]) {

@@ -142,3 +142,16 @@ pub trait LogBackend: Send + Sync + 'static {
     /// empty for a topic that does not exist. Retention purges what indexes records below.
     async fn start_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, Error>;
 }
+
+/// Opens the configured log backend.
+pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn LogBackend>, Error> {
+    use crate::config::LogBackendKind;
+    Ok(match config.log.backend {
+        LogBackendKind::Embedded => std::sync::Arc::new(embedded::EmbeddedLog::open_with(
+            &config.log_dir(),
+            config.log.partitions,
+            &config.log.embedded,
+        )?),
+        LogBackendKind::Kafka => std::sync::Arc::new(kafka::KafkaLog::new(&config.log)?),
+    })
+}

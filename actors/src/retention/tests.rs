@@ -1,5 +1,6 @@
 //! The retention actor over a real (SQLite) store: rounds drain every rule in batches,
-//! dead letters below the log's start go, and a store error never stops the actor.
+//! dead letters below the log's start go, and a failing rule never stops the actor. The
+//! domains' rules are tested beside their queries; here a rule is a counter.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +11,9 @@ use sea_orm::EntityTrait;
 use super::*;
 use crate::log::embedded::EmbeddedLog;
 use crate::log::{ConsumerHandle, GroupListener, Producer};
-use crate::store::retention::tests::{dead_letter, delivery, notification, store};
+use crate::store::retention::DEAD_LETTERS;
+use crate::store::retention::tests::{dead_letter, store};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The embedded log, except that retention has deleted the start of some partitions.
 struct TrimmedLog {
@@ -42,20 +45,37 @@ impl LogBackend for TrimmedLog {
     }
 }
 
-fn rules(batch_size: u64) -> Rules {
-    let day = Duration::from_secs(86_400);
-    Rules {
-        interval: Duration::from_secs(3_600),
+/// A rule over `rows` fake rows older than its cutoff: each batch takes up to its limit.
+fn counting(name: &'static str, rows: u64) -> (PurgeRule, Arc<AtomicU64>) {
+    let left = Arc::new(AtomicU64::new(rows));
+    let remaining = left.clone();
+    let rule = PurgeRule::new(name, Some(Duration::from_secs(86_400)), move |_cutoff, limit| {
+        let left = remaining.clone();
+        async move {
+            let taken = left.load(Ordering::Acquire).min(limit);
+            left.fetch_sub(taken, Ordering::AcqRel);
+            Ok(Batch { selected: taken, removed: vec![(name, taken), ("children", taken * 2)] })
+        }
+    });
+    (rule, left)
+}
+
+/// A rule whose table is gone.
+fn failing(name: &'static str) -> PurgeRule {
+    PurgeRule::new(name, Some(Duration::from_secs(1)), |_, _| async {
+        Err(Error::Timeout { op: "purge", after: Duration::from_secs(1) })
+    })
+}
+
+fn rules(store: &Store, batch_size: u64, owned: Vec<PurgeRule>) -> Rules {
+    let config = RetentionConfig {
+        interval_ms: 3_600_000,
         batch_size,
-        batch_pause: Duration::from_millis(1),
-        deliveries: Some(day * 30),
-        notifications: Some(day),
-        runs: Some(day * 30),
-        sagas: Some(day * 30),
-        outbox: Some(day * 7),
-        dead_letters: Some(day * 30),
-        tokens: Some(Duration::from_secs(3_600)),
-    }
+        batch_pause_ms: 1,
+        dead_letters_secs: 30 * 86_400,
+        ..RetentionConfig::default()
+    };
+    Rules::new(&config, store, owned)
 }
 
 fn ago(days: i64) -> DateTime<Utc> {
@@ -69,24 +89,19 @@ fn log(dir: &tempfile::TempDir, starts: Vec<(i32, i64)>) -> Arc<dyn LogBackend> 
 #[tokio::test]
 async fn a_round_drains_every_rule_in_batches_until_one_comes_back_short() {
     let (dir, store) = store().await;
-    for i in 0..7 {
-        let id = format!("n{i}");
-        notification(&store, &id, ago(40)).await;
-        delivery(&store, &format!("d{i}"), &id, "succeeded", ago(40)).await;
-    }
-    delivery(&store, "pending", "n-pending", "pending", ago(40)).await;
-    notification(&store, "n-pending", ago(40)).await;
-    let args = RetentionArgs { store: store.clone(), log: log(&dir, vec![]), rules: rules(3) };
+    let (parents, left) = counting("parents", 7);
+    let (others, _) = counting("others", 0);
+    dead_letter(&store, "dlq", 0, 0, ago(40)).await;
+    let args =
+        RetentionArgs { store: store.clone(), log: log(&dir, vec![]), rules: rules(&store, 3, vec![parents, others]) };
     let report = round(&args, Utc::now()).await;
-    assert_eq!(report.of(Table::WebhookDeliveries), 7);
-    assert_eq!(report.of(Table::WebhookAttempts), 14);
-    assert_eq!(report.of(Table::Notifications), 7, "deliveries go first, so their notifications follow at once");
+    assert_eq!((report.of("parents"), report.of("children")), (7, 14));
+    assert_eq!(report.of(DEAD_LETTERS), 1, "the runtime's own age rule runs after the owned ones");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    // Deliveries: 3 + 3 + 1; notifications: 3 + 3 + 1; every other rule: one empty batch.
-    assert_eq!(report.batches, 3 + 3 + 6, "{report:?}");
-    assert!(store.get_delivery("pending").await.unwrap().is_some());
-    assert!(store.get_notification("n-pending").await.unwrap().is_some());
-    assert_eq!(report.to_string(), "notifications=7 webhook_deliveries=7 webhook_attempts=14");
+    // parents: 3 + 3 + 1; others: one empty batch; dead letters by age: one short batch.
+    assert_eq!(report.batches, 3 + 1 + 1, "{report:?}");
+    assert_eq!(left.load(Ordering::Acquire), 0);
+    assert_eq!(report.to_string(), "children=14 dead_letters=1 parents=7");
     let again = round(&args, Utc::now()).await;
     assert_eq!(again.total(), 0, "a second round finds nothing");
 }
@@ -98,45 +113,46 @@ async fn dead_letters_whose_record_the_log_deleted_are_purged_whatever_their_age
         dead_letter(&store, "dlq", 0, offset, Utc::now()).await;
         dead_letter(&store, "dlq", 1, offset, Utc::now()).await;
     }
-    let args = RetentionArgs { store: store.clone(), log: log(&dir, vec![(0, 3), (1, 0)]), rules: rules(2) };
+    let args =
+        RetentionArgs { store: store.clone(), log: log(&dir, vec![(0, 3), (1, 0)]), rules: rules(&store, 2, vec![]) };
     let report = round(&args, Utc::now()).await;
-    assert_eq!(report.of(Table::DeadLetters), 3, "offsets 0..3 of partition 0");
+    assert_eq!(report.of(DEAD_LETTERS), 3, "offsets 0..3 of partition 0");
     let left = crate::store::dead_letter::Entity::find().all(store.connection()).await.unwrap();
     assert!(left.iter().all(|r| r.dlq_partition == 1 || r.dlq_offset >= 3), "{left:?}");
     assert_eq!(left.len(), 7);
 }
 
 #[tokio::test]
-async fn the_actor_answers_purge_now_and_survives_a_store_error() {
+async fn the_actor_answers_purge_now_and_survives_a_failing_rule() {
     let (dir, store) = store().await;
-    delivery(&store, "old", "n", "failed", ago(40)).await;
-    store.execute_raw("DROP TABLE outbox").await.unwrap();
-    let args = RetentionArgs { store: store.clone(), log: log(&dir, vec![]), rules: rules(100) };
+    let (parents, _) = counting("parents", 1);
+    let owned = vec![failing("broken"), parents];
+    let args = RetentionArgs { store: store.clone(), log: log(&dir, vec![]), rules: rules(&store, 100, owned) };
     let retention = spawn(args, None).await.unwrap();
     let report = retention.purge_now().await.unwrap();
-    assert_eq!(report.failed, vec![Rule::Outbox], "the failing rule is reported, the others ran");
-    assert_eq!(report.of(Table::WebhookDeliveries), 1);
+    assert_eq!(report.failed, vec!["broken"], "the failing rule is reported, the others ran");
+    assert_eq!(report.of("parents"), 1);
     let again = retention.purge_now().await.unwrap();
-    assert_eq!(again.failed, vec![Rule::Outbox], "still alive and trying");
+    assert_eq!(again.failed, vec!["broken"], "still alive and trying");
     retention.stop();
 }
 
 #[tokio::test]
 async fn ticks_run_rounds_on_their_own() {
     let (dir, store) = store().await;
-    let mut rules = rules(100);
+    let (parents, left) = counting("parents", 1);
+    let mut rules = rules(&store, 100, vec![parents]);
     rules.interval = Duration::from_millis(50);
     let args = RetentionArgs { store: store.clone(), log: log(&dir, vec![]), rules };
     let retention = spawn(args, None).await.unwrap();
-    delivery(&store, "old", "n", "succeeded", ago(40)).await;
     let mut gone = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if store.get_delivery("old").await.unwrap().is_none() {
+        if left.load(Ordering::Acquire) == 0 {
             gone = true;
             break;
         }
     }
-    assert!(gone, "a timer's round purged the delivery without being asked");
+    assert!(gone, "a timer's round purged the rows without being asked");
     retention.stop();
 }

@@ -1,70 +1,22 @@
-//! Schema migrations, applied in order at start-up and by `conveyor migrate`.
+//! The runtime's schema migrations and the index-only migration every crate uses.
 
-mod identity;
-mod resources;
-mod retention;
-mod saga;
-mod webhooks;
-mod workflows;
+mod indexes;
 
+pub use indexes::Indexes;
 use sea_orm_migration::prelude::*;
 
-pub struct Migrator;
-
-#[async_trait::async_trait]
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(CreateResources),
-            Box::new(CreateDeadLetters),
-            Box::new(identity::CreateIdentity),
-            Box::new(saga::CreateSagaAndLedger),
-            Box::new(webhooks::CreateWebhooks),
-            Box::new(workflows::CreateWorkflows),
-            Box::new(retention::RetentionIndexes),
-            Box::new(resources::AddLastPartition),
-        ]
-    }
-}
-
-struct CreateResources;
-
-// Named explicitly: DeriveMigrationName would use the file name, shared by every migration here.
-impl MigrationName for CreateResources {
-    fn name(&self) -> &str {
-        "m20261123_000001_create_resources"
-    }
-}
-
-#[derive(DeriveIden)]
-enum Resources {
-    Table,
-    Id,
-    Value,
-    LastOffset,
-    UpdatedAt,
-}
-
-#[async_trait::async_trait]
-impl MigrationTrait for CreateResources {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_table(
-                Table::create()
-                    .table(Resources::Table)
-                    .if_not_exists()
-                    .col(ColumnDef::new(Resources::Id).string().not_null().primary_key())
-                    .col(ColumnDef::new(Resources::Value).json_binary().not_null())
-                    .col(ColumnDef::new(Resources::LastOffset).big_integer().not_null())
-                    .col(ColumnDef::new(Resources::UpdatedAt).timestamp_with_time_zone().not_null())
-                    .to_owned(),
-            )
-            .await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(Resources::Table).to_owned()).await
-    }
+/// The runtime's own tables: the dead-letter index. The engine lists these with every
+/// domain's migrations (names are what a database records, so the order across crates
+/// only matters within one crate).
+pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+    vec![
+        Box::new(CreateDeadLetters),
+        // The name of the migration that once made every crate's retention index.
+        Box::new(Indexes {
+            name: "m20261202_000010_retention_indexes",
+            indexes: &[("dead_letters_created", "dead_letters", &["created_at"])],
+        }),
+    ]
 }
 
 struct CreateDeadLetters;
@@ -144,5 +96,14 @@ impl MigrationTrait for CreateDeadLetters {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.drop_table(Table::drop().table(DeadLetters::Table).to_owned()).await
+    }
+}
+
+/// The runtime's migrations alone: for the runtime's own store tests.
+pub struct TestMigrator;
+
+impl MigratorTrait for TestMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        migrations()
     }
 }

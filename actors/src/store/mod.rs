@@ -2,47 +2,26 @@
 //! migrations from `sea-orm-migration` run at start-up and by `conveyor migrate`.
 
 pub mod dead_letter;
-pub mod loyalty;
 pub mod migrations;
-pub mod resource;
 pub mod retention;
-pub mod sagas;
-pub mod users;
-pub mod webhooks;
-pub mod workflows;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
-use sea_orm::{
-    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait,
-};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
 
 use crate::Error;
 use crate::breaker::Breaker;
 use crate::config::Config;
 use crate::metrics::{OPERATION, kv, metrics};
+use crate::retry::HandlerError;
 
 /// A handle on the store; cheap to clone. Queries go through the store's circuit breaker.
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
     breaker: Arc<Breaker>,
-    /// Ledger writes left to fail as if the database dropped the connection (`[faults]`).
-    ledger_faults: Arc<AtomicU32>,
-}
-
-/// How an upsert ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upsert {
-    /// The row was written.
-    Written,
-    /// The stored row is already at this offset of the same partition or newer (a
-    /// redelivery or replay).
-    Stale,
 }
 
 impl Store {
@@ -86,24 +65,17 @@ impl Store {
             });
         }
         let db = Database::connect(opts).await.map_err(|e| Error::store("connect", e))?;
-        let ledger_faults = Arc::new(AtomicU32::new(config.faults.loyalty_credit_transient_failures));
-        Ok(Store { db, breaker: Breaker::new("store", config.breaker.clone()), ledger_faults })
+        Ok(Store { db, breaker: Breaker::new("store", config.breaker.clone()) })
     }
 
     /// Raw SQL, for tests that play a careless writer.
-    #[cfg(test)]
-    pub(crate) async fn execute_raw(&self, sql: &str) -> Result<(), sea_orm::DbErr> {
+    pub async fn execute_raw(&self, sql: &str) -> Result<(), sea_orm::DbErr> {
         self.db.execute_unprepared(sql).await.map(drop)
     }
 
-    /// Spends one injected ledger failure, if any are left.
-    fn injected_ledger_failure(&self) -> bool {
-        self.ledger_faults.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
-    }
-
-    /// Applies pending migrations.
-    pub async fn migrate(&self) -> Result<(), Error> {
-        migrations::Migrator::up(&self.db, None).await.map_err(|e| Error::store("migrate", e))
+    /// Applies pending migrations of `M` (the engine lists every crate's migrations).
+    pub async fn migrate<M: MigratorTrait>(&self) -> Result<(), Error> {
+        M::up(&self.db, None).await.map_err(|e| Error::store("migrate", e))
     }
 
     pub fn backend(&self) -> DbBackend {
@@ -126,7 +98,7 @@ impl Store {
 
     /// Runs a query through the breaker; only failures of the database itself (not data
     /// the database refused) count against it. Also records the query's duration.
-    pub(crate) async fn guarded<T>(
+    pub async fn guarded<T>(
         &self,
         op: &'static str,
         query: impl Future<Output = Result<T, sea_orm::DbErr>>,
@@ -138,45 +110,18 @@ impl Store {
         permit.record(matches!(&result, Err(e) if e.sql_err().is_none()));
         result.map_err(|e| Error::store(op, e))
     }
+}
 
-    /// Writes a device's resource unless the stored one comes from the same or a later
-    /// offset of the same partition, so an older event never overwrites a newer one.
-    ///
-    /// Offsets of different partitions say nothing about order: a write from another
-    /// partition (the topic gained partitions and the device moved, or a row from before
-    /// partitions were recorded) always applies. One statement, so two writers never race
-    /// between a read and a write.
-    pub async fn upsert_resource(
-        &self,
-        id: &str,
-        value: serde_json::Value,
-        partition: i32,
-        offset: i64,
-    ) -> Result<Upsert, Error> {
-        use resource::Column;
-        let row = resource::ActiveModel {
-            id: Set(id.to_string()),
-            value: Set(value),
-            last_offset: Set(offset),
-            last_partition: Set(Some(partition)),
-            updated_at: Set(chrono::Utc::now()),
-        };
-        let stored = |c: Column| Expr::col((resource::Entity, c));
-        let incoming = |c: Column| Expr::col((Alias::new("excluded"), c));
-        let newer = stored(Column::LastPartition)
-            .is_null()
-            .or(stored(Column::LastPartition).ne(incoming(Column::LastPartition)))
-            .or(stored(Column::LastOffset).lt(incoming(Column::LastOffset)));
-        let on_conflict = OnConflict::column(Column::Id)
-            .update_columns([Column::Value, Column::LastOffset, Column::LastPartition, Column::UpdatedAt])
-            .action_and_where(newer)
-            .to_owned();
-        let query = resource::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(&self.db);
-        let rows = self.guarded("upsert_resource", query).await?;
-        Ok(if rows > 0 { Upsert::Written } else { Upsert::Stale })
+/// Classifies a store error for a handler: data problems are permanent, everything else
+/// (connection, pool, timeout, deadlock, serialization) is worth retrying.
+pub fn classify(err: Error) -> HandlerError {
+    // A full log is back-pressure: wait for room, never dead-letter for it.
+    if matches!(err, Error::BreakerOpen { .. } | Error::LogFull { .. }) {
+        return HandlerError::unavailable(err);
     }
-
-    pub async fn get_resource(&self, id: &str) -> Result<Option<resource::Model>, Error> {
-        self.guarded("get_resource", resource::Entity::find_by_id(id.to_string()).one(&self.db)).await
-    }
+    let permanent = matches!(&err, Error::Store { source, .. } if matches!(
+        source.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_) | sea_orm::SqlErr::ForeignKeyConstraintViolation(_))
+    ));
+    if permanent { HandlerError::permanent(err) } else { HandlerError::retryable(err) }
 }

@@ -227,13 +227,13 @@ pub fn status_page() -> Response {
     responses((status = 200, body = conveyor_actors::status::SystemStatus)))]
 pub async fn status(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
     admin(state, req.headers()).await?;
-    Ok(json_response(StatusCode::OK, &json!(state.conveyor.status().await)))
+    Ok(json_response(StatusCode::OK, &json!(state.conveyor.ops.status().await)))
 }
 
 /// Test-only fault hook (`faults.allow_panic_injection`): makes a service's actor panic so
 /// that a drill sees the root supervisor restart it. Not in the OpenAPI document.
 pub async fn inject_panic(state: &AppState, req: &Request<Incoming>, subsystem: &str) -> Result<Response, ApiError> {
     admin(state, req.headers()).await?;
-    state.conveyor.inject_panic(subsystem).await?;
+    state.conveyor.ops.inject_panic(subsystem).await?;
     Ok(json_response(StatusCode::ACCEPTED, &json!({"subsystem": subsystem, "injected": "panic"})))
 }

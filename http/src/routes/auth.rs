@@ -1,7 +1,7 @@
 //! `/auth/*` in seed 004's shapes: registration, login, logout, refresh, info.
 //! Responses are `{"status": "Success", …}`; failures use the common error body.
 
-use conveyor_actors::identity::{Registration, UserInfo};
+use conveyor_identity::{Registration, UserInfo};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
@@ -59,7 +59,7 @@ pub struct StatusBody {
     pub status: String,
 }
 
-fn pair(status: StatusCode, pair: conveyor_actors::identity::TokenPair) -> Response {
+fn pair(status: StatusCode, pair: conveyor_identity::TokenPair) -> Response {
     let body = TokenPairBody {
         status: "Success".into(),
         user_id: pair.user_id,
@@ -105,7 +105,7 @@ pub async fn logout(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Resu
 }
 
 /// Who the token belongs to, and the state of its registration saga.
-#[utoipa::path(get, path = "/auth/info", tag = "auth", responses((status = 200, body = conveyor_actors::identity::UserInfo)))]
+#[utoipa::path(get, path = "/auth/info", tag = "auth", responses((status = 200, body = conveyor_identity::UserInfo)))]
 pub async fn info(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     match state.conveyor.identity.info(&principal).await? {

@@ -3,9 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use conveyor_actors::devices::DeviceEvent;
-use conveyor_actors::log::{Header, OutgoingRecord};
 use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use opentelemetry::KeyValue;
@@ -212,45 +209,18 @@ pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> 
 
 /// Writes one event to the log and waits for its acknowledgement; returns its request id.
 async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx: &Ctx) -> Result<String, ApiError> {
-    let config = &state.conveyor.config;
-    let event = DeviceEvent {
-        request_id: uuid::Uuid::now_v7(),
-        device_id: input.device_id,
-        payload: input.payload,
-        user_id: principal.sub.clone(),
-        received_at: chrono::Utc::now(),
-    };
-    let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Internal(Box::new(e)))?;
-    let record = |traceparent: String| OutgoingRecord {
-        topic: config.log.topics.events_input.clone(),
-        key: Some(event.device_id.clone()),
-        payload: Bytes::from(payload),
-        headers: vec![
-            Header { name: conveyor_actors::trace::TRACEPARENT.into(), value: traceparent.into_bytes() },
-            Header { name: "x-request-id".into(), value: ctx.request_id.clone().into_bytes() },
-        ],
-    };
-    let timeout = Duration::from_millis(config.log.produce_timeout_ms);
-    // While the log is known to be down, answer at once instead of holding every request
-    // for the whole produce timeout.
-    let permit =
-        state.conveyor.log_breaker.acquire().map_err(|refused| {
-            log_unavailable(conveyor_actors::Error::BreakerOpen { op: "produce", source: refused })
-        })?;
-    let producer = &state.conveyor.producer;
-    let sent = conveyor_actors::trace::produce_span("produce", |tp| producer.send(record(tp), timeout)).await;
-    // A full log answered at once and is healthy: back-pressure, not a failure for the breaker.
-    let full = matches!(sent, Err(conveyor_actors::Error::LogFull { .. }));
-    permit.record(sent.is_err() && !full);
+    let sent = state.conveyor.events.send(&principal.sub, input.device_id, input.payload, &ctx.request_id).await;
     match sent {
-        Ok(_) => {
+        Ok(request_id) => {
             metrics().ingest_accepted.add(1, &[]);
-            Ok(event.request_id.to_string())
+            Ok(request_id.to_string())
         }
-        Err(source) if full => {
+        // A full log answered at once and is healthy: back-pressure, not an outage.
+        Err(source @ conveyor_actors::Error::LogFull { .. }) => {
             rejected("log_full");
             Err(ApiError::from(source))
         }
+        // Down, or its breaker open (then at once instead of after the produce timeout).
         Err(source) => Err(log_unavailable(source)),
     }
 }

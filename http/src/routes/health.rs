@@ -53,7 +53,7 @@ pub fn health() -> Response {
     (status = 503, body = Ready, description = "The log, the store or a subsystem is down; `error` names it"),
 ))]
 pub async fn ready(state: &AppState) -> Response {
-    let readiness = state.conveyor.readiness().await;
+    let readiness = state.conveyor.ops.readiness().await;
     let verdict = readiness.verdict();
     let failed = readiness.failed();
     let body = Ready {
@@ -64,7 +64,13 @@ pub async fn ready(state: &AppState) -> Response {
             .map(|(c, r)| (c.as_str().to_string(), r.as_ref().map_or_else(|e| format!("error: {e}"), |()| "ok".into())))
             .collect(),
         subsystems: readiness.subsystems.into_iter().map(|s| (s.name, s.state)).collect(),
-        breakers: state.conveyor.breakers().iter().map(|b| (b.name().to_string(), b.state().as_str().into())).collect(),
+        breakers: state
+            .conveyor
+            .ops
+            .breakers()
+            .iter()
+            .map(|b| (b.name().to_string(), b.state().as_str().into()))
+            .collect(),
         // Which partitions this process owns: operators (and tests) see a rebalance here.
         partitions: readiness.partitions.iter().map(ToString::to_string).collect(),
         error: match verdict {
@@ -95,7 +101,7 @@ pub fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response, Ap
     if !token.is_empty() {
         let expected = format!("Bearer {}", token.expose());
         let given = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes).unwrap_or_default();
-        if !conveyor_actors::webhooks::signing::constant_time_eq(given, expected.as_bytes()) {
+        if !conveyor_webhooks::signing::constant_time_eq(given, expected.as_bytes()) {
             return Err(ApiError::Unauthorized("metrics token required"));
         }
     }

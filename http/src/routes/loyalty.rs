@@ -1,9 +1,10 @@
 //! `/loyalty` in seed 004's shapes, and `GET /sagas/{id}`. Users withdraw their own
 //! points; admins deposit or withdraw for anyone. Every change goes through the account's
-//! actor ([`conveyor_actors::loyalty::Ledger`]).
+//! actor ([`conveyor_identity::loyalty::Ledger`]).
 
-use conveyor_actors::saga::SagaView;
-use conveyor_actors::store::loyalty::{LedgerOp, LedgerOutcome, transaction};
+use conveyor_identity::loyalty::TransactionView;
+use conveyor_identity::saga::SagaView;
+use conveyor_identity::store::loyalty::{LedgerOp, LedgerOutcome};
 use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
@@ -33,33 +34,6 @@ pub struct OperationForm {
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     #[serde(deserialize_with = "conveyor_actors::json::integer")]
     balance: i64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct TransactionView {
-    pub id: i64,
-    /// `d` or `w`.
-    pub operation: String,
-    pub amount: i64,
-    pub comment: String,
-    /// `welcome_bonus`, `manual`, `reversal`.
-    pub reason: String,
-    pub balance_after: i64,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl From<&transaction::Model> for TransactionView {
-    fn from(t: &transaction::Model) -> Self {
-        TransactionView {
-            id: t.id,
-            operation: t.kind.clone(),
-            amount: t.amount,
-            comment: t.comment.clone(),
-            reason: t.reason.clone(),
-            balance_after: t.balance_after,
-            created_at: t.created_at,
-        }
-    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -175,9 +149,8 @@ pub async fn operate(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Res
 pub async fn balance(state: &AppState, req: &Request<Incoming>, uuid: &str) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     owner_or_admin(&principal, uuid)?;
-    let account =
-        state.conveyor.store.loyalty_account(uuid).await?.ok_or(ApiError::ResourceNotFound("loyalty account"))?;
-    let body = BalanceBody { status: "Success".into(), uuid: uuid.to_string(), balance: account.balance };
+    let balance = state.conveyor.loyalty.balance(uuid).await?.ok_or(ApiError::ResourceNotFound("loyalty account"))?;
+    let body = BalanceBody { status: "Success".into(), uuid: uuid.to_string(), balance };
     Ok(json_response(StatusCode::OK, &json!(body)))
 }
 
@@ -202,9 +175,8 @@ pub async fn transactions(state: &AppState, req: &Request<Incoming>, uuid: &str)
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let rows = state.conveyor.store.loyalty_transactions(uuid, after_id, limit).await?;
-    let next = (rows.len() as u64 == limit).then(|| rows.last().map(|t| t.id)).flatten();
-    let transactions = rows.iter().map(TransactionView::from).collect();
+    let transactions = state.conveyor.loyalty.transactions(uuid, after_id, limit).await?;
+    let next = (transactions.len() as u64 == limit).then(|| transactions.last().map(|t| t.id)).flatten();
     Ok(json_response(
         StatusCode::OK,
         &json!(TransactionsPage { uuid: uuid.to_string(), transactions, next_after_id: next }),
@@ -217,10 +189,10 @@ pub async fn transactions(state: &AppState, req: &Request<Incoming>, uuid: &str)
 pub async fn saga(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     principal.require(&[roles::USER, roles::ADMIN])?;
-    match state.conveyor.store.saga(id).await? {
+    match state.conveyor.loyalty.saga(id).await? {
         // Someone else's saga is "not found": its existence is not the caller's business.
-        Some((s, steps)) if s.user_id == principal.sub || principal.has_role(roles::ADMIN) => {
-            Ok(json_response(StatusCode::OK, &serde_json::to_value(SagaView::new(s, steps)).unwrap_or_default()))
+        Some(saga) if saga.user_id == principal.sub || principal.has_role(roles::ADMIN) => {
+            Ok(json_response(StatusCode::OK, &serde_json::to_value(saga).unwrap_or_default()))
         }
         _ => Err(ApiError::ResourceNotFound("saga")),
     }

@@ -3,7 +3,7 @@
 //! the notification's deliveries and attempts.
 
 use conveyor_actors::log::Header;
-use conveyor_actors::webhooks::records::NotificationRecords;
+use conveyor_webhooks::records::NotificationRecords;
 use http::header::AUTHORIZATION;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;

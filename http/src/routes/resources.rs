@@ -10,7 +10,7 @@ use crate::{AppState, Response, json_response};
 /// A device's latest state: cache, then store (seed 003).
 #[utoipa::path(get, path = "/resource/{id}", tag = "events",
     params(("id" = String, Path, description = "The device id", example = "device-123")),
-    responses((status = 200, body = conveyor_actors::devices::ResourceView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = conveyor_devices::ResourceView), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     principal.require(&[roles::USER, roles::ADMIN, roles::DEVICE])?;

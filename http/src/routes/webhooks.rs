@@ -1,10 +1,10 @@
 //! `/webhooks/…`: endpoint management (owner or admin), secrets, the attempt records and
 //! per-endpoint counts (Gwook's wish-list "Event Metrics API"), and resending a delivery.
 
-use conveyor_actors::webhooks::endpoints::{
+use conveyor_webhooks::endpoints::{
     Caller, CreatedEndpoint, EndpointPatch, EndpointView, NewEndpoint, RotateSecret, SecretView,
 };
-use conveyor_actors::webhooks::records::{AttemptView, DeliveryView, EndpointStats};
+use conveyor_webhooks::records::{AttemptView, DeliveryView, EndpointStats};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use conveyor_actors::workflows::definition::WorkflowSpec;
-use conveyor_actors::workflows::views::{Dashboard, RunSummary, RunView, WorkflowView};
+use conveyor_workflows::definition::WorkflowSpec;
+use conveyor_workflows::views::{Dashboard, RunSummary, RunView, WorkflowView};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;

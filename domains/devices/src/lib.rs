@@ -1,0 +1,389 @@
+//! Seed 003's job: a device event becomes the device's resource row, written through to
+//! the cache; reads go cache → store → cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use conveyor_actors::Error;
+use conveyor_actors::cache::Cache;
+use conveyor_actors::consumer::KeyHandler;
+use conveyor_actors::domain_events::DomainEvents;
+use conveyor_actors::log::Record;
+use conveyor_actors::metrics::{OPERATION, kv, metrics};
+use conveyor_actors::retry::HandlerError;
+use conveyor_actors::store::classify;
+
+pub mod ingest;
+pub mod migrations;
+pub mod resource;
+pub mod store;
+
+pub use ingest::Ingest;
+pub use store::{DeviceStore, Upsert};
+
+/// Published (when an endpoint subscribes) after a device's resource changed.
+pub const RESOURCE_UPDATED: &str = "conveyor.resource.updated";
+
+/// The record `POST /events` writes to `events-input`, keyed by `device_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceEvent {
+    pub request_id: uuid::Uuid,
+    pub device_id: String,
+    pub payload: serde_json::Map<String, serde_json::Value>,
+    pub user_id: String,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What `GET /resource/{id}` answers (and what the cache holds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "device-123", "value": {"status": "online", "temp_c": 37.2}}))]
+pub struct ResourceView {
+    pub id: String,
+    pub value: serde_json::Value,
+}
+
+pub fn resource_cache_key(id: &str) -> String {
+    format!("resource:{id}")
+}
+
+/// The `events-input` handler.
+pub struct DeviceHandler {
+    pub store: DeviceStore,
+    pub cache: Cache,
+    /// How long the cached copy written after each update lives.
+    pub ttl: Duration,
+    /// Publishes `conveyor.resource.updated` when a webhook endpoint subscribes to it.
+    pub domain: Option<Arc<dyn DomainEvents>>,
+}
+
+#[async_trait]
+impl KeyHandler for DeviceHandler {
+    fn name(&self) -> &'static str {
+        "devices"
+    }
+
+    fn breakers(&self) -> Vec<std::sync::Arc<conveyor_actors::breaker::Breaker>> {
+        vec![self.store.breaker().clone()]
+    }
+
+    async fn handle(&self, _key: &str, records: &[Record]) -> Result<(), HandlerError> {
+        // Check all first: an undecodable or mis-keyed record must fail the call so that
+        // it, alone, reaches the dead-letter topic (the partition actor retries record by
+        // record). Keyless records share the partition actor's empty key and come here too.
+        let mut events = Vec::with_capacity(records.len());
+        for record in records {
+            events.push((record, decode(record)?));
+        }
+        // Several queued events of one device coalesce into one write: the last one wins,
+        // exactly as writing each in order would.
+        let Some((record, last)) = events.pop() else { return Ok(()) };
+        let (tp, offset) = (&record.tp, record.offset);
+        let value = serde_json::Value::Object(last.payload);
+        let written =
+            self.store.upsert_resource(&last.device_id, value.clone(), tp.partition, offset).await.map_err(classify)?;
+        let device_id = last.device_id.clone();
+        match written {
+            Upsert::Written => self.refresh_cache(ResourceView { id: last.device_id, value: value.clone() }).await,
+            Upsert::Stale => {
+                metrics().stale_writes.add(1, &[]);
+                tracing::debug!(
+                    topic = %tp.topic, partition = tp.partition, offset,
+                    "stale write discarded: the row holds this partition's offset or a later one"
+                );
+            }
+        }
+        // Also after a stale write: a retry of a record whose announcement failed must
+        // announce it; the id is the record's, so subscribers get it once.
+        if let Some(domain) = &self.domain {
+            let id = format!("evt_resource_{}_{}_{offset}", tp.topic, tp.partition);
+            let data = serde_json::json!({"device_id": device_id, "value": value, "offset": offset});
+            domain.publish(RESOURCE_UPDATED, &id, data).await.map_err(classify)?;
+        }
+        Ok(())
+    }
+}
+
+/// A record's event, if it decodes and is keyed by its own `device_id`. A record keyed
+/// otherwise (or not at all) lives on a partition that is not its device's: its offset
+/// says nothing about the device's order, so it is refused for good instead of applied.
+fn decode(record: &Record) -> Result<DeviceEvent, HandlerError> {
+    let event: DeviceEvent = serde_json::from_slice(&record.payload).map_err(HandlerError::permanent)?;
+    if record.key.as_deref() != Some(event.device_id.as_str()) {
+        return Err(HandlerError::permanent(Error::KeyMismatch {
+            topic: record.tp.topic.clone(),
+            partition: record.tp.partition,
+            offset: record.offset,
+            key: record.key.clone(),
+            device_id: event.device_id,
+        }));
+    }
+    Ok(event)
+}
+
+impl DeviceHandler {
+    /// Writes the new row through to the cache. Deleting the entry instead would race with
+    /// a reader that fetched the old row just before the write and refills the cache after
+    /// the delete, leaving the old value for a whole TTL; readers only fill an absent entry
+    /// (`set_nx`), so whichever comes second, the newest row wins.
+    ///
+    /// A failed cache write never fails the event: the entry is deleted in the background
+    /// (a few tries), and its TTL bounds how stale a read can be if even that fails.
+    async fn refresh_cache(&self, view: ResourceView) {
+        let key = resource_cache_key(&view.id);
+        let text = serde_json::to_string(&view).unwrap_or_default();
+        if self.cache.set(&key, &text, self.ttl).await.is_ok() {
+            return;
+        }
+        metrics().cache_errors.add(1, &[kv(OPERATION, "write_through")]);
+        let cache = self.cache.clone();
+        tokio::spawn(async move {
+            for attempt in 1..=3u32 {
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                if cache.delete(&key).await.is_ok() {
+                    return;
+                }
+                metrics().cache_errors.add(1, &[kv(OPERATION, "invalidate")]);
+            }
+            tracing::warn!("cache invalidation failed; the entry expires with its TTL");
+        });
+    }
+}
+
+/// Reads of device resources: cache first, then the store, then fill the cache.
+#[derive(Clone)]
+pub struct Resources {
+    pub store: DeviceStore,
+    pub cache: Cache,
+    pub ttl: Duration,
+}
+
+impl Resources {
+    /// The resource, if any. Cache failures are counted and fall through to the store.
+    pub async fn get(&self, id: &str) -> Result<Option<ResourceView>, Error> {
+        let key = resource_cache_key(id);
+        let m = metrics();
+        match self.cache.get(&key).await {
+            Ok(Some(hit)) => {
+                if let Ok(view) = serde_json::from_str::<ResourceView>(&hit) {
+                    m.cache_hits.add(1, &[kv(OPERATION, "resource")]);
+                    return Ok(Some(view));
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                m.cache_errors.add(1, &[kv(OPERATION, "get")]);
+                tracing::debug!(error = &err as &dyn std::error::Error, "cache read failed; using the store");
+            }
+        }
+        m.cache_misses.add(1, &[kv(OPERATION, "resource")]);
+        let Some(row) = self.store.get_resource(id).await? else { return Ok(None) };
+        let view = ResourceView { id: row.id, value: row.value };
+        // Only into an empty slot: a writer may have put a newer row there meanwhile.
+        if let Ok(text) = serde_json::to_string(&view)
+            && self.cache.set_nx(&key, &text, self.ttl).await.is_err()
+        {
+            m.cache_errors.add(1, &[kv(OPERATION, "fill")]);
+        }
+        Ok(Some(view))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use conveyor_actors::config::Config;
+    use conveyor_actors::log::TopicPartition;
+
+    fn event(offset: i64, seq: u64) -> Record {
+        keyed(Some("d1"), "d1", offset, seq)
+    }
+
+    /// An event of `device` on partition 0, written under `key` (as a producer might).
+    fn keyed(key: Option<&str>, device: &str, offset: i64, seq: u64) -> Record {
+        let e = DeviceEvent {
+            request_id: uuid::Uuid::now_v7(),
+            device_id: device.into(),
+            payload: serde_json::json!({"seq": seq}).as_object().cloned().unwrap(),
+            user_id: "u".into(),
+            received_at: chrono::Utc::now(),
+        };
+        Record {
+            tp: TopicPartition::new("events-input", 0),
+            offset,
+            key: key.map(str::to_string),
+            payload: serde_json::to_vec(&e).unwrap().into(),
+            headers: vec![],
+            timestamp_ms: 0,
+        }
+    }
+
+    async fn handler() -> (DeviceHandler, Resources, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let store = DeviceStore::new(conveyor_actors::store::Store::connect(&config).await.unwrap());
+        store.migrate::<crate::migrations::Migrator>().await.unwrap();
+        let cache = Cache::memory(100);
+        let ttl = Duration::from_secs(60);
+        let reads = Resources { store: store.clone(), cache: cache.clone(), ttl };
+        (DeviceHandler { store, cache, ttl, domain: None }, reads, dir)
+    }
+
+    #[tokio::test]
+    async fn reads_see_each_write_at_once_and_replays_change_nothing() {
+        let (handler, reads, _dir) = handler().await;
+        let (cache, ttl) = (handler.cache.clone(), handler.ttl);
+        let seq = |v: Option<ResourceView>| v.and_then(|v| v.value["seq"].as_u64());
+
+        handler.handle("d1", &[event(10, 1)]).await.unwrap();
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(1));
+        // The cached copy is replaced by the write, not left for the TTL.
+        handler.handle("d1", &[event(11, 2), event(12, 3)]).await.unwrap();
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(3), "coalesced: the last event wins");
+        // A reader that fetched an older row fills only an empty slot.
+        let stale = serde_json::json!({"id": "d1", "value": {"seq": 1}}).to_string();
+        assert!(!cache.set_nx(&resource_cache_key("d1"), &stale, ttl).await.unwrap());
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(3));
+        // A redelivered older event is refused by the store and leaves the cache alone.
+        handler.handle("d1", &[event(11, 2)]).await.unwrap();
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(3));
+        assert!(reads.get("nobody").await.unwrap().is_none());
+    }
+
+    /// `events-input` gained partitions and the device's key now maps to a new one, whose
+    /// offsets start low: its events keep applying, and the new partition's order is guarded.
+    #[tokio::test]
+    async fn a_device_that_moves_to_a_new_partition_keeps_updating() {
+        let (handler, reads, _dir) = handler().await;
+        let on = |partition: i32, offset: i64, seq: u64| {
+            let mut record = event(offset, seq);
+            record.tp.partition = partition;
+            record
+        };
+        let seq = |v: Option<ResourceView>| v.and_then(|v| v.value["seq"].as_u64());
+        handler.handle("d1", &[on(1, 500, 1)]).await.unwrap();
+        handler.handle("d1", &[on(6, 0, 2)]).await.unwrap();
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(2));
+        handler.handle("d1", &[on(6, 1, 3), on(6, 2, 4)]).await.unwrap();
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(4));
+        handler.handle("d1", &[on(6, 1, 3)]).await.unwrap();
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(4), "a redelivery on the new partition is stale");
+    }
+
+    fn key_mismatch(err: &HandlerError) -> Option<(Option<String>, String)> {
+        match err.source.downcast_ref::<Error>() {
+            Some(Error::KeyMismatch { key, device_id, .. }) => Some((key.clone(), device_id.clone())),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn keyless_and_mis_keyed_records_fail_for_good_and_write_nothing() {
+        let (handler, reads, _dir) = handler().await;
+        let err = handler.handle("", &[keyed(None, "d1", 7, 1)]).await.unwrap_err();
+        assert_eq!(err.class, conveyor_actors::retry::ErrorClass::Permanent);
+        assert_eq!(key_mismatch(&err), Some((None, "d1".into())));
+        assert!(err.describe().contains("has no key"), "{}", err.describe());
+        let err = handler.handle("d2", &[keyed(Some("d2"), "d1", 8, 2)]).await.unwrap_err();
+        assert_eq!(key_mismatch(&err), Some((Some("d2".into()), "d1".into())));
+        assert!(err.describe().contains("differs from its device_id"), "{}", err.describe());
+        // In a coalesced batch the bad record fails the whole call before anything is
+        // written; the partition actor then retries record by record.
+        let batch = [event(9, 3), keyed(Some("d1"), "d9", 10, 4), event(11, 5)];
+        assert!(key_mismatch(&handler.handle("d1", &batch).await.unwrap_err()).is_some());
+        assert!(reads.get("d1").await.unwrap().is_none());
+        assert!(reads.get("d9").await.unwrap().is_none());
+    }
+
+    /// Through a partition actor: the keyless record (queued under the empty key) and the
+    /// mis-keyed ones reach the dead-letter topic, each alone, and every good record of
+    /// their batches still applies.
+    #[tokio::test]
+    async fn a_partition_dead_letters_only_the_mis_keyed_records() {
+        use std::sync::{Arc, Mutex};
+
+        use conveyor_actors::consumer::{DeadLetters, PartitionActor, PartitionArgs, PartitionMsg};
+        use conveyor_actors::log::{Ack, ConsumerControl, OutgoingRecord, Producer};
+
+        #[derive(Default)]
+        struct Dlq(Mutex<Vec<OutgoingRecord>>);
+        #[async_trait]
+        impl Producer for Dlq {
+            async fn send(&self, record: OutgoingRecord, _: Duration) -> Result<Ack, Error> {
+                let mut sent = self.0.lock().unwrap();
+                sent.push(record);
+                Ok(Ack { partition: 0, offset: sent.len() as i64 - 1 })
+            }
+            async fn ping(&self, _: Duration) -> Result<(), Error> {
+                Ok(())
+            }
+        }
+        struct Control;
+        impl ConsumerControl for Control {
+            fn pause(&self, _: &TopicPartition) {}
+            fn resume(&self, _: &TopicPartition) {}
+            fn commit(&self, _: &TopicPartition, _: i64) {}
+            fn rewind(&self, _: &TopicPartition) {}
+        }
+
+        let (handler, reads, _dir) = handler().await;
+        let dlq = Arc::new(Dlq::default());
+        let args = PartitionArgs {
+            tp: TopicPartition::new("events-input", 0),
+            handler: Arc::new(handler),
+            control: Arc::new(Control),
+            dead_letters: DeadLetters { producer: dlq.clone(), topic: "dlq".into(), timeout: Duration::from_secs(1) },
+            policy: conveyor_actors::retry::RetryPolicy {
+                base: Duration::from_millis(5),
+                cap: Duration::from_millis(20),
+                max_attempts: 3,
+            },
+            processing: conveyor_actors::config::ProcessingConfig::default(),
+        };
+        let (actor, _) = ractor::Actor::spawn(None, PartitionActor, args).await.unwrap();
+        let records = [
+            keyed(Some("d1"), "d1", 0, 1),
+            keyed(None, "d1", 1, 100),
+            keyed(None, "d2", 2, 1),
+            keyed(Some("d2"), "d1", 3, 101),
+            keyed(Some("d1"), "d1", 4, 2),
+            keyed(Some("d1"), "d9", 5, 102),
+            keyed(Some("d1"), "d1", 6, 3),
+        ];
+        for record in records {
+            actor.cast(PartitionMsg::Record(record)).unwrap();
+        }
+        let seq = |v: Option<ResourceView>| v.and_then(|v| v.value["seq"].as_u64());
+        for _ in 0..500 {
+            if dlq.0.lock().unwrap().len() >= 4 && seq(reads.get("d1").await.unwrap()) == Some(3) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let offsets = |sent: &[OutgoingRecord]| {
+            let mut offsets: Vec<String> = sent
+                .iter()
+                .filter_map(|r| {
+                    r.headers.iter().find(|h| h.name == conveyor_actors::consumer::dlq_header::SOURCE_OFFSET)
+                })
+                .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+                .collect();
+            offsets.sort();
+            offsets
+        };
+        let sent = dlq.0.lock().unwrap().clone();
+        assert_eq!(offsets(&sent), ["1", "2", "3", "5"], "exactly the keyless and mis-keyed records");
+        for record in &sent {
+            let error = record.headers.iter().find(|h| h.name == conveyor_actors::consumer::dlq_header::ERROR).unwrap();
+            let error = String::from_utf8_lossy(&error.value);
+            assert!(error.contains("has no key") || error.contains("differs from its device_id"), "{error}");
+        }
+        assert_eq!(seq(reads.get("d1").await.unwrap()), Some(3), "the device's own records all applied");
+        assert!(reads.get("d2").await.unwrap().is_none() && reads.get("d9").await.unwrap().is_none());
+        actor.stop(None);
+    }
+}

@@ -1,0 +1,41 @@
+//! The enabled endpoints and their filters, read from the store at most every couple of
+//! seconds: fan-out and domain events ask it for every notification. Changes made through
+//! this daemon invalidate it at once; another daemon's changes show within the TTL.
+
+use std::time::Duration;
+
+use super::endpoints::filter_of;
+use super::filter::Filter;
+use crate::store::WebhookStore;
+use conveyor_actors::Error;
+use conveyor_actors::recent::Recent;
+
+const TTL: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct Directory {
+    store: WebhookStore,
+    cached: Recent<Vec<(String, Filter)>>,
+}
+
+impl Directory {
+    pub fn new(store: WebhookStore) -> Self {
+        Directory { store, cached: Recent::new(TTL) }
+    }
+
+    pub fn invalidate(&self) {
+        self.cached.invalidate();
+    }
+
+    /// Ids of the enabled endpoints that want this notification.
+    pub async fn matching(&self, event_type: &str, project: Option<&str>) -> Result<Vec<String>, Error> {
+        let snapshot = self
+            .cached
+            .get_or_load(|| async {
+                let rows = self.store.enabled_endpoints().await?;
+                Ok::<_, Error>(rows.iter().map(|r| (r.id.clone(), filter_of(r))).collect())
+            })
+            .await?;
+        Ok(snapshot.iter().filter(|(_, f)| f.matches(event_type, project)).map(|(id, _)| id.clone()).collect())
+    }
+}

@@ -1,0 +1,205 @@
+//! The delivery supervisor: starts an [`EndpointActor`] for each endpoint with work, wakes
+//! it when deliveries are created, and polls the store for retries that came due (they
+//! may wait hours, so they live in the store, not in timers).
+//!
+//! On a graceful shutdown each endpoint actor cuts off its requests in flight and hands
+//! their deliveries back, so the next daemon sends them at once rather than after the lease.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio_util::sync::CancellationToken;
+
+use super::context::DeliveryContext;
+use super::endpoint_actor::{EndpointActor, EndpointArgs, EndpointMsg};
+use conveyor_actors::supervision::{ActorService, Slot};
+
+/// Starts and wakes endpoint actors; a service of the root supervisor.
+pub struct DispatcherActor;
+
+/// What the dispatcher starts with (cloned for every incarnation).
+#[derive(Clone)]
+pub struct DispatcherArgs {
+    pub ctx: Arc<DeliveryContext>,
+}
+
+/// The running endpoint actors.
+pub struct DispatcherState {
+    ctx: Arc<DeliveryContext>,
+    endpoints: HashMap<String, ActorRef<EndpointMsg>>,
+    /// Cancelled on shutdown (every endpoint actor holds a child token).
+    stop: CancellationToken,
+}
+
+/// Everything the dispatcher is told.
+pub enum DispatcherMsg {
+    /// Deliveries may be due for this endpoint: start its actor if needed and wake it.
+    Wake { endpoint_id: String },
+    /// The endpoint changed in the store: its actor (if running) reads it again.
+    Reload { endpoint_id: String },
+    /// Timer: wake the endpoints whose retries came due.
+    Poll,
+    /// How many endpoint actors run.
+    Running { reply: RpcReplyPort<usize> },
+    /// Test-only fault hook ([`conveyor_actors::supervision::Service::inject_panic`]).
+    InjectPanic,
+    /// Graceful shutdown: every endpoint actor hands back the deliveries it had in flight
+    /// and stops (each within `within`); nothing new starts. Answers how many were handed back.
+    Shutdown { within: Duration, reply: RpcReplyPort<usize> },
+}
+
+impl Actor for DispatcherActor {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        args: DispatcherArgs,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(args.ctx.config.poll_interval_ms), || DispatcherMsg::Poll);
+        // Deliveries left pending by an earlier run start now, not one interval later.
+        let _ = myself.cast(DispatcherMsg::Poll);
+        Ok(DispatcherState { ctx: args.ctx, endpoints: HashMap::new(), stop: CancellationToken::new() })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        msg: DispatcherMsg,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.stop.is_cancelled() && !matches!(msg, DispatcherMsg::Running { .. }) {
+            return Ok(());
+        }
+        match msg {
+            DispatcherMsg::Wake { endpoint_id } => state.send(&myself, endpoint_id, EndpointMsg::Wake).await,
+            DispatcherMsg::Reload { endpoint_id } => {
+                if let Some(actor) = state.endpoints.get(&endpoint_id) {
+                    let _ = actor.cast(EndpointMsg::Reload);
+                }
+            }
+            DispatcherMsg::Poll => match state.ctx.store.due_endpoints(chrono::Utc::now(), 10_000).await {
+                Ok(due) => {
+                    for endpoint_id in due {
+                        state.send(&myself, endpoint_id, EndpointMsg::Wake).await;
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "looking up due webhook deliveries"),
+            },
+            DispatcherMsg::Running { reply } => {
+                let _ = reply.send(state.endpoints.len());
+            }
+            DispatcherMsg::InjectPanic => panic!("injected fault in the webhook dispatcher"),
+            DispatcherMsg::Shutdown { within, reply } => {
+                state.stop.cancel();
+                let asks = state
+                    .endpoints
+                    .values()
+                    .map(|actor| actor.call(|reply| EndpointMsg::Shutdown { reply }, Some(within)));
+                let mut released = 0;
+                for answer in futures::future::join_all(asks).await {
+                    match answer {
+                        Ok(ractor::rpc::CallResult::Success(n)) => released += n,
+                        Ok(ractor::rpc::CallResult::Timeout) => tracing::warn!(
+                            "an endpoint actor did not hand back its deliveries in time; their leases will expire"
+                        ),
+                        // It had stopped already (idle): nothing in flight.
+                        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {}
+                    }
+                }
+                if released > 0 {
+                    tracing::info!(released, "webhook delivery leases handed back");
+                }
+                let _ = reply.send(released);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<DispatcherMsg>,
+        event: SupervisionEvent,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A stopped or failed endpoint actor is forgotten; the next wake or poll starts a
+        // fresh one, and the deliveries it held come back when their leases expire.
+        if let Some(id) = conveyor_actors::supervision::ended(&event, "webhook-endpoint") {
+            state.endpoints.retain(|_, actor| actor.get_id() != id);
+        }
+        Ok(())
+    }
+}
+
+impl DispatcherState {
+    async fn send(&mut self, myself: &ActorRef<DispatcherMsg>, endpoint_id: String, msg: EndpointMsg) {
+        if let Some(actor) = self.endpoints.get(&endpoint_id) {
+            if actor.cast(msg).is_ok() {
+                return;
+            }
+            self.endpoints.remove(&endpoint_id);
+            return;
+        }
+        let args =
+            EndpointArgs { endpoint_id: endpoint_id.clone(), ctx: self.ctx.clone(), stop: self.stop.child_token() };
+        match Actor::spawn_linked(None, EndpointActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                let _ = actor.cast(msg);
+                self.endpoints.insert(endpoint_id, actor);
+            }
+            Err(err) => tracing::error!(error = %err, "starting a webhook endpoint actor"),
+        }
+    }
+}
+
+/// The typed handle callers use; it follows the dispatcher across restarts. A wake-up sent
+/// while it is down is not lost: a fresh dispatcher polls the store for due deliveries first.
+#[derive(Clone)]
+pub struct Dispatcher {
+    slot: Slot<DispatcherMsg>,
+}
+
+impl Dispatcher {
+    /// The handle and the service the root supervisor runs it as.
+    pub fn service(ctx: Arc<DeliveryContext>) -> (Self, ActorService<DispatcherActor>) {
+        let slot = Slot::new("webhook-dispatcher");
+        let args = DispatcherArgs { ctx };
+        let service = ActorService::new(
+            "DispatcherActor",
+            slot.clone(),
+            || DispatcherMsg::InjectPanic,
+            move || (DispatcherActor, args.clone()),
+        );
+        (Dispatcher { slot }, service)
+    }
+
+    pub fn wake(&self, endpoint_id: String) {
+        self.slot.cast(DispatcherMsg::Wake { endpoint_id });
+    }
+
+    pub fn reload(&self, endpoint_id: String) {
+        self.slot.cast(DispatcherMsg::Reload { endpoint_id });
+    }
+
+    /// Endpoint actors running now (for the status page).
+    pub async fn running(&self) -> usize {
+        let Ok(actor) = self.slot.get() else { return 0 };
+        ractor::call!(actor, |reply| DispatcherMsg::Running { reply }).unwrap_or_default()
+    }
+
+    /// Graceful shutdown: the endpoint actors cut off their requests in flight and hand their
+    /// deliveries back (within `within`); the root supervisor then stops the dispatcher.
+    pub async fn hand_back_leases(&self, within: Duration) {
+        let Ok(actor) = self.slot.get() else { return };
+        // The hand-backs are store writes after the requests were cut off: a little beyond `within`.
+        let asked =
+            actor.call(|reply| DispatcherMsg::Shutdown { within, reply }, Some(within + Duration::from_secs(2)));
+        if !matches!(asked.await, Ok(ractor::rpc::CallResult::Success(_))) {
+            tracing::warn!("the webhook dispatcher did not hand back its deliveries in time; their leases will expire");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The notifications topic's handler: each notification becomes one delivery per matching
+//! endpoint (written before the record counts as done, so none is lost), and each of those
+//! endpoints' actors is woken.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::context::ENDPOINT_HEADER;
+use super::directory::Directory;
+use super::dispatcher::Dispatcher;
+use super::envelope;
+use crate::store::WebhookStore;
+use crate::store::notification;
+use conveyor_actors::breaker::Breaker;
+use conveyor_actors::consumer::KeyHandler;
+use conveyor_actors::log::Record;
+use conveyor_actors::retry::HandlerError;
+
+pub struct FanoutHandler {
+    pub store: WebhookStore,
+    pub directory: Directory,
+    pub dispatcher: Dispatcher,
+    /// Workflows with event triggers start their runs here too.
+    pub workflows: Option<Arc<dyn NotificationTriggers>>,
+}
+
+/// Whatever else a notification may start (workflow runs with an event trigger). The
+/// workflows crate implements it and the engine wires it in, so that webhook delivery
+/// depends on no other domain.
+#[async_trait]
+pub trait NotificationTriggers: Send + Sync {
+    /// Starts what `event_type` triggers; the notification id makes a redelivery start
+    /// nothing twice. Answers how many were started.
+    async fn on_event(
+        &self,
+        notification_id: &str,
+        event_type: &str,
+        envelope: &serde_json::Value,
+    ) -> Result<usize, conveyor_actors::Error>;
+}
+
+/// Why a record on the notifications topic cannot be fanned out.
+#[derive(Debug, thiserror::Error)]
+#[error("not a notification envelope: {reason}")]
+pub struct NotAnEnvelope {
+    reason: String,
+}
+
+#[async_trait]
+impl KeyHandler for FanoutHandler {
+    fn name(&self) -> &'static str {
+        "webhooks-fanout"
+    }
+
+    fn breakers(&self) -> Vec<Arc<Breaker>> {
+        vec![self.store.breaker().clone()]
+    }
+
+    async fn handle(&self, _key: &str, records: &[Record]) -> Result<(), HandlerError> {
+        for record in records {
+            self.fan_out(record).await?;
+        }
+        Ok(())
+    }
+}
+
+impl FanoutHandler {
+    async fn fan_out(&self, record: &Record) -> Result<(), HandlerError> {
+        let value: serde_json::Value = serde_json::from_slice(&record.payload)
+            .map_err(|e| HandlerError::permanent(NotAnEnvelope { reason: e.to_string() }))?;
+        let envelope = envelope::validate(&value).map_err(|issues| {
+            let reason = issues.iter().map(|i| format!("{}: {}", i.field, i.message)).collect::<Vec<_>>().join("; ");
+            HandlerError::permanent(NotAnEnvelope { reason })
+        })?;
+        // A replayed dead letter names its endpoint: send that one delivery again.
+        if let Some(endpoint_id) = record.header(ENDPOINT_HEADER).and_then(|v| std::str::from_utf8(v).ok()) {
+            return self.resend(&envelope.id, endpoint_id).await;
+        }
+        // Posted notifications are stored by the ingest; domain events arrive only here.
+        let row = notification::Model {
+            id: envelope.id.clone(),
+            event_type: envelope.event_type.clone(),
+            project: envelope.project.clone(),
+            payload: String::from_utf8_lossy(&record.payload).into_owned(),
+            accepted: true,
+            received_at: chrono::Utc::now(),
+        };
+        self.store.record_notification(row).await.map_err(HandlerError::retryable)?;
+        let endpoints = self
+            .directory
+            .matching(&envelope.event_type, envelope.project.as_deref())
+            .await
+            .map_err(HandlerError::retryable)?;
+        self.store.create_deliveries(&envelope.id, &endpoints).await.map_err(HandlerError::retryable)?;
+        for endpoint in endpoints {
+            self.dispatcher.wake(endpoint);
+        }
+        if let Some(workflows) = &self.workflows {
+            workflows.on_event(&envelope.id, &envelope.event_type, &value).await.map_err(HandlerError::retryable)?;
+        }
+        Ok(())
+    }
+
+    async fn resend(&self, notification_id: &str, endpoint_id: &str) -> Result<(), HandlerError> {
+        match self.store.find_delivery(notification_id, endpoint_id).await.map_err(HandlerError::retryable)? {
+            Some(delivery) => {
+                self.store.resend_delivery(&delivery.id).await.map_err(HandlerError::retryable)?;
+                self.dispatcher.wake(endpoint_id.to_string());
+            }
+            None => tracing::warn!("a replayed webhook dead letter names a delivery that no longer exists"),
+        }
+        Ok(())
+    }
+}

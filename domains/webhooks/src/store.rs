@@ -1,0 +1,558 @@
+//! `webhook_endpoints`, `notifications` (the dedup record and the payload deliveries send),
+//! `webhook_deliveries` (one per notification and endpoint, with its retry schedule and a
+//! lease so that two daemons never send the same delivery at once) and `webhook_attempts`.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+
+use conveyor_actors::Error;
+use conveyor_actors::store::Store;
+
+/// The store, with webhook delivery's tables; cheap to clone.
+#[derive(Clone)]
+pub struct WebhookStore(Store);
+
+impl WebhookStore {
+    pub fn new(store: Store) -> Self {
+        WebhookStore(store)
+    }
+}
+
+impl std::ops::Deref for WebhookStore {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.0
+    }
+}
+
+pub mod endpoint {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_endpoints")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// The user id that created it.
+        pub owner: String,
+        /// Conveyor's own domain events go only to endpoints created by admins.
+        pub owner_is_admin: bool,
+        pub url: String,
+        pub description: String,
+        /// JSON array of exact types and `prefix.*` patterns; empty = every type.
+        pub event_types: String,
+        /// JSON array of project names; empty = every project.
+        pub projects: String,
+        pub rate_limit_per_sec: Option<i32>,
+        pub secret: String,
+        /// Still signs (as a second signature) until `previous_secret_until`.
+        pub previous_secret: Option<String>,
+        pub previous_secret_until: Option<ChronoDateTimeUtc>,
+        pub disabled: bool,
+        /// `manual`, `gone` (answered 410) or `failing` (failed for too long).
+        pub disabled_reason: Option<String>,
+        /// Set by the first failed attempt after a success; cleared by a success.
+        pub failing_since: Option<ChronoDateTimeUtc>,
+        pub created_at: ChronoDateTimeUtc,
+        pub updated_at: ChronoDateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod notification {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "notifications")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub event_type: String,
+        pub project: Option<String>,
+        /// The envelope as posted; it is the body every endpoint receives.
+        pub payload: String,
+        /// False while the log has not acknowledged it (the claim is released on failure).
+        pub accepted: bool,
+        pub received_at: ChronoDateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod delivery {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_deliveries")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub notification_id: String,
+        pub endpoint_id: String,
+        /// `pending`, `succeeded`, `failed` (schedule exhausted or refused) or `discarded`.
+        pub status: String,
+        pub attempts: i32,
+        pub next_attempt_at: ChronoDateTimeUtc,
+        pub lease_until: Option<ChronoDateTimeUtc>,
+        pub last_status_code: Option<i32>,
+        pub last_error: Option<String>,
+        pub created_at: ChronoDateTimeUtc,
+        pub updated_at: ChronoDateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod attempt {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_attempts")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub delivery_id: String,
+        pub notification_id: String,
+        pub endpoint_id: String,
+        /// 1 for the first attempt.
+        pub attempt: i32,
+        /// `succeeded` or `failed`.
+        pub outcome: String,
+        /// `none`, `timeout`, `connect`, `http_429`, `http_4xx`, `http_5xx`, `gone`, `blocked_target`.
+        pub error_class: String,
+        pub status_code: Option<i32>,
+        pub latency_ms: i64,
+        pub response_excerpt: Option<String>,
+        pub error: Option<String>,
+        pub created_at: ChronoDateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// What claiming a notification id found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours to publish.
+    New,
+    /// Accepted within the dedup window (or being accepted right now).
+    Duplicate,
+}
+
+/// One delivery's result, written by its endpoint's actor.
+#[derive(Debug, Clone)]
+pub struct DeliveryUpdate {
+    pub status: &'static str,
+    pub next_attempt_at: DateTime<Utc>,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// Deliveries per status for one endpoint (the metrics API).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub discarded: u64,
+}
+
+#[derive(FromQueryResult)]
+struct StatusCount {
+    status: String,
+    n: i64,
+}
+
+#[derive(FromQueryResult)]
+struct EndpointIdRow {
+    endpoint_id: String,
+}
+
+impl WebhookStore {
+    /// Records a notification id before it is published. A claim left unaccepted longer
+    /// than `stale_after` (its publisher died) is taken over; an accepted one is a duplicate
+    /// until `window` has passed.
+    pub async fn claim_notification(
+        &self,
+        row: notification::Model,
+        window: chrono::Duration,
+        stale_after: chrono::Duration,
+    ) -> Result<Claim, Error> {
+        use notification::{Column, Entity};
+        let now = row.received_at;
+        let id = row.id.clone();
+        let active: notification::ActiveModel = row.into();
+        let insert = Entity::insert(active.clone())
+            .on_conflict(OnConflict::column(Column::Id).do_nothing().to_owned())
+            .exec_without_returning(self.connection());
+        if self.guarded("claim_notification", insert).await? == 1 {
+            return Ok(Claim::New);
+        }
+        // Taken over only if the earlier one expired; the condition makes two racing
+        // takeovers resolve to one winner.
+        let expired = Condition::any()
+            .add(Column::Accepted.eq(true).and(Column::ReceivedAt.lt(now - window)))
+            .add(Column::Accepted.eq(false).and(Column::ReceivedAt.lt(now - stale_after)));
+        let takeover =
+            Entity::update_many().set(active).filter(Column::Id.eq(id)).filter(expired).exec(self.connection());
+        let taken = self.guarded("claim_notification", takeover).await?.rows_affected;
+        Ok(if taken == 1 { Claim::New } else { Claim::Duplicate })
+    }
+
+    /// The log acknowledged the notification: duplicates are refused from now on.
+    pub async fn accept_notification(&self, id: &str) -> Result<(), Error> {
+        use notification::{Column, Entity};
+        let q = Entity::update_many()
+            .col_expr(Column::Accepted, Expr::value(true))
+            .filter(Column::Id.eq(id))
+            .exec(self.connection());
+        self.guarded("accept_notification", q).await.map(|_| ())
+    }
+
+    /// The log refused the notification: the client may post it again.
+    pub async fn release_notification(&self, id: &str) -> Result<(), Error> {
+        use notification::{Column, Entity};
+        let q =
+            Entity::delete_many().filter(Column::Id.eq(id)).filter(Column::Accepted.eq(false)).exec(self.connection());
+        self.guarded("release_notification", q).await.map(|_| ())
+    }
+
+    /// Stores a notification that came from the log rather than `POST /notifications`
+    /// (a domain event), so deliveries can find its payload.
+    pub async fn record_notification(&self, row: notification::Model) -> Result<(), Error> {
+        use notification::{Column, Entity};
+        let active: notification::ActiveModel = row.into();
+        let q = Entity::insert(active)
+            .on_conflict(OnConflict::column(Column::Id).do_nothing().to_owned())
+            .exec_without_returning(self.connection());
+        self.guarded("record_notification", q).await.map(|_| ())
+    }
+
+    pub async fn get_notification(&self, id: &str) -> Result<Option<notification::Model>, Error> {
+        self.guarded("get_notification", notification::Entity::find_by_id(id.to_string()).one(self.connection())).await
+    }
+
+    pub async fn insert_endpoint(&self, row: endpoint::Model) -> Result<(), Error> {
+        let active: endpoint::ActiveModel = row.into();
+        self.guarded("insert_endpoint", endpoint::Entity::insert(active).exec_without_returning(self.connection()))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_endpoint(&self, id: &str) -> Result<Option<endpoint::Model>, Error> {
+        self.guarded("get_endpoint", endpoint::Entity::find_by_id(id.to_string()).one(self.connection())).await
+    }
+
+    /// Endpoints of one owner, or every endpoint for `None`, oldest first.
+    pub async fn list_endpoints(&self, owner: Option<&str>) -> Result<Vec<endpoint::Model>, Error> {
+        use endpoint::{Column, Entity};
+        let mut q = Entity::find().order_by_asc(Column::CreatedAt).order_by_asc(Column::Id);
+        if let Some(owner) = owner {
+            q = q.filter(Column::Owner.eq(owner));
+        }
+        self.guarded("list_endpoints", q.all(self.connection())).await
+    }
+
+    /// Endpoints deliveries may be created for.
+    pub async fn enabled_endpoints(&self) -> Result<Vec<endpoint::Model>, Error> {
+        use endpoint::{Column, Entity};
+        self.guarded("enabled_endpoints", Entity::find().filter(Column::Disabled.eq(false)).all(self.connection()))
+            .await
+    }
+
+    /// Writes the whole row (the caller read, changed and passes it back).
+    pub async fn update_endpoint(&self, row: endpoint::Model) -> Result<(), Error> {
+        let active: endpoint::ActiveModel = sea_orm::IntoActiveModel::into_active_model(row).reset_all();
+        self.guarded("update_endpoint", endpoint::Entity::update(active).exec(self.connection())).await?;
+        Ok(())
+    }
+
+    /// Disables an endpoint unless it is already disabled; true if this call disabled it.
+    pub async fn disable_endpoint(&self, id: &str, reason: &str) -> Result<bool, Error> {
+        use endpoint::{Column, Entity};
+        let q = Entity::update_many()
+            .col_expr(Column::Disabled, Expr::value(true))
+            .col_expr(Column::DisabledReason, Expr::value(reason))
+            .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(Column::Id.eq(id))
+            .filter(Column::Disabled.eq(false))
+            .exec(self.connection());
+        Ok(self.guarded("disable_endpoint", q).await?.rows_affected == 1)
+    }
+
+    /// Remembers when an endpoint started failing (kept if already set) or clears it.
+    pub async fn set_endpoint_failing(&self, id: &str, failing: bool) -> Result<(), Error> {
+        use endpoint::{Column, Entity};
+        let mut q = Entity::update_many().filter(Column::Id.eq(id));
+        q = if failing {
+            q.col_expr(Column::FailingSince, Expr::value(Utc::now())).filter(Column::FailingSince.is_null())
+        } else {
+            q.col_expr(Column::FailingSince, Expr::value(Option::<DateTime<Utc>>::None))
+                .filter(Column::FailingSince.is_not_null())
+        };
+        self.guarded("set_endpoint_failing", q.exec(self.connection())).await.map(|_| ())
+    }
+
+    /// Deletes an endpoint; its pending deliveries are discarded.
+    pub async fn delete_endpoint(&self, id: &str) -> Result<bool, Error> {
+        use delivery::Column as D;
+        let discard = delivery::Entity::update_many()
+            .col_expr(D::Status, Expr::value("discarded"))
+            .col_expr(D::UpdatedAt, Expr::value(Utc::now()))
+            .filter(D::EndpointId.eq(id))
+            .filter(D::Status.eq("pending"))
+            .exec(self.connection());
+        self.guarded("discard_deliveries", discard).await?;
+        let q = endpoint::Entity::delete_by_id(id.to_string()).exec(self.connection());
+        Ok(self.guarded("delete_endpoint", q).await?.rows_affected == 1)
+    }
+
+    /// Creates one pending delivery per endpoint, due now; existing ones are left alone.
+    pub async fn create_deliveries(&self, notification_id: &str, endpoint_ids: &[String]) -> Result<(), Error> {
+        use delivery::{Column, Entity};
+        if endpoint_ids.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let rows = endpoint_ids.iter().map(|endpoint_id| delivery::ActiveModel {
+            id: Set(uuid::Uuid::now_v7().to_string()),
+            notification_id: Set(notification_id.to_string()),
+            endpoint_id: Set(endpoint_id.clone()),
+            status: Set("pending".into()),
+            attempts: Set(0),
+            next_attempt_at: Set(now),
+            lease_until: Set(None),
+            last_status_code: Set(None),
+            last_error: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        });
+        let q = Entity::insert_many(rows)
+            .on_conflict(OnConflict::columns([Column::NotificationId, Column::EndpointId]).do_nothing().to_owned())
+            .exec_without_returning(self.connection());
+        self.guarded("create_deliveries", q).await.map(|_| ())
+    }
+
+    /// Endpoints with a delivery due by `now` and not leased.
+    pub async fn due_endpoints(&self, now: DateTime<Utc>, limit: u64) -> Result<Vec<String>, Error> {
+        use delivery::{Column, Entity};
+        let q = Entity::find()
+            .select_only()
+            .column(Column::EndpointId)
+            .distinct()
+            .filter(Column::Status.eq("pending"))
+            .filter(Column::NextAttemptAt.lte(now))
+            .filter(Condition::any().add(Column::LeaseUntil.is_null()).add(Column::LeaseUntil.lt(now)))
+            .limit(limit)
+            .into_model::<EndpointIdRow>()
+            .all(self.connection());
+        Ok(self.guarded("due_endpoints", q).await?.into_iter().map(|r| r.endpoint_id).collect())
+    }
+
+    /// Leases up to `limit` due deliveries of one endpoint until `lease_until`; a row another
+    /// daemon leased first is skipped.
+    pub async fn lease_due_deliveries(
+        &self,
+        endpoint_id: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<delivery::Model>, Error> {
+        use delivery::{Column, Entity};
+        let not_leased = || Condition::any().add(Column::LeaseUntil.is_null()).add(Column::LeaseUntil.lt(now));
+        let q = Entity::find()
+            .filter(Column::EndpointId.eq(endpoint_id))
+            .filter(Column::Status.eq("pending"))
+            .filter(Column::NextAttemptAt.lte(now))
+            .filter(not_leased())
+            .order_by_asc(Column::NextAttemptAt)
+            .order_by_asc(Column::Id)
+            .limit(limit)
+            .all(self.connection());
+        let candidates = self.guarded("due_deliveries", q).await?;
+        let mut leased = Vec::with_capacity(candidates.len());
+        for mut row in candidates {
+            let q = Entity::update_many()
+                .col_expr(Column::LeaseUntil, Expr::value(lease_until))
+                .filter(Column::Id.eq(row.id.clone()))
+                .filter(Column::Status.eq("pending"))
+                .filter(not_leased())
+                .exec(self.connection());
+            if self.guarded("lease_delivery", q).await?.rows_affected == 1 {
+                row.lease_until = Some(lease_until);
+                leased.push(row);
+            }
+        }
+        Ok(leased)
+    }
+
+    /// Records an attempt's consequence on its delivery and releases the lease.
+    pub async fn finish_attempt(&self, delivery_id: &str, update: DeliveryUpdate) -> Result<(), Error> {
+        use delivery::{Column, Entity};
+        let q = Entity::update_many()
+            .col_expr(Column::Status, Expr::value(update.status))
+            .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
+            .col_expr(Column::NextAttemptAt, Expr::value(update.next_attempt_at))
+            .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+            .col_expr(Column::LastStatusCode, Expr::value(update.status_code))
+            .col_expr(Column::LastError, Expr::value(update.error))
+            .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(Column::Id.eq(delivery_id))
+            .exec(self.connection());
+        self.guarded("finish_attempt", q).await.map(|_| ())
+    }
+
+    /// Gives a lease back without spending an attempt (breaker open, endpoint disabled).
+    pub async fn defer_delivery(&self, delivery_id: &str, until: DateTime<Utc>) -> Result<(), Error> {
+        use delivery::{Column, Entity};
+        let q = Entity::update_many()
+            .col_expr(Column::NextAttemptAt, Expr::value(until))
+            .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+            .filter(Column::Id.eq(delivery_id))
+            .exec(self.connection());
+        self.guarded("defer_delivery", q).await.map(|_| ())
+    }
+
+    /// Clears the leases of pending deliveries whose requests were cut off (a graceful
+    /// shutdown): no attempt spent, due time unchanged, so the next poll sends them at once.
+    /// Answers how many were handed back.
+    pub async fn release_deliveries(&self, ids: &[String]) -> Result<u64, Error> {
+        use delivery::{Column, Entity};
+        let q = Entity::update_many()
+            .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+            .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(Column::Id.is_in(ids.iter().cloned()))
+            .filter(Column::Status.eq("pending"))
+            .filter(Column::LeaseUntil.is_not_null())
+            .exec(self.connection());
+        Ok(self.guarded("release_deliveries", q).await?.rows_affected)
+    }
+
+    pub async fn get_delivery(&self, id: &str) -> Result<Option<delivery::Model>, Error> {
+        self.guarded("get_delivery", delivery::Entity::find_by_id(id.to_string()).one(self.connection())).await
+    }
+
+    /// The delivery of a notification to an endpoint, if one was created.
+    pub async fn find_delivery(
+        &self,
+        notification_id: &str,
+        endpoint_id: &str,
+    ) -> Result<Option<delivery::Model>, Error> {
+        use delivery::{Column, Entity};
+        let q = Entity::find()
+            .filter(Column::NotificationId.eq(notification_id))
+            .filter(Column::EndpointId.eq(endpoint_id))
+            .one(self.connection());
+        self.guarded("find_delivery", q).await
+    }
+
+    /// Deliveries of one notification (the records API).
+    pub async fn deliveries_of_notification(&self, notification_id: &str) -> Result<Vec<delivery::Model>, Error> {
+        use delivery::{Column, Entity};
+        let q = Entity::find().filter(Column::NotificationId.eq(notification_id)).order_by_asc(Column::Id);
+        self.guarded("deliveries_of_notification", q.all(self.connection())).await
+    }
+
+    /// Sends a finished delivery again with a fresh schedule; false if it is still pending.
+    pub async fn resend_delivery(&self, id: &str) -> Result<bool, Error> {
+        use delivery::{Column, Entity};
+        let now = Utc::now();
+        let q = Entity::update_many()
+            .col_expr(Column::Status, Expr::value("pending"))
+            .col_expr(Column::Attempts, Expr::value(0))
+            .col_expr(Column::NextAttemptAt, Expr::value(now))
+            .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+            .col_expr(Column::UpdatedAt, Expr::value(now))
+            .filter(Column::Id.eq(id))
+            .filter(Column::Status.ne("pending"))
+            .exec(self.connection());
+        Ok(self.guarded("resend_delivery", q).await?.rows_affected == 1)
+    }
+
+    /// Deliveries per status for one endpoint.
+    pub async fn delivery_counts(&self, endpoint_id: &str) -> Result<DeliveryCounts, Error> {
+        use delivery::{Column, Entity};
+        let q = Entity::find()
+            .select_only()
+            .column(Column::Status)
+            .column_as(Column::Id.count(), "n")
+            .filter(Column::EndpointId.eq(endpoint_id))
+            .group_by(Column::Status)
+            .into_model::<StatusCount>()
+            .all(self.connection());
+        let mut counts = DeliveryCounts::default();
+        for row in self.guarded("delivery_counts", q).await? {
+            let n = Ord::max(row.n, 0) as u64;
+            match row.status.as_str() {
+                "succeeded" => counts.succeeded = n,
+                "failed" => counts.failed = n,
+                "pending" => counts.pending = n,
+                _ => counts.discarded += n,
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Writes a batch of attempt records in one statement.
+    pub async fn insert_attempts(&self, rows: Vec<attempt::Model>) -> Result<(), Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows = rows.into_iter().map(|row| {
+            let mut active: attempt::ActiveModel = row.into();
+            active.id = sea_orm::ActiveValue::NotSet;
+            active
+        });
+        self.guarded("insert_attempts", attempt::Entity::insert_many(rows).exec_without_returning(self.connection()))
+            .await
+            .map(|_| ())
+    }
+
+    /// Attempts for one endpoint, newest first, before the attempt id `before` if given.
+    pub async fn attempts_of_endpoint(
+        &self,
+        endpoint_id: &str,
+        before: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<attempt::Model>, Error> {
+        use attempt::{Column, Entity};
+        let mut q = Entity::find().filter(Column::EndpointId.eq(endpoint_id));
+        if let Some(before) = before {
+            q = q.filter(Column::Id.lt(before));
+        }
+        let q = q.order_by_desc(Column::Id).limit(limit).all(self.connection());
+        self.guarded("attempts_of_endpoint", q).await
+    }
+
+    /// Attempts for one notification, oldest first, limited to `endpoints` when given.
+    pub async fn attempts_of_notification(
+        &self,
+        notification_id: &str,
+        endpoints: Option<&[String]>,
+    ) -> Result<Vec<attempt::Model>, Error> {
+        use attempt::{Column, Entity};
+        let mut q = Entity::find().filter(Column::NotificationId.eq(notification_id));
+        if let Some(endpoints) = endpoints {
+            q = q.filter(Column::EndpointId.is_in(endpoints.iter().cloned()));
+        }
+        self.guarded("attempts_of_notification", q.order_by_asc(Column::Id).limit(1000).all(self.connection())).await
+    }
+}

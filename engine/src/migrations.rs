@@ -1,0 +1,22 @@
+//! Every crate's schema migrations, applied in this order at start-up and by
+//! `conveyor migrate`. A database records migrations by name, so a crate's own order is
+//! what matters; this list keeps the order they were first released in.
+
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        [
+            conveyor_devices::migrations::migrations(),
+            conveyor_actors::store::migrations::migrations(),
+            conveyor_identity::migrations::migrations(),
+            conveyor_webhooks::migrations::migrations(),
+            conveyor_workflows::migrations::migrations(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
