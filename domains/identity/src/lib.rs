@@ -14,6 +14,7 @@ pub mod outbox;
 mod password;
 pub mod retention;
 pub mod saga;
+pub mod states;
 pub mod store;
 pub mod tokens;
 mod validate;
@@ -106,7 +107,7 @@ impl UserInfo {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RegistrationState {
     pub saga_id: String,
-    pub status: String,
+    pub status: states::SagaStatus,
 }
 
 #[derive(Clone)]
@@ -278,7 +279,7 @@ impl Identity {
         let Some(u) = self.store.user_by_id(&principal.sub).await? else { return Ok(None) };
         let registration = self
             .store
-            .saga_of_user(&u.id, crate::saga::REGISTRATION)
+            .saga_of_user(&u.id, states::SagaKind::Registration)
             .await?
             .map(|s| RegistrationState { saga_id: s.id, status: s.status });
         Ok(Some(UserInfo {

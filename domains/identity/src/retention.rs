@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::ColumnTrait;
 use sea_orm::sea_query::{Condition, ExprTrait};
 
+use crate::states::{OutboxStatus, SagaStatus};
 use crate::store::IdentityStore;
 use crate::store::sagas::{outbox, saga, saga_step};
 use crate::store::users::{refresh_token, revocation};
@@ -18,9 +19,6 @@ const SAGA_STEPS: &str = "saga_steps";
 const OUTBOX: &str = "outbox";
 const REFRESH_TOKENS: &str = "refresh_tokens";
 const REVOKED_TOKENS: &str = "revoked_tokens";
-/// Saga statuses after which nothing but a late, idempotent event arrives.
-const FINAL_SAGA: [&str; 2] = ["completed", "compensated"];
-const PUBLISHED: &str = "published";
 
 pub fn rules(store: &IdentityStore, config: &RetentionConfig) -> Vec<PurgeRule> {
     let (sagas, outbox, tokens, revocations) = (store.clone(), store.clone(), store.clone(), store.clone());
@@ -48,7 +46,7 @@ impl IdentityStore {
     /// Finished sagas last changed before `cutoff`, with their steps.
     pub async fn purge_sagas(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use saga::Column;
-        let finished = move || Column::Status.is_in(FINAL_SAGA).and(Column::UpdatedAt.lt(cutoff));
+        let finished = move || Column::Status.is_in(SagaStatus::FINAL).and(Column::UpdatedAt.lt(cutoff));
         let family = Family::<saga::Entity, saga_step::Entity> {
             op: "purge_sagas",
             id: Column::Id,
@@ -61,7 +59,8 @@ impl IdentityStore {
     /// Outbox records published before `cutoff`; pending and failed ones stay.
     pub async fn purge_outbox(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use outbox::{Column, Entity};
-        let published = Condition::all().add(Column::Status.eq(PUBLISHED)).add(Column::PublishedAt.lt(cutoff));
+        let published =
+            Condition::all().add(Column::Status.eq(OutboxStatus::Published)).add(Column::PublishedAt.lt(cutoff));
         self.purge_where::<Entity>("purge_outbox", OUTBOX, Column::Id, published, limit).await
     }
 

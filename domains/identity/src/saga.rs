@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::states::{SagaKind, SagaStatus, StepStatus};
 use crate::store::IdentityStore;
 use crate::store::sagas::{outbox, outbox_row, saga, saga_step};
 use conveyor_actors::consumer::KeyHandler;
@@ -40,20 +41,11 @@ use conveyor_actors::metrics::{OUTCOME, kv, metrics};
 use conveyor_actors::retry::HandlerError;
 use conveyor_actors::store::classify;
 
-pub const REGISTRATION: &str = "registration";
-
 /// Published (when an endpoint subscribes) once the welcome bonus is credited.
 pub const LOYALTY_CREDITED: &str = "conveyor.loyalty.credited";
 /// Published when a registration saga ends, either way.
 pub const SAGA_COMPLETED: &str = "conveyor.saga.completed";
 pub const SAGA_COMPENSATED: &str = "conveyor.saga.compensated";
-
-/// Saga statuses.
-pub mod status {
-    pub const STARTED: &str = "started";
-    pub const COMPLETED: &str = "completed";
-    pub const COMPENSATED: &str = "compensated";
-}
 
 /// Step names (a bounded set: they label metrics).
 pub mod step {
@@ -123,8 +115,9 @@ impl SagaEvent {
     }
 }
 
-pub(crate) fn step_metric(step: &'static str, outcome: &'static str) {
-    metrics().saga_steps.add(1, &[kv("saga", REGISTRATION), kv("step", step), kv(OUTCOME, outcome)]);
+pub(crate) fn step_metric(step: &'static str, outcome: StepStatus) {
+    let saga = SagaKind::Registration.as_str();
+    metrics().saga_steps.add(1, &[kv("saga", saga), kv("step", step), kv(OUTCOME, outcome.as_str())]);
 }
 
 /// The saga row and the outbox record that a registration writes with the user.
@@ -140,9 +133,9 @@ pub fn start_registration(user_id: &str, topic: &str) -> (saga::Model, outbox::M
     };
     let row = saga::Model {
         id: saga_id.clone(),
-        kind: REGISTRATION.into(),
+        kind: SagaKind::Registration,
         user_id: user_id.to_string(),
-        status: status::STARTED.into(),
+        status: SagaStatus::Started,
         created_at: now,
         updated_at: now,
     };
@@ -155,9 +148,9 @@ pub fn start_registration(user_id: &str, topic: &str) -> (saga::Model, outbox::M
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SagaView {
     pub id: String,
-    pub kind: String,
+    pub kind: SagaKind,
     pub user_id: String,
-    pub status: String,
+    pub status: SagaStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub steps: Vec<StepView>,
@@ -168,7 +161,7 @@ pub struct SagaView {
 #[schema(as = SagaStepView)]
 pub struct StepView {
     pub step: String,
-    pub status: String,
+    pub status: StepStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub at: DateTime<Utc>,
@@ -193,8 +186,8 @@ impl SagaView {
 
 /// Counts a registration saga that its transaction committed.
 pub fn registration_started() {
-    step_metric(step::USER_CREATED, "completed");
-    step_metric(step::REGISTRATION_PUBLISHED, "started");
+    step_metric(step::USER_CREATED, StepStatus::Completed);
+    step_metric(step::REGISTRATION_PUBLISHED, StepStatus::Started);
 }
 
 /// The identity side's reactions to loyalty's events (topic `loyalty`, keyed by user).
@@ -227,29 +220,36 @@ impl KeyHandler for IdentitySagaHandler {
                     // Compensation: the registration is marked compensated; the account
                     // stays usable, without the bonus.
                     let steps = [
-                        (step::LOYALTY_CREDIT_FAILED, "failed", Some(reason)),
+                        (step::LOYALTY_CREDIT_FAILED, StepStatus::Failed, Some(reason)),
                         (
                             step::REGISTRATION_COMPENSATED,
-                            "compensated",
+                            StepStatus::Compensated,
                             Some("account kept without the welcome bonus".to_string()),
                         ),
                     ];
-                    if self.store.finish_saga(&saga_id, status::COMPENSATED, &steps).await.map_err(classify)? {
-                        step_metric(step::LOYALTY_CREDIT_FAILED, "failed");
-                        step_metric(step::REGISTRATION_COMPENSATED, "compensated");
+                    if self.store.finish_saga(&saga_id, SagaStatus::Compensated, &steps).await.map_err(classify)? {
+                        step_metric(step::LOYALTY_CREDIT_FAILED, StepStatus::Failed);
+                        step_metric(step::REGISTRATION_COMPENSATED, StepStatus::Compensated);
                     }
-                    let saga = json!({"saga_id": saga_id, "kind": "registration", "status": status::COMPENSATED});
+                    let saga =
+                        json!({"saga_id": saga_id, "kind": SagaKind::Registration, "status": SagaStatus::Compensated});
                     self.announce(SAGA_COMPENSATED, format!("evt_saga_{saga_id}"), saga).await?;
                 }
                 SagaEvent::LoyaltyCreditReversed { saga_id, amount, .. } => {
                     let detail = Some(format!("{amount} points taken back"));
                     if self
                         .store
-                        .record_saga_step(&saga_id, step::LOYALTY_CREDIT_REVERSED, "compensated", detail, None)
+                        .record_saga_step(
+                            &saga_id,
+                            step::LOYALTY_CREDIT_REVERSED,
+                            StepStatus::Compensated,
+                            detail,
+                            None,
+                        )
                         .await
                         .map_err(classify)?
                     {
-                        step_metric(step::LOYALTY_CREDIT_REVERSED, "compensated");
+                        step_metric(step::LOYALTY_CREDIT_REVERSED, StepStatus::Compensated);
                     }
                 }
                 // Not ours (the registration topic's events are loyalty's to handle).
@@ -263,12 +263,12 @@ impl KeyHandler for IdentitySagaHandler {
 impl IdentitySagaHandler {
     async fn on_credited(&self, saga_id: String, user_id: String, amount: i64) -> Result<(), HandlerError> {
         let detail = Some(format!("{amount} points"));
-        let steps = [(step::LOYALTY_CREDITED, "completed", detail)];
-        if self.store.finish_saga(&saga_id, status::COMPLETED, &steps).await.map_err(classify)? {
-            step_metric(step::LOYALTY_CREDITED, "completed");
+        let steps = [(step::LOYALTY_CREDITED, StepStatus::Completed, detail)];
+        if self.store.finish_saga(&saga_id, SagaStatus::Completed, &steps).await.map_err(classify)? {
+            step_metric(step::LOYALTY_CREDITED, StepStatus::Completed);
         } else {
             let current = self.store.saga(&saga_id).await.map_err(classify)?.map(|(saga, _)| saga.status);
-            if current.as_deref() == Some(status::COMPENSATED) {
+            if current == Some(SagaStatus::Compensated) {
                 // The saga already gave up on the bonus: the credit is taken back.
                 return self.request_reversal(saga_id, user_id, amount).await;
             }
@@ -277,7 +277,7 @@ impl IdentitySagaHandler {
         // and these announcements must not lose them.
         let credited = json!({"user_id": user_id, "amount": amount, "saga_id": saga_id});
         self.announce(LOYALTY_CREDITED, format!("evt_credited_{saga_id}"), credited).await?;
-        let saga = json!({"saga_id": saga_id, "kind": "registration", "status": status::COMPLETED, "user_id": user_id});
+        let saga = json!({"saga_id": saga_id, "kind": SagaKind::Registration, "status": SagaStatus::Completed, "user_id": user_id});
         self.announce(SAGA_COMPLETED, format!("evt_saga_{saga_id}"), saga).await
     }
 
@@ -293,11 +293,11 @@ impl IdentitySagaHandler {
         let detail = Some(format!("{amount} points credited after the compensation"));
         if self
             .store
-            .record_saga_step(&saga_id, step::CREDIT_REVERSAL_REQUESTED, "started", detail, Some(row))
+            .record_saga_step(&saga_id, step::CREDIT_REVERSAL_REQUESTED, StepStatus::Started, detail, Some(row))
             .await
             .map_err(classify)?
         {
-            step_metric(step::CREDIT_REVERSAL_REQUESTED, "started");
+            step_metric(step::CREDIT_REVERSAL_REQUESTED, StepStatus::Started);
         }
         Ok(())
     }
@@ -324,8 +324,8 @@ mod tests {
     fn events_carry_ids_only_and_round_trip() {
         let (saga, announce) = start_registration("u-1", "registration");
         assert_eq!(
-            (saga.status.as_str(), announce.key.as_str(), announce.id.as_str()),
-            ("started", "u-1", "registered:u-1")
+            (saga.status, announce.key.as_str(), announce.id.as_str()),
+            (SagaStatus::Started, "u-1", "registered:u-1")
         );
         let event: SagaEvent = serde_json::from_str(&announce.payload).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(&event, SagaEvent::UserRegistered { user_id, .. } if user_id == "u-1"));

@@ -7,15 +7,38 @@ use super::target::{BlockedTarget, GuardedResolver, TargetPolicy};
 use conveyor_actors::config::WebhooksConfig;
 
 /// How an attempt ended (a bounded metric label and the attempt record's `error_class`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    sea_orm::EnumIter,
+    sea_orm::DeriveActiveEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[sea_orm(rs_type = "String", db_type = "String(sea_orm::sea_query::StringLen::None)", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum AttemptClass {
+    /// No error.
+    #[sea_orm(string_value = "none")]
+    #[serde(rename = "none")]
     Succeeded,
     Timeout,
     Connect,
     /// A 3xx: redirects are not followed.
     Redirect,
+    #[sea_orm(string_value = "http_429")]
+    #[serde(rename = "http_429")]
     Http429,
+    #[sea_orm(string_value = "http_4xx")]
+    #[serde(rename = "http_4xx")]
     Http4xx,
+    #[sea_orm(string_value = "http_5xx")]
+    #[serde(rename = "http_5xx")]
     Http5xx,
     /// 410: the endpoint asks to be disabled.
     Gone,

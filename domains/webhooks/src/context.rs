@@ -88,7 +88,7 @@ impl DeliveryContext {
     }
 
     /// Tells subscribers (admins' endpoints) that an endpoint was disabled.
-    pub async fn announce_disabled(&self, endpoint: &endpoint::Model, reason: &str) {
+    pub async fn announce_disabled(&self, endpoint: &endpoint::Model, reason: crate::states::DisabledReason) {
         let data = serde_json::json!({"endpoint_id": endpoint.id, "reason": reason, "url": endpoint.url});
         let id = format!("evt_endpoint_disabled_{}_{}", endpoint.id, chrono::Utc::now().timestamp_millis());
         if let Err(err) = self.domain.publish(super::domain::ENDPOINT_DISABLED, &id, data).await {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{AttemptClass, Request, Response};
 use super::context::DeliveryContext;
 use super::endpoints::signing_secrets;
+use crate::states::{AttemptOutcome, DeliveryStatus, DisabledReason};
 use crate::store::{DeliveryUpdate, attempt, delivery, endpoint};
 use conveyor_actors::breaker::{Breaker, BreakerConfig, Permit};
 use conveyor_actors::metrics::{ERROR_CLASS, OUTCOME, REASON, kv, metrics};
@@ -282,9 +283,9 @@ impl EndpointState {
         }
         let attempt_no = delivery.attempts + 1;
         let m = metrics();
-        let outcome = if succeeded { "succeeded" } else { "failed" };
-        m.webhook_attempts.add(1, &[kv(OUTCOME, outcome), kv(ERROR_CLASS, response.class.as_str())]);
-        m.webhook_attempt_duration.record(response.latency.as_secs_f64(), &[kv(OUTCOME, outcome)]);
+        let outcome = if succeeded { AttemptOutcome::Succeeded } else { AttemptOutcome::Failed };
+        m.webhook_attempts.add(1, &[kv(OUTCOME, outcome.as_str()), kv(ERROR_CLASS, response.class.as_str())]);
+        m.webhook_attempt_duration.record(response.latency.as_secs_f64(), &[kv(OUTCOME, outcome.as_str())]);
         self.ctx
             .attempts
             .record(attempt::Model {
@@ -293,8 +294,8 @@ impl EndpointState {
                 notification_id: delivery.notification_id.clone(),
                 endpoint_id: delivery.endpoint_id.clone(),
                 attempt: attempt_no,
-                outcome: outcome.into(),
-                error_class: response.class.as_str().into(),
+                outcome,
+                error_class: response.class,
                 status_code: response.status.map(i32::from),
                 latency_ms: response.latency.as_millis() as i64,
                 response_excerpt: response.excerpt.clone(),
@@ -307,11 +308,11 @@ impl EndpointState {
         let next = (attempt_no as usize) < schedule.len() && response.class != AttemptClass::Gone;
         let update = DeliveryUpdate {
             status: if succeeded {
-                "succeeded"
+                DeliveryStatus::Succeeded
             } else if next {
-                "pending"
+                DeliveryStatus::Pending
             } else {
-                "failed"
+                DeliveryStatus::Failed
             },
             next_attempt_at: if next && !succeeded {
                 now + self.retry_delay(schedule[attempt_no as usize], response.retry_after)
@@ -327,8 +328,8 @@ impl EndpointState {
             return;
         }
         match finished {
-            "succeeded" => m.webhook_deliveries.add(1, &[kv(OUTCOME, "succeeded")]),
-            "failed" => {
+            DeliveryStatus::Succeeded => m.webhook_deliveries.add(1, &[kv(OUTCOME, "succeeded")]),
+            DeliveryStatus::Failed => {
                 m.webhook_deliveries.add(1, &[kv(OUTCOME, "exhausted")]);
                 self.ctx.dead_letter(&delivery, attempt_no, &response).await;
             }
@@ -358,7 +359,7 @@ impl EndpointState {
         }
         let now = Utc::now();
         let reason = if class == AttemptClass::Gone {
-            Some("gone")
+            Some(DisabledReason::Gone)
         } else {
             match endpoint.failing_since {
                 None => {
@@ -368,7 +369,7 @@ impl EndpointState {
                 }
                 Some(since) => {
                     let limit = chrono::Duration::seconds(self.ctx.config.disable_after_failing_secs as i64);
-                    (now - since >= limit).then_some("failing")
+                    (now - since >= limit).then_some(DisabledReason::Failing)
                 }
             }
         };
@@ -376,9 +377,9 @@ impl EndpointState {
             match store.disable_endpoint(&endpoint.id, reason).await {
                 Ok(true) => {
                     endpoint.disabled = true;
-                    endpoint.disabled_reason = Some(reason.into());
-                    metrics().webhook_endpoints_disabled.add(1, &[kv(REASON, reason)]);
-                    tracing::warn!(endpoint = %endpoint.id, reason, "webhook endpoint disabled");
+                    endpoint.disabled_reason = Some(reason);
+                    metrics().webhook_endpoints_disabled.add(1, &[kv(REASON, reason.as_str())]);
+                    tracing::warn!(endpoint = %endpoint.id, reason = reason.as_str(), "webhook endpoint disabled");
                     self.ctx.announce_disabled(endpoint, reason).await;
                 }
                 Ok(false) => endpoint.disabled = true,

@@ -123,7 +123,7 @@ pub struct EndpointView {
     pub rate_limit_per_sec: Option<u32>,
     pub disabled: bool,
     /// `manual`, `gone` (it answered 410) or `failing` (it failed for too long).
-    pub disabled_reason: Option<String>,
+    pub disabled_reason: Option<crate::states::DisabledReason>,
     /// When the current run of failures began.
     pub failing_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -182,7 +182,7 @@ pub(crate) fn view(row: &endpoint::Model) -> EndpointView {
         projects: parse_list(&row.projects),
         rate_limit_per_sec: row.rate_limit_per_sec.map(|r| r.max(0) as u32),
         disabled: row.disabled,
-        disabled_reason: row.disabled_reason.clone(),
+        disabled_reason: row.disabled_reason,
         failing_since: row.failing_since,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -265,7 +265,7 @@ pub(crate) fn new_row(caller: &Caller, spec: NewEndpoint, policy: &TargetPolicy)
         previous_secret: None,
         previous_secret_until: None,
         disabled: spec.disabled,
-        disabled_reason: spec.disabled.then(|| "manual".to_string()),
+        disabled_reason: spec.disabled.then_some(crate::states::DisabledReason::Manual),
         failing_since: None,
         created_at: now,
         updated_at: now,

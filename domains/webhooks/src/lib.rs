@@ -28,6 +28,7 @@ pub mod migrations;
 pub mod records;
 pub mod retention;
 pub mod signing;
+pub mod states;
 pub mod store;
 pub mod target;
 
@@ -207,7 +208,7 @@ impl Webhooks {
     pub async fn set_enabled(&self, caller: &Caller, id: &str, enabled: bool) -> Result<EndpointView, Error> {
         let mut row = self.visible(caller, id).await?;
         row.disabled = !enabled;
-        row.disabled_reason = (!enabled).then(|| "manual".to_string());
+        row.disabled_reason = (!enabled).then_some(states::DisabledReason::Manual);
         row.failing_since = None;
         row.updated_at = chrono::Utc::now();
         self.store.update_endpoint(row.clone()).await?;

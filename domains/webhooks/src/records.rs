@@ -15,9 +15,9 @@ pub struct AttemptView {
     /// 1 for the first attempt.
     pub attempt: i32,
     /// `succeeded` or `failed`.
-    pub outcome: String,
+    pub outcome: crate::states::AttemptOutcome,
     /// `none`, `timeout`, `connect`, `redirect`, `http_429`, `http_4xx`, `http_5xx`, `gone`, `blocked_target`.
-    pub error_class: String,
+    pub error_class: crate::client::AttemptClass,
     pub status_code: Option<i32>,
     pub latency_ms: i64,
     /// The start of the response body (`webhooks.response_excerpt_bytes`).
@@ -51,7 +51,7 @@ pub struct DeliveryView {
     pub notification_id: String,
     pub endpoint_id: String,
     /// `pending`, `succeeded`, `failed` or `discarded`.
-    pub status: String,
+    pub status: crate::states::DeliveryStatus,
     pub attempts: i32,
     /// When a pending delivery is tried next.
     pub next_attempt_at: DateTime<Utc>,

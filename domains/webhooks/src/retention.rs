@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::ColumnTrait;
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Query};
 
+use crate::states::DeliveryStatus;
 use crate::store::{WebhookStore, attempt, delivery, notification};
 use conveyor_actors::Error;
 use conveyor_actors::config::RetentionConfig;
@@ -14,8 +15,6 @@ use conveyor_actors::store::retention::{Batch, Family};
 const DELIVERIES: &str = "webhook_deliveries";
 const ATTEMPTS: &str = "webhook_attempts";
 const NOTIFICATIONS: &str = "notifications";
-/// Delivery statuses no worker will touch again (only an admin's resend revives one).
-const FINAL_DELIVERY: [&str; 3] = ["succeeded", "failed", "discarded"];
 
 /// The rules, deliveries before notifications: a notification whose last delivery goes
 /// goes in the same round.
@@ -38,7 +37,7 @@ impl WebhookStore {
     pub async fn purge_deliveries(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use delivery::Column;
         // Checked again at the delete: a resend between the select and it made it pending.
-        let finished = move || Column::Status.is_in(FINAL_DELIVERY).and(Column::UpdatedAt.lt(cutoff));
+        let finished = move || Column::Status.is_in(DeliveryStatus::FINAL).and(Column::UpdatedAt.lt(cutoff));
         let family = Family::<delivery::Entity, attempt::Entity> {
             op: "purge_deliveries",
             id: Column::Id,

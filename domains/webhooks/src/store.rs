@@ -10,6 +10,8 @@ use sea_orm::{
 };
 
 use conveyor_actors::Error;
+
+use crate::states::{DeliveryStatus, DisabledReason};
 use conveyor_actors::store::Store;
 
 /// The store, with webhook delivery's tables; cheap to clone.
@@ -54,8 +56,7 @@ pub mod endpoint {
         pub previous_secret: Option<String>,
         pub previous_secret_until: Option<ChronoDateTimeUtc>,
         pub disabled: bool,
-        /// `manual`, `gone` (answered 410) or `failing` (failed for too long).
-        pub disabled_reason: Option<String>,
+        pub disabled_reason: Option<crate::states::DisabledReason>,
         /// Set by the first failed attempt after a success; cleared by a success.
         pub failing_since: Option<ChronoDateTimeUtc>,
         pub created_at: ChronoDateTimeUtc,
@@ -101,8 +102,7 @@ pub mod delivery {
         pub id: String,
         pub notification_id: String,
         pub endpoint_id: String,
-        /// `pending`, `succeeded`, `failed` (schedule exhausted or refused) or `discarded`.
-        pub status: String,
+        pub status: crate::states::DeliveryStatus,
         pub attempts: i32,
         pub next_attempt_at: ChronoDateTimeUtc,
         pub lease_until: Option<ChronoDateTimeUtc>,
@@ -131,10 +131,8 @@ pub mod attempt {
         pub endpoint_id: String,
         /// 1 for the first attempt.
         pub attempt: i32,
-        /// `succeeded` or `failed`.
-        pub outcome: String,
-        /// `none`, `timeout`, `connect`, `http_429`, `http_4xx`, `http_5xx`, `gone`, `blocked_target`.
-        pub error_class: String,
+        pub outcome: crate::states::AttemptOutcome,
+        pub error_class: crate::client::AttemptClass,
         pub status_code: Option<i32>,
         pub latency_ms: i64,
         pub response_excerpt: Option<String>,
@@ -160,7 +158,7 @@ pub enum Claim {
 /// One delivery's result, written by its endpoint's actor.
 #[derive(Debug, Clone)]
 pub struct DeliveryUpdate {
-    pub status: &'static str,
+    pub status: DeliveryStatus,
     pub next_attempt_at: DateTime<Utc>,
     pub status_code: Option<i32>,
     pub error: Option<String>,
@@ -177,7 +175,7 @@ pub struct DeliveryCounts {
 
 #[derive(FromQueryResult)]
 struct StatusCount {
-    status: String,
+    status: DeliveryStatus,
     n: i64,
 }
 
@@ -286,7 +284,7 @@ impl WebhookStore {
     }
 
     /// Disables an endpoint unless it is already disabled; true if this call disabled it.
-    pub async fn disable_endpoint(&self, id: &str, reason: &str) -> Result<bool, Error> {
+    pub async fn disable_endpoint(&self, id: &str, reason: DisabledReason) -> Result<bool, Error> {
         use endpoint::{Column, Entity};
         let q = Entity::update_many()
             .col_expr(Column::Disabled, Expr::value(true))
@@ -315,10 +313,10 @@ impl WebhookStore {
     pub async fn delete_endpoint(&self, id: &str) -> Result<bool, Error> {
         use delivery::Column as D;
         let discard = delivery::Entity::update_many()
-            .col_expr(D::Status, Expr::value("discarded"))
+            .col_expr(D::Status, Expr::value(DeliveryStatus::Discarded))
             .col_expr(D::UpdatedAt, Expr::value(Utc::now()))
             .filter(D::EndpointId.eq(id))
-            .filter(D::Status.eq("pending"))
+            .filter(D::Status.eq(DeliveryStatus::Pending))
             .exec(self.connection());
         self.guarded("discard_deliveries", discard).await?;
         let q = endpoint::Entity::delete_by_id(id.to_string()).exec(self.connection());
@@ -336,7 +334,7 @@ impl WebhookStore {
             id: Set(uuid::Uuid::now_v7().to_string()),
             notification_id: Set(notification_id.to_string()),
             endpoint_id: Set(endpoint_id.clone()),
-            status: Set("pending".into()),
+            status: Set(DeliveryStatus::Pending),
             attempts: Set(0),
             next_attempt_at: Set(now),
             lease_until: Set(None),
@@ -358,7 +356,7 @@ impl WebhookStore {
             .select_only()
             .column(Column::EndpointId)
             .distinct()
-            .filter(Column::Status.eq("pending"))
+            .filter(Column::Status.eq(DeliveryStatus::Pending))
             .filter(Column::NextAttemptAt.lte(now))
             .filter(Condition::any().add(Column::LeaseUntil.is_null()).add(Column::LeaseUntil.lt(now)))
             .limit(limit)
@@ -380,7 +378,7 @@ impl WebhookStore {
         let not_leased = || Condition::any().add(Column::LeaseUntil.is_null()).add(Column::LeaseUntil.lt(now));
         let q = Entity::find()
             .filter(Column::EndpointId.eq(endpoint_id))
-            .filter(Column::Status.eq("pending"))
+            .filter(Column::Status.eq(DeliveryStatus::Pending))
             .filter(Column::NextAttemptAt.lte(now))
             .filter(not_leased())
             .order_by_asc(Column::NextAttemptAt)
@@ -393,7 +391,7 @@ impl WebhookStore {
             let q = Entity::update_many()
                 .col_expr(Column::LeaseUntil, Expr::value(lease_until))
                 .filter(Column::Id.eq(row.id.clone()))
-                .filter(Column::Status.eq("pending"))
+                .filter(Column::Status.eq(DeliveryStatus::Pending))
                 .filter(not_leased())
                 .exec(self.connection());
             if self.guarded("lease_delivery", q).await?.rows_affected == 1 {
@@ -440,7 +438,7 @@ impl WebhookStore {
             .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
             .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(Column::Id.is_in(ids.iter().cloned()))
-            .filter(Column::Status.eq("pending"))
+            .filter(Column::Status.eq(DeliveryStatus::Pending))
             .filter(Column::LeaseUntil.is_not_null())
             .exec(self.connection());
         Ok(self.guarded("release_deliveries", q).await?.rows_affected)
@@ -476,13 +474,13 @@ impl WebhookStore {
         use delivery::{Column, Entity};
         let now = Utc::now();
         let q = Entity::update_many()
-            .col_expr(Column::Status, Expr::value("pending"))
+            .col_expr(Column::Status, Expr::value(DeliveryStatus::Pending))
             .col_expr(Column::Attempts, Expr::value(0))
             .col_expr(Column::NextAttemptAt, Expr::value(now))
             .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
             .col_expr(Column::UpdatedAt, Expr::value(now))
             .filter(Column::Id.eq(id))
-            .filter(Column::Status.ne("pending"))
+            .filter(Column::Status.ne(DeliveryStatus::Pending))
             .exec(self.connection());
         Ok(self.guarded("resend_delivery", q).await?.rows_affected == 1)
     }
@@ -501,11 +499,11 @@ impl WebhookStore {
         let mut counts = DeliveryCounts::default();
         for row in self.guarded("delivery_counts", q).await? {
             let n = Ord::max(row.n, 0) as u64;
-            match row.status.as_str() {
-                "succeeded" => counts.succeeded = n,
-                "failed" => counts.failed = n,
-                "pending" => counts.pending = n,
-                _ => counts.discarded += n,
+            match row.status {
+                DeliveryStatus::Succeeded => counts.succeeded = n,
+                DeliveryStatus::Failed => counts.failed = n,
+                DeliveryStatus::Pending => counts.pending = n,
+                DeliveryStatus::Discarded => counts.discarded += n,
             }
         }
         Ok(counts)

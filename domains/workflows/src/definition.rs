@@ -1,6 +1,7 @@
 //! What a workflow is: a trigger and a list of steps, as the API takes them, and the rules
 //! on them (each problem named by its field, e.g. `steps[2].url`).
 
+use crate::states::StepKind;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -178,11 +179,11 @@ impl Step {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> StepKind {
         match self {
-            Step::Http { .. } => "http",
-            Step::Delay { .. } => "delay",
-            Step::Condition { .. } => "condition",
+            Step::Http { .. } => StepKind::Http,
+            Step::Delay { .. } => StepKind::Delay,
+            Step::Condition { .. } => StepKind::Condition,
         }
     }
 }

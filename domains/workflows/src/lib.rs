@@ -20,6 +20,7 @@ pub mod retention;
 pub mod retry;
 pub mod run_actor;
 pub mod schedule;
+pub mod states;
 pub mod store;
 pub mod supervisor;
 pub mod template;
@@ -36,6 +37,7 @@ use tokio::sync::Notify;
 
 use self::commands::Command;
 use self::definition::{Trigger, WorkflowSpec};
+use self::states::TriggerKind;
 use self::supervisor::Runs;
 use self::triggers::{Triggers, new_run};
 use self::views::{Dashboard, RunCounts, RunSummary, RunView, WorkflowView};
@@ -120,9 +122,9 @@ impl Workflows {
 
     fn row(id: String, caller: &Caller, spec: &WorkflowSpec, created_at: chrono::DateTime<Utc>) -> workflow::Model {
         let (kind, event_type) = match &spec.trigger {
-            Trigger::Event { event_type, .. } => ("event", Some(event_type.clone())),
-            Trigger::Schedule { .. } => ("schedule", None),
-            Trigger::Manual => ("manual", None),
+            Trigger::Event { event_type, .. } => (TriggerKind::Event, Some(event_type.clone())),
+            Trigger::Schedule { .. } => (TriggerKind::Schedule, None),
+            Trigger::Manual => (TriggerKind::Manual, None),
         };
         workflow::Model {
             id,
@@ -130,7 +132,7 @@ impl Workflows {
             name: spec.name.clone(),
             description: spec.description.clone(),
             is_active: spec.is_active,
-            trigger_kind: kind.into(),
+            trigger_kind: kind,
             event_type,
             spec: serde_json::to_string(spec).unwrap_or_default(),
             last_fired_at: None,
@@ -190,7 +192,7 @@ impl Workflows {
             return Err(Error::Conflict { code: "workflow_inactive", message: "the workflow is not active".into() });
         }
         let run_id = format!("run_{}", uuid::Uuid::now_v7().simple());
-        let run = new_run(run_id.clone(), &row, "manual", &input);
+        let run = new_run(run_id.clone(), &row, TriggerKind::Manual, &input);
         self.store.insert_run(run.clone()).await?;
         let command = Command::RunRequested { workflow_id: id.to_string(), run_id: run_id.clone() };
         if let Err(err) = self.command(id, &command).await {
@@ -220,7 +222,7 @@ impl Workflows {
                 Some(run) if run.workflow_id == id => run,
                 _ => return Err(Error::NotFound { what: "run" }),
             };
-            let done = matches!(run.status.as_str(), "succeeded" | "failed");
+            let done = run.status.is_final();
             if done || tokio::time::Instant::now() >= deadline {
                 let steps = self.store.run_steps(run_id).await?;
                 return Ok(RunView::new(run, steps));

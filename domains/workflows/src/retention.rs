@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::ColumnTrait;
 use sea_orm::sea_query::ExprTrait;
 
+use crate::states::RunStatus;
 use crate::store::{WorkflowStore, run, step};
 use conveyor_actors::Error;
 use conveyor_actors::config::RetentionConfig;
@@ -13,8 +14,6 @@ use conveyor_actors::store::retention::{Batch, Family};
 /// The tables' metric labels.
 const RUNS: &str = "workflow_runs";
 const RUN_STEPS: &str = "workflow_run_steps";
-/// Run statuses after which no runner holds the run (`failed` can be retried by a replay).
-const FINAL_RUN: [&str; 2] = ["succeeded", "failed"];
 
 pub fn rules(store: &WorkflowStore, config: &RetentionConfig) -> Vec<PurgeRule> {
     let store = store.clone();
@@ -29,7 +28,7 @@ impl WorkflowStore {
     pub async fn purge_runs(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use run::Column;
         // Checked again at the delete: a replayed failure may have made the run pending.
-        let finished = move || Column::Status.is_in(FINAL_RUN).and(Column::FinishedAt.lt(cutoff));
+        let finished = move || Column::Status.is_in(RunStatus::FINAL).and(Column::FinishedAt.lt(cutoff));
         let family = Family::<run::Entity, step::Entity> {
             op: "purge_runs",
             id: Column::Id,

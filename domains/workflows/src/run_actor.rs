@@ -18,6 +18,7 @@ use super::context::RunContext;
 use super::definition::{Otherwise, Step, WorkflowSpec};
 use super::retry::{Next, after_attempt};
 use super::template;
+use crate::states::{RunStatus, StepStatus};
 use crate::store::{run, step};
 use conveyor_actors::metrics::{ERROR_CLASS, OUTCOME, kv, metrics};
 use conveyor_webhooks::client::{AttemptClass, Request};
@@ -69,14 +70,14 @@ impl Actor for RunActor {
         let spec: WorkflowSpec = serde_json::from_str(&run.spec)?;
         let steps = ctx.store.run_steps(&run.id).await?;
         let now = Utc::now();
-        let resumed = run.status == "running" || !steps.is_empty();
+        let resumed = run.status == RunStatus::Running || !steps.is_empty();
         if resumed {
             run.resumes += 1;
             metrics().workflow_runs.add(1, &[kv(OUTCOME, "resumed")]);
         } else {
             metrics().workflow_runs.add(1, &[kv(OUTCOME, "started")]);
         }
-        run.status = "running".into();
+        run.status = RunStatus::Running;
         run.started_at.get_or_insert(now);
         run.updated_at = now;
         ctx.store.save_run(run.clone(), false).await?;
@@ -160,7 +161,7 @@ impl RunState {
         let steps: serde_json::Map<String, Value> = self
             .steps
             .iter()
-            .filter(|s| s.status == "succeeded")
+            .filter(|s| s.status == StepStatus::Succeeded)
             .map(|s| (s.name.clone(), parse_output(&s.output)))
             .collect();
         json!({
@@ -177,8 +178,8 @@ impl RunState {
                 run_id: self.run.id.clone(),
                 idx: idx as i32,
                 name: spec.name().to_string(),
-                kind: spec.kind().to_string(),
-                status: "running".into(),
+                kind: spec.kind(),
+                status: StepStatus::Running,
                 attempts: 0,
                 response_code: None,
                 output: None,
@@ -257,7 +258,7 @@ impl RunState {
 
     fn succeed(&self, row: &mut step::Model, output: Value, code: Option<i32>) {
         let now = Utc::now();
-        row.status = "succeeded".into();
+        row.status = StepStatus::Succeeded;
         row.output = Some(output.to_string());
         row.response_code = code.or(row.response_code);
         row.error = None;
@@ -270,7 +271,7 @@ impl RunState {
         let to = to.min(self.spec.steps.len());
         for i in from..to {
             let mut row = self.row(i);
-            row.status = "skipped".into();
+            row.status = StepStatus::Skipped;
             row.finished_at = Some(Utc::now());
             self.checkpoint(row, Some(i + 1)).await?;
         }
@@ -282,7 +283,7 @@ impl RunState {
 
     async fn fail_step(&mut self, mut row: step::Model, error: String) -> Result<Flow, conveyor_actors::Error> {
         let now = Utc::now();
-        row.status = "failed".into();
+        row.status = StepStatus::Failed;
         row.error = Some(error.clone());
         row.finished_at = Some(now);
         row.duration_ms = row.started_at.map(|s| (now - s).num_milliseconds());
@@ -386,13 +387,13 @@ impl RunState {
 
     async fn finish(&mut self, failed: bool, error: Option<String>) -> Result<(), conveyor_actors::Error> {
         let now = Utc::now();
-        self.run.status = if failed { "failed" } else { "succeeded" }.into();
+        self.run.status = if failed { RunStatus::Failed } else { RunStatus::Succeeded };
         self.run.error = error;
         self.run.finished_at = Some(now);
         self.run.lease_until = None;
         self.run.updated_at = now;
         self.ctx.store.save_run(self.run.clone(), true).await?;
-        metrics().workflow_runs.add(1, &[kv(OUTCOME, if failed { "failed" } else { "succeeded" })]);
+        metrics().workflow_runs.add(1, &[kv(OUTCOME, self.run.status.as_str())]);
         if failed {
             let attempts = self.steps.iter().map(|s| s.attempts).max().unwrap_or(0);
             self.ctx.dead_letter(&self.run, attempts).await;

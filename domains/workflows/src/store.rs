@@ -10,6 +10,8 @@ use sea_orm::{
 };
 
 use conveyor_actors::Error;
+
+use crate::states::{RunStatus, StepStatus, TriggerKind};
 use conveyor_actors::store::Store;
 
 /// The store, with the workflow tables; cheap to clone.
@@ -43,8 +45,7 @@ pub mod workflow {
         pub name: String,
         pub description: String,
         pub is_active: bool,
-        /// `event`, `schedule` or `manual`.
-        pub trigger_kind: String,
+        pub trigger_kind: crate::states::TriggerKind,
         /// The event trigger's type pattern, for matching without parsing the spec.
         pub event_type: Option<String>,
         /// The `WorkflowSpec` as JSON.
@@ -71,10 +72,8 @@ pub mod run {
         pub id: String,
         pub workflow_id: String,
         pub owner: String,
-        /// `pending`, `running`, `succeeded` or `failed`.
-        pub status: String,
-        /// `manual`, `event`, `schedule`.
-        pub trigger_kind: String,
+        pub status: crate::states::RunStatus,
+        pub trigger_kind: crate::states::TriggerKind,
         /// The trigger's input as JSON (the manual input, or the event's envelope).
         pub input: String,
         /// The workflow's spec when the run started: later edits do not change a run.
@@ -110,9 +109,8 @@ pub mod step {
         #[sea_orm(primary_key, auto_increment = false)]
         pub idx: i32,
         pub name: String,
-        pub kind: String,
-        /// `running`, `succeeded`, `failed` or `skipped`.
-        pub status: String,
+        pub kind: crate::states::StepKind,
+        pub status: crate::states::StepStatus,
         pub attempts: i32,
         pub response_code: Option<i32>,
         /// `{"status", "body"}` for http, `{"value"}` for a condition.
@@ -139,7 +137,7 @@ pub struct RunCounts {
 
 #[derive(FromQueryResult)]
 struct StatusCount {
-    status: String,
+    status: RunStatus,
     n: i64,
 }
 
@@ -190,7 +188,7 @@ impl WorkflowStore {
     }
 
     /// Active workflows with this trigger kind.
-    pub async fn active_workflows(&self, kind: &str) -> Result<Vec<workflow::Model>, Error> {
+    pub async fn active_workflows(&self, kind: TriggerKind) -> Result<Vec<workflow::Model>, Error> {
         let q = workflow::Entity::find()
             .filter(workflow::Column::IsActive.eq(true))
             .filter(workflow::Column::TriggerKind.eq(kind))
@@ -235,7 +233,7 @@ impl WorkflowStore {
     pub async fn due_runs(&self, now: DateTime<Utc>, limit: u64) -> Result<Vec<run::Model>, Error> {
         use run::Column;
         let q = run::Entity::find()
-            .filter(Column::Status.is_in(["pending", "running"]))
+            .filter(Column::Status.is_in(RunStatus::LIVE))
             .filter(Column::NextAt.lte(now))
             .filter(Condition::any().add(Column::LeaseUntil.is_null()).add(Column::LeaseUntil.lt(now)))
             .order_by_asc(Column::NextAt)
@@ -257,7 +255,7 @@ impl WorkflowStore {
             .col_expr(Column::LeaseUntil, Expr::value(until))
             .col_expr(Column::UpdatedAt, Expr::value(now))
             .filter(Column::Id.eq(id))
-            .filter(Column::Status.is_in(["pending", "running"]));
+            .filter(Column::Status.is_in(RunStatus::LIVE));
         if !renew {
             q = q.filter(Condition::any().add(Column::LeaseUntil.is_null()).add(Column::LeaseUntil.lt(now)));
         }
@@ -272,7 +270,7 @@ impl WorkflowStore {
         let q = run::Entity::update_many()
             .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
             .filter(Column::Id.is_in(ids.iter().cloned()))
-            .filter(Column::Status.is_in(["pending", "running"]))
+            .filter(Column::Status.is_in(RunStatus::LIVE))
             .filter(Column::LeaseUntil.is_not_null())
             .exec(self.connection());
         Ok(self.guarded("release_runs", q).await?.rows_affected)
@@ -329,21 +327,21 @@ impl WorkflowStore {
         use run::Column;
         let now = chrono::Utc::now();
         let q = run::Entity::update_many()
-            .col_expr(Column::Status, Expr::value("pending"))
+            .col_expr(Column::Status, Expr::value(RunStatus::Pending))
             .col_expr(Column::Error, Expr::value(Option::<String>::None))
             .col_expr(Column::FinishedAt, Expr::value(Option::<DateTime<Utc>>::None))
             .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
             .col_expr(Column::NextAt, Expr::value(now))
             .col_expr(Column::UpdatedAt, Expr::value(now))
             .filter(Column::Id.eq(id))
-            .filter(Column::Status.eq("failed"))
+            .filter(Column::Status.eq(RunStatus::Failed))
             .exec(self.connection());
         if self.guarded("retry_failed_run", q).await?.rows_affected != 1 {
             return Ok(false);
         }
         let failed = step::Entity::delete_many()
             .filter(step::Column::RunId.eq(id))
-            .filter(step::Column::Status.eq("failed"))
+            .filter(step::Column::Status.eq(StepStatus::Failed))
             .exec(self.connection());
         self.guarded("retry_failed_run", failed).await?;
         Ok(true)
@@ -386,10 +384,10 @@ impl WorkflowStore {
         let mut counts = RunCounts::default();
         for row in self.guarded("run_counts", q.into_model::<StatusCount>().all(self.connection())).await? {
             let n = Ord::max(row.n, 0) as u64;
-            match row.status.as_str() {
-                "succeeded" => counts.succeeded += n,
-                "failed" => counts.failed += n,
-                _ => counts.pending += n,
+            match row.status {
+                RunStatus::Succeeded => counts.succeeded += n,
+                RunStatus::Failed => counts.failed += n,
+                RunStatus::Pending | RunStatus::Running => counts.pending += n,
             }
         }
         Ok(counts)

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::RunContext;
 use super::run_actor::{RunActor, RunArgs, RunMsg};
+use crate::states::RunStatus;
 use crate::store::run;
 use conveyor_actors::supervision::{ActorService, Slot};
 
@@ -121,7 +122,7 @@ impl Actor for RunSupervisor {
 
 impl RunSupervisorState {
     async fn start(&mut self, myself: &ActorRef<RunSupervisorMsg>, run: run::Model) {
-        if self.running.contains_key(&run.id) || !matches!(run.status.as_str(), "pending" | "running") {
+        if self.running.contains_key(&run.id) || !RunStatus::LIVE.contains(&run.status) {
             return;
         }
         let mine = self.running.values().filter(|(owner, _)| *owner == run.owner).count();

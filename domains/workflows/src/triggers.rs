@@ -14,6 +14,7 @@ use super::definition::{Trigger, WorkflowSpec};
 use super::schedule::Schedule;
 use super::supervisor::Runs;
 use super::template;
+use crate::states::{RunStatus, TriggerKind};
 use crate::store::WorkflowStore;
 use crate::store::{run, workflow};
 use conveyor_actors::Error;
@@ -38,14 +39,14 @@ pub struct Triggers {
 }
 
 /// The run row a trigger creates: pending, due now, with the workflow's spec as of now.
-pub fn new_run(id: String, workflow: &workflow::Model, kind: &str, input: &Value) -> run::Model {
+pub fn new_run(id: String, workflow: &workflow::Model, kind: TriggerKind, input: &Value) -> run::Model {
     let now = Utc::now();
     run::Model {
         id,
         workflow_id: workflow.id.clone(),
         owner: workflow.owner.clone(),
-        status: "pending".into(),
-        trigger_kind: kind.into(),
+        status: RunStatus::Pending,
+        trigger_kind: kind,
         input: input.to_string(),
         spec: workflow.spec.clone(),
         step_index: 0,
@@ -79,7 +80,7 @@ impl Triggers {
         self.armed
             .get_or_load(|| async {
                 let mut armed = Vec::new();
-                for kind in ["event", "schedule"] {
+                for kind in [TriggerKind::Event, TriggerKind::Schedule] {
                     for row in self.store.active_workflows(kind).await? {
                         let Ok(spec) = serde_json::from_str::<WorkflowSpec>(&row.spec) else { continue };
                         let schedule = match &spec.trigger {
@@ -114,7 +115,7 @@ impl Triggers {
                 }
             }
             let id = derived_id(&armed.row.id, notification_id);
-            if self.store.insert_run(new_run(id.clone(), &armed.row, "event", envelope)).await? {
+            if self.store.insert_run(new_run(id.clone(), &armed.row, TriggerKind::Event, envelope)).await? {
                 started += 1;
             }
             self.runs.wake(id);
@@ -133,7 +134,7 @@ impl Triggers {
             if self.store.mark_fired(&armed.row.id, at).await? {
                 let id = derived_id(&armed.row.id, &at.to_rfc3339());
                 let input = serde_json::json!({"scheduled_for": at.to_rfc3339()});
-                self.store.insert_run(new_run(id.clone(), &armed.row, "schedule", &input)).await?;
+                self.store.insert_run(new_run(id.clone(), &armed.row, TriggerKind::Schedule, &input)).await?;
                 self.runs.wake(id);
                 fired += 1;
             }

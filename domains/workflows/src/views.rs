@@ -58,10 +58,8 @@ impl WorkflowView {
 pub struct StepView {
     pub index: i32,
     pub name: String,
-    /// `http`, `delay`, `condition`.
-    pub kind: String,
-    /// `running`, `succeeded`, `failed`, `skipped`.
-    pub status: String,
+    pub kind: crate::states::StepKind,
+    pub status: crate::states::StepStatus,
     pub attempts: i32,
     pub response_code: Option<i32>,
     pub duration_ms: Option<i64>,
@@ -94,10 +92,8 @@ impl From<step::Model> for StepView {
 pub struct RunView {
     pub id: String,
     pub workflow_id: String,
-    /// `pending`, `running`, `succeeded`, `failed`.
-    pub status: String,
-    /// `manual`, `event`, `schedule`.
-    pub trigger: String,
+    pub status: crate::states::RunStatus,
+    pub trigger: crate::states::TriggerKind,
     pub input: Value,
     /// The first step not finished.
     pub step_index: i32,
@@ -133,8 +129,8 @@ impl RunView {
 pub struct RunSummary {
     pub id: String,
     pub workflow_id: String,
-    pub status: String,
-    pub trigger: String,
+    pub status: crate::states::RunStatus,
+    pub trigger: crate::states::TriggerKind,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,

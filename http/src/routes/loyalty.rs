@@ -4,6 +4,7 @@
 
 use conveyor_identity::loyalty::TransactionView;
 use conveyor_identity::saga::SagaView;
+use conveyor_identity::states::{LedgerKind, LedgerReason};
 use conveyor_identity::store::loyalty::{LedgerOp, LedgerOutcome};
 use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
@@ -84,11 +85,11 @@ pub async fn operate(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Res
     let admin = principal.has_role(roles::ADMIN);
     let mut errors = Vec::new();
     let kind = match f.operation.as_str() {
-        "w" => "w",
-        "d" => "d",
+        "w" => LedgerKind::Withdrawal,
+        "d" => LedgerKind::Deposit,
         _ => {
             errors.push(FieldError::new("operation", "must be \"w\" (withdraw) or \"d\" (deposit)"));
-            "w"
+            LedgerKind::Withdrawal
         }
     };
     if f.balance <= 0 || f.balance > 1_000_000_000 {
@@ -112,7 +113,7 @@ pub async fn operate(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Res
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    if kind == "d" && !admin {
+    if kind == LedgerKind::Deposit && !admin {
         return Err(ApiError::Forbidden("admin (only admins deposit points)".into()));
     }
     let op = LedgerOp {
@@ -120,7 +121,7 @@ pub async fn operate(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Res
         kind,
         amount: f.balance,
         comment: f.comment,
-        reason: "manual",
+        reason: LedgerReason::Manual,
         idempotency_key: key.map(|k| format!("api:{account}:{k}")),
     };
     let outcome = state.conveyor.ledger.apply(op, None).await?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::states::{LedgerKind, LedgerReason};
 use crate::store::IdentityStore;
 use crate::store::loyalty::{LedgerOp, LedgerOutcome};
 use crate::store::sagas::outbox;
@@ -227,10 +228,10 @@ impl Ledger {
     /// Applies `op` on its account's actor.
     pub async fn apply(&self, op: LedgerOp, announce: Option<outbox::Model>) -> Result<LedgerOutcome, Error> {
         let operation = match (op.reason, op.kind) {
-            ("welcome_bonus", _) => "welcome",
-            ("reversal", _) => "reversal",
-            (_, "d") => "deposit",
-            _ => "withdraw",
+            (LedgerReason::WelcomeBonus, _) => "welcome",
+            (LedgerReason::Reversal, _) => "reversal",
+            (LedgerReason::Manual, LedgerKind::Deposit) => "deposit",
+            (LedgerReason::Manual, LedgerKind::Withdrawal) => "withdraw",
         };
         let outcome = self.call(op, announce).await;
         if let Ok(outcome) = &outcome {

@@ -11,6 +11,7 @@ pub use accounts::{AccountActor, AccountMsg, Ledger, LedgerArgs, LedgerMsg, Ledg
 pub use views::{LoyaltyReads, TransactionView};
 
 use crate::saga::SagaEvent;
+use crate::states::{LedgerKind, LedgerReason};
 use crate::store::IdentityStore;
 use crate::store::loyalty::{LedgerOp, LedgerOutcome};
 use crate::store::sagas::outbox_row;
@@ -79,10 +80,10 @@ impl LoyaltyHandler {
         }
         let op = LedgerOp {
             user_id: user_id.to_string(),
-            kind: "d",
+            kind: LedgerKind::Deposit,
             amount: self.welcome_bonus,
             comment: "welcome bonus".into(),
-            reason: "welcome_bonus",
+            reason: LedgerReason::WelcomeBonus,
             // Once per user, however often the event is delivered.
             idempotency_key: Some(format!("welcome:{user_id}")),
         };
@@ -121,10 +122,10 @@ impl LoyaltyHandler {
             }
             let op = LedgerOp {
                 user_id: user_id.to_string(),
-                kind: "w",
+                kind: LedgerKind::Withdrawal,
                 amount: take,
                 comment: "welcome bonus reversed: it landed after the registration was compensated".into(),
-                reason: "reversal",
+                reason: LedgerReason::Reversal,
                 idempotency_key: Some(format!("reversal:{user_id}")),
             };
             match self.ledger.apply(op, Some(announce(take))).await.map_err(classify)? {

@@ -8,6 +8,7 @@ use chrono::Utc;
 
 use super::*;
 use crate::saga::{IdentitySagaHandler, start_registration};
+use crate::states::{LedgerKind, LedgerReason, SagaStatus};
 use crate::store::loyalty::LedgerOp;
 use crate::store::users::user;
 use conveyor_actors::config::Config;
@@ -99,7 +100,7 @@ async fn late_duplicate_and_reordered_outcomes_change_nothing() {
     identity.handle("u1", &[record(1, &credited), record(2, &credited)]).await.unwrap();
     identity.handle("u1", &[record(3, &failed), record(4, &credited)]).await.unwrap();
     let (saga, steps) = store.saga(&saga_id).await.unwrap().unwrap();
-    assert_eq!(saga.status, "completed", "the first outcome wins; later ones find the saga ended");
+    assert_eq!(saga.status, SagaStatus::Completed, "the first outcome wins; later ones find the saga ended");
     let names: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
     assert_eq!(names, ["user_created", "loyalty_credited"]);
 }
@@ -113,7 +114,7 @@ async fn a_permanent_failure_is_announced_instead_of_credited() {
     let event: SagaEvent = serde_json::from_str(&announced.payload).unwrap();
     identity.handle("u1", &[record(1, &event), record(2, &event)]).await.unwrap();
     let (saga, steps) = store.saga(&saga_id).await.unwrap().unwrap();
-    assert_eq!(saga.status, "compensated");
+    assert_eq!(saga.status, SagaStatus::Compensated);
     assert_eq!(steps.len(), 3, "user_created, loyalty_credit_failed, registration_compensated");
 }
 
@@ -133,7 +134,7 @@ async fn after_a_compensation_a_redelivered_registration_credits_nothing() {
     loyalty.handle("u1", &[record(2, &registered(&saga_id))]).await.unwrap();
     assert_eq!(store.loyalty_account("u1").await.unwrap().map(|a| a.balance), Some(0));
     assert!(store.outbox_record("credited:u1").await.unwrap().is_none());
-    assert_eq!(store.saga(&saga_id).await.unwrap().unwrap().0.status, "compensated");
+    assert_eq!(store.saga(&saga_id).await.unwrap().unwrap().0.status, SagaStatus::Compensated);
 }
 
 #[tokio::test]
@@ -157,24 +158,24 @@ async fn a_credit_landing_after_the_compensation_is_taken_back_once() {
     // The user spent 30 points meanwhile: the reversal takes back the 70 left, once.
     let spend = LedgerOp {
         user_id: "u1".into(),
-        kind: "w",
+        kind: LedgerKind::Withdrawal,
         amount: 30,
         comment: "coffee".into(),
-        reason: "user",
+        reason: LedgerReason::Manual,
         idempotency_key: None,
     };
     loyalty.ledger.apply(spend, None).await.unwrap();
     loyalty.handle("u1", &[record(4, &reversal), record(5, &reversal)]).await.unwrap();
     assert_eq!(store.loyalty_account("u1").await.unwrap().map(|a| a.balance), Some(0));
-    let reasons: Vec<(String, i64)> =
+    let reasons: Vec<(LedgerReason, i64)> =
         store.loyalty_transactions("u1", 0, 10).await.unwrap().into_iter().map(|t| (t.reason, t.amount)).collect();
-    assert_eq!(reasons, [("welcome_bonus".into(), 100), ("user".into(), 30), ("reversal".into(), 70)]);
+    assert_eq!(reasons, [(LedgerReason::WelcomeBonus, 100), (LedgerReason::Manual, 30), (LedgerReason::Reversal, 70)]);
 
     let reversed = announced(&store, "reversed:u1").await;
     assert!(matches!(&reversed, SagaEvent::LoyaltyCreditReversed { amount: 70, .. }), "{reversed:?}");
     identity.handle("u1", &[record(6, &reversed), record(7, &reversed)]).await.unwrap();
     let (saga, steps) = store.saga(&saga_id).await.unwrap().unwrap();
-    assert_eq!(saga.status, "compensated");
+    assert_eq!(saga.status, SagaStatus::Compensated);
     let names: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
     assert_eq!(
         names,

@@ -13,12 +13,10 @@ use crate::store::loyalty::transaction;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TransactionView {
     pub id: i64,
-    /// `d` or `w`.
-    pub operation: String,
+    pub operation: crate::states::LedgerKind,
     pub amount: i64,
     pub comment: String,
-    /// `welcome_bonus`, `manual`, `reversal`.
-    pub reason: String,
+    pub reason: crate::states::LedgerReason,
     pub balance_after: i64,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
@@ -27,10 +25,10 @@ impl From<&transaction::Model> for TransactionView {
     fn from(t: &transaction::Model) -> Self {
         TransactionView {
             id: t.id,
-            operation: t.kind.clone(),
+            operation: t.kind,
             amount: t.amount,
             comment: t.comment.clone(),
-            reason: t.reason.clone(),
+            reason: t.reason,
             balance_after: t.balance_after,
             created_at: t.created_at,
         }

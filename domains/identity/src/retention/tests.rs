@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::{ActiveValue::Set, EntityTrait, PaginatorTrait};
 
 use super::*;
+use crate::states::{SagaKind, StepStatus};
 use crate::store::sagas::{insert_outbox, insert_step, outbox_row, saga, saga_step};
 use crate::store::users::revocation;
 use conveyor_actors::config::Config;
@@ -32,27 +33,27 @@ async fn count<E: EntityTrait<Model: Sync>>(store: &IdentityStore, _: E) -> u64 
     E::find().count(store.connection()).await.unwrap()
 }
 
-async fn saga_row(store: &IdentityStore, id: &str, status: &str, updated: DateTime<Utc>) {
+async fn saga_row(store: &IdentityStore, id: &str, status: SagaStatus, updated: DateTime<Utc>) {
     let row = saga::Model {
         id: id.into(),
-        kind: "registration".into(),
+        kind: SagaKind::Registration,
         user_id: format!("u-{id}"),
-        status: status.into(),
+        status,
         created_at: updated,
         updated_at: updated,
     };
     saga::Entity::insert(saga::ActiveModel::from(row)).exec_without_returning(store.connection()).await.unwrap();
-    insert_step(store.connection(), id, "user_created", "completed", None).await.unwrap();
-    insert_step(store.connection(), id, "registration_published", "completed", None).await.unwrap();
+    insert_step(store.connection(), id, "user_created", StepStatus::Completed, None).await.unwrap();
+    insert_step(store.connection(), id, "registration_published", StepStatus::Completed, None).await.unwrap();
 }
 
 #[tokio::test]
 async fn finished_old_sagas_go_with_their_steps_and_started_or_recent_ones_stay() {
     let (_dir, store) = store().await;
-    saga_row(&store, "completed", "completed", ago(31)).await;
-    saga_row(&store, "compensated", "compensated", ago(31)).await;
-    saga_row(&store, "started", "started", ago(90)).await;
-    saga_row(&store, "recent", "completed", ago(1)).await;
+    saga_row(&store, "completed", SagaStatus::Completed, ago(31)).await;
+    saga_row(&store, "compensated", SagaStatus::Compensated, ago(31)).await;
+    saga_row(&store, "started", SagaStatus::Started, ago(90)).await;
+    saga_row(&store, "recent", SagaStatus::Completed, ago(1)).await;
     let batch = store.purge_sagas(cutoff(), 100).await.unwrap();
     assert_eq!(batch.removed, vec![(SAGAS, 2), (SAGA_STEPS, 4)]);
     assert!(store.saga("completed").await.unwrap().is_none());
@@ -68,13 +69,13 @@ async fn finished_old_sagas_go_with_their_steps_and_started_or_recent_ones_stay(
 async fn published_old_outbox_records_go_and_unpublished_ones_stay() {
     let (_dir, store) = store().await;
     let mut published = outbox_row("published".into(), "t", "k", "{}".into(), None);
-    published.status = "published".into();
+    published.status = OutboxStatus::Published;
     published.published_at = Some(ago(8));
     let mut recent = outbox_row("recent".into(), "t", "k", "{}".into(), None);
-    recent.status = "published".into();
+    recent.status = OutboxStatus::Published;
     recent.published_at = Some(ago(1));
     let mut failed = outbox_row("failed".into(), "t", "k", "{}".into(), None);
-    failed.status = "failed".into();
+    failed.status = OutboxStatus::Failed;
     failed.created_at = ago(60);
     let mut pending = outbox_row("pending".into(), "t", "k", "{}".into(), None);
     pending.created_at = ago(60);

@@ -10,6 +10,7 @@ use sea_orm::{
 
 use super::IdentityStore;
 use super::sagas::{insert_outbox, outbox};
+use crate::states::{LedgerKind, LedgerReason};
 use conveyor_actors::Error;
 
 pub mod account {
@@ -40,13 +41,11 @@ pub mod transaction {
         #[sea_orm(primary_key)]
         pub id: i64,
         pub user_id: String,
-        /// `d` (deposit) or `w` (withdrawal), as in seed 004.
-        pub kind: String,
+        pub kind: crate::states::LedgerKind,
         /// Always positive.
         pub amount: i64,
         pub comment: String,
-        /// `welcome_bonus`, `manual` or `reversal`.
-        pub reason: String,
+        pub reason: crate::states::LedgerReason,
         /// Unique: the same operation applied twice is applied once.
         pub idempotency_key: Option<String>,
         pub balance_after: i64,
@@ -63,11 +62,10 @@ pub mod transaction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerOp {
     pub user_id: String,
-    /// `d` or `w`.
-    pub kind: &'static str,
+    pub kind: LedgerKind,
     pub amount: i64,
     pub comment: String,
-    pub reason: &'static str,
+    pub reason: LedgerReason,
     pub idempotency_key: Option<String>,
 }
 
@@ -145,7 +143,10 @@ impl IdentityStore {
             .on_conflict(OnConflict::column(account::Column::UserId).do_nothing().to_owned())
             .exec_without_returning(&txn)
             .await?;
-        let delta = if op.kind == "w" { -op.amount } else { op.amount };
+        let delta = match op.kind {
+            LedgerKind::Withdrawal => -op.amount,
+            LedgerKind::Deposit => op.amount,
+        };
         // Conditional: a withdrawal that would go below zero changes no row. The CHECK
         // constraint backs this up for any writer that forgets.
         let moved = account::Entity::update_many()
@@ -163,10 +164,10 @@ impl IdentityStore {
         }
         let row = transaction::ActiveModel {
             user_id: Set(op.user_id.clone()),
-            kind: Set(op.kind.to_string()),
+            kind: Set(op.kind),
             amount: Set(op.amount),
             comment: Set(op.comment.clone()),
-            reason: Set(op.reason.to_string()),
+            reason: Set(op.reason),
             idempotency_key: Set(op.idempotency_key.clone()),
             balance_after: Set(balance),
             created_at: Set(now),

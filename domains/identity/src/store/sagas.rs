@@ -8,6 +8,7 @@ use sea_orm::{
 };
 
 use super::IdentityStore;
+use crate::states::{OutboxStatus, SagaKind, SagaStatus, StepStatus};
 use conveyor_actors::Error;
 
 pub mod outbox {
@@ -22,8 +23,7 @@ pub mod outbox {
         pub topic: String,
         pub key: String,
         pub payload: String,
-        /// `pending`, `published` or `failed` (failed records are retried).
-        pub status: String,
+        pub status: crate::states::OutboxStatus,
         pub attempts: i32,
         pub next_attempt_at: ChronoDateTimeUtc,
         pub last_error: Option<String>,
@@ -48,11 +48,9 @@ pub mod saga {
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: String,
-        /// `registration`.
-        pub kind: String,
+        pub kind: crate::states::SagaKind,
         pub user_id: String,
-        /// `started`, `completed` or `compensated`.
-        pub status: String,
+        pub status: crate::states::SagaStatus,
         pub created_at: ChronoDateTimeUtc,
         pub updated_at: ChronoDateTimeUtc,
     }
@@ -74,8 +72,7 @@ pub mod saga_step {
         pub saga_id: String,
         /// Unique per saga: a step recorded twice (a redelivered event) is recorded once.
         pub step: String,
-        /// `completed`, `failed` or `compensated`.
-        pub status: String,
+        pub status: crate::states::StepStatus,
         pub detail: Option<String>,
         pub at: ChronoDateTimeUtc,
     }
@@ -94,7 +91,7 @@ pub fn outbox_row(id: String, topic: &str, key: &str, payload: String, saga: Opt
         topic: topic.to_string(),
         key: key.to_string(),
         payload,
-        status: "pending".into(),
+        status: OutboxStatus::Pending,
         attempts: 0,
         next_attempt_at: now,
         last_error: None,
@@ -117,13 +114,13 @@ pub async fn insert_step(
     db: &impl ConnectionTrait,
     saga_id: &str,
     step: &str,
-    status: &str,
+    status: StepStatus,
     detail: Option<String>,
 ) -> Result<bool, DbErr> {
     let row = saga_step::ActiveModel {
         saga_id: Set(saga_id.to_string()),
         step: Set(step.to_string()),
-        status: Set(status.to_string()),
+        status: Set(status),
         detail: Set(detail),
         at: Set(Utc::now()),
         ..Default::default()
@@ -142,7 +139,7 @@ impl IdentityStore {
     /// Outbox records due for (re)publishing, oldest first.
     pub async fn due_outbox(&self, limit: u64) -> Result<Vec<outbox::Model>, Error> {
         let query = outbox::Entity::find()
-            .filter(outbox::Column::Status.is_in(["pending", "failed"]))
+            .filter(outbox::Column::Status.is_in(OutboxStatus::UNPUBLISHED))
             .filter(Expr::col(outbox::Column::NextAttemptAt).lte(Expr::value(Utc::now())))
             .order_by_asc(outbox::Column::CreatedAt)
             .limit(limit)
@@ -154,14 +151,15 @@ impl IdentityStore {
     pub async fn outbox_published(&self, row: &outbox::Model) -> Result<(), Error> {
         let work = async {
             outbox::Entity::update_many()
-                .col_expr(outbox::Column::Status, Expr::value("published"))
+                .col_expr(outbox::Column::Status, Expr::value(OutboxStatus::Published))
                 .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
                 .col_expr(outbox::Column::Attempts, Expr::value(row.attempts + 1))
                 .filter(outbox::Column::Id.eq(row.id.as_str()))
                 .exec(self.connection())
                 .await?;
             if let (Some(saga), Some(step)) = (&row.saga_id, &row.saga_step) {
-                insert_step(self.connection(), saga, step, "completed", Some(format!("topic {}", row.topic))).await?;
+                insert_step(self.connection(), saga, step, StepStatus::Completed, Some(format!("topic {}", row.topic)))
+                    .await?;
             }
             Ok(())
         };
@@ -177,7 +175,7 @@ impl IdentityStore {
         error: String,
     ) -> Result<(), Error> {
         let query = outbox::Entity::update_many()
-            .col_expr(outbox::Column::Status, Expr::value("failed"))
+            .col_expr(outbox::Column::Status, Expr::value(OutboxStatus::Failed))
             .col_expr(outbox::Column::Attempts, Expr::value(attempts))
             .col_expr(outbox::Column::NextAttemptAt, Expr::value(next))
             .col_expr(outbox::Column::LastError, Expr::value(error))
@@ -189,7 +187,8 @@ impl IdentityStore {
     /// Records not yet published (for `/admin/status` and tests).
     pub async fn outbox_backlog(&self) -> Result<u64, Error> {
         use sea_orm::PaginatorTrait;
-        let query = outbox::Entity::find().filter(outbox::Column::Status.ne("published")).count(self.connection());
+        let query =
+            outbox::Entity::find().filter(outbox::Column::Status.ne(OutboxStatus::Published)).count(self.connection());
         self.guarded("outbox_backlog", query).await
     }
 
@@ -212,7 +211,7 @@ impl IdentityStore {
         self.guarded("saga", work).await
     }
 
-    pub async fn saga_of_user(&self, user_id: &str, kind: &str) -> Result<Option<saga::Model>, Error> {
+    pub async fn saga_of_user(&self, user_id: &str, kind: SagaKind) -> Result<Option<saga::Model>, Error> {
         let query = saga::Entity::find()
             .filter(saga::Column::UserId.eq(user_id))
             .filter(saga::Column::Kind.eq(kind))
@@ -226,7 +225,7 @@ impl IdentityStore {
         &self,
         saga_id: &str,
         step: &str,
-        status: &str,
+        status: StepStatus,
         detail: Option<String>,
         announce: Option<outbox::Model>,
     ) -> Result<bool, Error> {
@@ -248,8 +247,8 @@ impl IdentityStore {
     pub async fn finish_saga(
         &self,
         saga_id: &str,
-        status: &str,
-        steps: &[(&str, &str, Option<String>)],
+        status: SagaStatus,
+        steps: &[(&str, StepStatus, Option<String>)],
     ) -> Result<bool, Error> {
         use sea_orm::TransactionTrait;
         let work = async {
@@ -258,7 +257,7 @@ impl IdentityStore {
                 .col_expr(saga::Column::Status, Expr::value(status))
                 .col_expr(saga::Column::UpdatedAt, Expr::value(Utc::now()))
                 .filter(saga::Column::Id.eq(saga_id))
-                .filter(saga::Column::Status.eq("started"))
+                .filter(saga::Column::Status.eq(SagaStatus::Started))
                 .exec(&txn)
                 .await?
                 .rows_affected;
@@ -267,7 +266,7 @@ impl IdentityStore {
                 return Ok(false);
             }
             for (step, step_status, detail) in steps {
-                insert_step(&txn, saga_id, step, step_status, detail.clone()).await?;
+                insert_step(&txn, saga_id, step, *step_status, detail.clone()).await?;
             }
             txn.commit().await?;
             Ok(true)

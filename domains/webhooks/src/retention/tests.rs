@@ -6,6 +6,8 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::{EntityTrait, PaginatorTrait};
 
 use super::*;
+use crate::client::AttemptClass;
+use crate::states::AttemptOutcome;
 use crate::store::{attempt, delivery, notification};
 use conveyor_actors::config::Config;
 use conveyor_actors::store::Store;
@@ -31,12 +33,18 @@ async fn count<E: EntityTrait<Model: Sync>>(store: &WebhookStore, _: E) -> u64 {
     E::find().count(store.connection()).await.unwrap()
 }
 
-pub(crate) async fn delivery(store: &WebhookStore, id: &str, notification: &str, status: &str, updated: DateTime<Utc>) {
+pub(crate) async fn delivery(
+    store: &WebhookStore,
+    id: &str,
+    notification: &str,
+    status: DeliveryStatus,
+    updated: DateTime<Utc>,
+) {
     let row = delivery::Model {
         id: id.into(),
         notification_id: notification.into(),
         endpoint_id: format!("ep-{id}"),
-        status: status.into(),
+        status,
         attempts: 1,
         next_attempt_at: updated,
         lease_until: None,
@@ -56,8 +64,8 @@ pub(crate) async fn delivery(store: &WebhookStore, id: &str, notification: &str,
             notification_id: notification.into(),
             endpoint_id: format!("ep-{id}"),
             attempt: n,
-            outcome: "failed".into(),
-            error_class: "timeout".into(),
+            outcome: AttemptOutcome::Failed,
+            error_class: AttemptClass::Timeout,
             status_code: None,
             latency_ms: 1,
             response_excerpt: None,
@@ -83,11 +91,11 @@ pub(crate) async fn notification(store: &WebhookStore, id: &str, received: DateT
 #[tokio::test]
 async fn finished_old_deliveries_go_with_their_attempts_and_pending_or_recent_ones_stay() {
     let (_dir, store) = store().await;
-    delivery(&store, "old-ok", "n1", "succeeded", ago(40)).await;
-    delivery(&store, "old-failed", "n1", "failed", ago(40)).await;
-    delivery(&store, "old-discarded", "n1", "discarded", ago(31)).await;
-    delivery(&store, "old-pending", "n1", "pending", ago(90)).await;
-    delivery(&store, "recent-ok", "n1", "succeeded", ago(29)).await;
+    delivery(&store, "old-ok", "n1", DeliveryStatus::Succeeded, ago(40)).await;
+    delivery(&store, "old-failed", "n1", DeliveryStatus::Failed, ago(40)).await;
+    delivery(&store, "old-discarded", "n1", DeliveryStatus::Discarded, ago(31)).await;
+    delivery(&store, "old-pending", "n1", DeliveryStatus::Pending, ago(90)).await;
+    delivery(&store, "recent-ok", "n1", DeliveryStatus::Succeeded, ago(29)).await;
     let batch = store.purge_deliveries(cutoff(), 100).await.unwrap();
     assert_eq!(batch.selected, 3);
     assert_eq!(batch.removed, vec![(DELIVERIES, 3), (ATTEMPTS, 6)]);
@@ -103,7 +111,7 @@ async fn finished_old_deliveries_go_with_their_attempts_and_pending_or_recent_on
 async fn deliveries_go_in_bounded_batches() {
     let (_dir, store) = store().await;
     for i in 0..5 {
-        delivery(&store, &format!("d{i}"), "n", "succeeded", ago(40)).await;
+        delivery(&store, &format!("d{i}"), "n", DeliveryStatus::Succeeded, ago(40)).await;
     }
     let sizes: Vec<u64> = [
         store.purge_deliveries(cutoff(), 2).await.unwrap(),
@@ -125,8 +133,8 @@ async fn notifications_go_after_their_window_unless_a_delivery_still_refers_to_t
     notification(&store, "old-delivered", ago(2)).await;
     notification(&store, "old-pending", ago(2)).await;
     notification(&store, "recent", Utc::now()).await;
-    delivery(&store, "d-done", "old-delivered", "succeeded", ago(2)).await;
-    delivery(&store, "d-pending", "old-pending", "pending", ago(2)).await;
+    delivery(&store, "d-done", "old-delivered", DeliveryStatus::Succeeded, ago(2)).await;
+    delivery(&store, "d-pending", "old-pending", DeliveryStatus::Pending, ago(2)).await;
     let window = Utc::now() - Duration::days(1);
     let batch = store.purge_notifications(window, 100).await.unwrap();
     assert_eq!(batch, Batch::single(NOTIFICATIONS, 1));
@@ -144,8 +152,8 @@ async fn notifications_go_after_their_window_unless_a_delivery_still_refers_to_t
 #[tokio::test]
 async fn seconds_count_a_delivery_finished_just_now_is_not_past_a_short_retention() {
     let (_dir, store) = store().await;
-    delivery(&store, "just-now", "n", "succeeded", Utc::now() - Duration::seconds(2)).await;
-    delivery(&store, "a-minute-ago", "n", "succeeded", Utc::now() - Duration::seconds(60)).await;
+    delivery(&store, "just-now", "n", DeliveryStatus::Succeeded, Utc::now() - Duration::seconds(2)).await;
+    delivery(&store, "a-minute-ago", "n", DeliveryStatus::Succeeded, Utc::now() - Duration::seconds(60)).await;
     let batch = store.purge_deliveries(Utc::now() - Duration::seconds(5), 100).await.unwrap();
     assert_eq!(batch.selected, 1, "{batch:?}");
     assert!(store.get_delivery("just-now").await.unwrap().is_some());

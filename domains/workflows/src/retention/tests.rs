@@ -5,6 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::*;
+use crate::states::{StepKind, StepStatus, TriggerKind};
 use crate::store::{run, step};
 use conveyor_actors::config::Config;
 use conveyor_actors::store::Store;
@@ -25,14 +26,14 @@ fn cutoff() -> DateTime<Utc> {
     ago(30)
 }
 
-async fn run(store: &WorkflowStore, id: &str, status: &str, finished: Option<DateTime<Utc>>) {
+async fn run(store: &WorkflowStore, id: &str, status: RunStatus, finished: Option<DateTime<Utc>>) {
     let created = ago(100);
     let row = run::Model {
         id: id.into(),
         workflow_id: "wf".into(),
         owner: "alice".into(),
-        status: status.into(),
-        trigger_kind: "manual".into(),
+        status,
+        trigger_kind: TriggerKind::Manual,
         input: "{}".into(),
         spec: "{}".into(),
         step_index: 1,
@@ -51,8 +52,8 @@ async fn run(store: &WorkflowStore, id: &str, status: &str, finished: Option<Dat
             run_id: id.into(),
             idx,
             name: format!("s{idx}"),
-            kind: "http".into(),
-            status: "succeeded".into(),
+            kind: StepKind::Http,
+            status: StepStatus::Succeeded,
             attempts: 1,
             response_code: Some(200),
             output: None,
@@ -68,11 +69,11 @@ async fn run(store: &WorkflowStore, id: &str, status: &str, finished: Option<Dat
 #[tokio::test]
 async fn finished_old_runs_go_with_their_steps_and_unfinished_or_recent_ones_stay() {
     let (_dir, store) = store().await;
-    run(&store, "ok", "succeeded", Some(ago(31))).await;
-    run(&store, "failed", "failed", Some(ago(31))).await;
-    run(&store, "running", "running", None).await;
-    run(&store, "pending", "pending", None).await;
-    run(&store, "recent", "succeeded", Some(ago(1))).await;
+    run(&store, "ok", RunStatus::Succeeded, Some(ago(31))).await;
+    run(&store, "failed", RunStatus::Failed, Some(ago(31))).await;
+    run(&store, "running", RunStatus::Running, None).await;
+    run(&store, "pending", RunStatus::Pending, None).await;
+    run(&store, "recent", RunStatus::Succeeded, Some(ago(1))).await;
     let batch = store.purge_runs(cutoff(), 100).await.unwrap();
     assert_eq!(batch.removed, vec![(RUNS, 2), (RUN_STEPS, 4)]);
     for gone in ["ok", "failed"] {
