@@ -75,7 +75,7 @@ pub enum Error {
     Config { key: &'static str, reason: String },
     /// Input that breaks a rule, each problem named by its field.
     #[error("invalid input: {}", fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
-    InvalidInput { fields: Vec<FieldIssue> },
+    InvalidInput { fields: Vec<FieldError> },
     /// Registration with an email that already has an account.
     #[error("an account with this email already exists")]
     EmailTaken,
@@ -100,7 +100,7 @@ pub enum Error {
     },
     /// A notification envelope that breaks the schema (HTTP 400, as seed 002 answered).
     #[error("invalid notification: {}", fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
-    InvalidNotification { fields: Vec<FieldIssue> },
+    InvalidNotification { fields: Vec<FieldError> },
     /// Nothing with this id that the caller may see.
     #[error("{what} not found")]
     NotFound { what: &'static str },
@@ -144,17 +144,18 @@ fn key_mismatch(key: &Option<String>, device_id: &str) -> String {
     }
 }
 
-/// One field's problem, for [`Error::InvalidInput`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldIssue {
-    /// `name`, or a path such as `steps[2].url`.
+/// A field that failed validation, named by its JSON path (`name`, or a path such as
+/// `steps[2].url`): the one field-error type of domains and the HTTP layer's 422s alike.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    #[schema(value_type = String)]
     pub field: std::borrow::Cow<'static, str>,
     pub message: String,
 }
 
-impl FieldIssue {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        FieldIssue { field: field.into(), message: message.into() }
+impl FieldError {
+    pub fn new(field: impl Into<std::borrow::Cow<'static, str>>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
     }
 }
 

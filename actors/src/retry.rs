@@ -29,19 +29,6 @@ impl ErrorClass {
     }
 }
 
-impl ErrorClass {
-    /// How an HTTP response status from a downstream is treated (webhook endpoints and
-    /// workflow targets use this): 408, 429 and 5xx are worth retrying, other 4xx are not.
-    pub fn from_http_status(status: u16) -> Option<ErrorClass> {
-        match status {
-            200..=399 => None,
-            408 | 425 | 429 => Some(ErrorClass::Retryable),
-            400..=499 => Some(ErrorClass::Permanent),
-            _ => Some(ErrorClass::Retryable),
-        }
-    }
-}
-
 /// Parses a `Retry-After` header: delay-seconds, or an HTTP date (RFC 9110 §10.2.3).
 pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let value = value.trim();
@@ -88,7 +75,9 @@ impl HandlerError {
 }
 
 /// Exponential backoff with full jitter ("Exponential Backoff And Jitter", AWS, 2015):
-/// attempt `n` (1-based) waits a uniform random time in `[0, min(cap, base · 2^(n-1))]`.
+/// attempt `n` (1-based) waits a uniform random time in `[0, min(cap, base · 2^(n-1))]`,
+/// or what the server asked for (`Retry-After`), up to the cap. The one backoff every
+/// retry uses: handlers' keys, the outbox relay, workflow steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub base: Duration,
@@ -113,17 +102,22 @@ impl RetryPolicy {
         self.base.saturating_mul(1u32 << shift).min(self.cap)
     }
 
+    /// How long to wait after failed attempt `attempt` (1-based), whatever the attempt
+    /// budget: full jitter, and never sooner than the server's `Retry-After`.
+    pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+        let ceiling = self.ceiling(attempt).as_millis() as u64;
+        let jittered = Duration::from_millis(rng.random_range(0..=ceiling));
+        retry_after.map_or(jittered, |after| after.max(jittered))
+    }
+
     /// What to do after failed attempt `attempt`: `None` to give up, or how long to wait.
     pub fn next_delay(&self, attempt: u32, err: &HandlerError, rng: &mut impl Rng) -> Option<Duration> {
         if err.class != ErrorClass::Retryable || attempt >= self.max_attempts {
             return None;
         }
-        if let Some(after) = err.retry_after {
-            // The server said when; waiting longer than our cap would stall the key.
-            return Some(after.min(self.cap));
-        }
-        let ceiling = self.ceiling(attempt).as_millis() as u64;
-        Some(Duration::from_millis(rng.random_range(0..=ceiling)))
+        // A key waits at most the cap, whatever the server asked: longer would stall it
+        // behind one downstream's wish.
+        Some(self.backoff(attempt, err.retry_after.map(|after| after.min(self.cap)), rng))
     }
 }
 
@@ -172,19 +166,6 @@ mod tests {
         assert_eq!(p.next_delay(1, &err, &mut rng), Some(Duration::from_secs(7)));
         err.retry_after = Some(Duration::from_secs(600));
         assert_eq!(p.next_delay(1, &err, &mut rng), Some(Duration::from_secs(60)));
-    }
-
-    #[test]
-    fn http_statuses_are_classified() {
-        use ErrorClass::*;
-        let cases = [(200, None), (302, None), (400, Some(Permanent)), (404, Some(Permanent)), (408, Some(Retryable))];
-        for (status, class) in cases {
-            assert_eq!(ErrorClass::from_http_status(status), class, "{status}");
-        }
-        for status in [429, 500, 502, 503, 504] {
-            assert_eq!(ErrorClass::from_http_status(status), Some(Retryable), "{status}");
-        }
-        assert_eq!(ErrorClass::from_http_status(410), Some(Permanent));
     }
 
     #[test]

@@ -122,7 +122,7 @@ mod tests {
     use serde_json::json;
 
     fn fields(v: serde_json::Value) -> Vec<String> {
-        event(v, "").err().unwrap_or_default().into_iter().map(|f| f.field).collect()
+        event(v, "").err().unwrap_or_default().into_iter().map(|f| f.field.into_owned()).collect()
     }
 
     #[derive(Debug, Default, PartialEq, serde::Deserialize)]

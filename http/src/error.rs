@@ -8,18 +8,7 @@ use serde::Serialize;
 
 use crate::Response;
 
-/// A field that failed validation, named by its JSON path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
-    }
-}
+pub use conveyor_actors::error::FieldError;
 
 /// Every way a request can fail.
 #[derive(Debug, thiserror::Error)]
@@ -195,12 +184,8 @@ impl From<conveyor_actors::Error> for ApiError {
             E::TokenRefused { reason } => ApiError::Unauthorized(reason),
             E::InvalidCredentials => ApiError::Unauthorized("invalid email or password"),
             E::EmailTaken => ApiError::Conflict { code: "email_taken", message: err.to_string() },
-            E::InvalidInput { fields } => {
-                ApiError::Validation(fields.into_iter().map(|f| FieldError::new(f.field, f.message)).collect())
-            }
-            E::InvalidNotification { fields } => {
-                ApiError::InvalidNotification(fields.into_iter().map(|f| FieldError::new(f.field, f.message)).collect())
-            }
+            E::InvalidInput { fields } => ApiError::Validation(fields),
+            E::InvalidNotification { fields } => ApiError::InvalidNotification(fields),
             E::NotFound { what } => ApiError::ResourceNotFound(what),
             E::Conflict { code, message } => ApiError::Conflict { code, message },
             E::Forbidden { reason } => ApiError::Forbidden(reason.to_string()),

@@ -245,7 +245,7 @@ impl Identity {
         let claims = self.keys.verify(token).map_err(|r| refused(r.0))?;
         let Some(jti) = &claims.jti else {
             return Err(Error::InvalidInput {
-                fields: vec![conveyor_actors::error::FieldIssue::new(
+                fields: vec![conveyor_actors::error::FieldError::new(
                     "token",
                     "carries no jti, so it cannot be revoked",
                 )],

@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rand::Rng;
 use tokio::sync::Notify;
 
 use crate::store::IdentityStore;
@@ -136,8 +135,7 @@ async fn publish(args: &OutboxArgs, row: outbox::Model) {
         Err(err) => {
             metrics().outbox_records.add(1, &[kv(OUTCOME, "failed")]);
             let attempts = row.attempts + 1;
-            let ceiling = args.policy.ceiling(attempts as u32).as_millis() as u64;
-            let wait = Duration::from_millis(rand::rng().random_range(0..=ceiling));
+            let wait = args.policy.backoff(attempts as u32, None, &mut rand::rng());
             let next = Utc::now() + wait;
             tracing::warn!(
                 error = &err as &dyn std::error::Error,

@@ -3,7 +3,7 @@
 use super::Registration;
 use conveyor_actors::Error;
 use conveyor_actors::config::PasswordConfig;
-use conveyor_actors::error::FieldIssue;
+use conveyor_actors::error::FieldError;
 
 pub struct Valid {
     pub email: String,
@@ -37,11 +37,11 @@ pub fn registration(form: &Registration, policy: &PasswordConfig) -> Result<Vali
     let mut fields = Vec::new();
     let email = normalise_email(&form.email);
     if let Some(problem) = email_problem(&email) {
-        fields.push(FieldIssue::new("email", problem));
+        fields.push(FieldError::new("email", problem));
     }
     let length = form.password.chars().count();
     if length < policy.min_length || length > policy.max_length {
-        fields.push(FieldIssue::new(
+        fields.push(FieldError::new(
             "password",
             format!("must be {} to {} characters", policy.min_length, policy.max_length),
         ));
@@ -50,13 +50,13 @@ pub fn registration(form: &Registration, policy: &PasswordConfig) -> Result<Vali
     // document cannot state would reject requests that clients were told are valid.
     let name = form.name.clone();
     if name.is_empty() || name.chars().count() > 100 {
-        fields.push(FieldIssue::new("name", "must be 1 to 100 characters"));
+        fields.push(FieldError::new("name", "must be 1 to 100 characters"));
     }
     // Free text, as seed 004 defined it (its README registers `"birthday": "string"`):
     // Conveyor keeps it for the user and never computes with it.
     let birthday = form.birthday.as_str();
     if birthday.is_empty() || birthday.chars().count() > 100 {
-        fields.push(FieldIssue::new("birthday", "must be 1 to 100 characters"));
+        fields.push(FieldError::new("birthday", "must be 1 to 100 characters"));
     }
     if fields.is_empty() {
         Ok(Valid { email, name, birthday: birthday.to_string() })

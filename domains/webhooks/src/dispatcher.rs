@@ -5,7 +5,6 @@
 //! On a graceful shutdown each endpoint actor cuts off its requests in flight and hands
 //! their deliveries back, so the next daemon sends them at once rather than after the lease.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::DeliveryContext;
 use super::endpoint_actor::{EndpointActor, EndpointArgs, EndpointMsg};
-use conveyor_actors::supervision::{ActorService, Slot};
+use conveyor_actors::supervision::{ActorService, Children, Slot};
 
 /// Starts and wakes endpoint actors; a service of the root supervisor.
 pub struct DispatcherActor;
@@ -28,7 +27,7 @@ pub struct DispatcherArgs {
 /// The running endpoint actors.
 pub struct DispatcherState {
     ctx: Arc<DeliveryContext>,
-    endpoints: HashMap<String, ActorRef<EndpointMsg>>,
+    endpoints: Children<EndpointMsg>,
     /// Cancelled on shutdown (every endpoint actor holds a child token).
     stop: CancellationToken,
 }
@@ -63,7 +62,11 @@ impl Actor for DispatcherActor {
         myself.send_interval(Duration::from_millis(args.ctx.config.poll_interval_ms), || DispatcherMsg::Poll);
         // Deliveries left pending by an earlier run start now, not one interval later.
         let _ = myself.cast(DispatcherMsg::Poll);
-        Ok(DispatcherState { ctx: args.ctx, endpoints: HashMap::new(), stop: CancellationToken::new() })
+        Ok(DispatcherState {
+            ctx: args.ctx,
+            endpoints: Children::new("webhook-endpoint"),
+            stop: CancellationToken::new(),
+        })
     }
 
     async fn handle(
@@ -78,7 +81,7 @@ impl Actor for DispatcherActor {
         match msg {
             DispatcherMsg::Wake { endpoint_id } => state.send(&myself, endpoint_id, EndpointMsg::Wake).await,
             DispatcherMsg::Reload { endpoint_id } => {
-                if let Some(actor) = state.endpoints.get(&endpoint_id) {
+                if let Some((actor, ())) = state.endpoints.get(&endpoint_id) {
                     let _ = actor.cast(EndpointMsg::Reload);
                 }
             }
@@ -98,7 +101,7 @@ impl Actor for DispatcherActor {
                 state.stop.cancel();
                 let asks = state
                     .endpoints
-                    .values()
+                    .actors()
                     .map(|actor| actor.call(|reply| EndpointMsg::Shutdown { reply }, Some(within)));
                 let mut released = 0;
                 for answer in futures::future::join_all(asks).await {
@@ -128,28 +131,25 @@ impl Actor for DispatcherActor {
     ) -> Result<(), ActorProcessingErr> {
         // A stopped or failed endpoint actor is forgotten; the next wake or poll starts a
         // fresh one, and the deliveries it held come back when their leases expire.
-        if let Some(id) = conveyor_actors::supervision::ended(&event, "webhook-endpoint") {
-            state.endpoints.retain(|_, actor| actor.get_id() != id);
-        }
+        state.endpoints.on_event(&event);
         Ok(())
     }
 }
 
 impl DispatcherState {
     async fn send(&mut self, myself: &ActorRef<DispatcherMsg>, endpoint_id: String, msg: EndpointMsg) {
-        if let Some(actor) = self.endpoints.get(&endpoint_id) {
-            if actor.cast(msg).is_ok() {
-                return;
-            }
-            self.endpoints.remove(&endpoint_id);
-            return;
-        }
-        let args =
-            EndpointArgs { endpoint_id: endpoint_id.clone(), ctx: self.ctx.clone(), stop: self.stop.child_token() };
-        match Actor::spawn_linked(None, EndpointActor, args, myself.get_cell()).await {
-            Ok((actor, _)) => {
-                let _ = actor.cast(msg);
-                self.endpoints.insert(endpoint_id, actor);
+        let args = || {
+            let args =
+                EndpointArgs { endpoint_id: endpoint_id.clone(), ctx: self.ctx.clone(), stop: self.stop.child_token() };
+            (EndpointActor, args, ())
+        };
+        match self.endpoints.get_or_spawn(&endpoint_id, myself.get_cell(), args).await {
+            // A mailbox that is gone belongs to an actor that just stopped: the wake is
+            // dropped, and the next wake or poll starts a fresh one.
+            Ok((actor, ())) => {
+                if actor.cast(msg).is_err() {
+                    self.endpoints.remove(&endpoint_id);
+                }
             }
             Err(err) => tracing::error!(error = %err, "starting a webhook endpoint actor"),
         }

@@ -8,7 +8,7 @@ use super::filter::{Filter, validate_patterns};
 use super::signing;
 use super::target::TargetPolicy;
 use crate::store::endpoint;
-use conveyor_actors::error::{Error, FieldIssue};
+use conveyor_actors::error::{Error, FieldError};
 
 /// Who is asking: endpoints belong to their creator; admins see and manage all.
 #[derive(Debug, Clone)]
@@ -200,42 +200,42 @@ pub(crate) fn signing_secrets(row: &endpoint::Model, now: DateTime<Utc>) -> Vec<
     secrets
 }
 
-fn check_projects(projects: &[String]) -> Result<(), FieldIssue> {
+fn check_projects(projects: &[String]) -> Result<(), FieldError> {
     if projects.len() > 100 || projects.iter().any(|p| p.is_empty() || p.chars().count() > 256) {
-        return Err(FieldIssue::new("projects", "at most 100 names of 1-256 characters"));
+        return Err(FieldError::new("projects", "at most 100 names of 1-256 characters"));
     }
     Ok(())
 }
 
-fn check_rate(rate: Option<u32>, allow_zero: bool) -> Result<(), FieldIssue> {
+fn check_rate(rate: Option<u32>, allow_zero: bool) -> Result<(), FieldError> {
     match rate {
         Some(0) if allow_zero => Ok(()),
-        Some(r) if !(1..=100_000).contains(&r) => Err(FieldIssue::new("rate_limit_per_sec", "must be 1-100000")),
+        Some(r) if !(1..=100_000).contains(&r) => Err(FieldError::new("rate_limit_per_sec", "must be 1-100000")),
         _ => Ok(()),
     }
 }
 
-fn check_secret(secret: &Option<String>) -> Result<(), FieldIssue> {
+fn check_secret(secret: &Option<String>) -> Result<(), FieldError> {
     match secret {
         Some(s) if !signing::valid_secret(s) => {
-            Err(FieldIssue::new("secret", "must be whsec_ followed by 24-64 bytes in base64"))
+            Err(FieldError::new("secret", "must be whsec_ followed by 24-64 bytes in base64"))
         }
         _ => Ok(()),
     }
 }
 
-fn collect(checks: impl IntoIterator<Item = Result<(), FieldIssue>>) -> Result<(), Error> {
-    let fields: Vec<FieldIssue> = checks.into_iter().filter_map(Result::err).collect();
+fn collect(checks: impl IntoIterator<Item = Result<(), FieldError>>) -> Result<(), Error> {
+    let fields: Vec<FieldError> = checks.into_iter().filter_map(Result::err).collect();
     if fields.is_empty() { Ok(()) } else { Err(Error::InvalidInput { fields }) }
 }
 
-fn check_url(policy: &TargetPolicy, url: &str) -> Result<(), FieldIssue> {
-    policy.check_url(url).map(|_| ()).map_err(|reason| FieldIssue::new("url", reason))
+fn check_url(policy: &TargetPolicy, url: &str) -> Result<(), FieldError> {
+    policy.check_url(url).map(|_| ()).map_err(|reason| FieldError::new("url", reason))
 }
 
-fn check_description(description: &str) -> Result<(), FieldIssue> {
+fn check_description(description: &str) -> Result<(), FieldError> {
     if description.chars().count() > 500 {
-        Err(FieldIssue::new("description", "at most 500 characters"))
+        Err(FieldError::new("description", "at most 500 characters"))
     } else {
         Ok(())
     }
@@ -307,7 +307,7 @@ const MAX_OVERLAP_SECS: u64 = 2_592_000;
 pub(crate) fn rotate(row: &mut endpoint::Model, request: RotateSecret, default_overlap: u64) -> Result<(), Error> {
     let check_overlap = match request.overlap_secs {
         Some(n) if n > MAX_OVERLAP_SECS => {
-            Err(FieldIssue::new("overlap_secs", format!("must be at most {MAX_OVERLAP_SECS} (30 days)")))
+            Err(FieldError::new("overlap_secs", format!("must be at most {MAX_OVERLAP_SECS} (30 days)")))
         }
         _ => Ok(()),
     };

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use conveyor_actors::error::FieldIssue;
+use conveyor_actors::error::FieldError;
 
 /// The fields fan-out and dedup need; the envelope itself travels untouched.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,32 +16,32 @@ const MAX_ID_LEN: usize = 256;
 const MAX_TYPE_LEN: usize = 256;
 
 /// Checks the envelope's shape; every problem is named by its field.
-pub fn validate(value: &Value) -> Result<Envelope, Vec<FieldIssue>> {
+pub fn validate(value: &Value) -> Result<Envelope, Vec<FieldError>> {
     let Some(obj) = value.as_object() else {
-        return Err(vec![FieldIssue::new("body", "must be a JSON object (the notification envelope)")]);
+        return Err(vec![FieldError::new("body", "must be a JSON object (the notification envelope)")]);
     };
     let mut issues = Vec::new();
     let mut text = |field: &'static str, max: usize| -> Option<String> {
         match obj.get(field) {
             None | Some(Value::Null) => {
-                issues.push(FieldIssue::new(field, "is required"));
+                issues.push(FieldError::new(field, "is required"));
                 None
             }
             Some(Value::String(s)) if s.is_empty() => {
-                issues.push(FieldIssue::new(field, "must not be empty"));
+                issues.push(FieldError::new(field, "must not be empty"));
                 None
             }
             Some(Value::String(s)) if s.chars().count() > max => {
-                issues.push(FieldIssue::new(field, format!("must be at most {max} characters")));
+                issues.push(FieldError::new(field, format!("must be at most {max} characters")));
                 None
             }
             Some(Value::String(s)) if s.chars().any(char::is_control) => {
-                issues.push(FieldIssue::new(field, "must not contain control characters"));
+                issues.push(FieldError::new(field, "must not contain control characters"));
                 None
             }
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => {
-                issues.push(FieldIssue::new(field, "must be a string"));
+                issues.push(FieldError::new(field, "must be a string"));
                 None
             }
         }
@@ -51,25 +51,25 @@ pub fn validate(value: &Value) -> Result<Envelope, Vec<FieldIssue>> {
     text("source", 2048);
     match obj.get("specversion") {
         Some(Value::String(v)) if v == "1.0" => {}
-        Some(Value::String(_)) => issues.push(FieldIssue::new("specversion", "must be \"1.0\"")),
-        None | Some(Value::Null) => issues.push(FieldIssue::new("specversion", "is required")),
-        Some(_) => issues.push(FieldIssue::new("specversion", "must be a string")),
+        Some(Value::String(_)) => issues.push(FieldError::new("specversion", "must be \"1.0\"")),
+        None | Some(Value::Null) => issues.push(FieldError::new("specversion", "is required")),
+        Some(_) => issues.push(FieldError::new("specversion", "must be a string")),
     }
     match obj.get("data") {
         Some(Value::Object(_)) => {}
-        None | Some(Value::Null) => issues.push(FieldIssue::new("data", "is required")),
-        Some(_) => issues.push(FieldIssue::new("data", "must be an object")),
+        None | Some(Value::Null) => issues.push(FieldError::new("data", "is required")),
+        Some(_) => issues.push(FieldError::new("data", "must be an object")),
     }
     if let Some(object) = obj.get("object")
         && !(object.is_null() || object == "event")
     {
-        issues.push(FieldIssue::new("object", "must be \"event\" when present"));
+        issues.push(FieldError::new("object", "must be \"event\" when present"));
     }
     let project = match obj.get("project") {
         None | Some(Value::Null) => None,
         Some(Value::String(p)) if p.chars().count() <= 256 => Some(p.clone()),
         Some(_) => {
-            issues.push(FieldIssue::new("project", "must be a string of at most 256 characters"));
+            issues.push(FieldError::new("project", "must be a string of at most 256 characters"));
             None
         }
     };
@@ -77,13 +77,13 @@ pub fn validate(value: &Value) -> Result<Envelope, Vec<FieldIssue>> {
         if let Some(v) = obj.get(field)
             && !(v.is_string() || v.is_null())
         {
-            issues.push(FieldIssue::new(field, "must be a string"));
+            issues.push(FieldError::new(field, "must be a string"));
         }
     }
     if let Some(Value::String(time)) = obj.get("time")
         && chrono::DateTime::parse_from_rfc3339(time).is_err()
     {
-        issues.push(FieldIssue::new("time", "must be an RFC 3339 timestamp"));
+        issues.push(FieldError::new("time", "must be an RFC 3339 timestamp"));
     }
     match (id, event_type) {
         (Some(id), Some(event_type)) if issues.is_empty() => Ok(Envelope { id, event_type, project }),

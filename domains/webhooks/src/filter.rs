@@ -1,6 +1,6 @@
 //! Which notifications an endpoint receives: event-type patterns and projects.
 
-use conveyor_actors::error::FieldIssue;
+use conveyor_actors::error::FieldError;
 
 /// Conveyor's own domain events carry types under this prefix; only admins' endpoints get them.
 pub const DOMAIN_PREFIX: &str = "conveyor.";
@@ -37,9 +37,9 @@ pub fn pattern_matches(pattern: &str, event_type: &str) -> bool {
 }
 
 /// Checks a list of type patterns for the endpoint API.
-pub fn validate_patterns(field: &'static str, patterns: &[String]) -> Result<(), FieldIssue> {
+pub fn validate_patterns(field: &'static str, patterns: &[String]) -> Result<(), FieldError> {
     if patterns.len() > 100 {
-        return Err(FieldIssue::new(field, "at most 100 entries"));
+        return Err(FieldError::new(field, "at most 100 entries"));
     }
     for p in patterns {
         let body = p.strip_suffix(".*").or_else(|| (p == "*").then_some("")).unwrap_or(p);
@@ -48,7 +48,7 @@ pub fn validate_patterns(field: &'static str, patterns: &[String]) -> Result<(),
             && !body.contains('*')
             && body.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'));
         if !ok {
-            return Err(FieldIssue::new(
+            return Err(FieldError::new(
                 field,
                 format!("{p:?} is not an event type or a `prefix.*` pattern (letters, digits, . _ - : /)"),
             ));

@@ -48,7 +48,7 @@ use crate::store::WebhookStore;
 use crate::store::{Claim, endpoint, notification};
 use conveyor_actors::Error;
 use conveyor_actors::config::WebhooksConfig;
-use conveyor_actors::error::FieldIssue;
+use conveyor_actors::error::FieldError;
 use conveyor_actors::log::{Ack, Header, OutgoingRecord, Producer};
 use conveyor_actors::metrics::{OUTCOME, kv, metrics};
 
@@ -121,7 +121,7 @@ impl Webhooks {
     /// conflict.
     pub async fn publish(&self, body: Bytes, headers: Vec<Header>) -> Result<Published, Error> {
         let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::InvalidNotification {
-            fields: vec![FieldIssue::new("body", format!("not valid JSON ({e})"))],
+            fields: vec![FieldError::new("body", format!("not valid JSON ({e})"))],
         })?;
         let envelope = envelope::validate(&value).map_err(|fields| Error::InvalidNotification { fields })?;
         let row = notification::Model {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::template;
-use conveyor_actors::error::FieldIssue;
+use conveyor_actors::error::FieldError;
 use conveyor_webhooks::filter::validate_patterns;
 
 /// `POST /workflows` and `PUT /workflows/{id}`.
@@ -188,8 +188,8 @@ impl Step {
     }
 }
 
-fn issue(field: String, message: impl Into<String>) -> FieldIssue {
-    FieldIssue { field: field.into(), message: message.into() }
+fn issue(field: String, message: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), message: message.into() }
 }
 
 /// The message of a step name used twice (the API answers 409 when that is all that is wrong:
@@ -197,25 +197,25 @@ fn issue(field: String, message: impl Into<String>) -> FieldIssue {
 pub const DUPLICATE: &str = "is used by an earlier step";
 
 /// Every problem with a spec, each named by its field (the API answers 422).
-pub fn validate(spec: &WorkflowSpec, max_steps: usize) -> Vec<FieldIssue> {
+pub fn validate(spec: &WorkflowSpec, max_steps: usize) -> Vec<FieldError> {
     check(spec, max_steps).0
 }
 
 /// Templates and conditions that do not compile. The document is still accepted (no schema
 /// can describe template syntax, and the API accepts whatever its schema allows); these are
 /// shown as `warnings`, and a run fails at that step with the same message.
-pub fn template_warnings(spec: &WorkflowSpec) -> Vec<FieldIssue> {
+pub fn template_warnings(spec: &WorkflowSpec) -> Vec<FieldError> {
     check(spec, usize::MAX).1
 }
 
-fn check(spec: &WorkflowSpec, max_steps: usize) -> (Vec<FieldIssue>, Vec<FieldIssue>) {
+fn check(spec: &WorkflowSpec, max_steps: usize) -> (Vec<FieldError>, Vec<FieldError>) {
     let mut warnings = Vec::new();
     let mut issues = Vec::new();
     if spec.name.trim().is_empty() || spec.name.chars().count() > 200 || spec.name.chars().any(char::is_control) {
-        issues.push(FieldIssue::new("name", "1-200 characters, no control characters"));
+        issues.push(FieldError::new("name", "1-200 characters, no control characters"));
     }
     if spec.description.chars().count() > 2000 {
-        issues.push(FieldIssue::new("description", "at most 2000 characters"));
+        issues.push(FieldError::new("description", "at most 2000 characters"));
     }
     match &spec.trigger {
         Trigger::Event { event_type, condition } => {
@@ -225,23 +225,23 @@ fn check(spec: &WorkflowSpec, max_steps: usize) -> (Vec<FieldIssue>, Vec<FieldIs
             }
             if let Some(c) = condition {
                 if c.chars().count() > 2000 {
-                    issues.push(FieldIssue::new("trigger.condition", "at most 2000 characters"));
+                    issues.push(FieldError::new("trigger.condition", "at most 2000 characters"));
                 } else if let Err(e) = template::check_expression(c) {
-                    warnings.push(FieldIssue::new("trigger.condition", e));
+                    warnings.push(FieldError::new("trigger.condition", e));
                 }
             }
         }
         Trigger::Schedule { cron, timezone } => {
             if cron.chars().count() > 200 || timezone.chars().count() > 64 {
-                issues.push(FieldIssue::new("trigger.cron", "cron at most 200 characters, timezone at most 64"));
+                issues.push(FieldError::new("trigger.cron", "cron at most 200 characters, timezone at most 64"));
             } else if let Err(e) = super::schedule::Schedule::parse(cron, timezone) {
-                issues.push(FieldIssue::new(e.0, e.1));
+                issues.push(FieldError::new(e.0, e.1));
             }
         }
         Trigger::Manual => {}
     }
     if spec.steps.is_empty() || spec.steps.len() > max_steps {
-        issues.push(FieldIssue::new("steps", format!("1-{max_steps} steps")));
+        issues.push(FieldError::new("steps", format!("1-{max_steps} steps")));
     }
     let mut seen = std::collections::HashSet::new();
     for (i, step) in spec.steps.iter().enumerate() {

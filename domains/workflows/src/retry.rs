@@ -1,13 +1,15 @@
 //! What follows an http step's attempt, by error class (minireipaz's retry design): 429
-//! backs off honouring `Retry-After`; 500/502/503/504 back off exponentially with jitter;
-//! a connection error or timeout is retried once at once, then backs off; any other 4xx
-//! (and a redirect, a 410 or a refused target) fails the run at once.
+//! backs off honouring `Retry-After`; 500/502/503/504 back off exponentially with full
+//! jitter (the runtime's [`RetryPolicy`]); a connection error or timeout is retried once at
+//! once, then backs off; any other 4xx (and a redirect, a 410 or a refused target) fails
+//! the run at once.
 
 use std::time::Duration;
 
 use rand::Rng;
 
 use conveyor_actors::config::WorkflowsConfig;
+use conveyor_actors::retry::RetryPolicy;
 use conveyor_webhooks::client::{AttemptClass, Response};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,17 +34,16 @@ pub fn after_attempt(response: &Response, attempt: u32, config: &WorkflowsConfig
     if !retryable || attempt >= config.max_attempts {
         return Next::Fail;
     }
-    let mut backoff = |n: u32| {
-        let ceiling =
-            config.retry_base_ms.saturating_mul(1u64 << (n.saturating_sub(1)).min(30)).min(config.retry_cap_ms);
-        // Equal jitter: at least half the ceiling, so a retry never comes immediately.
-        Duration::from_millis(rng.random_range(ceiling / 2..=ceiling))
+    let policy = RetryPolicy {
+        base: Duration::from_millis(config.retry_base_ms),
+        cap: Duration::from_millis(config.retry_cap_ms),
+        max_attempts: config.max_attempts,
     };
     Next::Retry(match response.class {
-        AttemptClass::Http429 => backoff(attempt).max(response.retry_after.unwrap_or_default()),
+        AttemptClass::Http429 => policy.backoff(attempt, response.retry_after, rng),
         AttemptClass::Connect | AttemptClass::Timeout if attempt == 1 => Duration::ZERO,
-        AttemptClass::Connect | AttemptClass::Timeout => backoff(attempt - 1),
-        _ => backoff(attempt),
+        AttemptClass::Connect | AttemptClass::Timeout => policy.backoff(attempt - 1, None, rng),
+        _ => policy.backoff(attempt, None, rng),
     })
 }
 
@@ -73,14 +74,15 @@ mod tests {
         for attempt in 1..=3 {
             let Next::Retry(d) = after_attempt(&unavailable, attempt, &config, &mut rng) else { panic!("retry") };
             let ceiling = (100u64 << (attempt - 1)).min(1_000);
-            assert!(d >= Duration::from_millis(ceiling / 2) && d <= Duration::from_millis(ceiling), "{d:?}");
+            assert!(d <= Duration::from_millis(ceiling), "full jitter within the ceiling: {d:?}");
         }
         assert_eq!(after_attempt(&unavailable, 4, &config, &mut rng), Next::Fail, "attempts exhausted");
         assert_eq!(after_attempt(&response(AttemptClass::Http5xx, Some(501), None), 1, &config, &mut rng), Next::Fail);
         let refused = response(AttemptClass::Connect, None, None);
         assert_eq!(after_attempt(&refused, 1, &config, &mut rng), Next::Retry(Duration::ZERO), "once at once");
         assert!(
-            matches!(after_attempt(&refused, 2, &config, &mut rng), Next::Retry(d) if d >= Duration::from_millis(50))
+            matches!(after_attempt(&refused, 2, &config, &mut rng), Next::Retry(d) if d <= Duration::from_millis(100)),
+            "then backs off from the first step of the schedule"
         );
         assert_eq!(after_attempt(&response(AttemptClass::Http4xx, Some(400), None), 1, &config, &mut rng), Next::Fail);
     }

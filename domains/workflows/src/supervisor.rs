@@ -8,7 +8,6 @@
 //! clears the leases it held, so that the next daemon resumes the runs at once instead of
 //! waiting for the leases to expire.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use super::context::RunContext;
 use super::run_actor::{RunActor, RunArgs, RunMsg};
 use crate::states::RunStatus;
 use crate::store::run;
-use conveyor_actors::supervision::{ActorService, Slot};
+use conveyor_actors::supervision::{ActorService, Children, Slot};
 
 /// Leases due runs and starts their actors; a service of the root supervisor.
 pub struct RunSupervisor;
@@ -35,7 +34,7 @@ pub struct RunSupervisorArgs {
 pub struct RunSupervisorState {
     ctx: Arc<RunContext>,
     /// Run id → (owner, actor).
-    running: HashMap<String, (String, ActorRef<RunMsg>)>,
+    running: Children<RunMsg, String>,
     /// Cancelled on shutdown: every run actor stops where it stands.
     stop: CancellationToken,
 }
@@ -67,7 +66,7 @@ impl Actor for RunSupervisor {
     ) -> Result<RunSupervisorState, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(args.ctx.config.poll_interval_ms), || RunSupervisorMsg::Poll);
         let _ = myself.cast(RunSupervisorMsg::Poll);
-        Ok(RunSupervisorState { ctx: args.ctx, running: HashMap::new(), stop: CancellationToken::new() })
+        Ok(RunSupervisorState { ctx: args.ctx, running: Children::new("workflow-run"), stop: CancellationToken::new() })
     }
 
     async fn handle(
@@ -113,19 +112,17 @@ impl Actor for RunSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         // A run actor that failed leaves its lease to expire; the poll resumes the run from
         // its last checkpoint.
-        if let Some(id) = conveyor_actors::supervision::ended(&event, "workflow-run") {
-            state.running.retain(|_, (_, actor)| actor.get_id() != id);
-        }
+        state.running.on_event(&event);
         Ok(())
     }
 }
 
 impl RunSupervisorState {
     async fn start(&mut self, myself: &ActorRef<RunSupervisorMsg>, run: run::Model) {
-        if self.running.contains_key(&run.id) || !RunStatus::LIVE.contains(&run.status) {
+        if self.running.contains(&run.id) || !RunStatus::LIVE.contains(&run.status) {
             return;
         }
-        let mine = self.running.values().filter(|(owner, _)| *owner == run.owner).count();
+        let mine = self.running.values().filter(|owner| **owner == run.owner).count();
         if mine >= self.ctx.config.max_concurrent_runs_per_user {
             return;
         }
@@ -140,12 +137,9 @@ impl RunSupervisorState {
             }
         }
         let (id, owner) = (run.id.clone(), run.owner.clone());
-        let args = RunArgs { run, ctx: self.ctx.clone(), stop: self.stop.child_token() };
-        match Actor::spawn_linked(None, RunActor, args, myself.get_cell()).await {
-            Ok((actor, _)) => {
-                self.running.insert(id, (owner, actor));
-            }
-            Err(err) => tracing::error!(error = %err, "starting a workflow run actor; its lease will expire"),
+        let args = || (RunActor, RunArgs { run, ctx: self.ctx.clone(), stop: self.stop.child_token() }, owner);
+        if let Err(err) = self.running.get_or_spawn(&id, myself.get_cell(), args).await {
+            tracing::error!(error = %err, "starting a workflow run actor; its lease will expire");
         }
     }
 
@@ -155,7 +149,7 @@ impl RunSupervisorState {
         self.stop.cancel();
         let deadline = tokio::time::Instant::now() + within;
         let mut stopped = Vec::with_capacity(self.running.len());
-        for (id, (_, actor)) in self.running.drain() {
+        for (id, actor, _) in self.running.drain() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match actor.wait(Some(left)).await {
                 Ok(()) => stopped.push(id),

@@ -201,7 +201,7 @@ mod tests {
         assert!(f.is_ok_and(|f| f.source_topic.as_deref() == Some("events-input") && f.limit == Some(5)));
         let err = query_filter(Some("limit=lots&colour=red")).err();
         let fields: Vec<String> = match err {
-            Some(ApiError::Validation(f)) => f.into_iter().map(|f| f.field).collect(),
+            Some(ApiError::Validation(f)) => f.into_iter().map(|f| f.field.into_owned()).collect(),
             _ => vec![],
         };
         assert_eq!(fields, vec!["limit", "colour"]);

@@ -6,7 +6,6 @@
 //! of operations it has received; the supervisor retires it only if that equals the number
 //! it forwarded, i.e. nothing is queued or on its way.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -17,7 +16,7 @@ use crate::store::loyalty::{LedgerOp, LedgerOutcome};
 use crate::store::sagas::outbox;
 use conveyor_actors::Error;
 use conveyor_actors::metrics::{OPERATION, OUTCOME, kv, metrics};
-use conveyor_actors::supervision::{ActorService, Slot};
+use conveyor_actors::supervision::{ActorService, Children, Slot};
 
 /// How long a caller waits for an account's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,7 +36,7 @@ pub struct LedgerArgs {
 pub struct LedgerState {
     args: LedgerArgs,
     /// Live account actors and how many operations each has been forwarded.
-    accounts: HashMap<String, (ActorRef<AccountMsg>, u64)>,
+    accounts: Children<AccountMsg, u64>,
 }
 
 /// Everything the ledger is told.
@@ -62,7 +61,7 @@ impl Actor for LedgerSupervisor {
         _myself: ActorRef<LedgerMsg>,
         args: LedgerArgs,
     ) -> Result<LedgerState, ActorProcessingErr> {
-        Ok(LedgerState { args, accounts: HashMap::new() })
+        Ok(LedgerState { args, accounts: Children::new("account") })
     }
 
     async fn handle(
@@ -74,32 +73,29 @@ impl Actor for LedgerSupervisor {
         match msg {
             LedgerMsg::Apply { op, announce, reply } => {
                 let user_id = op.user_id.clone();
-                if !state.accounts.contains_key(&user_id) {
+                let args = || {
+                    let store = state.args.store.clone();
                     let args = AccountArgs {
                         user_id: user_id.clone(),
-                        store: state.args.store.clone(),
+                        store,
                         supervisor: myself.clone(),
                         idle: state.args.idle,
                     };
-                    match Actor::spawn_linked(None, AccountActor, args, myself.get_cell()).await {
-                        Ok((actor, _)) => {
-                            state.accounts.insert(user_id.clone(), (actor, 0));
-                        }
-                        Err(e) => {
-                            let err = Error::Actor { actor: "account".into(), op: "spawn", source: Box::new(e) };
-                            let _ = reply.send(Err(err));
-                            return Ok(());
-                        }
+                    (AccountActor, args, 0)
+                };
+                let (actor, forwarded) = match state.accounts.get_or_spawn(&user_id, myself.get_cell(), args).await {
+                    Ok(child) => child,
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                        return Ok(());
                     }
-                }
-                if let Some((actor, forwarded)) = state.accounts.get_mut(&user_id) {
-                    *forwarded += 1;
-                    if let Err(e) = actor.cast(AccountMsg::Apply { op, announce, reply }) {
-                        // The actor died between its last message and this one; the caller
-                        // gets an error and the next operation starts a fresh actor.
-                        tracing::warn!(error = %e, "account actor unreachable");
-                        state.accounts.remove(&user_id);
-                    }
+                };
+                *forwarded += 1;
+                if let Err(e) = actor.cast(AccountMsg::Apply { op, announce, reply }) {
+                    // The actor died between its last message and this one; the caller
+                    // gets an error and the next operation starts a fresh actor.
+                    tracing::warn!(error = %e, "account actor unreachable");
+                    state.accounts.remove(&user_id);
                 }
             }
             LedgerMsg::Idle { user_id, received } => {
@@ -126,14 +122,7 @@ impl Actor for LedgerSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         // A failed account actor is forgotten; the next operation on it spawns a new one.
         // The supervisor itself keeps running (the default would stop it too).
-        if let SupervisionEvent::ActorFailed(cell, err) = &event {
-            tracing::warn!(error = %err, "account actor failed");
-            state.accounts.retain(|_, (actor, _)| actor.get_id() != cell.get_id());
-            conveyor_actors::metrics::restarted("account", "account");
-        }
-        if let SupervisionEvent::ActorTerminated(cell, _, _) = &event {
-            state.accounts.retain(|_, (actor, _)| actor.get_id() != cell.get_id());
-        }
+        state.accounts.on_event(&event);
         Ok(())
     }
 }

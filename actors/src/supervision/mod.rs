@@ -10,9 +10,13 @@ use ractor::{Actor, ActorCell, ActorId, ActorRef, SupervisionEvent};
 
 use crate::Error;
 
+mod children;
+
+pub use children::Children;
+
 /// The id of a linked child that stopped or failed; a failure is logged and counted as a
 /// restart of `kind` (the supervisor starts a fresh child the next time there is work).
-pub fn ended(event: &SupervisionEvent, kind: &'static str) -> Option<ActorId> {
+pub(crate) fn ended(event: &SupervisionEvent, kind: &'static str) -> Option<ActorId> {
     match event {
         SupervisionEvent::ActorTerminated(cell, ..) => Some(cell.get_id()),
         SupervisionEvent::ActorFailed(cell, err) => {
