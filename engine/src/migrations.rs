@@ -2,21 +2,17 @@
 //! `conveyor migrate`. A database records migrations by name, so a crate's own order is
 //! what matters; this list keeps the order they were first released in.
 
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
+use conveyor_actors::store::schema::Migration;
 
-pub struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        [
-            conveyor_devices::migrations::migrations(),
-            conveyor_actors::store::migrations::migrations(),
-            conveyor_identity::migrations::migrations(),
-            conveyor_webhooks::migrations::migrations(),
-            conveyor_workflows::migrations::migrations(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    }
+pub fn all() -> Vec<Box<dyn Migration>> {
+    [
+        conveyor_devices::migrations::migrations(),
+        conveyor_actors::store::migrations::migrations(),
+        conveyor_identity::migrations::migrations(),
+        conveyor_webhooks::migrations::migrations(),
+        conveyor_workflows::migrations::migrations(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }

@@ -11,14 +11,13 @@ use conveyor_actors::store::Store;
 use conveyor_http::{AppState, RateLimits, Server, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::migrations::Migrator;
 use crate::system::Conveyor;
 use crate::telemetry;
 
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
     telemetry::init_logs(&config.telemetry);
     let store = Store::connect(&config).await.context("connecting to the store")?;
-    store.migrate::<Migrator>().await.context("applying migrations")?;
+    store.migrate(crate::migrations::all()).await.context("applying migrations")?;
     println!("migrations applied");
     Ok(())
 }

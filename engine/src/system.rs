@@ -45,8 +45,6 @@ use conveyor_workflows::store::WorkflowStore;
 use conveyor_workflows::supervisor::Runs;
 use conveyor_workflows::triggers::{Scheduler, Triggers};
 
-use crate::migrations::Migrator;
-
 /// The running system.
 pub struct Conveyor {
     pub config: Arc<Config>,
@@ -160,7 +158,7 @@ impl Conveyor {
     pub async fn start(config: Config) -> Result<Self, Error> {
         let config = Arc::new(config);
         let store = Store::connect(&config).await?;
-        store.migrate::<Migrator>().await?;
+        store.migrate(crate::migrations::all()).await?;
         let devices_store = DeviceStore::new(store.clone());
         let identity_store =
             IdentityStore::new(store.clone()).with_ledger_faults(config.faults.loyalty_credit_transient_failures);

@@ -36,7 +36,7 @@ pub async fn run(config: Config, command: UserCommand) -> anyhow::Result<()> {
         }
     };
     let store = Store::connect(&config).await.context("connecting to the store")?;
-    store.migrate::<crate::migrations::Migrator>().await.context("applying migrations")?;
+    store.migrate(crate::migrations::all()).await.context("applying migrations")?;
     let store = IdentityStore::new(store);
     let cache = Cache::memory(16);
     let identity = crate::system::start_identity(&config, &store, &cache, Default::default()).await?;

@@ -2,13 +2,13 @@
 
 mod indexes;
 
+use crate::store::schema::prelude::*;
 pub use indexes::Indexes;
-use sea_orm_migration::prelude::*;
 
 /// The runtime's own tables: the dead-letter index. The engine lists these with every
 /// domain's migrations (names are what a database records, so the order across crates
 /// only matters within one crate).
-pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+pub fn migrations() -> Vec<Box<dyn Migration>> {
     vec![
         Box::new(CreateDeadLetters),
         // The name of the migration that once made every crate's retention index.
@@ -51,7 +51,7 @@ enum DeadLetters {
 }
 
 #[async_trait::async_trait]
-impl MigrationTrait for CreateDeadLetters {
+impl Migration for CreateDeadLetters {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(
@@ -96,14 +96,5 @@ impl MigrationTrait for CreateDeadLetters {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.drop_table(Table::drop().table(DeadLetters::Table).to_owned()).await
-    }
-}
-
-/// The runtime's migrations alone: for the runtime's own store tests.
-pub struct TestMigrator;
-
-impl MigratorTrait for TestMigrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        migrations()
     }
 }

@@ -4,12 +4,12 @@
 pub mod dead_letter;
 pub mod migrations;
 pub mod retention;
+pub mod schema;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
-use sea_orm_migration::MigratorTrait;
 
 use crate::Error;
 use crate::breaker::Breaker;
@@ -73,9 +73,9 @@ impl Store {
         self.db.execute_unprepared(sql).await.map(drop)
     }
 
-    /// Applies pending migrations of `M` (the engine lists every crate's migrations).
-    pub async fn migrate<M: MigratorTrait>(&self) -> Result<(), Error> {
-        M::up(&self.db, None).await.map_err(|e| Error::store("migrate", e))
+    /// Applies the pending ones of `migrations` (the engine lists every crate's).
+    pub async fn migrate(&self, migrations: Vec<Box<dyn schema::Migration>>) -> Result<(), Error> {
+        schema::migrate(&self.db, migrations).await.map_err(|e| Error::store("migrate", e))
     }
 
     pub fn backend(&self) -> DbBackend {

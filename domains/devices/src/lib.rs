@@ -226,7 +226,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
         let store = DeviceStore::new(conveyor_actors::store::Store::connect(&config).await.unwrap());
-        store.migrate::<crate::migrations::Migrator>().await.unwrap();
+        store.migrate(crate::migrations::with_runtime()).await.unwrap();
         let cache = Cache::memory(100);
         let ttl = Duration::from_secs(60);
         let reads = Resources { store: store.clone(), cache: cache.clone(), ttl };

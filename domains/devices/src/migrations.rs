@@ -1,26 +1,22 @@
 //! The `resources` table.
 
-use sea_orm_migration::prelude::*;
+use conveyor_actors::store::schema::prelude::*;
 
 /// The device pipeline's migrations, in order (the engine lists every crate's).
-pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+pub fn migrations() -> Vec<Box<dyn Migration>> {
     vec![Box::new(CreateResources), Box::new(AddLastPartition)]
 }
 
 /// The runtime's migrations and this crate's: for a store of its own in tests.
-pub struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = conveyor_actors::store::migrations::migrations();
-        all.extend(migrations());
-        all
-    }
+pub fn with_runtime() -> Vec<Box<dyn Migration>> {
+    let mut all = conveyor_actors::store::migrations::migrations();
+    all.extend(migrations());
+    all
 }
 
 /// The table itself (its own module: each migration names the table with its own `Resources`).
 mod create {
-    use sea_orm_migration::prelude::*;
+    use conveyor_actors::store::schema::prelude::*;
 
     pub struct CreateResources;
 
@@ -41,7 +37,7 @@ mod create {
     }
 
     #[async_trait::async_trait]
-    impl MigrationTrait for CreateResources {
+    impl Migration for CreateResources {
         async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             manager
                 .create_table(
@@ -83,7 +79,7 @@ enum Resources {
 }
 
 #[async_trait::async_trait]
-impl MigrationTrait for AddLastPartition {
+impl Migration for AddLastPartition {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .alter_table(

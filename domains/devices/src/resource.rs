@@ -44,7 +44,7 @@ mod tests {
         let mut stores = Vec::new();
         for config in configs {
             let store = DeviceStore::new(conveyor_actors::store::Store::connect(&config).await.unwrap());
-            store.migrate::<crate::migrations::Migrator>().await.unwrap();
+            store.migrate(crate::migrations::with_runtime()).await.unwrap();
             let schema = (!config.store.schema.is_empty()).then_some(config.store.schema);
             stores.push((store, schema));
         }
@@ -89,7 +89,7 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        store.migrate::<crate::migrations::Migrator>().await.unwrap();
+        store.migrate(crate::migrations::with_runtime()).await.unwrap();
         // As the migration leaves an old row: no partition, and (say) a high offset that a
         // mis-keyed record left behind.
         store

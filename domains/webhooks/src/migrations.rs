@@ -2,10 +2,10 @@
 //! and their attempts.
 
 use conveyor_actors::store::migrations::Indexes;
-use sea_orm_migration::prelude::*;
+use conveyor_actors::store::schema::prelude::*;
 
 /// This crate's migrations, in order (the engine lists every crate's).
-pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+pub fn migrations() -> Vec<Box<dyn Migration>> {
     vec![
         Box::new(CreateWebhooks),
         // Indexes the retention purges use (once made by one migration for every crate).
@@ -21,14 +21,10 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
 }
 
 /// The runtime's migrations and this crate's: for a store of its own in tests.
-pub struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = conveyor_actors::store::migrations::migrations();
-        all.extend(migrations());
-        all
-    }
+pub fn with_runtime() -> Vec<Box<dyn Migration>> {
+    let mut all = conveyor_actors::store::migrations::migrations();
+    all.extend(migrations());
+    all
 }
 
 pub struct CreateWebhooks;
@@ -114,7 +110,7 @@ fn index(name: &str, table: impl IntoIden, cols: Vec<impl IntoIden>) -> IndexCre
 }
 
 #[async_trait::async_trait]
-impl MigrationTrait for CreateWebhooks {
+impl Migration for CreateWebhooks {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         use WebhookAttempts as A;
         use WebhookDeliveries as D;

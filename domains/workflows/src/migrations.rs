@@ -1,10 +1,10 @@
 //! Workflows, their runs, and each run's steps (the checkpoints a resumed run starts from).
 
 use conveyor_actors::store::migrations::Indexes;
-use sea_orm_migration::prelude::*;
+use conveyor_actors::store::schema::prelude::*;
 
 /// This crate's migrations, in order (the engine lists every crate's).
-pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+pub fn migrations() -> Vec<Box<dyn Migration>> {
     vec![
         Box::new(CreateWorkflows),
         // Indexes the retention purges use (once made by one migration for every crate).
@@ -16,14 +16,10 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
 }
 
 /// The runtime's migrations and this crate's: for a store of its own in tests.
-pub struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = conveyor_actors::store::migrations::migrations();
-        all.extend(migrations());
-        all
-    }
+pub fn with_runtime() -> Vec<Box<dyn Migration>> {
+    let mut all = conveyor_actors::store::migrations::migrations();
+    all.extend(migrations());
+    all
 }
 
 pub struct CreateWorkflows;
@@ -89,7 +85,7 @@ enum WorkflowRunSteps {
 }
 
 #[async_trait::async_trait]
-impl MigrationTrait for CreateWorkflows {
+impl Migration for CreateWorkflows {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         use WorkflowRunSteps as S;
         use WorkflowRuns as R;

@@ -1,7 +1,7 @@
 //! A migration that only adds indexes, so each crate declares the indexes its queries need
 //! (the retention actor's purges, for one) as data.
 
-use sea_orm_migration::prelude::*;
+use crate::store::schema::prelude::*;
 
 /// Creates `indexes` (`(index, table, columns)`) under the migration name `name`; every
 /// index is `IF NOT EXISTS`, so one an older, combined migration already made is kept.
@@ -17,7 +17,7 @@ impl MigrationName for Indexes {
 }
 
 #[async_trait::async_trait]
-impl MigrationTrait for Indexes {
+impl Migration for Indexes {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for (name, table, cols) in self.indexes {
             let mut index = Index::create();

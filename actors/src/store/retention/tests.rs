@@ -12,7 +12,7 @@ pub(crate) async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
     let store = Store::connect(&config).await.unwrap();
-    store.migrate::<crate::store::migrations::TestMigrator>().await.unwrap();
+    store.migrate(crate::store::migrations::migrations()).await.unwrap();
     (dir, store)
 }
 

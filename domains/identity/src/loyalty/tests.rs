@@ -31,7 +31,7 @@ async fn setup(
     let dir = tempfile::tempdir().unwrap();
     let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
     let store = IdentityStore::new(conveyor_actors::store::Store::connect(&config).await.unwrap());
-    store.migrate::<crate::migrations::Migrator>().await.unwrap();
+    store.migrate(crate::migrations::with_runtime()).await.unwrap();
     let row = user::Model {
         id: "u1".into(),
         email: "u1@example.com".into(),

@@ -1,6 +1,6 @@
 //! Users, refresh tokens and the durable revocation list.
 
-use sea_orm_migration::prelude::*;
+use conveyor_actors::store::schema::prelude::*;
 
 pub struct CreateIdentity;
 
@@ -40,7 +40,7 @@ enum RevokedTokens {
 }
 
 #[async_trait::async_trait]
-impl MigrationTrait for CreateIdentity {
+impl Migration for CreateIdentity {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(

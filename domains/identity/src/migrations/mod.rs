@@ -4,10 +4,10 @@ mod identity;
 mod saga;
 
 use conveyor_actors::store::migrations::Indexes;
-use sea_orm_migration::prelude::*;
+use conveyor_actors::store::schema::prelude::*;
 
 /// This crate's migrations, in order (the engine lists every crate's).
-pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+pub fn migrations() -> Vec<Box<dyn Migration>> {
     vec![
         Box::new(identity::CreateIdentity),
         Box::new(saga::CreateSagaAndLedger),
@@ -24,12 +24,8 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
 }
 
 /// The runtime's migrations and this crate's: for a store of its own in tests.
-pub struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = conveyor_actors::store::migrations::migrations();
-        all.extend(migrations());
-        all
-    }
+pub fn with_runtime() -> Vec<Box<dyn Migration>> {
+    let mut all = conveyor_actors::store::migrations::migrations();
+    all.extend(migrations());
+    all
 }

@@ -1,6 +1,6 @@
 //! The outbox, sagas and their steps, and the loyalty ledger.
 
-use sea_orm_migration::prelude::*;
+use conveyor_actors::store::schema::prelude::*;
 
 pub struct CreateSagaAndLedger;
 
@@ -73,7 +73,7 @@ enum LoyaltyTransactions {
 }
 
 #[async_trait::async_trait]
-impl MigrationTrait for CreateSagaAndLedger {
+impl Migration for CreateSagaAndLedger {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(

@@ -17,7 +17,7 @@ pub(crate) async fn store() -> (tempfile::TempDir, WebhookStore) {
     let dir = tempfile::tempdir().unwrap();
     let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
     let store = WebhookStore::new(Store::connect(&config).await.unwrap());
-    store.migrate::<crate::migrations::Migrator>().await.unwrap();
+    store.migrate(crate::migrations::with_runtime()).await.unwrap();
     (dir, store)
 }
 
