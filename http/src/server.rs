@@ -2,11 +2,12 @@
 //! span and metrics, tracing span, body limit; per route: timeout and panic recovery), and
 //! graceful shutdown: stop accepting, let in-flight requests finish within the grace period.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
+use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
@@ -19,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use tokio::net::TcpListener;
+use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -41,7 +43,7 @@ pub struct ServerConfig {
 /// A bound HTTP server.
 pub struct Server {
     listener: TcpListener,
-    app: Router,
+    app: App,
     config: ServerConfig,
 }
 
@@ -98,11 +100,15 @@ impl Server {
     }
 }
 
-/// The routes with their layers, outermost first.
-fn app(state: Arc<AppState>, config: ServerConfig) -> Router {
+/// What serves each request: the routes, with the layers every request passes around
+/// them (outside the routing, so that a HEAD never reaches a GET route and the 405's Allow
+/// header can be read), outermost first.
+type App = BoxCloneSyncService<Request<Incoming>, Response, Infallible>;
+
+fn app(state: Arc<AppState>, config: ServerConfig) -> App {
     let timeout = config.request_timeout;
     let (router, _) = routes::api().split_for_parts();
-    router
+    let router = router
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .route_layer(
             ServiceBuilder::new()
@@ -112,26 +118,27 @@ fn app(state: Arc<AppState>, config: ServerConfig) -> Router {
                 .layer(CatchPanicLayer::custom(panicked)),
         )
         .fallback(|| async { ApiError::NotFound })
-        .with_state(state.clone())
+        .with_state(state.clone());
+    let service = ServiceBuilder::new()
+        .map_request(|req: Request<Incoming>| req.map(Body::new))
+        .map_request(drop_unusable_request_id)
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, NewRequestId))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(from_fn_with_state(config.body_limit, observe))
         .layer(
-            ServiceBuilder::new()
-                .map_request(drop_unusable_request_id)
-                .layer(SetRequestIdLayer::new(X_REQUEST_ID, NewRequestId))
-                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-                .layer(from_fn_with_state(config.body_limit, observe))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_request(())
-                        .on_response(())
-                        .on_body_chunk(())
-                        .on_eos(())
-                        .on_failure(()),
-                )
-                .layer(axum::Extension(state.limits.clone()))
-                .layer(axum::Extension(BodyLimit(config.body_limit)))
-                .layer(RequestBodyLimitLayer::new(config.body_limit)),
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(())
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
         )
+        .layer(axum::Extension(state.limits.clone()))
+        .layer(axum::Extension(BodyLimit(config.body_limit)))
+        .layer(RequestBodyLimitLayer::new(config.body_limit))
+        .service(router);
+    BoxCloneSyncService::new(service)
 }
 
 /// A caller's id is kept if it is 1 to 128 visible characters; otherwise one is made.
