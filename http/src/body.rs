@@ -1,6 +1,7 @@
 //! Reading request bodies: bounded, then parsed so that malformed JSON is a 400 and
 //! well-formed JSON of the wrong shape is a 422 that names the field.
 
+use axum::RequestExt;
 use axum::extract::Request;
 use bytes::Bytes;
 use http_body_util::LengthLimitError;
@@ -8,10 +9,12 @@ use http_body_util::LengthLimitError;
 use crate::error::{ApiError, FieldError};
 use crate::extract::BodyLimit;
 
-/// Reads the body; the limit layer cuts it off past `http.body_limit_bytes` (a 413).
+/// Reads the body, cut off past `http.body_limit_bytes` (a 413) as the limit layer
+/// (`DefaultBodyLimit`) says. Handlers read it once the caller is authenticated, so a
+/// stranger's large body is a 401, not a 413.
 pub async fn read(req: Request) -> Result<Bytes, ApiError> {
     let limit = req.extensions().get::<BodyLimit>().map_or(usize::MAX, |l| l.0);
-    match axum::body::to_bytes(req.into_body(), usize::MAX).await {
+    match axum::body::to_bytes(req.with_limited_body().into_body(), usize::MAX).await {
         Ok(bytes) => Ok(bytes),
         Err(err) => {
             let err = err.into_inner();

@@ -1,6 +1,6 @@
 //! Conveyor's HTTP front end on axum: every route and its OpenAPI operation declared once
-//! ([`routes`]), request id, timeout, body limit, tracing span and panic recovery as tower
-//! layers ([`server`]), bearer auth ([`auth`]) and rate limits ([`limits`]), handlers that
+//! (`routes`), request id, timeout, body limit, tracing span and panic recovery as tower
+//! layers (`server`), bearer auth ([`auth`]) and rate limits ([`limits`]), handlers that
 //! produce to the log or read through the cache, and one place that maps errors to
 //! statuses ([`error`]).
 

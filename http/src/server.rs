@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{Next, from_fn};
 use axum::response::IntoResponse;
 use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use hyper::body::Incoming;
@@ -23,7 +23,6 @@ use tokio::net::TcpListener;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -108,6 +107,8 @@ type App = BoxCloneSyncService<Request<Incoming>, Response, Infallible>;
 fn app(state: Arc<AppState>, config: ServerConfig) -> App {
     let timeout = config.request_timeout;
     let (router, _) = routes::api().split_for_parts();
+    // Per matched route (the 405 fallback included): its template for the metrics, the
+    // timeout, and a panic turned into a 500.
     let router = router
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .route_layer(
@@ -124,7 +125,7 @@ fn app(state: Arc<AppState>, config: ServerConfig) -> App {
         .map_request(drop_unusable_request_id)
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, NewRequestId))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-        .layer(from_fn_with_state(config.body_limit, observe))
+        .layer(from_fn(observe))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
@@ -136,7 +137,7 @@ fn app(state: Arc<AppState>, config: ServerConfig) -> App {
         )
         .layer(axum::Extension(state.limits.clone()))
         .layer(axum::Extension(BodyLimit(config.body_limit)))
-        .layer(RequestBodyLimitLayer::new(config.body_limit))
+        .layer(DefaultBodyLimit::max(config.body_limit))
         .service(router);
     BoxCloneSyncService::new(service)
 }
@@ -191,9 +192,9 @@ async fn matched(path: MatchedPath, req: Request, next: Next) -> Response {
 }
 
 /// The server span (continuing the caller's W3C trace), the request metrics and the
-/// debug line, and the answers that must look as they always did: HEAD is not served, a 405
-/// names the allowed methods as `GET, POST`, and an over-long body is the JSON 413.
-async fn observe(State(body_limit): State<usize>, mut req: Request, next: Next) -> Response {
+/// debug line, and the answers that must look as they always did: HEAD is not served, and a
+/// 405 names the allowed methods as `GET, POST`.
+async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     if method == Method::HEAD {
@@ -213,21 +214,15 @@ async fn observe(State(body_limit): State<usize>, mut req: Request, next: Next) 
     req.extensions_mut().insert(TraceId(trace_id.clone()));
     let mut response = opentelemetry::context::FutureExt::with_context(next.run(req), otel.clone()).await;
     let template = response.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
-    match response.status() {
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = response
-                .headers()
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(',').map(str::trim).filter(|m| *m != "HEAD").collect::<Vec<_>>().join(", "));
-            if let Some(v) = allowed.and_then(|a| HeaderValue::from_str(&a).ok()) {
-                response.headers_mut().insert(header::ALLOW, v);
-            }
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = response
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').map(str::trim).filter(|m| *m != "HEAD").collect::<Vec<_>>().join(", "));
+        if let Some(v) = allowed.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            response.headers_mut().insert(header::ALLOW, v);
         }
-        StatusCode::PAYLOAD_TOO_LARGE if template.is_none() => {
-            response = ApiError::BodyTooLarge { limit: body_limit }.into_response();
-        }
-        _ => {}
     }
     let route = template.unwrap_or_else(|| "unmatched".to_string());
     let labels = [

@@ -1,6 +1,7 @@
 //! The front end's own answers on one keep-alive connection: a handler that panics is a
 //! 500 with the usual error body and the connection serves the next request; HEAD is not
-//! served; unknown paths and methods are JSON errors; request ids are echoed or made.
+//! served; unknown paths and methods are JSON errors; request ids are echoed or made; a body
+//! over the limit is a 413 for a caller who may send it, and a 401 for one who may not.
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -17,12 +18,22 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, http::HeaderMap, Value) {
+    send_body(sender, method, path, headers, Bytes::new()).await
+}
+
+async fn send_body(
+    sender: &mut SendRequest<Full<Bytes>>,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (StatusCode, http::HeaderMap, Value) {
     sender.ready().await.unwrap_or_else(|e| panic!("connection closed before {method} {path}: {e}"));
     let mut req = Request::builder().method(method).uri(path).header("host", "conveyor");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender.send_request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let resp = sender.send_request(req.body(Full::new(body)).unwrap()).await.unwrap();
     let (status, headers) = (resp.status(), resp.headers().clone());
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
@@ -30,7 +41,8 @@ async fn send(
 
 #[tokio::test]
 async fn a_panicking_handler_answers_500_and_the_connection_lives_on() {
-    let d = Daemon::start(Opts::new().env("CONVEYOR_FAULTS__ALLOW_PANIC_INJECTION", "true")).await;
+    let opts = Opts::new().env("CONVEYOR_FAULTS__ALLOW_PANIC_INJECTION", "true");
+    let d = Daemon::start(opts.env("CONVEYOR_HTTP__BODY_LIMIT_BYTES", "2048")).await;
     let admin = format!("Bearer {}", token("ops", &["admin"]));
     let stream = tokio::net::TcpStream::connect(d.base.trim_start_matches("http://")).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
@@ -59,6 +71,12 @@ async fn a_panicking_handler_answers_500_and_the_connection_lives_on() {
 
     let (s, _, body) = send(&mut sender, Method::GET, "/nowhere", &[]).await;
     assert_eq!((s, &body["error"]["code"]), (StatusCode::NOT_FOUND, &Value::from("not_found")));
+
+    let big = Bytes::from(format!("{{\"device_id\": \"d\", \"payload\": {{\"x\": \"{}\"}}}}", "a".repeat(4096)));
+    let (s, _, body) = send_body(&mut sender, Method::POST, "/events", &[], big.clone()).await;
+    assert_eq!((s, &body["error"]["code"]), (StatusCode::UNAUTHORIZED, &Value::from("unauthorized")));
+    let (s, _, body) = send_body(&mut sender, Method::POST, "/events", &auth, big).await;
+    assert_eq!((s, &body["error"]["code"]), (StatusCode::PAYLOAD_TOO_LARGE, &Value::from("payload_too_large")));
 
     drop(sender);
     conn.await.unwrap().unwrap();
