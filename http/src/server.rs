@@ -42,7 +42,7 @@ pub struct ServerConfig {
 /// A bound HTTP server.
 pub struct Server {
     listener: TcpListener,
-    app: App,
+    app: FrontEnd,
     config: ServerConfig,
 }
 
@@ -102,9 +102,9 @@ impl Server {
 /// What serves each request: the routes, with the layers every request passes around
 /// them (outside the routing, so that a HEAD never reaches a GET route and the 405's Allow
 /// header can be read), outermost first.
-type App = BoxCloneSyncService<Request<Incoming>, Response, Infallible>;
+type FrontEnd = BoxCloneSyncService<Request<Incoming>, Response, Infallible>;
 
-fn app(state: Arc<AppState>, config: ServerConfig) -> App {
+fn app(state: Arc<AppState>, config: ServerConfig) -> FrontEnd {
     let timeout = config.request_timeout;
     let (router, _) = routes::api().split_for_parts();
     // Per matched route (the 405 fallback included): its template for the metrics, the
