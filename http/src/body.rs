@@ -1,20 +1,32 @@
 //! Reading request bodies: bounded, then parsed so that malformed JSON is a 400 and
 //! well-formed JSON of the wrong shape is a 422 that names the field.
 
+use axum::RequestExt;
+use axum::extract::Request;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http_body_util::LengthLimitError;
 
 use crate::error::{ApiError, FieldError};
+use crate::extract::BodyLimit;
 
-/// Reads at most `limit` bytes.
-pub async fn read(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ApiError::BodyTooLarge { limit })
+/// Reads the body, cut off past `http.body_limit_bytes` (a 413) as the limit layer
+/// (`DefaultBodyLimit`) says. Handlers read it once the caller is authenticated, so a
+/// stranger's large body is a 401, not a 413.
+pub async fn read(req: Request) -> Result<Bytes, ApiError> {
+    let limit = req.extensions().get::<BodyLimit>().map_or(usize::MAX, |l| l.0);
+    match axum::body::to_bytes(req.with_limited_body().into_body(), usize::MAX).await {
+        Ok(bytes) => Ok(bytes),
+        Err(err) => {
+            let err = err.into_inner();
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
+            while let Some(e) = cause {
+                if e.is::<LengthLimitError>() {
+                    return Err(ApiError::BodyTooLarge { limit });
+                }
+                cause = e.source();
+            }
+            Err(ApiError::Internal(err))
         }
-        Err(err) => Err(ApiError::Internal(err)),
     }
 }
 
@@ -25,8 +37,8 @@ pub fn json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
 
 /// Reads a JSON object into `T`: malformed JSON is a 400; a missing or mistyped field a
 /// 422 naming it.
-pub async fn object<T: serde::de::DeserializeOwned>(body: Incoming, limit: usize) -> Result<T, ApiError> {
-    let value = json(&read(body, limit).await?)?;
+pub async fn object<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, ApiError> {
+    let value = json(&read(req).await?)?;
     if !value.is_object() {
         return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object")]));
     }
@@ -35,11 +47,8 @@ pub async fn object<T: serde::de::DeserializeOwned>(body: Incoming, limit: usize
 
 /// Like [`object`], for bodies that may be left out: an empty body or `null` is
 /// `T::default()`; anything else must be an object.
-pub async fn optional_object<T: serde::de::DeserializeOwned + Default>(
-    body: Incoming,
-    limit: usize,
-) -> Result<T, ApiError> {
-    parse_optional(&read(body, limit).await?)
+pub async fn optional_object<T: serde::de::DeserializeOwned + Default>(req: Request) -> Result<T, ApiError> {
+    parse_optional(&read(req).await?)
 }
 
 fn parse_optional<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 
@@ -136,8 +137,10 @@ impl ApiError {
         };
         ErrorInner { code: self.code().to_string(), message, details }
     }
+}
 
-    pub fn into_response(self) -> Response {
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
             tracing::warn!(

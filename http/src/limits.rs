@@ -7,6 +7,10 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use conveyor_actors::config::{Quota, RateLimitConfig};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, RateLimiter};
@@ -14,6 +18,7 @@ use http::HeaderMap;
 use opentelemetry::KeyValue;
 
 use crate::error::ApiError;
+use crate::extract::Peer;
 use crate::metrics::{GROUP, SCOPE, metrics};
 
 /// Which quota a route spends.
@@ -123,6 +128,22 @@ impl RateLimits {
     fn refuse(&self, group: Group, scope: &'static str, wait: Duration) -> ApiError {
         metrics().rate_limited.add(1, &[KeyValue::new(GROUP, group.as_str()), KeyValue::new(SCOPE, scope)]);
         ApiError::RateLimited { retry_after: wait }
+    }
+}
+
+/// Route middleware: spends one request of the route's group from the client's quota
+/// before the handler runs.
+pub async fn spend(
+    State(group): State<Group>,
+    Extension(limits): Extension<Arc<RateLimits>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let ip = limits.client_ip(peer, req.headers());
+    match limits.check_ip(group, ip) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused.into_response(),
     }
 }
 

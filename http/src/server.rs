@@ -1,4 +1,5 @@
-//! Accepting connections, per-request bookkeeping (request id, timeout, metrics), and
+//! Accepting connections and the layers every request passes (request id, OpenTelemetry
+//! span and metrics, tracing span, body limit; per route: timeout and panic recovery), and
 //! graceful shutdown: stop accepting, let in-flight requests finish within the grace period.
 
 use std::convert::Infallible;
@@ -6,7 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request};
+use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{Next, from_fn};
+use axum::response::IntoResponse;
+use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -14,10 +20,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use tokio::net::TcpListener;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
+use crate::extract::{BodyLimit, Peer};
 use crate::metrics::{METHOD, ROUTE, STATUS_CLASS, method_label, metrics, status_class};
-use crate::router::{Matched, Table};
 use crate::{AppState, Response, routes};
 
 /// Limits applied to every request.
@@ -31,21 +42,16 @@ pub struct ServerConfig {
 /// A bound HTTP server.
 pub struct Server {
     listener: TcpListener,
-    state: Arc<AppState>,
-    table: Arc<Table>,
+    app: FrontEnd,
     config: ServerConfig,
 }
 
-/// Per-request facts handlers need.
-pub struct Ctx {
-    pub request_id: String,
-    pub body_limit: usize,
-}
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Server {
     pub async fn bind(addr: &str, state: Arc<AppState>, config: ServerConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Server { listener, state, table: Arc::new(Table::new()), config })
+        Ok(Server { listener, app: app(state, config), config })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -69,17 +75,14 @@ impl Server {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let state = self.state.clone();
-            let table = self.table.clone();
-            let config = self.config;
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                let table = table.clone();
-                async move { Ok::<_, Infallible>(handle(&state, &table, config, peer.ip(), req).await) }
+            let app = self.app.clone();
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(Peer(peer.ip()));
+                app.clone().oneshot(req)
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(config.header_read_timeout)
+                .header_read_timeout(self.config.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
@@ -96,108 +99,169 @@ impl Server {
     }
 }
 
-async fn handle(
-    state: &AppState,
-    table: &Table,
-    config: ServerConfig,
-    peer: std::net::IpAddr,
-    req: Request<Incoming>,
-) -> Response {
+/// What serves each request: the routes, with the layers every request passes around
+/// them (outside the routing, so that a HEAD never reaches a GET route and the 405's Allow
+/// header can be read), outermost first.
+type FrontEnd = BoxCloneSyncService<Request<Incoming>, Response, Infallible>;
+
+fn app(state: Arc<AppState>, config: ServerConfig) -> FrontEnd {
+    let timeout = config.request_timeout;
+    let (router, _) = routes::api().split_for_parts();
+    // Per matched route (the 405 fallback included): its template for the metrics, the
+    // timeout, and a panic turned into a 500.
+    let router = router
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(from_fn(matched))
+                .layer(HandleErrorLayer::new(move |_: BoxError| async move { ApiError::Timeout(timeout) }))
+                .timeout(timeout)
+                .layer(CatchPanicLayer::custom(panicked)),
+        )
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state.clone());
+    let service = ServiceBuilder::new()
+        .map_request(|req: Request<Incoming>| req.map(Body::new))
+        .map_request(drop_unusable_request_id)
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, NewRequestId))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(from_fn(observe))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(())
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
+        )
+        .layer(axum::Extension(state.limits.clone()))
+        .layer(axum::Extension(BodyLimit(config.body_limit)))
+        .layer(DefaultBodyLimit::max(config.body_limit))
+        .service(router);
+    BoxCloneSyncService::new(service)
+}
+
+/// A caller's id is kept if it is 1 to 128 visible characters; otherwise one is made.
+fn drop_unusable_request_id<B>(mut req: Request<B>) -> Request<B> {
+    let usable =
+        req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).is_some_and(|v| !v.is_empty() && v.len() <= 128);
+    if !usable {
+        req.headers_mut().remove(&X_REQUEST_ID);
+    }
+    req
+}
+
+/// UUIDv7 request ids: they sort by time.
+#[derive(Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).ok().map(RequestId::new)
+    }
+}
+
+/// The trace id of the request's server span, for log lines.
+#[derive(Clone)]
+struct TraceId(String);
+
+/// Every log line of a request carries its request id and trace id.
+fn request_span<B>(req: &Request<B>) -> tracing::Span {
+    let request_id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let trace_id = req.extensions().get::<TraceId>().map(|t| t.0.as_str()).unwrap_or_default();
+    tracing::info_span!("request", request_id = %request_id, trace_id = %trace_id)
+}
+
+/// A handler that panicked answers 500 with the usual error body; the connection stays open.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a handler panicked".to_string());
+    ApiError::Internal(format!("handler panicked: {what}").into()).into_response()
+}
+
+/// Innermost per route: counts the request as active and tells [`observe`] its template.
+async fn matched(path: MatchedPath, req: Request, next: Next) -> Response {
+    let _active = ActiveRequest::enter(path.as_str());
+    let mut response = next.run(req).await;
+    response.extensions_mut().insert(path);
+    response
+}
+
+/// The server span (continuing the caller's W3C trace), the request metrics and the
+/// debug line, and the answers that must look as they always did: HEAD is not served, and a
+/// 405 names the allowed methods as `GET, POST`.
+async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let method = req.method().clone();
-    // The server span continues the caller's trace (W3C `traceparent`) or starts one; the
-    // records this request writes name their producer span under it (`trace::produce_span`).
+    if method == Method::HEAD {
+        // axum would answer HEAD with the GET handler; it is a 405 (or a 404) here.
+        if let Ok(unserved) = Method::from_bytes(b"UNSERVED-HEAD") {
+            *req.method_mut() = unserved;
+        }
+    }
+    let request_id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    // The records this request writes name their producer span under this one (`trace::produce_span`).
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
     let tracer = opentelemetry::global::tracer("conveyor.http");
     let span =
         tracer.span_builder(format!("HTTP {method}")).with_kind(SpanKind::Server).start_with_context(&tracer, &parent);
     let otel = parent.with_span(span);
     let trace_id = otel.span().span_context().trace_id().to_string();
-    let client_ip = state.limits.client_ip(peer, req.headers());
-    let ctx = Ctx { request_id: request_id.clone(), body_limit: config.body_limit };
-    let path = req.uri().path().to_string();
-    let m = metrics();
-    let (template, response) = match table.at(&method, &path) {
-        None => ("unmatched", ApiError::NotFound.into_response()),
-        Some(Matched::WrongMethod { template }) => {
-            let mut response = ApiError::MethodNotAllowed.into_response();
-            let allowed: Vec<&str> =
-                crate::router::ROUTES.iter().filter(|(t, _, _)| *t == template).map(|(_, m, _)| m.as_str()).collect();
-            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-                response.headers_mut().insert(http::header::ALLOW, v);
-            }
-            (template, response)
+    req.extensions_mut().insert(TraceId(trace_id.clone()));
+    let mut response = opentelemetry::context::FutureExt::with_context(next.run(req), otel.clone()).await;
+    let template = response.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = response
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').map(str::trim).filter(|m| *m != "HEAD").collect::<Vec<_>>().join(", "));
+        if let Some(v) = allowed.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            response.headers_mut().insert(header::ALLOW, v);
         }
-        Some(Matched::Found { route, template, params }) => {
-            let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            // A guard, not a pair of calls: a client that hangs up drops this future mid-request.
-            let _active = ActiveRequest::enter(template);
-            let result = match state.limits.check_ip(route.group(), client_ip) {
-                Err(refused) => Err(refused),
-                Ok(()) => {
-                    // Every log line of this request carries its request id and trace id.
-                    let span = tracing::info_span!(
-                        "request",
-                        request_id = %ctx.request_id,
-                        trace_id = %trace_id,
-                    );
-                    otel.span().update_name(format!("{method} {template}"));
-                    let work =
-                        tracing::Instrument::instrument(routes::dispatch(route, state, req, &params, &ctx), span);
-                    let work = opentelemetry::context::FutureExt::with_context(work, otel.clone());
-                    match tokio::time::timeout(config.request_timeout, work).await {
-                        Ok(result) => result,
-                        Err(_) => Err(ApiError::Timeout(config.request_timeout)),
-                    }
-                }
-            };
-            (template, result.unwrap_or_else(ApiError::into_response))
-        }
-    };
-    let mut response = response;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", v);
     }
+    let route = template.unwrap_or_else(|| "unmatched".to_string());
     let labels = [
-        KeyValue::new(ROUTE, template),
+        KeyValue::new(ROUTE, route.clone()),
         KeyValue::new(METHOD, method_label(&method)),
         KeyValue::new(STATUS_CLASS, status_class(response.status().as_u16())),
     ];
-    m.request_duration.record(started.elapsed().as_secs_f64(), &labels);
+    metrics().request_duration.record(started.elapsed().as_secs_f64(), &labels);
+    if route != "unmatched" {
+        otel.span().update_name(format!("{method} {route}"));
+    }
     otel.span().set_attribute(KeyValue::new("http.response.status_code", i64::from(response.status().as_u16())));
-    otel.span().set_attribute(KeyValue::new(ROUTE, template));
+    otel.span().set_attribute(KeyValue::new(ROUTE, route.clone()));
     otel.span().end();
     tracing::debug!(
         request_id,
         trace_id = %trace_id,
         method = %method,
-        route = template,
+        route,
         status = response.status().as_u16(),
         "request"
     );
     response
 }
 
-/// Counts a request in `http.server.active_requests` until dropped.
-struct ActiveRequest(&'static str);
+/// Counts a request in `http.server.active_requests` until dropped: a client that hangs
+/// up drops the request's future mid-way.
+struct ActiveRequest(String);
 
 impl ActiveRequest {
-    fn enter(route: &'static str) -> Self {
-        metrics().active_requests.add(1, &[KeyValue::new(ROUTE, route)]);
-        ActiveRequest(route)
+    fn enter(route: &str) -> Self {
+        metrics().active_requests.add(1, &[KeyValue::new(ROUTE, route.to_string())]);
+        ActiveRequest(route.to_string())
     }
 }
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        metrics().active_requests.add(-1, &[KeyValue::new(ROUTE, self.0)]);
+        metrics().active_requests.add(-1, &[KeyValue::new(ROUTE, self.0.clone())]);
     }
 }
 

@@ -11,6 +11,7 @@ mod cluster;
 mod crash;
 mod dead_letters;
 mod devices;
+mod frontend;
 mod harness;
 mod identity;
 mod ingest;

@@ -1,9 +1,9 @@
 //! `/admin/dead-letters`: list with filters, show one, replay one or a filtered set to
 //! its source topic, purge. Role `admin` only.
 
+use axum::extract::{Request, State};
 use conveyor_actors::dlq::{DeadLetterFilter, DeadLetterView, ReplayOutcome};
-use http::{HeaderMap, Request, StatusCode};
-use hyper::body::Incoming;
+use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 use crate::auth::{Authorize, roles};
 use crate::body;
 use crate::error::{ApiError, ErrorBody, FieldError};
-use crate::server::Ctx;
-use crate::{AppState, Response, json_response};
+use crate::extract::RawPath;
+use crate::{App, AppState, Response, json_response};
 
 async fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     state.authenticate(headers).await?.require(&[roles::ADMIN])
@@ -86,8 +86,8 @@ fn check_limit(filter: DeadLetterFilter) -> Result<DeadLetterFilter, ApiError> {
     }
 }
 
-async fn body_filter(req: Request<Incoming>, ctx: &Ctx) -> Result<DeadLetterFilter, ApiError> {
-    let bytes = body::read(req.into_body(), ctx.body_limit).await?;
+async fn body_filter(req: Request) -> Result<DeadLetterFilter, ApiError> {
+    let bytes = body::read(req).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(DeadLetterFilter::default());
     }
@@ -111,8 +111,8 @@ async fn body_filter(req: Request<Incoming>, ctx: &Ctx) -> Result<DeadLetterFilt
     ("after_id" = Option<i64>, Query, description = "Paging: ids greater than this"),
     ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
 ), responses((status = 200, body = DeadLetterPage)))]
-pub async fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
-    admin(state, req.headers()).await?;
+pub async fn list(State(state): App, req: Request) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
     let filter = query_filter(req.uri().query())?;
     let items = state.conveyor.dead_letters.list(&filter).await.map_err(store_error)?;
     let next_after_id = items.last().map(|i| i.id);
@@ -122,9 +122,9 @@ pub async fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response,
 /// One dead letter with its payload and original headers.
 #[utoipa::path(get, path = "/admin/dead-letters/{id}", tag = "admin", params(("id" = i64, Path, description = ID)),
     responses((status = 200, body = DeadLetterView), (status = 404, body = ErrorBody)))]
-pub async fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
-    admin(state, req.headers()).await?;
-    match state.conveyor.dead_letters.show(id_param(id)?).await.map_err(store_error)? {
+pub async fn show(State(state): App, RawPath(id): RawPath<String>, req: Request) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
+    match state.conveyor.dead_letters.show(id_param(&id)?).await.map_err(store_error)? {
         Some(view) => Ok(json_response(StatusCode::OK, &json!(view))),
         None => Err(ApiError::ResourceNotFound("Dead letter")),
     }
@@ -133,9 +133,9 @@ pub async fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result
 /// Removes one dead letter from the index.
 #[utoipa::path(delete, path = "/admin/dead-letters/{id}", tag = "admin", params(("id" = i64, Path, description = ID)),
     responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
-pub async fn delete(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
-    admin(state, req.headers()).await?;
-    if state.conveyor.dead_letters.delete(id_param(id)?).await.map_err(store_error)? {
+pub async fn delete(State(state): App, RawPath(id): RawPath<String>, req: Request) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
+    if state.conveyor.dead_letters.delete(id_param(&id)?).await.map_err(store_error)? {
         Ok(json_response(StatusCode::OK, &json!(Deleted { deleted: 1 })))
     } else {
         Err(ApiError::ResourceNotFound("Dead letter"))
@@ -146,9 +146,9 @@ pub async fn delete(state: &AppState, req: &Request<Incoming>, id: &str) -> Resu
 #[utoipa::path(post, path = "/admin/dead-letters/{id}/replay", tag = "admin", params(("id" = i64, Path, description = ID)),
     responses((status = 200, body = ReplayOutcome), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "Replayed `dlq.max_replays` times already")))]
-pub async fn replay(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
-    admin(state, req.headers()).await?;
-    let outcome = state.conveyor.dead_letters.replay(id_param(id)?).await.map_err(replay_error)?;
+pub async fn replay(State(state): App, RawPath(id): RawPath<String>, req: Request) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
+    let outcome = state.conveyor.dead_letters.replay(id_param(&id)?).await.map_err(replay_error)?;
     match outcome {
         ReplayOutcome::Replayed { .. } => Ok(json_response(StatusCode::OK, &json!(outcome))),
         ReplayOutcome::NotFound { .. } => Err(ApiError::ResourceNotFound("Dead letter")),
@@ -162,9 +162,9 @@ pub async fn replay(state: &AppState, req: &Request<Incoming>, id: &str) -> Resu
 /// Replays every dead letter matching the filter.
 #[utoipa::path(post, path = "/admin/dead-letters/replay", tag = "admin", request_body(content = Option<DeadLetterFilter>, description = "Empty: all"),
     responses((status = 200, body = ReplayedMany)))]
-pub async fn replay_matching(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    admin(state, req.headers()).await?;
-    let filter = body_filter(req, ctx).await?;
+pub async fn replay_matching(State(state): App, req: Request) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
+    let filter = body_filter(req).await?;
     let results = state.conveyor.dead_letters.replay_matching(&filter).await.map_err(replay_error)?;
     let replayed = results.iter().filter(|r| matches!(r, ReplayOutcome::Replayed { .. })).count();
     Ok(json_response(StatusCode::OK, &json!(ReplayedMany { replayed, results })))
@@ -173,9 +173,9 @@ pub async fn replay_matching(state: &AppState, req: Request<Incoming>, ctx: &Ctx
 /// Removes every dead letter matching the filter from the index.
 #[utoipa::path(post, path = "/admin/dead-letters/purge", tag = "admin", request_body(content = Option<DeadLetterFilter>, description = "Empty: all"),
     responses((status = 200, body = Purged)))]
-pub async fn purge(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    admin(state, req.headers()).await?;
-    let filter = body_filter(req, ctx).await?;
+pub async fn purge(State(state): App, req: Request) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
+    let filter = body_filter(req).await?;
     let purged = state.conveyor.dead_letters.purge(&filter).await.map_err(store_error)?;
     Ok(json_response(StatusCode::OK, &json!(Purged { purged })))
 }
@@ -212,10 +212,8 @@ mod tests {
 /// admin token it is given in `#token=…`), so it is served without authentication.
 #[utoipa::path(get, path = "/admin/status", tag = "admin", security(()),
     responses((status = 200, content_type = "text/html", body = String, description = "Refreshes itself from /admin/status.json")))]
-pub fn status_page() -> Response {
-    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
-        include_str!("../status.html").as_bytes(),
-    )));
+pub async fn status_page() -> Response {
+    let mut response = Response::new(axum::body::Body::from(include_str!("../status.html")));
     response
         .headers_mut()
         .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
@@ -225,15 +223,29 @@ pub fn status_page() -> Response {
 /// The supervision tree, partitions, breakers, dead letters and the outbox.
 #[utoipa::path(get, path = "/admin/status.json", tag = "admin",
     responses((status = 200, body = conveyor_actors::status::SystemStatus)))]
-pub async fn status(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
-    admin(state, req.headers()).await?;
+pub async fn status(State(state): App, req: Request) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
     Ok(json_response(StatusCode::OK, &json!(state.conveyor.ops.status().await)))
 }
 
 /// Test-only fault hook (`faults.allow_panic_injection`): makes a service's actor panic so
 /// that a drill sees the root supervisor restart it. Not in the OpenAPI document.
-pub async fn inject_panic(state: &AppState, req: &Request<Incoming>, subsystem: &str) -> Result<Response, ApiError> {
-    admin(state, req.headers()).await?;
-    state.conveyor.ops.inject_panic(subsystem).await?;
+pub async fn inject_panic(
+    State(state): App,
+    RawPath(subsystem): RawPath<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
+    state.conveyor.ops.inject_panic(&subsystem).await?;
     Ok(json_response(StatusCode::ACCEPTED, &json!({"subsystem": subsystem, "injected": "panic"})))
+}
+
+/// Test-only fault hook (`faults.allow_panic_injection`): panics in this handler, so that a
+/// test sees the front end answer 500 and keep the connection. Not in the OpenAPI document.
+pub async fn panic_in_handler(State(state): App, req: Request) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
+    if !state.conveyor.config.faults.allow_panic_injection {
+        return Err(ApiError::ResourceNotFound("fault hook"));
+    }
+    panic!("injected by POST /admin/faults/http/panic");
 }

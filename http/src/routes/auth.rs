@@ -1,17 +1,16 @@
 //! `/auth/*` in seed 004's shapes: registration, login, logout, refresh, info.
 //! Responses are `{"status": "Success", …}`; failures use the common error body.
 
+use axum::extract::{Request, State};
 use conveyor_identity::{Registration, UserInfo};
-use http::{Request, StatusCode};
-use hyper::body::Incoming;
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::body;
 use crate::error::{ApiError, ErrorBody};
-use crate::server::Ctx;
-use crate::{AppState, Response, json_response};
+use crate::{App, Response, json_response};
 
 #[derive(Deserialize, ToSchema)]
 /// Seed 004's example, with a password the default policy accepts (its own was `test`).
@@ -72,8 +71,8 @@ fn pair(status: StatusCode, pair: conveyor_identity::TokenPair) -> Response {
 /// Creates an account (role `user`) and starts its registration saga.
 #[utoipa::path(post, path = "/auth/registration", tag = "auth", security(()), request_body = RegistrationForm, responses(
     (status = 201, body = TokenPairBody), (status = 409, body = ErrorBody, description = "The email has an account")))]
-pub async fn register(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    let f: RegistrationForm = body::object(req.into_body(), ctx.body_limit).await?;
+pub async fn register(State(state): App, req: Request) -> Result<Response, ApiError> {
+    let f: RegistrationForm = body::object(req).await?;
     let registration = Registration { email: f.email, password: f.password, name: f.name, birthday: f.birthday };
     let tokens = state.conveyor.identity.register(registration).await?;
     Ok(pair(StatusCode::CREATED, tokens))
@@ -82,31 +81,31 @@ pub async fn register(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Re
 /// Password login.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", security(()), request_body = LoginForm, responses(
     (status = 200, body = TokenPairBody)))]
-pub async fn login(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    let f: LoginForm = body::object(req.into_body(), ctx.body_limit).await?;
+pub async fn login(State(state): App, req: Request) -> Result<Response, ApiError> {
+    let f: LoginForm = body::object(req).await?;
     Ok(pair(StatusCode::OK, state.conveyor.identity.login(&f.email, &f.password).await?))
 }
 
 /// Trades a refresh token for a new pair; the old one is spent.
 #[utoipa::path(post, path = "/auth/refresh", tag = "auth", security(()), request_body = TokenForm, responses(
     (status = 200, body = TokenPairBody)))]
-pub async fn refresh(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    let f: TokenForm = body::object(req.into_body(), ctx.body_limit).await?;
+pub async fn refresh(State(state): App, req: Request) -> Result<Response, ApiError> {
+    let f: TokenForm = body::object(req).await?;
     Ok(pair(StatusCode::OK, state.conveyor.identity.refresh(&f.token).await?))
 }
 
 /// Revokes the token and its session.
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", security(()), request_body = TokenForm, responses(
     (status = 200, body = StatusBody)))]
-pub async fn logout(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    let f: TokenForm = body::object(req.into_body(), ctx.body_limit).await?;
+pub async fn logout(State(state): App, req: Request) -> Result<Response, ApiError> {
+    let f: TokenForm = body::object(req).await?;
     state.conveyor.identity.logout(&f.token).await?;
     Ok(json_response(StatusCode::OK, &json!(StatusBody { status: "Success".into() })))
 }
 
 /// Who the token belongs to, and the state of its registration saga.
 #[utoipa::path(get, path = "/auth/info", tag = "auth", responses((status = 200, body = conveyor_identity::UserInfo)))]
-pub async fn info(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn info(State(state): App, req: Request) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     match state.conveyor.identity.info(&principal).await? {
         Some(user) => Ok(json_response(StatusCode::OK, &serde_json::to_value(user).unwrap_or_default())),

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use http::{HeaderValue, Request, StatusCode};
-use hyper::body::Incoming;
+use axum::extract::{Request, State};
+use http::{HeaderValue, StatusCode};
 use opentelemetry::KeyValue;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -12,10 +12,10 @@ use utoipa::ToSchema;
 use crate::auth::{Authorize, Principal, roles};
 use crate::body::{self, EventInput};
 use crate::error::{ApiError, ErrorBody, FieldError};
+use crate::extract::request_id;
 use crate::idempotency::{Begin, Idempotency};
 use crate::metrics::{REASON, metrics};
-use crate::server::Ctx;
-use crate::{AppState, Response, json_response};
+use crate::{App, AppState, Response, json_response};
 
 /// `POST /events/batch`. Items are read one by one ([`body::event`]): each should be an
 /// `EventInput`, and one that is not is rejected in its own result while the others go on,
@@ -65,16 +65,12 @@ fn rejected(reason: &'static str) {
 }
 
 /// Token, role and body, in that order; each failure is counted by reason.
-async fn admit(
-    state: &AppState,
-    req: Request<Incoming>,
-    ctx: &Ctx,
-) -> Result<(Principal, Option<String>, serde_json::Value), ApiError> {
+async fn admit(state: &AppState, req: Request) -> Result<(Principal, Option<String>, serde_json::Value), ApiError> {
     let checked = async {
         let principal = state.authenticate(req.headers()).await?;
         principal.require(&[roles::DEVICE, roles::ADMIN])?;
         let key = crate::idempotency::header_key(req.headers())?;
-        let bytes = body::read(req.into_body(), ctx.body_limit).await?;
+        let bytes = body::read(req).await?;
         Ok((principal, key, body::json(&bytes)?))
     };
     checked.await.inspect_err(|e: &ApiError| rejected(e.code()))
@@ -98,20 +94,21 @@ fn check_backlog(state: &AppState) -> Result<(), ApiError> {
         (status = 202, body = Accepted, description = "Durably in the log"),
         (status = 409, body = ErrorBody, description = "A request with this Idempotency-Key is in progress"),
     ))]
-pub async fn post_one(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    let (principal, key, value) = admit(state, req, ctx).await?;
-    check_backlog(state)?;
+pub async fn post_one(State(state): App, req: Request) -> Result<Response, ApiError> {
+    let request_id = request_id(&req);
+    let (principal, key, value) = admit(&state, req).await?;
+    check_backlog(&state)?;
     let input = body::event(value, "").map_err(ApiError::Validation).inspect_err(|e| rejected(e.code()))?;
     let idem = match key {
         None => None,
         Some(key) => {
-            match Idempotency::begin(&state.conveyor.cache, &principal.sub, "events", &key, window(state)).await? {
+            match Idempotency::begin(&state.conveyor.cache, &principal.sub, "events", &key, window(&state)).await? {
                 Begin::Replay(body) => return Ok(replayed(StatusCode::ACCEPTED, body)),
                 Begin::Started(guard) => Some(guard),
             }
         }
     };
-    match produce(state, &principal, input, ctx).await {
+    match produce(&state, &principal, input, &request_id).await {
         Ok(request_id) => {
             let body = serde_json::to_value(Accepted { request_id, status: "accepted".into() }).unwrap_or_default();
             if let Some(guard) = idem {
@@ -136,9 +133,10 @@ pub async fn post_one(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Re
         (status = 207, body = BatchResult, description = "Some items were rejected; see each result"),
         (status = 409, body = ErrorBody, description = "A request with this Idempotency-Key is in progress"),
     ))]
-pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    let (principal, key, value) = admit(state, req, ctx).await?;
-    check_backlog(state)?;
+pub async fn post_batch(State(state): App, req: Request) -> Result<Response, ApiError> {
+    let request_id = request_id(&req);
+    let (principal, key, value) = admit(&state, req).await?;
+    check_backlog(&state)?;
     let items = match value {
         serde_json::Value::Object(mut obj) => match obj.remove("events") {
             Some(serde_json::Value::Array(items)) => items,
@@ -154,7 +152,8 @@ pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> 
     let idem = match key {
         None => None,
         Some(key) => {
-            match Idempotency::begin(&state.conveyor.cache, &principal.sub, "events-batch", &key, window(state)).await?
+            match Idempotency::begin(&state.conveyor.cache, &principal.sub, "events-batch", &key, window(&state))
+                .await?
             {
                 Begin::Replay(body) => {
                     // The status the first answer had: 202 when every item was accepted.
@@ -166,11 +165,11 @@ pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> 
         }
     };
     let work = items.into_iter().enumerate().map(|(index, item)| {
-        let principal = &principal;
+        let (state, principal, request_id) = (&*state, &principal, &request_id);
         async move {
             let outcome = match body::event(item, &format!("events[{index}].")) {
                 Err(fields) => Err(ApiError::Validation(fields)),
-                Ok(input) => produce(state, principal, input, ctx).await,
+                Ok(input) => produce(state, principal, input, request_id).await,
             };
             match outcome {
                 Ok(request_id) => {
@@ -208,8 +207,13 @@ pub async fn post_batch(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> 
 }
 
 /// Writes one event to the log and waits for its acknowledgement; returns its request id.
-async fn produce(state: &AppState, principal: &Principal, input: EventInput, ctx: &Ctx) -> Result<String, ApiError> {
-    let sent = state.conveyor.events.send(&principal.sub, input.device_id, input.payload, &ctx.request_id).await;
+async fn produce(
+    state: &AppState,
+    principal: &Principal,
+    input: EventInput,
+    request_id: &str,
+) -> Result<String, ApiError> {
+    let sent = state.conveyor.events.send(&principal.sub, input.device_id, input.payload, request_id).await;
     match sent {
         Ok(request_id) => {
             metrics().ingest_accepted.add(1, &[]);

@@ -2,17 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use conveyor_actors::readiness::Verdict;
 use conveyor_actors::root::ChildState;
-use http::{HeaderValue, Request, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody, ErrorInner};
-use crate::{AppState, Response, json_response};
+use crate::{App, Response, json_response};
 
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"status": "ok"}))]
@@ -42,7 +41,7 @@ pub struct Ready {
 
 /// Liveness (also `/auth/healthz`, as in seed 004).
 #[utoipa::path(get, path = "/health", tag = "probes", security(()), responses((status = 200, body = Health)))]
-pub fn health() -> Response {
+pub async fn health() -> Response {
     json_response(StatusCode::OK, &serde_json::to_value(Health { status: "ok".into() }).unwrap_or_default())
 }
 
@@ -52,7 +51,7 @@ pub fn health() -> Response {
     (status = 200, body = Ready, description = "Ready, or degraded: the cache is down and reads go to the store"),
     (status = 503, body = Ready, description = "The log, the store or a subsystem is down; `error` names it"),
 ))]
-pub async fn ready(state: &AppState) -> Response {
+pub async fn ready(State(state): App) -> Response {
     let readiness = state.conveyor.ops.readiness().await;
     let verdict = readiness.verdict();
     let failed = readiness.failed();
@@ -96,7 +95,7 @@ pub async fn ready(state: &AppState) -> Response {
     (status = 200, content_type = "text/plain", body = String),
     (status = 401, body = ErrorBody, description = "`telemetry.metrics_token` is set and was not sent"),
 ))]
-pub fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn metrics(State(state): App, req: Request) -> Result<Response, ApiError> {
     let token = &state.conveyor.config.telemetry.metrics_token;
     if !token.is_empty() {
         let expected = format!("Bearer {}", token.expose());
@@ -105,7 +104,7 @@ pub fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response, Ap
             return Err(ApiError::Unauthorized("metrics token required"));
         }
     }
-    let mut response = http::Response::new(Full::new(Bytes::from((state.render_metrics)())));
+    let mut response = Response::new(Body::from((state.render_metrics)()));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

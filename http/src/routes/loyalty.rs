@@ -2,12 +2,12 @@
 //! points; admins deposit or withdraw for anyone. Every change goes through the account's
 //! actor ([`conveyor_identity::loyalty::Ledger`]).
 
+use axum::extract::{Request, State};
 use conveyor_identity::loyalty::TransactionView;
 use conveyor_identity::saga::SagaView;
 use conveyor_identity::states::{LedgerKind, LedgerReason};
 use conveyor_identity::store::loyalty::{LedgerOp, LedgerOutcome};
-use http::{HeaderValue, Request, StatusCode};
-use hyper::body::Incoming;
+use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -15,8 +15,8 @@ use utoipa::ToSchema;
 use crate::auth::{Authorize, Principal, roles};
 use crate::body;
 use crate::error::{ApiError, ErrorBody, FieldError};
-use crate::server::Ctx;
-use crate::{AppState, Response, json_response};
+use crate::extract::RawPath;
+use crate::{App, Response, json_response};
 
 #[derive(Deserialize, ToSchema)]
 #[schema(example = json!({"balance": 1, "comment": "purchase", "operation": "w", "uuid": "e66a298a-c835-4cfa-8c8e-60534f4c00f9"}))]
@@ -77,11 +77,11 @@ fn owner_or_admin(principal: &Principal, uuid: &str) -> Result<(), ApiError> {
     params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; a repeat returns the first transaction")),
     responses((status = 200, body = OperationBody),
         (status = 409, body = ErrorBody, description = "`insufficient_balance`: the withdrawal exceeds the balance")))]
-pub async fn operate(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
+pub async fn operate(State(state): App, req: Request) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     principal.require(&[roles::USER, roles::ADMIN])?;
     let key = crate::idempotency::header_key(req.headers())?;
-    let f: OperationForm = body::object(req.into_body(), ctx.body_limit).await?;
+    let f: OperationForm = body::object(req).await?;
     let admin = principal.has_role(roles::ADMIN);
     let mut errors = Vec::new();
     let kind = match f.operation.as_str() {
@@ -147,10 +147,10 @@ pub async fn operate(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Res
 /// An account's balance, for its owner or an admin.
 #[utoipa::path(get, path = "/loyalty/{uuid}", tag = "loyalty", params(("uuid" = String, Path, description = "The user id", example = "e66a298a-c835-4cfa-8c8e-60534f4c00f9")),
     responses((status = 200, body = BalanceBody), (status = 404, body = ErrorBody, description = "No loyalty account")))]
-pub async fn balance(state: &AppState, req: &Request<Incoming>, uuid: &str) -> Result<Response, ApiError> {
+pub async fn balance(State(state): App, RawPath(uuid): RawPath<String>, req: Request) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
-    owner_or_admin(&principal, uuid)?;
-    let balance = state.conveyor.loyalty.balance(uuid).await?.ok_or(ApiError::ResourceNotFound("loyalty account"))?;
+    owner_or_admin(&principal, &uuid)?;
+    let balance = state.conveyor.loyalty.balance(&uuid).await?.ok_or(ApiError::ResourceNotFound("loyalty account"))?;
     let body = BalanceBody { status: "Success".into(), uuid: uuid.to_string(), balance };
     Ok(json_response(StatusCode::OK, &json!(body)))
 }
@@ -160,9 +160,13 @@ pub async fn balance(state: &AppState, req: &Request<Incoming>, uuid: &str) -> R
     ("uuid" = String, Path, description = "The user id", example = "e66a298a-c835-4cfa-8c8e-60534f4c00f9"),
     ("after_id" = Option<i64>, Query, minimum = 0), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500),
 ), responses((status = 200, body = TransactionsPage)))]
-pub async fn transactions(state: &AppState, req: &Request<Incoming>, uuid: &str) -> Result<Response, ApiError> {
+pub async fn transactions(
+    State(state): App,
+    RawPath(uuid): RawPath<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
-    owner_or_admin(&principal, uuid)?;
+    owner_or_admin(&principal, &uuid)?;
     let (mut after_id, mut limit, mut errors) = (0i64, 50u64, Vec::new());
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
         match (k.as_ref(), conveyor_actors::json::parse_integer(&v)) {
@@ -176,7 +180,7 @@ pub async fn transactions(state: &AppState, req: &Request<Incoming>, uuid: &str)
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let transactions = state.conveyor.loyalty.transactions(uuid, after_id, limit).await?;
+    let transactions = state.conveyor.loyalty.transactions(&uuid, after_id, limit).await?;
     let next = (transactions.len() as u64 == limit).then(|| transactions.last().map(|t| t.id)).flatten();
     Ok(json_response(
         StatusCode::OK,
@@ -187,10 +191,10 @@ pub async fn transactions(state: &AppState, req: &Request<Incoming>, uuid: &str)
 /// A saga's status and steps, for its user or an admin.
 #[utoipa::path(get, path = "/sagas/{id}", tag = "loyalty", params(("id" = String, Path, description = "The saga id (see `/auth/info`)")),
     responses((status = 200, body = SagaView), (status = 404, body = ErrorBody)))]
-pub async fn saga(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
+pub async fn saga(State(state): App, RawPath(id): RawPath<String>, req: Request) -> Result<Response, ApiError> {
     let principal = state.authenticate(req.headers()).await?;
     principal.require(&[roles::USER, roles::ADMIN])?;
-    match state.conveyor.loyalty.saga(id).await? {
+    match state.conveyor.loyalty.saga(&id).await? {
         // Someone else's saga is "not found": its existence is not the caller's business.
         Some(saga) if saga.user_id == principal.sub || principal.has_role(roles::ADMIN) => {
             Ok(json_response(StatusCode::OK, &serde_json::to_value(saga).unwrap_or_default()))

@@ -1,4 +1,6 @@
-//! Handlers, one module per resource.
+//! Handlers, one module per resource, and [`api`]: the one declaration of every route —
+//! its path and method (from the handler's `#[utoipa::path]`), its rate-limit group and
+//! whether it is documented. The router and the OpenAPI document are both built from it.
 
 pub(crate) mod admin;
 pub(crate) mod auth;
@@ -10,79 +12,99 @@ pub(crate) mod resources;
 pub(crate) mod webhooks;
 pub(crate) mod workflows;
 
-use http::Request;
-use hyper::body::Incoming;
+use std::sync::Arc;
 
-use crate::error::ApiError;
-use crate::router::Route;
-use crate::server::Ctx;
-use crate::{AppState, Response};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{MethodRouter, get, post};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-pub(crate) async fn dispatch(
-    route: Route,
-    state: &AppState,
-    req: Request<Incoming>,
-    params: &[(String, String)],
-    ctx: &Ctx,
-) -> Result<Response, ApiError> {
-    match route {
-        Route::Health => Ok(health::health()),
-        Route::Ready => Ok(health::ready(state).await),
-        Route::Metrics => health::metrics(state, &req),
-        Route::Events => events::post_one(state, req, ctx).await,
-        Route::EventsBatch => events::post_batch(state, req, ctx).await,
-        Route::Resource => resources::get(state, &req, param(params, "id")).await,
-        Route::DeadLetters => admin::list(state, &req).await,
-        Route::DeadLetter => admin::show(state, &req, param(params, "id")).await,
-        Route::DeadLetterDelete => admin::delete(state, &req, param(params, "id")).await,
-        Route::DeadLetterReplay => admin::replay(state, &req, param(params, "id")).await,
-        Route::DeadLettersReplay => admin::replay_matching(state, req, ctx).await,
-        Route::DeadLettersPurge => admin::purge(state, req, ctx).await,
-        Route::Registration => auth::register(state, req, ctx).await,
-        Route::Login => auth::login(state, req, ctx).await,
-        Route::Logout => auth::logout(state, req, ctx).await,
-        Route::Refresh => auth::refresh(state, req, ctx).await,
-        Route::AuthInfo => auth::info(state, &req).await,
-        Route::AuthReady => Ok(health::ready(state).await),
-        Route::AuthHealthz => Ok(health::health()),
-        Route::LoyaltyOperation => loyalty::operate(state, req, ctx).await,
-        Route::LoyaltyBalance => loyalty::balance(state, &req, param(params, "uuid")).await,
-        Route::LoyaltyTransactions => loyalty::transactions(state, &req, param(params, "uuid")).await,
-        Route::LoyaltyReady => Ok(health::ready(state).await),
-        Route::Saga => loyalty::saga(state, &req, param(params, "id")).await,
-        Route::AdminStatusPage => Ok(admin::status_page()),
-        Route::AdminStatus => admin::status(state, &req).await,
-        Route::AdminFaultPanic => admin::inject_panic(state, &req, param(params, "subsystem")).await,
-        Route::Notifications => notifications::post(state, req, ctx).await,
-        Route::Notification => notifications::get(state, &req, param(params, "id")).await,
-        Route::WebhookEndpoints => webhooks::list(state, &req).await,
-        Route::WebhookEndpointCreate => webhooks::create(state, req, ctx).await,
-        Route::WebhookEndpoint => webhooks::get(state, &req, param(params, "id")).await,
-        Route::WebhookEndpointUpdate => webhooks::update(state, req, param(params, "id"), ctx).await,
-        Route::WebhookEndpointDelete => webhooks::delete(state, &req, param(params, "id")).await,
-        Route::WebhookEndpointEnable => webhooks::enable(state, &req, param(params, "id")).await,
-        Route::WebhookEndpointDisable => webhooks::disable(state, &req, param(params, "id")).await,
-        Route::WebhookEndpointSecret => webhooks::secret(state, &req, param(params, "id")).await,
-        Route::WebhookEndpointRotate => webhooks::rotate(state, req, param(params, "id"), ctx).await,
-        Route::WebhookEndpointAttempts => webhooks::attempts(state, &req, param(params, "id")).await,
-        Route::WebhookEndpointStats => webhooks::stats(state, &req, param(params, "id")).await,
-        Route::WebhookDeliveryResend => webhooks::resend(state, &req, param(params, "id")).await,
-        Route::Workflows => workflows::list(state, &req).await,
-        Route::WorkflowCreate => workflows::create(state, req, ctx).await,
-        Route::Workflow => workflows::get(state, &req, param(params, "id")).await,
-        Route::WorkflowReplace => workflows::replace(state, req, param(params, "id"), ctx).await,
-        Route::WorkflowDelete => workflows::delete(state, &req, param(params, "id")).await,
-        Route::WorkflowRunStart => workflows::start(state, req, param(params, "id"), ctx).await,
-        Route::WorkflowRuns => workflows::runs(state, &req, param(params, "id")).await,
-        Route::WorkflowRun => workflows::run(state, &req, param(params, "id"), param(params, "run_id")).await,
-        Route::Dashboard => workflows::dashboard(state, &req).await,
-        Route::OpenApi => Ok(crate::openapi::openapi_json()),
-        Route::DocsRedirect => Ok(crate::openapi::docs_redirect()),
-        Route::Docs => crate::openapi::docs_file(""),
-        Route::DocsAsset => crate::openapi::docs_file(param(params, "path")),
-    }
+use crate::AppState;
+use crate::limits::{self, Group};
+use crate::openapi;
+
+type S = Arc<AppState>;
+
+/// A documented route spending `group`'s quota.
+fn on(group: Group, route: UtoipaMethodRouter<S>) -> UtoipaMethodRouter<S> {
+    route.map(|r| spends(group, r))
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> &'a str {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default()
+fn spends(group: Group, route: MethodRouter<S>) -> MethodRouter<S> {
+    route.route_layer(from_fn_with_state(group, limits::spend))
+}
+
+/// Another path answered by the route at `target`, documented as a copy of it (seed 004's
+/// probe paths).
+fn alias(
+    mut router: OpenApiRouter<S>,
+    path: &str,
+    target: &str,
+    group: Group,
+    route: MethodRouter<S>,
+) -> OpenApiRouter<S> {
+    let doc = router.get_openapi_mut();
+    if let Some(item) = doc.paths.paths.get(target).cloned() {
+        doc.paths.paths.insert(path.to_string(), item);
+    }
+    router.route(path, spends(group, route))
+}
+
+/// Every route. `.routes(…)` entries are in the OpenAPI document; `.route(…)` ones are not.
+pub(crate) fn api() -> OpenApiRouter<S> {
+    use Group::{Api, Auth, Exempt};
+    let mut router = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(on(Exempt, routes!(health::health)))
+        .routes(on(Exempt, routes!(health::ready)))
+        .routes(on(Exempt, routes!(health::metrics)))
+        .routes(on(Api, routes!(events::post_one)))
+        .routes(on(Api, routes!(events::post_batch)))
+        .routes(on(Api, routes!(resources::get)))
+        .routes(on(Api, routes!(admin::list)))
+        .routes(on(Api, routes!(admin::show, admin::delete)))
+        .routes(on(Api, routes!(admin::replay)))
+        .routes(on(Api, routes!(admin::replay_matching)))
+        .routes(on(Api, routes!(admin::purge)))
+        .routes(on(Exempt, routes!(admin::status_page)))
+        .routes(on(Api, routes!(admin::status)))
+        .routes(on(Auth, routes!(auth::register)))
+        .routes(on(Auth, routes!(auth::login)))
+        .routes(on(Auth, routes!(auth::logout)))
+        .routes(on(Auth, routes!(auth::refresh)))
+        .routes(on(Api, routes!(auth::info)))
+        .routes(on(Api, routes!(loyalty::operate)))
+        .routes(on(Api, routes!(loyalty::balance)))
+        .routes(on(Api, routes!(loyalty::transactions)))
+        .routes(on(Api, routes!(loyalty::saga)))
+        .routes(on(Api, routes!(notifications::post)))
+        .routes(on(Api, routes!(notifications::get)))
+        .routes(on(Api, routes!(webhooks::list, webhooks::create)))
+        .routes(on(Api, routes!(webhooks::get, webhooks::update, webhooks::delete)))
+        .routes(on(Api, routes!(webhooks::enable)))
+        .routes(on(Api, routes!(webhooks::disable)))
+        .routes(on(Api, routes!(webhooks::secret)))
+        .routes(on(Api, routes!(webhooks::rotate)))
+        .routes(on(Api, routes!(webhooks::attempts)))
+        .routes(on(Api, routes!(webhooks::stats)))
+        .routes(on(Api, routes!(webhooks::resend)))
+        .routes(on(Api, routes!(workflows::list, workflows::create)))
+        .routes(on(Api, routes!(workflows::get, workflows::replace, workflows::delete)))
+        .routes(on(Api, routes!(workflows::start, workflows::runs)))
+        .routes(on(Api, routes!(workflows::run)))
+        .routes(on(Api, routes!(workflows::dashboard)));
+    // What every operation shares (security, front-end errors) goes in before the aliases
+    // copy their targets, so that an alias documents exactly what its target does.
+    openapi::Shared.modify(router.get_openapi_mut());
+    let router = alias(router, "/auth/ready", "/ready", Exempt, get(health::ready));
+    let router = alias(router, "/auth/healthz", "/health", Exempt, get(health::health));
+    let router = alias(router, "/loyalty/ready", "/ready", Exempt, get(health::ready));
+    router
+        .route("/openapi.json", spends(Exempt, get(openapi::openapi_json)))
+        .route("/docs", spends(Exempt, get(openapi::docs_redirect)))
+        .route("/docs/", spends(Exempt, get(openapi::docs_index)))
+        .route("/docs/{*path}", spends(Exempt, get(openapi::docs_asset)))
+        // Test-only fault hooks (`faults.allow_panic_injection`).
+        .route("/admin/faults/{subsystem}/panic", spends(Api, post(admin::inject_panic)))
+        .route("/admin/faults/http/panic", spends(Api, post(admin::panic_in_handler)))
 }

@@ -2,11 +2,11 @@
 //! envelope, 409 for a repeated id, 202 once the log has it) and `GET /notifications/{id}`,
 //! the notification's deliveries and attempts.
 
+use axum::extract::{Request, State};
 use conveyor_actors::log::Header;
 use conveyor_webhooks::records::NotificationRecords;
 use http::header::AUTHORIZATION;
-use http::{Request, StatusCode};
-use hyper::body::Incoming;
+use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -14,9 +14,10 @@ use utoipa::ToSchema;
 use crate::auth::{Authorize, roles};
 use crate::body;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::RawPath;
+use crate::extract::request_id;
 use crate::routes::webhooks::caller;
-use crate::server::Ctx;
-use crate::{AppState, Response, json_response};
+use crate::{App, AppState, Response, json_response};
 
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"status": "accepted", "id": "evt_0TZRAuIV3l4rLP1NlZivWexSK93v", "partition": 1, "offset": 42}))]
@@ -61,17 +62,17 @@ pub struct NotificationEnvelope {
 
 /// Admits basic auth (Gwook's publisher credentials) or a bearer token with the publisher
 /// or admin role.
-async fn admit(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> {
+async fn admit(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let webhooks = &state.conveyor.webhooks;
     let realm = webhooks.config().basic_auth_realm.clone();
-    let authorization = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
     match webhooks.check_basic(authorization) {
         Some(true) => Ok(()),
         Some(false) => Err(ApiError::BasicUnauthorized { message: "invalid basic credentials", realm }),
         None if authorization.is_empty() => {
             Err(ApiError::BasicUnauthorized { message: "basic credentials or a bearer token required", realm })
         }
-        None => state.authenticate(req.headers()).await?.require(&[roles::PUBLISHER, roles::ADMIN]),
+        None => state.authenticate(headers).await?.require(&[roles::PUBLISHER, roles::ADMIN]),
     }
 }
 
@@ -81,13 +82,14 @@ async fn admit(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError
     responses((status = 202, body = NotificationAccepted, description = "In the log; fan-out follows"),
         (status = 400, body = ErrorBody, description = "`malformed_json` or `invalid_notification` (the fields are named)"),
         (status = 409, body = ErrorBody, description = "`duplicate_notification`: this id was accepted within the dedup window")))]
-pub async fn post(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    admit(state, &req).await?;
-    let bytes = body::read(req.into_body(), ctx.body_limit).await?;
+pub async fn post(State(state): App, req: Request) -> Result<Response, ApiError> {
+    admit(&state, req.headers()).await?;
+    let request_id = request_id(&req);
+    let bytes = body::read(req).await?;
     let headers = |traceparent: String| {
         vec![
             Header { name: conveyor_actors::trace::TRACEPARENT.into(), value: traceparent.into_bytes() },
-            Header { name: "x-request-id".into(), value: ctx.request_id.clone().into_bytes() },
+            Header { name: "x-request-id".into(), value: request_id.as_bytes().to_vec() },
         ]
     };
     let webhooks = &state.conveyor.webhooks;
@@ -105,8 +107,8 @@ pub async fn post(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result
 #[utoipa::path(get, path = "/notifications/{id}", tag = "webhooks",
     params(("id" = String, Path, description = "The notification id")),
     responses((status = 200, body = NotificationRecords), (status = 404, body = ErrorBody)))]
-pub async fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
-    let caller = caller(state, req).await?;
-    let records = state.conveyor.webhooks.notification_records(&caller, id).await?;
+pub async fn get(State(state): App, RawPath(id): RawPath<String>, req: Request) -> Result<Response, ApiError> {
+    let caller = caller(&state, req.headers()).await?;
+    let records = state.conveyor.webhooks.notification_records(&caller, &id).await?;
     Ok(json_response(StatusCode::OK, &json!(records)))
 }

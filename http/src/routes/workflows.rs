@@ -3,19 +3,19 @@
 
 use std::time::Duration;
 
+use axum::extract::{Request, State};
 use conveyor_workflows::definition::WorkflowSpec;
 use conveyor_workflows::views::{Dashboard, RunSummary, RunView, WorkflowView};
-use http::{Request, StatusCode};
-use hyper::body::Incoming;
+use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::body;
 use crate::error::{ApiError, ErrorBody, FieldError};
+use crate::extract::RawPath;
 use crate::routes::webhooks::caller;
-use crate::server::Ctx;
-use crate::{AppState, Response, json_response};
+use crate::{App, Response, json_response};
 
 fn ok(status: StatusCode, value: impl serde::Serialize) -> Response {
     json_response(status, &json!(value))
@@ -25,41 +25,41 @@ fn ok(status: StatusCode, value: impl serde::Serialize) -> Response {
 #[utoipa::path(post, path = "/workflows", tag = "workflows", request_body = WorkflowSpec,
     responses((status = 201, body = WorkflowView),
         (status = 409, body = ErrorBody, description = "`workflow_name_taken`, or `duplicate_step_name`: two steps share a name")))]
-pub async fn create(state: &AppState, req: Request<Incoming>, ctx: &Ctx) -> Result<Response, ApiError> {
-    let caller = caller(state, &req).await?;
-    let spec: WorkflowSpec = body::object(req.into_body(), ctx.body_limit).await?;
+pub async fn create(State(state): App, req: Request) -> Result<Response, ApiError> {
+    let caller = caller(&state, req.headers()).await?;
+    let spec: WorkflowSpec = body::object(req).await?;
     Ok(ok(StatusCode::CREATED, state.conveyor.workflows.create(&caller, spec).await?))
 }
 
 /// The caller's workflows (every workflow for an admin).
 #[utoipa::path(get, path = "/workflows", tag = "workflows", responses((status = 200, body = Vec<WorkflowView>)))]
-pub async fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
-    let caller = caller(state, req).await?;
+pub async fn list(State(state): App, req: Request) -> Result<Response, ApiError> {
+    let caller = caller(&state, req.headers()).await?;
     Ok(ok(StatusCode::OK, state.conveyor.workflows.list(&caller).await?))
 }
 
 #[utoipa::path(get, path = "/workflows/{id}", tag = "workflows", params(("id" = String, Path)),
     responses((status = 200, body = WorkflowView), (status = 404, body = ErrorBody)))]
-pub async fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
-    let caller = caller(state, req).await?;
-    Ok(ok(StatusCode::OK, state.conveyor.workflows.get(&caller, id).await?))
+pub async fn get(State(state): App, RawPath(id): RawPath<String>, req: Request) -> Result<Response, ApiError> {
+    let caller = caller(&state, req.headers()).await?;
+    Ok(ok(StatusCode::OK, state.conveyor.workflows.get(&caller, &id).await?))
 }
 
 /// Replaces the definition; runs already started finish with the definition they began with.
 #[utoipa::path(put, path = "/workflows/{id}", tag = "workflows", params(("id" = String, Path)), request_body = WorkflowSpec,
     responses((status = 200, body = WorkflowView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "`workflow_name_taken` or `duplicate_step_name`")))]
-pub async fn replace(state: &AppState, req: Request<Incoming>, id: &str, ctx: &Ctx) -> Result<Response, ApiError> {
-    let caller = caller(state, &req).await?;
-    let spec: WorkflowSpec = body::object(req.into_body(), ctx.body_limit).await?;
-    Ok(ok(StatusCode::OK, state.conveyor.workflows.replace(&caller, id, spec).await?))
+pub async fn replace(State(state): App, RawPath(id): RawPath<String>, req: Request) -> Result<Response, ApiError> {
+    let caller = caller(&state, req.headers()).await?;
+    let spec: WorkflowSpec = body::object(req).await?;
+    Ok(ok(StatusCode::OK, state.conveyor.workflows.replace(&caller, &id, spec).await?))
 }
 
 #[utoipa::path(delete, path = "/workflows/{id}", tag = "workflows", params(("id" = String, Path)),
     responses((status = 204, description = "Deleted; its runs stay readable by id"), (status = 404, body = ErrorBody)))]
-pub async fn delete(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
-    let caller = caller(state, req).await?;
-    state.conveyor.workflows.delete(&caller, id).await?;
+pub async fn delete(State(state): App, RawPath(id): RawPath<String>, req: Request) -> Result<Response, ApiError> {
+    let caller = caller(&state, req.headers()).await?;
+    state.conveyor.workflows.delete(&caller, &id).await?;
     Ok(crate::empty_response(StatusCode::NO_CONTENT))
 }
 
@@ -77,14 +77,14 @@ pub struct RunRequest {
     request_body(content = Option<RunRequest>, description = "Optional: `{\"input\": {...}}`"),
     responses((status = 202, body = RunView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "`workflow_inactive`")))]
-pub async fn start(state: &AppState, req: Request<Incoming>, id: &str, ctx: &Ctx) -> Result<Response, ApiError> {
-    let caller = caller(state, &req).await?;
-    let request: RunRequest = body::optional_object(req.into_body(), ctx.body_limit).await?;
+pub async fn start(State(state): App, RawPath(id): RawPath<String>, req: Request) -> Result<Response, ApiError> {
+    let caller = caller(&state, req.headers()).await?;
+    let request: RunRequest = body::optional_object(req).await?;
     let input = serde_json::Value::Object(request.input);
-    Ok(ok(StatusCode::ACCEPTED, state.conveyor.workflows.start_manual(&caller, id, input).await?))
+    Ok(ok(StatusCode::ACCEPTED, state.conveyor.workflows.start_manual(&caller, &id, input).await?))
 }
 
-fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
+fn query(req: &Request) -> Vec<(String, String)> {
     form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
@@ -92,10 +92,10 @@ fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
 #[utoipa::path(get, path = "/workflows/{id}/runs", tag = "workflows",
     params(("id" = String, Path), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500)),
     responses((status = 200, body = Vec<RunSummary>), (status = 404, body = ErrorBody)))]
-pub async fn runs(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response, ApiError> {
-    let caller = caller(state, req).await?;
+pub async fn runs(State(state): App, RawPath(id): RawPath<String>, req: Request) -> Result<Response, ApiError> {
+    let caller = caller(&state, req.headers()).await?;
     let mut limit = 50u64;
-    for (k, v) in query(req) {
+    for (k, v) in query(&req) {
         match (k.as_str(), conveyor_actors::json::parse_integer(&v)) {
             ("limit", Some(n)) if (1..=500).contains(&n) => limit = n as u64,
             ("limit", _) => {
@@ -106,7 +106,7 @@ pub async fn runs(state: &AppState, req: &Request<Incoming>, id: &str) -> Result
             }
         }
     }
-    Ok(ok(StatusCode::OK, state.conveyor.workflows.runs(&caller, id, limit).await?))
+    Ok(ok(StatusCode::OK, state.conveyor.workflows.runs(&caller, &id, limit).await?))
 }
 
 /// `30s`, `500ms`, `2m` or plain seconds.
@@ -130,10 +130,14 @@ fn parse_wait(text: &str) -> Option<Duration> {
     params(("id" = String, Path), ("run_id" = String, Path),
         ("wait" = Option<String>, Query, pattern = "^[0-9]{1,6}(ms|s|m)?$", description = "Long-poll until the run finishes")),
     responses((status = 200, body = RunView), (status = 404, body = ErrorBody)))]
-pub async fn run(state: &AppState, req: &Request<Incoming>, id: &str, run_id: &str) -> Result<Response, ApiError> {
-    let caller = caller(state, req).await?;
+pub async fn run(
+    State(state): App,
+    RawPath((id, run_id)): RawPath<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let caller = caller(&state, req.headers()).await?;
     let mut wait = None;
-    for (k, v) in query(req) {
+    for (k, v) in query(&req) {
         match k.as_str() {
             "wait" if v.len() <= 8 => match parse_wait(&v) {
                 Some(d) => wait = Some(d),
@@ -143,13 +147,13 @@ pub async fn run(state: &AppState, req: &Request<Incoming>, id: &str, run_id: &s
             other => return Err(ApiError::Validation(vec![FieldError::new(other.to_string(), "unknown parameter")])),
         }
     }
-    Ok(ok(StatusCode::OK, state.conveyor.workflows.run(&caller, id, run_id, wait).await?))
+    Ok(ok(StatusCode::OK, state.conveyor.workflows.run(&caller, &id, &run_id, wait).await?))
 }
 
 /// The caller's totals: workflows, runs succeeded, failed and pending, the latest runs.
 #[utoipa::path(get, path = "/dashboard", tag = "workflows", responses((status = 200, body = Dashboard)))]
-pub async fn dashboard(state: &AppState, req: &Request<Incoming>) -> Result<Response, ApiError> {
-    let caller = caller(state, req).await?;
+pub async fn dashboard(State(state): App, req: Request) -> Result<Response, ApiError> {
+    let caller = caller(&state, req.headers()).await?;
     Ok(ok(StatusCode::OK, state.conveyor.workflows.dashboard(&caller).await?))
 }
 
