@@ -111,14 +111,19 @@ run_unit_tests() {
     fi
 }
 
+# Each backend has a nextest profile (.config/nextest.toml) leaving out the other's tests:
+# real_* need the services, embedded_* test the embedded backends; nextest lists them as
+# skipped. Without nextest, --skip does the same.
 run_integration() { # backends
     say "CONVEYOR_IT_BACKENDS=$1"
+    local other=real_
+    [[ $1 == real ]] && other=embedded_
     if have_nextest; then
-        CONVEYOR_IT_BACKENDS=$1 cargo nextest run -p conveyor-engine --test it --locked \
+        CONVEYOR_IT_BACKENDS=$1 cargo nextest run -p conveyor-engine --test it --locked --profile "$1" \
             --test-threads "$TEST_THREADS" "${EXTRA_ARGS[@]}"
     else
         CONVEYOR_IT_BACKENDS=$1 cargo test -p conveyor-engine --test it --locked \
-            -- --test-threads "$TEST_THREADS" "${EXTRA_ARGS[@]}"
+            -- --test-threads "$TEST_THREADS" --skip "::$other" "${EXTRA_ARGS[@]}"
     fi
 }
 
