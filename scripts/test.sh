@@ -11,7 +11,7 @@
 #   embedded  integration suite (-p conveyor-engine --test it), CONVEYOR_IT_BACKENDS=embedded
 #   fuzz      scripts/fuzz.sh: schemathesis against the daemon's /openapi.json (embedded backends)
 #   real      scripts/services.sh up, then the suite again with CONVEYOR_IT_BACKENDS=real
-#   docker    scripts/check-docker.sh
+#   docker    scripts/check-docker.sh: Docker and monitoring files, as Rust tests (testkit/tests/docker)
 # embedded and real export CONVEYOR_STANDARDWEBHOOKS_PYTHON: the suite checks webhook signatures
 # with it (scripts/verify-webhooks.py); installed by deps, or on demand when TEST_ONLY skips deps.
 # Services this run starts are stopped on exit, pass or fail (ones already all up are left).

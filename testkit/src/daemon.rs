@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -48,7 +48,7 @@ pub struct Daemon {
     /// From spawn to the listening line.
     pub startup: Duration,
     log: PathBuf,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
 impl Daemon {
@@ -109,10 +109,32 @@ impl Daemon {
 
     /// `GET path`: the status and body.
     pub async fn get(&self, path: &str) -> Result<(StatusCode, Bytes), Error> {
+        self.send(http::Method::GET, path, None, None).await
+    }
+
+    /// A request with an optional bearer token and JSON body: the status and body.
+    pub async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: Option<&str>,
+        json: Option<&serde_json::Value>,
+    ) -> Result<(StatusCode, Bytes), Error> {
         let uri = format!("{}{path}", self.base);
         let http_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Http { uri: uri.clone(), source };
-        let target: http::Uri = uri.parse().map_err(|e: http::uri::InvalidUri| http_err(Box::new(e)))?;
-        let resp = self.client.get(target).await.map_err(|e| http_err(Box::new(e)))?;
+        let mut req = http::Request::builder().method(method).uri(&uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = match json {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(serde_json::to_vec(v).map_err(|e| http_err(Box::new(e)))?)
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(Full::new(body)).map_err(|e| http_err(Box::new(e)))?;
+        let resp = self.client.request(req).await.map_err(|e| http_err(Box::new(e)))?;
         let status = resp.status();
         let body = resp.into_body().collect().await.map_err(|e| http_err(Box::new(e)))?.to_bytes();
         Ok((status, body))

@@ -24,7 +24,7 @@ pub enum Error {
     NoExit { secs: u64, log: String },
     #[error("{0} must be set for real backends (eval \"$(scripts/services.sh env)\")")]
     MissingEnv(&'static str),
-    #[error("GET {uri}")]
+    #[error("request to {uri}")]
     Http {
         uri: String,
         #[source]
