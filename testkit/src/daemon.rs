@@ -91,7 +91,11 @@ impl Daemon {
         match base {
             Ok(_) => Ok(daemon),
             // Dropping it kills it.
-            Err(_) => Err(Error::NotListening { secs: START_TIMEOUT.as_secs(), log: daemon.log_tail(40) }),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(Error::NotListening { secs: START_TIMEOUT.as_secs(), log: daemon.log_tail(40) })
+            }
+            // Its stdout closed: it exited (a bad setting, a backend refusing it).
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::Exited { log: daemon.log_tail(40) }),
         }
     }
 

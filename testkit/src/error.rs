@@ -18,6 +18,8 @@ pub enum Error {
     },
     #[error("conveyor printed no 'conveyor listening on' line within {secs} s; log tail:\n{log}")]
     NotListening { secs: u64, log: String },
+    #[error("conveyor exited before listening; log tail:\n{log}")]
+    Exited { log: String },
     #[error("conveyor never became ready (/ready 200 with a partition) within {secs} s; log tail:\n{log}")]
     NotReady { secs: u64, log: String },
     #[error("conveyor did not exit within {secs} s of SIGTERM; log tail:\n{log}")]

@@ -180,13 +180,18 @@ pub fn check(report: &mut Report, ws: &Workspace, df: &Dockerfile, dockerignore:
             copied.insert(norm);
         }
     }
-    let all = copied.contains(".");
+    // A path is copied when it or a folder above it is (`COPY domains domains` brings each
+    // member under domains/).
+    let is_copied = |p: &str| {
+        let p = normalize(p);
+        copied.contains(".") || copied.iter().any(|c| p == *c || p.starts_with(&format!("{c}/")))
+    };
     for f in ["Cargo.toml", "Cargo.lock"] {
-        report.check(all || copied.contains(f), format!("Dockerfile copies {f}"), "");
+        report.check(is_copied(f), format!("Dockerfile copies {f}"), "");
     }
     for m in &ws.members {
         report.check(
-            all || copied.contains(&normalize(m)),
+            is_copied(m),
             format!("Dockerfile copies workspace member {m}"),
             "cargo cannot load the workspace without it",
         );
@@ -325,6 +330,15 @@ mod tests {
     fn a_missing_member_copy_fails() {
         let r = run(&real().replace("COPY http http\n", ""));
         assert!(r.failed("copies workspace member http"), "{:?}", r.failures);
+    }
+
+    #[test]
+    fn a_folder_above_members_copies_them() {
+        let mut r = Report::default();
+        let mut w = ws(&crate::repo_root());
+        w.members.push("testkit/tests".to_string());
+        check(&mut r, &w, &Dockerfile::parse(&real()), "");
+        assert!(!r.failed("copies workspace member testkit/tests"), "{:?}", r.failures);
     }
 
     #[test]
