@@ -1,4 +1,5 @@
-//! docker/compose.yml, the Prometheus config and Grafana's provisioning files it mounts.
+//! docker/compose.yml: its services, images, environment, ports and volumes, and the paths of
+//! the files it mounts (checked in prometheus.rs and grafana.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -290,246 +291,18 @@ pub fn check_compose(report: &mut Report, c: &Compose, root: &Path, exposed: &[S
     );
 }
 
-/// Go-style durations as Prometheus writes them (ms, s, m, h), in seconds.
-pub fn seconds(d: &str) -> Option<f64> {
-    let (num, mult) = if let Some(n) = d.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = d.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = d.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = d.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        return None;
-    };
-    num.parse::<f64>().ok().map(|n| n * mult)
-}
-
-pub fn check_prometheus(report: &mut Report, c: &Compose, promcfg: &Value) {
-    let prom = c.service("prometheus");
-    let cmd: Vec<String> = match &prom["command"] {
-        Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
-        v => items(v).iter().map(text).collect(),
-    };
-    let config_flag = cmd
-        .iter()
-        .find_map(|a| a.strip_prefix("--config.file="))
-        .unwrap_or("/etc/prometheus/prometheus.yml")
-        .to_string();
-    let mount = c.mounts("prometheus").into_iter().find(|m| m.bind && compose_rel(&m.source) == PROM_CONFIG);
-    if report.check(mount.is_some(), format!("prometheus mounts {PROM_CONFIG}"), "")
-        && let Some(m) = mount
-    {
-        report.check(
-            m.target == config_flag,
-            format!("prometheus config is mounted where --config.file points ({config_flag})"),
-            format!("mounted at {}", m.target),
-        );
-        report.check(m.read_only, "prometheus config is mounted read-only", "");
-    }
-    report.check(c.ports("prometheus").iter().any(|p| p.ends_with("9090:9090")), "prometheus publishes 9090:9090", "");
-    let port = c.container_port("conveyor", "8000");
-    let jobs: Vec<(&Value, Vec<String>)> = items(&promcfg["scrape_configs"])
-        .iter()
-        .map(|job| {
-            let targets =
-                items(&job["static_configs"]).iter().flat_map(|sc| items(&sc["targets"]).iter().map(text)).collect();
-            (job, targets)
-        })
-        .filter(|(_, t): &(&Value, Vec<String>)| t.iter().any(|t| t.split(':').next() == Some("conveyor")))
-        .collect();
-    if report.check(
-        jobs.len() == 1,
-        "prometheus.yml has one scrape job for the conveyor service",
-        format!("{} jobs", jobs.len()),
-    ) {
-        let (job, targets) = &jobs[0];
-        let want = format!("conveyor:{port}");
-        report.check(
-            targets.contains(&want),
-            format!("conveyor scrape target is {want} (the service's HTTP port)"),
-            format!("targets {targets:?}"),
-        );
-        let path = job["metrics_path"].as_str().unwrap_or("/metrics");
-        report.check(path == "/metrics", "conveyor is scraped at /metrics", format!("metrics_path {path:?}"));
-        let scheme = job["scheme"].as_str().unwrap_or("http");
-        report.check(scheme == "http", "conveyor is scraped over http (the container serves plain HTTP)", scheme);
-        let glob = &promcfg["global"];
-        let interval = job["scrape_interval"].as_str().or(glob["scrape_interval"].as_str()).unwrap_or("1m");
-        report.check(interval == "5s", "conveyor is scraped every 5s", format!("scrape_interval {interval:?}"));
-        let timeout = job["scrape_timeout"].as_str().or(glob["scrape_timeout"].as_str()).unwrap_or("10s");
-        match (seconds(timeout), seconds(interval)) {
-            (Some(t), Some(i)) => report.check(
-                t <= i,
-                format!("scrape_timeout {timeout} <= scrape_interval {interval}"),
-                "Prometheus refuses such a config",
-            ),
-            _ => report.check(
-                false,
-                format!("scrape_timeout {timeout:?} / scrape_interval {interval:?} are durations"),
-                "",
-            ),
-        };
-    }
-}
-
-/// What the dashboard check needs from Grafana's provisioning.
-pub struct Grafana {
-    pub datasource_uids: BTreeSet<String>,
-}
-
-pub fn check_grafana(report: &mut Report, c: &Compose, root: &Path, dsdoc: &Value, provdoc: &Value) -> Grafana {
-    let genv = c.env("grafana");
-    let get = |k: &str| genv.get(k).cloned().flatten();
-    let mounts: Vec<Mount> = c
-        .mounts("grafana")
-        .into_iter()
-        .filter(|m| m.bind)
-        .map(|m| Mount { source: compose_rel(&m.source), ..m })
-        .collect();
-    report.check(c.ports("grafana").iter().any(|p| p.ends_with("3000:3000")), "grafana publishes 3000:3000", "");
-    report.check(
-        get("GF_AUTH_ANONYMOUS_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")),
-        "grafana allows anonymous viewers (local use)",
-        "",
-    );
-    let role = get("GF_AUTH_ANONYMOUS_ORG_ROLE").unwrap_or_else(|| "Viewer".into());
-    report.check(role == "Viewer", "anonymous grafana users are only Viewers", format!("role {role:?}"));
-    let pw = get("GF_SECURITY_ADMIN_PASSWORD").unwrap_or_default();
-    let default_from_env =
-        pw.strip_prefix("${").and_then(|r| r.strip_suffix('}')).and_then(|r| r.split_once(":-")).is_some_and(
-            |(var, default)| {
-                !var.is_empty()
-                    && var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-                    && !var.starts_with(|c: char| c.is_ascii_digit())
-                    && !default.is_empty()
-                    && !default.contains('}')
-            },
-        );
-    report.check(
-        default_from_env,
-        "grafana admin password comes from an env var with a default (${VAR:-default})",
-        format!("got {pw:?}"),
-    );
-    let prov_target = get("GF_PATHS_PROVISIONING").unwrap_or_else(|| "/etc/grafana/provisioning".into());
-    let prov_dir = mounts.iter().find(|m| m.target == prov_target).map(|m| m.source.clone());
-    report.check(
-        prov_dir.is_some(),
-        format!("grafana mounts a provisioning folder at {prov_target}"),
-        format!("mounts {mounts:?}"),
-    );
-    let container_to_repo = |p: &str| -> Option<String> {
-        mounts.iter().find_map(|m| {
-            let dst = m.target.trim_end_matches('/');
-            if p == dst {
-                Some(m.source.clone())
-            } else {
-                p.strip_prefix(&format!("{dst}/")).map(|rest| format!("{}/{rest}", m.source))
-            }
-        })
-    };
-
-    // Datasources.
-    let in_prov = |file: &str, sub: &str| prov_dir.as_ref().is_none_or(|d| format!("{d}/{sub}") == file);
-    report.check(
-        in_prov(DS_FILE, "datasources/prometheus.yml"),
-        format!("{DS_FILE} is inside the mounted provisioning folder"),
-        "",
-    );
-    report.check(dsdoc["apiVersion"] == 1, format!("{DS_FILE} has apiVersion: 1"), "");
-    let datasource_uids: BTreeSet<String> =
-        items(&dsdoc["datasources"]).iter().filter_map(|d| d["uid"].as_str().map(str::to_string)).collect();
-    let prom_ds: Vec<&Value> = items(&dsdoc["datasources"]).iter().filter(|d| d["type"] == "prometheus").collect();
-    if report.check(prom_ds.len() == 1, format!("{DS_FILE} defines one Prometheus datasource"), "") {
-        let d = prom_ds[0];
-        report.check(
-            d["uid"] == "prometheus",
-            "the Prometheus datasource has uid prometheus",
-            format!("uid {}", d["uid"]),
-        );
-        let url = text(&d["url"]);
-        let hostport = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"))
-            .map(|r| r.trim_end_matches('/'))
-            .filter(|r| !r.contains('/'));
-        let (host, port) = match hostport.map(|h| h.split_once(':').unwrap_or((h, "80"))) {
-            Some((h, p)) => (Some(h.to_string()), p.to_string()),
-            None => (None, String::new()),
-        };
-        let services = c.services();
-        let known = host.as_ref().is_some_and(|h| services.contains(h));
-        report.check(known, format!("datasource url {url} names a compose service"), format!("services {services:?}"));
-        if let Some(h) = host.filter(|_| known) {
-            let want = c.container_port(&h, "9090");
-            report.check(port == want, format!("datasource url port {port} is {h}'s container port"), "");
-        }
-        report.check(
-            d["access"].as_str().unwrap_or("proxy") == "proxy",
-            "datasource access is proxy (the browser cannot resolve compose names)",
-            "",
-        );
-    }
-
-    // Dashboard providers.
-    report.check(
-        in_prov(PROVIDER_FILE, "dashboards/conveyor.yml"),
-        format!("{PROVIDER_FILE} is inside the mounted provisioning folder"),
-        "",
-    );
-    report.check(provdoc["apiVersion"] == 1, format!("{PROVIDER_FILE} has apiVersion: 1"), "");
-    let mut dashboard_files = Vec::new();
-    for pr in items(&provdoc["providers"]) {
-        report.check(pr["type"] == "file", format!("dashboard provider {} is a file provider", pr["name"]), "");
-        let p = text(&pr["options"]["path"]);
-        let repo_dir = container_to_repo(&p);
-        let is_dir = repo_dir.as_ref().is_some_and(|d| root.join(d).is_dir());
-        if report.check(
-            is_dir,
-            format!("dashboard provider path {p} is a mounted folder ({repo_dir:?})"),
-            format!("grafana mounts {mounts:?}"),
-        ) && let Some(dir) = repo_dir
-        {
-            let mut files: Vec<String> = std::fs::read_dir(root.join(&dir))
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .map(|e| e.file_name().to_string_lossy().to_string())
-                        .filter(|f| f.ends_with(".json"))
-                        .map(|f| format!("{dir}/{f}"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            files.sort();
-            dashboard_files.extend(files);
-        }
-    }
-    report.check(
-        dashboard_files.iter().any(|f| f == DASHBOARD),
-        format!("{DASHBOARD} is loaded by a dashboard provider"),
-        format!("found {dashboard_files:?}"),
-    );
-    if let Some(home) = get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH") {
-        let file = container_to_repo(&home);
-        report.check(
-            file.as_ref().is_some_and(|f| dashboard_files.contains(f)),
-            format!("grafana home dashboard {home} is a provisioned dashboard file"),
-            "",
-        );
-    }
-    Grafana { datasource_uids }
+/// The repo's compose file, parsed and as text (for the negative tests).
+#[cfg(test)]
+pub fn real() -> (Compose, String) {
+    let root = crate::repo_root();
+    let text = std::fs::read_to_string(root.join(COMPOSE)).unwrap_or_default();
+    (Compose { doc: load_yaml(&root, COMPOSE) }, text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn real() -> (Compose, String) {
-        let root = crate::repo_root();
-        let text = std::fs::read_to_string(root.join(COMPOSE)).unwrap_or_default();
-        (Compose { doc: load_yaml(&root, COMPOSE) }, text)
-    }
 
     fn compose_report(c: &Compose, text: &str) -> Report {
         let mut r = Report::default();
@@ -542,8 +315,8 @@ mod tests {
         let root = crate::repo_root();
         let (c, text) = real();
         let mut r = compose_report(&c, &text);
-        check_prometheus(&mut r, &c, &load_yaml(&root, PROM_CONFIG));
-        check_grafana(&mut r, &c, &root, &load_yaml(&root, DS_FILE), &load_yaml(&root, PROVIDER_FILE));
+        crate::prometheus::check(&mut r, &c, &load_yaml(&root, PROM_CONFIG));
+        crate::grafana::check(&mut r, &c, &root, &load_yaml(&root, DS_FILE), &load_yaml(&root, PROVIDER_FILE));
         r.assert_clean();
     }
 
@@ -567,44 +340,5 @@ mod tests {
         let r = compose_report(&c, &text);
         assert!(r.failed("port 8000:8000 is a quoted string"), "{:?}", r.failures);
         assert!(r.failed("pinned version tag"), "{:?}", r.failures);
-    }
-
-    #[test]
-    fn a_wrong_scrape_target_or_timeout_fails() {
-        let root = crate::repo_root();
-        let (c, _) = real();
-        let mut prom = load_yaml(&root, PROM_CONFIG);
-        prom["scrape_configs"][0]["static_configs"][0]["targets"] = json!(["conveyor:9000"]);
-        prom["scrape_configs"][0]["scrape_timeout"] = json!("10s");
-        let mut r = Report::default();
-        check_prometheus(&mut r, &c, &prom);
-        assert!(r.failed("scrape target is conveyor:8000"), "{:?}", r.failures);
-        assert!(r.failed("scrape_timeout 10s <= scrape_interval 5s"), "{:?}", r.failures);
-    }
-
-    #[test]
-    fn grafana_admin_anonymous_and_a_wrong_datasource_url_fail() {
-        let root = crate::repo_root();
-        let (mut c, _) = real();
-        let env = &mut c.doc["services"]["grafana"]["environment"];
-        env["GF_AUTH_ANONYMOUS_ORG_ROLE"] = json!("Admin");
-        env["GF_SECURITY_ADMIN_PASSWORD"] = json!("admin");
-        let mut ds = load_yaml(&root, DS_FILE);
-        ds["datasources"][0]["url"] = json!("http://prom:9090");
-        let mut r = Report::default();
-        check_grafana(&mut r, &c, &root, &ds, &load_yaml(&root, PROVIDER_FILE));
-        assert!(r.failed("only Viewers") && r.failed("${VAR:-default}"), "{:?}", r.failures);
-        assert!(r.failed("names a compose service"), "{:?}", r.failures);
-    }
-
-    #[test]
-    fn a_dashboard_folder_not_mounted_fails() {
-        let root = crate::repo_root();
-        let (c, _) = real();
-        let mut prov = load_yaml(&root, PROVIDER_FILE);
-        prov["providers"][0]["options"]["path"] = json!("/var/lib/elsewhere");
-        let mut r = Report::default();
-        check_grafana(&mut r, &c, &root, &load_yaml(&root, DS_FILE), &prov);
-        assert!(r.failed("is a mounted folder") && r.failed("is loaded by a dashboard provider"), "{:?}", r.failures);
     }
 }

@@ -11,7 +11,9 @@
 mod compose;
 mod dashboard;
 mod dockerfile;
+mod grafana;
 mod metrics;
+mod prometheus;
 mod promql;
 mod report;
 mod workspace;
@@ -101,8 +103,8 @@ async fn docker_files_match_the_workspace_and_the_live_metrics() {
     let c = compose::Compose { doc: compose::load_yaml(&root, compose::COMPOSE) };
     compose::check_compose(&mut report, &c, &root, &df.exposed(), &compose_text);
     let promcfg = compose::load_yaml(&root, compose::PROM_CONFIG);
-    compose::check_prometheus(&mut report, &c, &promcfg);
-    let grafana = compose::check_grafana(
+    prometheus::check(&mut report, &c, &promcfg);
+    let grafana = grafana::check(
         &mut report,
         &c,
         &root,
