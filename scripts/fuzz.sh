@@ -168,29 +168,9 @@ rm -rf "$OUT_DIR"
 mkdir -p "$OUT_DIR"
 
 # ------------------------------------------------------------ webhook sink
-# Where the seeded endpoints deliver: POST /ok/... answers 204, any other POST 503 (so its
-# deliveries fail and are dead-lettered).
-cat >"$WORK/sink.py" <<'EOF'
-import http.server, sys
-
-class Sink(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        self.send_response(204 if self.path.startswith("/ok/") else 503)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, fmt, *args):
-        sys.stderr.write("%s %s\n" % (self.command, self.path))
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-server.daemon_threads = True
-print(server.server_address[1], flush=True)
-server.serve_forever()
-EOF
-"$PY" "$WORK/sink.py" >"$WORK/sink.port" 2>"$OUT_DIR/sink.log" &
+# Where the seeded endpoints deliver (`conveyor-testkit sink`): POST /ok/... answers 204, any
+# other POST 503 (so its deliveries fail and are dead-lettered).
+"$TESTKIT" sink >"$WORK/sink.port" 2>"$OUT_DIR/sink.log" &
 SINK_PID=$!
 SINK_PORT=""
 for _ in $(seq 50); do

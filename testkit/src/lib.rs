@@ -8,6 +8,7 @@ mod daemon;
 mod error;
 mod names;
 pub mod private;
+pub mod sink;
 mod token;
 
 pub use backends::Backends;

@@ -3,6 +3,7 @@
 //! `daemon` starts `conveyor serve` the way the integration suite does, prints `BASE=URL` and
 //! `PID=PID` once it is ready, and keeps it running until this process gets SIGTERM or SIGINT,
 //! which it passes on (then waits for the daemon's drain). `token` prints a signed token.
+//! `sink` is a webhook receiver (POST /ok/... 204, other POSTs 503) that prints its port.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,13 @@ enum Cmd {
         #[arg(long, default_value_t = 45)]
         stop_timeout: u64,
     },
+    /// A webhook sink on 127.0.0.1: prints its port, then answers POST /ok/... 204 and any
+    /// other POST 503 until killed; logs each request on stderr.
+    Sink {
+        /// 0 picks a free port.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Print an HS256 token with `sub`, `roles` and `exp`.
     Token {
         #[arg(long)]
@@ -57,6 +65,7 @@ async fn main() -> ExitCode {
         Cmd::Daemon { binary, data_dir, log, set, stop_timeout } => {
             daemon(binary, data_dir, log, set, Duration::from_secs(stop_timeout)).await
         }
+        Cmd::Sink { port } => conveyor_testkit::sink::serve(port, |p| println!("{p}")).await.map_err(|e| report(&e)),
         Cmd::Token { secret, sub, roles, ttl_secs } => {
             let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
             mint(&secret, &sub, &roles, ttl_secs).map(|t| println!("{t}")).map_err(|e| report(&e))
