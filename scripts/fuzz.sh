@@ -2,11 +2,13 @@
 # Contract fuzzing of a live daemon: schemathesis generates requests from the daemon's own
 # OpenAPI document (/openapi.json) and checks every answer against it.
 #
-#   scripts/fuzz.sh [--binary PATH]     # default: target/debug/conveyor
+#   scripts/fuzz.sh [--binary PATH]     # default: $CARGO_TARGET_DIR (or target)/debug/conveyor
 #
-# Starts the daemon on the embedded backends in a fresh temporary data dir (no services,
-# inherited CONVEYOR_* variables dropped; basic auth for POST /notifications configured with a
-# throwaway password), and a local webhook sink (POST /ok/* answers 204, anything else 503).
+# Starts the daemon on the embedded backends in a fresh temporary data dir through the test
+# kit (`conveyor-testkit daemon`, next to the binary: port 0, inherited CONVEYOR_* variables
+# dropped, ready once it owns its partitions; basic auth for POST /notifications configured with
+# a throwaway password), and a local webhook sink (POST /ok/* answers 204, anything else 503).
+# Tokens come from `conveyor-testkit token`.
 # Then runs `st run` once per role token (admin, user, device, publisher) and once with the
 # basic credentials (run `basic`: POST /notifications only, the one operation that takes them),
 # stops the daemon, and prints a summary (also written to target/fuzz/summary.txt).
@@ -30,7 +32,7 @@
 # start, the daemon serves no /openapi.json, or seeding failed.
 #
 # Reports, under target/fuzz/ (emptied at the start):
-#   summary.txt  daemon.log  sink.log  RUN/junit.xml  RUN/report.json  RUN/st.log
+#   summary.txt  daemon.log  testkit.log  sink.log  RUN/junit.xml  RUN/report.json  RUN/st.log
 #   RUN/schemathesis.toml (the seeded ids it was given)
 # Each failure in RUN/st.log comes with a curl command that re-sends it (credentials filtered).
 #
@@ -47,7 +49,7 @@ log() { printf '[fuzz] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit "${1:-64}"; }
 
-BINARY=$ROOT/target/debug/conveyor
+BINARY=${CARGO_TARGET_DIR:-$ROOT/target}/debug/conveyor
 while [[ $# -gt 0 ]]; do
     case $1 in
         --binary) [[ $# -ge 2 ]] || usage; BINARY=$2; shift 2 ;;
@@ -58,6 +60,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -x $BINARY ]] || die "no executable at $BINARY (build it first: cargo build --bins)"
 BINARY=$(cd "$(dirname "$BINARY")" && pwd)/$(basename "$BINARY") # relative to the caller's cwd
+TESTKIT=$(dirname "$BINARY")/conveyor-testkit
+[[ -x $TESTKIT ]] || die "no executable at $TESTKIT (build it first: cargo build --bins)"
 cd "$ROOT"
 
 MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-25}
@@ -66,7 +70,6 @@ PHASES=${FUZZ_PHASES:-}
 RUN_TIMEOUT=${FUZZ_RUN_TIMEOUT:-600}
 SECRET=fuzz-secret
 OUT_DIR=$ROOT/target/fuzz
-START_TIMEOUT=60
 SEED_TIMEOUT=30
 # role:roles-claim, one schemathesis run each with a bearer token. The `user` token's subject
 # is the user registered below (so its saga and webhook endpoints are its own); the others'
@@ -103,29 +106,29 @@ if [[ -x $ST_VENV/bin/st ]]; then ST=$ST_VENV/bin/st; else ST=$ST_VENV/bin/schem
 command -v curl >/dev/null || die "curl not found (seeding goes through the HTTP API with it)"
 
 # ------------------------------------------------------------ daemon environment
-# Nothing inherited (a developer's backends, ports, secrets) may reach the daemon.
-while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^CONVEYOR_' || true)
+# The test kit drops every inherited CONVEYOR_* variable (a developer's backends, ports,
+# secrets) and sets the data dir and port 0; these are the fuzz run's own settings.
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/conveyor-fuzz.XXXXXX")
 DATA_DIR=$WORK/data
-mkdir -p "$DATA_DIR"
-export CONVEYOR_DATA_DIR=$DATA_DIR
-export CONVEYOR_HTTP__ADDR=127.0.0.1:0
-export CONVEYOR_AUTH__JWT_SECRET=$SECRET
-export CONVEYOR_RATE_LIMIT__ENABLED=false
-export CONVEYOR_TELEMETRY__LOG_FORMAT=json
-export CONVEYOR_AUTH__PASSWORD__ARGON2_MEMORY_KIB=4096
-export CONVEYOR_AUTH__PASSWORD__ARGON2_ITERATIONS=1
 # Basic auth on POST /notifications (seed 002's publisher credentials); a new password each run.
 BASIC_PASSWORD=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-export CONVEYOR_WEBHOOKS__BASIC_AUTH_USERNAME=$BASIC_USER
-export CONVEYOR_WEBHOOKS__BASIC_AUTH_PASSWORD=$BASIC_PASSWORD
-# The seeded endpoints deliver to the sink on loopback; a failed delivery is dead-lettered
-# after two attempts 100 ms apart instead of Svix's 3-day schedule.
-export CONVEYOR_WEBHOOKS__ALLOW_LOOPBACK=true
-export CONVEYOR_WEBHOOKS__RETRY_SCHEDULE_MS='[0, 100]'
-export CONVEYOR_WEBHOOKS__RETRY_JITTER=0
-export CONVEYOR_WEBHOOKS__POLL_INTERVAL_MS=100
+DAEMON_SETTINGS=(
+    CONVEYOR_AUTH__JWT_SECRET=$SECRET
+    CONVEYOR_RATE_LIMIT__ENABLED=false
+    CONVEYOR_TELEMETRY__LOG_FORMAT=json
+    CONVEYOR_AUTH__PASSWORD__ARGON2_MEMORY_KIB=4096
+    CONVEYOR_AUTH__PASSWORD__ARGON2_ITERATIONS=1
+    CONVEYOR_WEBHOOKS__BASIC_AUTH_USERNAME=$BASIC_USER
+    CONVEYOR_WEBHOOKS__BASIC_AUTH_PASSWORD=$BASIC_PASSWORD
+    # The seeded endpoints deliver to the sink on loopback; a failed delivery is dead-lettered
+    # after two attempts 100 ms apart instead of Svix's 3-day schedule.
+    CONVEYOR_WEBHOOKS__ALLOW_LOOPBACK=true
+    'CONVEYOR_WEBHOOKS__RETRY_SCHEDULE_MS=[0, 100]'
+    CONVEYOR_WEBHOOKS__RETRY_JITTER=0
+    CONVEYOR_WEBHOOKS__POLL_INTERVAL_MS=100
+)
 
+# The pid of `conveyor-testkit daemon`, which stops the daemon when it gets SIGTERM.
 DAEMON_PID=""
 SINK_PID=""
 stop_daemon() {
@@ -133,12 +136,12 @@ stop_daemon() {
     local pid=$DAEMON_PID waited=0
     DAEMON_PID=""
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    log "stopping the daemon (pid $pid)"
+    log "stopping the daemon"
     kill -TERM "$pid" 2>/dev/null || true
-    # The daemon drains within its grace period (30 s); don't let a hang stall CI.
-    while kill -0 "$pid" 2>/dev/null && ((waited < 450)); do sleep 0.1; waited=$((waited + 1)); done
+    # The test kit gives the daemon 45 s to drain, then kills it; don't let a hang stall CI.
+    while kill -0 "$pid" 2>/dev/null && ((waited < 500)); do sleep 0.1; waited=$((waited + 1)); done
     if kill -0 "$pid" 2>/dev/null; then
-        log "daemon still running after 45 s: SIGKILL"
+        log "conveyor-testkit still running after 50 s: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
@@ -165,29 +168,9 @@ rm -rf "$OUT_DIR"
 mkdir -p "$OUT_DIR"
 
 # ------------------------------------------------------------ webhook sink
-# Where the seeded endpoints deliver: POST /ok/... answers 204, any other POST 503 (so its
-# deliveries fail and are dead-lettered).
-cat >"$WORK/sink.py" <<'EOF'
-import http.server, sys
-
-class Sink(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        self.send_response(204 if self.path.startswith("/ok/") else 503)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, fmt, *args):
-        sys.stderr.write("%s %s\n" % (self.command, self.path))
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-server.daemon_threads = True
-print(server.server_address[1], flush=True)
-server.serve_forever()
-EOF
-"$PY" "$WORK/sink.py" >"$WORK/sink.port" 2>"$OUT_DIR/sink.log" &
+# Where the seeded endpoints deliver (`conveyor-testkit sink`): POST /ok/... answers 204, any
+# other POST 503 (so its deliveries fail and are dead-lettered).
+"$TESTKIT" sink >"$WORK/sink.port" 2>"$OUT_DIR/sink.log" &
 SINK_PID=$!
 SINK_PORT=""
 for _ in $(seq 50); do
@@ -200,60 +183,34 @@ done
 SINK=http://127.0.0.1:$SINK_PORT
 
 # ------------------------------------------------------------ start the daemon
-# In the data dir, so a ./config.toml wherever this was started from is not read.
 log "starting $BINARY (data dir $DATA_DIR; log: target/fuzz/daemon.log)"
-(cd "$DATA_DIR" && exec "$BINARY" serve) >"$WORK/daemon.out" 2>"$OUT_DIR/daemon.log" &
+settings=()
+for kv in "${DAEMON_SETTINGS[@]}"; do settings+=(--set "$kv"); done
+"$TESTKIT" daemon --binary "$BINARY" --data-dir "$DATA_DIR" --log "$OUT_DIR/daemon.log" "${settings[@]}" \
+    >"$WORK/daemon.env" 2>"$OUT_DIR/testkit.log" &
 DAEMON_PID=$!
-
+# It prints BASE= once the daemon is ready (it gives up by itself after 150 s).
 BASE=""
-deadline=$((SECONDS + START_TIMEOUT))
 while [[ -z $BASE ]]; do
-    BASE=$(sed -n 's|^conveyor listening on \(http://[^[:space:]]*\).*|\1|p' "$WORK/daemon.out" | head -n 1)
+    BASE=$(sed -n 's/^BASE=//p' "$WORK/daemon.env")
     [[ -n $BASE ]] && break
     if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
-        tail -n 40 "$OUT_DIR/daemon.log" >&2
-        die "the daemon exited before listening (log above)"
-    fi
-    if ((SECONDS >= deadline)); then
-        tail -n 40 "$OUT_DIR/daemon.log" >&2
-        die "no 'conveyor listening on' line within ${START_TIMEOUT}s (log above)"
+        cat "$OUT_DIR/testkit.log" >&2
+        DAEMON_PID=""
+        die "the daemon did not start (above; log: target/fuzz/daemon.log)"
     fi
     sleep 0.2
 done
-log "daemon listening on $BASE"
-
-# GET URL: prints the HTTP status (000 when unreachable).
-http_status() {
-    "$PY" - "$1" <<'EOF'
-import sys, urllib.request, urllib.error
-try:
-    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
-        print(r.status)
-except urllib.error.HTTPError as e:
-    print(e.code)
-except Exception:
-    print("000")
-EOF
-}
-
-# Requests before the daemon owns its partitions would get 503s that are no finding.
-while :; do
-    status=$(http_status "$BASE/ready")
-    [[ $status == 200 ]] && break
-    [[ $status == 404 ]] && { log "no /ready route: not waiting for readiness"; break; }
-    ((SECONDS < deadline)) || die "/ready still answers $status after ${START_TIMEOUT}s"
-    sleep 0.5
-done
-status=$(http_status "$BASE/openapi.json")
+log "daemon ready on $BASE"
+status=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "$BASE/openapi.json" 2>>"$WORK/curl.err" || true)
 [[ $status == 200 ]] || die "GET $BASE/openapi.json answered $status: this daemon serves no OpenAPI document"
 
 # ------------------------------------------------------------ tokens
 mint() { # sub roles
     local out
-    out=$(cd "$DATA_DIR" && "$BINARY" token mint --sub "$1" --roles "$2" --ttl 1h) ||
-        die "token mint --sub $1 --roles $2 failed"
-    out=$(printf '%s\n' "$out" | tail -n 1 | tr -d '[:space:]')
-    [[ -n $out ]] || die "token mint --sub $1 printed no token"
+    out=$("$TESTKIT" token --secret "$SECRET" --sub "$1" --roles "$2" --ttl-secs 3600) ||
+        die "token for --sub $1 --roles $2 failed"
+    [[ -n $out ]] || die "no token for --sub $1"
     printf '%s' "$out"
 }
 

@@ -11,7 +11,7 @@
 #   embedded  integration suite (-p conveyor-engine --test it), CONVEYOR_IT_BACKENDS=embedded
 #   fuzz      scripts/fuzz.sh: schemathesis against the daemon's /openapi.json (embedded backends)
 #   real      scripts/services.sh up, then the suite again with CONVEYOR_IT_BACKENDS=real
-#   docker    scripts/check-docker.sh
+#   docker    scripts/check-docker.sh: Docker and monitoring files, as Rust tests (testkit/tests/docker)
 # embedded and real export CONVEYOR_STANDARDWEBHOOKS_PYTHON: the suite checks webhook signatures
 # with it (scripts/verify-webhooks.py); installed by deps, or on demand when TEST_ONLY skips deps.
 # Services this run starts are stopped on exit, pass or fail (ones already all up are left).
@@ -111,14 +111,19 @@ run_unit_tests() {
     fi
 }
 
+# Each backend has a nextest profile (.config/nextest.toml) leaving out the other's tests:
+# real_* need the services, embedded_* test the embedded backends; nextest lists them as
+# skipped. Without nextest, --skip does the same.
 run_integration() { # backends
     say "CONVEYOR_IT_BACKENDS=$1"
+    local other=real_
+    [[ $1 == real ]] && other=embedded_
     if have_nextest; then
-        CONVEYOR_IT_BACKENDS=$1 cargo nextest run -p conveyor-engine --test it --locked \
+        CONVEYOR_IT_BACKENDS=$1 cargo nextest run -p conveyor-engine --test it --locked --profile "$1" \
             --test-threads "$TEST_THREADS" "${EXTRA_ARGS[@]}"
     else
         CONVEYOR_IT_BACKENDS=$1 cargo test -p conveyor-engine --test it --locked \
-            -- --test-threads "$TEST_THREADS" "${EXTRA_ARGS[@]}"
+            -- --test-threads "$TEST_THREADS" --skip "::$other" "${EXTRA_ARGS[@]}"
     fi
 }
 

@@ -7,9 +7,7 @@ use crate::harness::{Daemon, Opts, eventually, metric_sum, real_only, token};
 
 #[tokio::test]
 async fn real_two_daemons_split_partitions_and_one_takes_over() {
-    if !real_only("real_two_daemons_split_partitions_and_one_takes_over") {
-        return;
-    }
+    real_only("real_two_daemons_split_partitions_and_one_takes_over");
     let mut a = Daemon::start(Opts::new()).await;
     let mut opts_b = Opts::new();
     opts_b.names = a.names.clone();

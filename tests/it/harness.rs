@@ -1,10 +1,10 @@
-//! Spawns the `conveyor` binary on port 0 with unique topics, group, schema and key
-//! prefix per test, against the embedded backends or the real ones (`CONVEYOR_IT_BACKENDS`).
+//! The suite's side of starting a daemon: which backends (`CONVEYOR_IT_BACKENDS`), the
+//! settings that keep tests quick, and an HTTP client. Spawning, names, tokens and private
+//! services come from the test kit (conveyor-testkit), shared with the benchmarks and fuzz.sh.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -13,6 +13,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+
+pub use conveyor_testkit::{Names, eventually, tail};
 
 pub const SECRET: &str = "it-secret";
 
@@ -31,56 +33,23 @@ impl Backend {
     }
 }
 
-/// True when the suite runs against real services; tests that need them say so and return.
-pub fn real_only(test: &str) -> bool {
-    if Backend::from_env() == Backend::Real {
-        return true;
-    }
-    eprintln!("{test}: runs in the real-backend phase (CONVEYOR_IT_BACKENDS=real)");
-    false
+/// Tests that need the real services are named `real_*`: the embedded phase leaves them out
+/// by that name (scripts/test.sh), so nextest lists them as skipped. One run without real
+/// backends anyway (a filter mistake, a bare `cargo test`) fails here instead of passing.
+pub fn real_only(test: &str) {
+    assert!(
+        Backend::from_env() == Backend::Real,
+        "{test} needs the real backends (CONVEYOR_IT_BACKENDS=real, scripts/services.sh up); \
+         the embedded phase skips real_* tests (.config/nextest.toml, profile embedded)"
+    );
 }
 
-fn env_required(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set for real backends (scripts/services.sh env)"))
-}
-
-/// Names that make one test's daemons independent of every other test's.
-#[derive(Debug, Clone)]
-pub struct Names {
-    pub id: String,
-    pub topic_in: String,
-    pub topic_dlq: String,
-    pub group: String,
-}
-
-impl Names {
-    /// `(env var, value)` for the saga's topics and the groups beyond the events group.
-    fn saga_env(&self) -> [(&'static str, String); 9] {
-        let id = &self.id;
-        [
-            ("CONVEYOR_LOG__TOPICS__REGISTRATION", format!("{id}-registration")),
-            ("CONVEYOR_LOG__TOPICS__LOYALTY", format!("{id}-loyalty")),
-            ("CONVEYOR_LOG__GROUPS__LOYALTY", format!("{id}-loyalty")),
-            ("CONVEYOR_LOG__GROUPS__IDENTITY", format!("{id}-identity-saga")),
-            ("CONVEYOR_DLQ__INDEX_GROUP", format!("{id}-dlq-index")),
-            ("CONVEYOR_LOG__TOPICS__NOTIFICATIONS", format!("{id}-notifications")),
-            ("CONVEYOR_LOG__GROUPS__WEBHOOKS", format!("{id}-webhooks")),
-            ("CONVEYOR_LOG__TOPICS__WORKFLOWS_COMMAND", format!("{id}-workflows.command")),
-            ("CONVEYOR_LOG__GROUPS__WORKFLOWS", format!("{id}-workflows")),
-        ]
-    }
-}
-
-impl Names {
-    pub fn unique() -> Self {
-        let id = format!("it{}", uuid::Uuid::new_v4().simple().to_string().get(..12).unwrap_or("x"));
-        Names {
-            topic_in: format!("{id}-events-input"),
-            topic_dlq: format!("{id}-events-dlq"),
-            group: format!("{id}-events-processor"),
-            id,
-        }
-    }
+/// The counterpart for tests of the embedded backends themselves, named `embedded_*`.
+pub fn embedded_only(test: &str) {
+    assert!(
+        Backend::from_env() == Backend::Embedded,
+        "{test} tests the embedded backends; the real phase skips embedded_* tests (.config/nextest.toml, profile real)"
+    );
 }
 
 /// How to start a daemon.
@@ -95,7 +64,7 @@ pub struct Opts {
 
 impl Opts {
     pub fn new() -> Self {
-        Opts { backend: Backend::from_env(), names: Names::unique(), data_dir: None, env: Vec::new(), keep: None }
+        Opts { backend: Backend::from_env(), names: Names::unique("it"), data_dir: None, env: Vec::new(), keep: None }
     }
 
     /// A restart of `stopped`: same names, same data directory (which it now keeps alive).
@@ -115,7 +84,7 @@ impl Opts {
 }
 
 pub struct Daemon {
-    child: Child,
+    process: conveyor_testkit::Daemon,
     pub base: String,
     pub data_dir: PathBuf,
     pub names: Names,
@@ -125,56 +94,43 @@ pub struct Daemon {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
-/// The daemon's environment for `opts`, inherited `CONVEYOR_*` variables removed.
+/// Settings that keep the suite quick and its many logins from one address unthrottled.
+const QUICK: &[(&str, &str)] = &[
+    ("CONVEYOR_TELEMETRY__LOG_FORMAT", "json"),
+    ("CONVEYOR_RETRY__BASE_MS", "50"),
+    ("CONVEYOR_RETRY__CAP_MS", "400"),
+    ("CONVEYOR_PROCESSING__COMMIT_INTERVAL_MS", "200"),
+    ("CONVEYOR_SHUTDOWN__GRACE_PERIOD_MS", "15000"),
+    // Many tests log in from 127.0.0.1; the rate-limit tests set their own quotas.
+    ("CONVEYOR_RATE_LIMIT__AUTH_PER_IP", "{per_period=1000,period_secs=1,burst=1000}"),
+    ("CONVEYOR_RATE_LIMIT__TRUSTED_PROXIES", r#"["127.0.0.1"]"#),
+    // Cheaper hashing keeps the suite quick; the production cost is in the unit tests' reach.
+    ("CONVEYOR_AUTH__PASSWORD__ARGON2_MEMORY_KIB", "4096"),
+    ("CONVEYOR_AUTH__PASSWORD__ARGON2_ITERATIONS", "1"),
+    // Webhook sinks live on loopback; retries come quickly.
+    ("CONVEYOR_WEBHOOKS__ALLOW_LOOPBACK", "true"),
+    ("CONVEYOR_WEBHOOKS__POLL_INTERVAL_MS", "100"),
+    ("CONVEYOR_WEBHOOKS__RETRY_SCHEDULE_MS", "[0, 100, 100, 100, 100]"),
+    ("CONVEYOR_WEBHOOKS__RETRY_JITTER", "0"),
+    ("CONVEYOR_WEBHOOKS__BASIC_AUTH_USERNAME", "admin"),
+    ("CONVEYOR_WEBHOOKS__BASIC_AUTH_PASSWORD", "admin"),
+];
+
+/// The daemon's command for `opts` (no subcommand yet), inherited `CONVEYOR_*` variables removed.
 pub fn command(opts: &Opts, data_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_conveyor"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CONVEYOR_") {
-            cmd.env_remove(k);
-        }
-    }
-    let n = &opts.names;
-    cmd.current_dir(data_dir)
-        .env("CONVEYOR_DATA_DIR", data_dir)
-        .env("CONVEYOR_HTTP__ADDR", "127.0.0.1:0")
-        .env("CONVEYOR_AUTH__JWT_SECRET", SECRET)
-        .env("CONVEYOR_LOG__TOPICS__EVENTS_INPUT", &n.topic_in)
-        .env("CONVEYOR_LOG__TOPICS__EVENTS_DLQ", &n.topic_dlq)
-        .env("CONVEYOR_LOG__GROUPS__EVENTS", &n.group)
-        .env("CONVEYOR_TELEMETRY__LOG_FORMAT", "json")
-        .env("CONVEYOR_RETRY__BASE_MS", "50")
-        .env("CONVEYOR_RETRY__CAP_MS", "400")
-        .env("CONVEYOR_PROCESSING__COMMIT_INTERVAL_MS", "200")
-        .env("CONVEYOR_SHUTDOWN__GRACE_PERIOD_MS", "15000")
-        // Many tests log in from 127.0.0.1; the rate-limit tests set their own quotas.
-        .env("CONVEYOR_RATE_LIMIT__AUTH_PER_IP", "{per_period=1000,period_secs=1,burst=1000}")
-        .env("CONVEYOR_RATE_LIMIT__TRUSTED_PROXIES", r#"["127.0.0.1"]"#)
-        // Cheaper hashing keeps the suite quick; the production cost is in the unit tests' reach.
-        .env("CONVEYOR_AUTH__PASSWORD__ARGON2_MEMORY_KIB", "4096")
-        .env("CONVEYOR_AUTH__PASSWORD__ARGON2_ITERATIONS", "1")
-        // Webhook sinks live on loopback; retries come quickly.
-        .env("CONVEYOR_WEBHOOKS__ALLOW_LOOPBACK", "true")
-        .env("CONVEYOR_WEBHOOKS__POLL_INTERVAL_MS", "100")
-        .env("CONVEYOR_WEBHOOKS__RETRY_SCHEDULE_MS", "[0, 100, 100, 100, 100]")
-        .env("CONVEYOR_WEBHOOKS__RETRY_JITTER", "0")
-        .env("CONVEYOR_WEBHOOKS__BASIC_AUTH_USERNAME", "admin")
-        .env("CONVEYOR_WEBHOOKS__BASIC_AUTH_PASSWORD", "admin");
-    for (k, v) in n.saga_env() {
-        cmd.env(k, v);
-    }
+    let mut env: Vec<(String, String)> = vec![("CONVEYOR_AUTH__JWT_SECRET".into(), SECRET.into())];
+    env.extend(QUICK.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env.extend(opts.names.env());
     if opts.backend == Backend::Real {
-        cmd.env("CONVEYOR_LOG__BACKEND", "kafka")
-            .env("CONVEYOR_LOG__KAFKA__BROKERS", env_required("CONVEYOR_TEST_KAFKA_BROKERS"))
-            .env("CONVEYOR_LOG__KAFKA__SESSION_TIMEOUT_MS", "6000")
-            .env("CONVEYOR_STORE__URL", env_required("CONVEYOR_TEST_PG_URL"))
-            .env("CONVEYOR_STORE__SCHEMA", &n.id)
-            .env("CONVEYOR_CACHE__URL", env_required("CONVEYOR_TEST_REDIS_URL"))
-            .env("CONVEYOR_CACHE__KEY_PREFIX", format!("{}:", n.id));
+        let backends = conveyor_testkit::Backends::real_from_env().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(&backends, conveyor_testkit::Backends::Real { redis_url: Some(_), .. }),
+            "CONVEYOR_TEST_REDIS_URL must be set for real backends (scripts/services.sh env)"
+        );
+        env.extend(backends.env(&opts.names));
     }
-    for (k, v) in &opts.env {
-        cmd.env(k, v);
-    }
-    cmd
+    env.extend(opts.env.iter().cloned());
+    conveyor_testkit::command(Path::new(env!("CARGO_BIN_EXE_conveyor")), data_dir, &env)
 }
 
 impl Daemon {
@@ -188,43 +144,17 @@ impl Daemon {
             }
         };
         std::fs::create_dir_all(&data_dir).unwrap_or_else(|e| panic!("data dir: {e}"));
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("daemon.log"))
-            .unwrap_or_else(|e| panic!("log file: {e}"));
-        let mut child = command(&opts, &data_dir)
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning conveyor: {e}"));
-        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("conveyor listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let base = match rx.recv_timeout(Duration::from_secs(90)) {
-            Ok(base) => base,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("daemon did not start; log:\n{}", tail(&data_dir.join("daemon.log"), 40));
-            }
-        };
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let process = conveyor_testkit::Daemon::spawn(command(&opts, &data_dir), &data_dir.join("daemon.log"))
+            .unwrap_or_else(|e| panic!("{e}"));
         let daemon = Daemon {
-            child,
-            base,
+            base: process.base.clone(),
+            process,
             data_dir,
             names: opts.names,
             backend: opts.backend,
             env: opts.env,
             _tmp: tmp,
-            client,
+            client: Client::builder(TokioExecutor::new()).build_http(),
         };
         daemon.wait_ready().await;
         daemon
@@ -232,12 +162,9 @@ impl Daemon {
 
     /// Waits until `/ready` is 200 and this daemon owns at least one partition.
     pub async fn wait_ready(&self) {
-        let ok = eventually(Duration::from_secs(60), || async {
-            let (status, body) = self.get("/ready", None).await;
-            status == StatusCode::OK && body["partitions"].as_array().is_some_and(|p| !p.is_empty())
-        })
-        .await;
-        assert!(ok, "daemon never became ready; log:\n{}", self.log_tail(40));
+        if let Err(e) = self.process.wait_ready(conveyor_testkit::READY_TIMEOUT).await {
+            panic!("{e}");
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -317,27 +244,18 @@ impl Daemon {
 
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
-        signal(&self.child, "TERM");
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(started.elapsed() < within, "daemon did not exit within {within:?}; log:\n{}", self.log_tail(30));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.process.terminate(within).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `kill -9`: no chance to drain or commit.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill9();
     }
 
     /// `kill -9` through a shared reference (while load generators still hold the daemon);
     /// [`Daemon::kill9`] or drop reaps it later.
     pub fn send_kill9(&self) {
-        signal(&self.child, "KILL");
+        self.process.signal("KILL");
     }
 }
 
@@ -346,56 +264,20 @@ impl Drop for Daemon {
         if std::thread::panicking() {
             eprintln!("--- daemon log ({}) ---\n{}", self.base, self.log_tail(40));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
-}
-
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Polls `check` until it holds or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return true;
-        }
-        if started.elapsed() > within {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// A token as seed 003's README mints it with PyJWT: HS256, `sub`, `roles`, `exp`, nothing else.
 pub fn token(sub: &str, roles: &[&str]) -> String {
-    let exp = chrono_now() + 3600;
-    sign(&serde_json::json!({"sub": sub, "roles": roles, "exp": exp}))
+    conveyor_testkit::mint(SECRET, sub, roles, 3600).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn sign(claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("sign: {e}"))
+    conveyor_testkit::sign(SECRET, claims).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn chrono_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+    conveyor_testkit::now_secs()
 }
 
 /// The value of a Prometheus sample line `name{...labels containing filter...} value`, summed.
@@ -436,9 +318,4 @@ impl Daemon {
         };
         tokio::time::timeout(within, answer).await.map_err(|_| format!("{path}: no answer within {within:?}"))?
     }
-}
-
-pub fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, Daemon, Opts, chrono_now, eventually, sign, token};
+use crate::harness::{Daemon, Opts, chrono_now, embedded_only, eventually, sign, token};
 
 /// Seed 003's "How to Test", as written: a PyJWT-style token, POST, then GET twice.
 #[tokio::test]
@@ -180,11 +180,8 @@ async fn batch_answers_per_item() {
 /// has not committed, ingest answers 503 with Retry-After and says why; every event it
 /// accepted still reaches its resource, and once the group commits, retention makes room.
 #[tokio::test]
-async fn a_full_embedded_log_answers_503_and_loses_nothing_accepted() {
-    if Backend::from_env() != Backend::Embedded {
-        eprintln!("a_full_embedded_log_answers_503_and_loses_nothing_accepted: embedded log only");
-        return;
-    }
+async fn embedded_full_log_answers_503_and_loses_nothing_accepted() {
+    embedded_only("embedded_full_log_answers_503_and_loses_nothing_accepted");
     let d = Daemon::start(
         Opts::new()
             .env("CONVEYOR_LOG__EMBEDDED__SEGMENT_BYTES", "1024")

@@ -19,7 +19,6 @@ mod leases;
 mod lifecycle;
 mod observability;
 mod otlp;
-mod private;
 mod probes;
 mod resilience;
 mod retention;
@@ -28,3 +27,6 @@ mod sink;
 mod supervision;
 mod webhooks;
 mod workflows;
+
+// Services of one test's own, from the test kit.
+use conveyor_testkit::private;

@@ -80,9 +80,7 @@ async fn post_rounds(
 /// reaches its last event with nothing dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_postgres_outage_pauses_and_loses_nothing() {
-    if !real_only("real_postgres_outage_pauses_and_loses_nothing") {
-        return;
-    }
+    real_only("real_postgres_outage_pauses_and_loses_nothing");
     const DEVICES: usize = 50;
     const OUTAGE: Duration = Duration::from_secs(20);
     let pg = PrivatePostgres::start_new(&["conveyor"]).await;
@@ -187,9 +185,7 @@ async fn real_postgres_outage_pauses_and_loses_nothing() {
 /// store is back, every event answered 202 is processed.
 #[tokio::test]
 async fn real_backlog_past_max_lag_answers_503() {
-    if !real_only("real_backlog_past_max_lag_answers_503") {
-        return;
-    }
+    real_only("real_backlog_past_max_lag_answers_503");
     let pg = PrivatePostgres::start_new(&["conveyor"]).await;
     let d = Daemon::start(
         Opts::new()

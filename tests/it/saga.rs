@@ -231,9 +231,7 @@ async fn hundred_concurrent_withdrawals_from_fifty_points() {
 
 #[tokio::test]
 async fn real_log_outage_during_registration_is_resent_by_the_outbox() {
-    if !real_only("real_log_outage_during_registration_is_resent_by_the_outbox") {
-        return;
-    }
+    real_only("real_log_outage_during_registration_is_resent_by_the_outbox");
     let pg = PrivatePostgres::start_new(&["nisshi"]).await;
     let mut broker = PrivateBroker::start_new(&pg.url("nisshi")).await;
     let d = Daemon::start(

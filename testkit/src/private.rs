@@ -1,11 +1,12 @@
 //! Services of one test's own (PostgreSQL, a Kafka-protocol broker) that the test may stop
-//! and start without disturbing the tests running beside it.
+//! and start without disturbing the tests running beside it. Test fixtures: a service that
+//! does not come up panics with its log, which is the test's failure message.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::harness::{eventually, is_root, tail};
+use crate::{eventually, free_port, is_root, tail};
 
 /// Runs a blocking command off the async runtime; its exit status, or why it did not run.
 async fn run_blocking(mut cmd: Command) -> Result<ExitStatus, String> {
@@ -64,7 +65,7 @@ impl PrivatePostgres {
             let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
             assert!(chown.is_ok_and(|s| s.success()), "chown of {} to postgres failed", dir.path().display());
         }
-        let pg = PrivatePostgres { bin: Self::pg_bindir(), port: crate::probes::free_port(), dir };
+        let pg = PrivatePostgres { bin: Self::pg_bindir(), port: free_port(), dir };
         let mut initdb = pg.tool("initdb");
         initdb.arg("-D").arg(pg.data()).args([
             "-U",
@@ -162,8 +163,7 @@ impl PrivateBroker {
     pub async fn start_new(storage: &str) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         std::fs::create_dir_all(dir.path().join("run")).unwrap_or_else(|e| panic!("run dir: {e}"));
-        let mut broker =
-            PrivateBroker { dir, child: None, port: crate::probes::free_port(), storage: storage.to_string() };
+        let mut broker = PrivateBroker { dir, child: None, port: free_port(), storage: storage.to_string() };
         broker.start().await;
         broker
     }
