@@ -129,7 +129,7 @@ async fn publish(args: &OutboxArgs, row: outbox::Model) {
                 // Published but not marked: it will be sent again, which consumers absorb.
                 tracing::warn!(error = &err as &dyn std::error::Error, "outbox: published record not marked");
             } else if let Some(step) = row.saga_step.as_deref().and_then(crate::saga::step::named) {
-                crate::saga::step_metric(step, crate::states::StepStatus::Completed);
+                crate::saga::step_metric(step, crate::states::SagaStepStatus::Completed);
             }
         }
         Err(err) => {

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::ColumnTrait;
 use sea_orm::sea_query::{Condition, ExprTrait};
 
-use crate::states::{OutboxStatus, SagaStatus};
+use crate::states::{OutboxRecordStatus, SagaStatus};
 use crate::store::IdentityStore;
 use crate::store::sagas::{outbox, saga, saga_step};
 use crate::store::users::{refresh_token, revocation};
@@ -60,7 +60,7 @@ impl IdentityStore {
     pub async fn purge_outbox(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use outbox::{Column, Entity};
         let published =
-            Condition::all().add(Column::Status.eq(OutboxStatus::Published)).add(Column::PublishedAt.lt(cutoff));
+            Condition::all().add(Column::Status.eq(OutboxRecordStatus::Published)).add(Column::PublishedAt.lt(cutoff));
         self.purge_where::<Entity>("purge_outbox", OUTBOX, Column::Id, published, limit).await
     }
 

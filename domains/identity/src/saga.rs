@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::states::{SagaKind, SagaStatus, StepStatus};
+use crate::states::{SagaKind, SagaStatus, SagaStepStatus};
 use crate::store::IdentityStore;
 use crate::store::sagas::{outbox, outbox_row, saga, saga_step};
 use conveyor_actors::consumer::KeyHandler;
@@ -115,7 +115,7 @@ impl SagaEvent {
     }
 }
 
-pub(crate) fn step_metric(step: &'static str, outcome: StepStatus) {
+pub(crate) fn step_metric(step: &'static str, outcome: SagaStepStatus) {
     let saga = SagaKind::Registration.as_str();
     metrics().saga_steps.add(1, &[kv("saga", saga), kv("step", step), kv(OUTCOME, outcome.as_str())]);
 }
@@ -161,7 +161,7 @@ pub struct SagaView {
 #[schema(as = SagaStepView)]
 pub struct StepView {
     pub step: String,
-    pub status: StepStatus,
+    pub status: SagaStepStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub at: DateTime<Utc>,
@@ -186,8 +186,8 @@ impl SagaView {
 
 /// Counts a registration saga that its transaction committed.
 pub fn registration_started() {
-    step_metric(step::USER_CREATED, StepStatus::Completed);
-    step_metric(step::REGISTRATION_PUBLISHED, StepStatus::Started);
+    step_metric(step::USER_CREATED, SagaStepStatus::Completed);
+    step_metric(step::REGISTRATION_PUBLISHED, SagaStepStatus::Started);
 }
 
 /// The identity side's reactions to loyalty's events (topic `loyalty`, keyed by user).
@@ -220,16 +220,16 @@ impl KeyHandler for IdentitySagaHandler {
                     // Compensation: the registration is marked compensated; the account
                     // stays usable, without the bonus.
                     let steps = [
-                        (step::LOYALTY_CREDIT_FAILED, StepStatus::Failed, Some(reason)),
+                        (step::LOYALTY_CREDIT_FAILED, SagaStepStatus::Failed, Some(reason)),
                         (
                             step::REGISTRATION_COMPENSATED,
-                            StepStatus::Compensated,
+                            SagaStepStatus::Compensated,
                             Some("account kept without the welcome bonus".to_string()),
                         ),
                     ];
                     if self.store.finish_saga(&saga_id, SagaStatus::Compensated, &steps).await.map_err(classify)? {
-                        step_metric(step::LOYALTY_CREDIT_FAILED, StepStatus::Failed);
-                        step_metric(step::REGISTRATION_COMPENSATED, StepStatus::Compensated);
+                        step_metric(step::LOYALTY_CREDIT_FAILED, SagaStepStatus::Failed);
+                        step_metric(step::REGISTRATION_COMPENSATED, SagaStepStatus::Compensated);
                     }
                     let saga =
                         json!({"saga_id": saga_id, "kind": SagaKind::Registration, "status": SagaStatus::Compensated});
@@ -242,14 +242,14 @@ impl KeyHandler for IdentitySagaHandler {
                         .record_saga_step(
                             &saga_id,
                             step::LOYALTY_CREDIT_REVERSED,
-                            StepStatus::Compensated,
+                            SagaStepStatus::Compensated,
                             detail,
                             None,
                         )
                         .await
                         .map_err(classify)?
                     {
-                        step_metric(step::LOYALTY_CREDIT_REVERSED, StepStatus::Compensated);
+                        step_metric(step::LOYALTY_CREDIT_REVERSED, SagaStepStatus::Compensated);
                     }
                 }
                 // Not ours (the registration topic's events are loyalty's to handle).
@@ -263,9 +263,9 @@ impl KeyHandler for IdentitySagaHandler {
 impl IdentitySagaHandler {
     async fn on_credited(&self, saga_id: String, user_id: String, amount: i64) -> Result<(), HandlerError> {
         let detail = Some(format!("{amount} points"));
-        let steps = [(step::LOYALTY_CREDITED, StepStatus::Completed, detail)];
+        let steps = [(step::LOYALTY_CREDITED, SagaStepStatus::Completed, detail)];
         if self.store.finish_saga(&saga_id, SagaStatus::Completed, &steps).await.map_err(classify)? {
-            step_metric(step::LOYALTY_CREDITED, StepStatus::Completed);
+            step_metric(step::LOYALTY_CREDITED, SagaStepStatus::Completed);
         } else {
             let current = self.store.saga(&saga_id).await.map_err(classify)?.map(|(saga, _)| saga.status);
             if current == Some(SagaStatus::Compensated) {
@@ -293,11 +293,11 @@ impl IdentitySagaHandler {
         let detail = Some(format!("{amount} points credited after the compensation"));
         if self
             .store
-            .record_saga_step(&saga_id, step::CREDIT_REVERSAL_REQUESTED, StepStatus::Started, detail, Some(row))
+            .record_saga_step(&saga_id, step::CREDIT_REVERSAL_REQUESTED, SagaStepStatus::Started, detail, Some(row))
             .await
             .map_err(classify)?
         {
-            step_metric(step::CREDIT_REVERSAL_REQUESTED, StepStatus::Started);
+            step_metric(step::CREDIT_REVERSAL_REQUESTED, SagaStepStatus::Started);
         }
         Ok(())
     }

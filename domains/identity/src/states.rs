@@ -41,20 +41,20 @@ impl SagaStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize, ToSchema)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
-pub enum StepStatus {
+pub enum SagaStepStatus {
     Started,
     Completed,
     Failed,
     Compensated,
 }
 
-impl StepStatus {
+impl SagaStepStatus {
     pub fn as_str(self) -> &'static str {
         match self {
-            StepStatus::Started => "started",
-            StepStatus::Completed => "completed",
-            StepStatus::Failed => "failed",
-            StepStatus::Compensated => "compensated",
+            SagaStepStatus::Started => "started",
+            SagaStepStatus::Completed => "completed",
+            SagaStepStatus::Failed => "failed",
+            SagaStepStatus::Compensated => "compensated",
         }
     }
 }
@@ -63,16 +63,16 @@ impl StepStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize, ToSchema)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
-pub enum OutboxStatus {
+pub enum OutboxRecordStatus {
     Pending,
     Published,
     /// Publishing failed; retried with backoff.
     Failed,
 }
 
-impl OutboxStatus {
+impl OutboxRecordStatus {
     /// States the relay still has to publish.
-    pub const UNPUBLISHED: [OutboxStatus; 2] = [OutboxStatus::Pending, OutboxStatus::Failed];
+    pub const UNPUBLISHED: [OutboxRecordStatus; 2] = [OutboxRecordStatus::Pending, OutboxRecordStatus::Failed];
 }
 
 /// Which way a ledger entry moves points (seed 004's one-letter codes).

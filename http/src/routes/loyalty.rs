@@ -3,10 +3,9 @@
 //! actor ([`conveyor_identity::loyalty::Ledger`]).
 
 use axum::extract::{Request, State};
-use conveyor_identity::loyalty::TransactionView;
+use conveyor_identity::loyalty::{LedgerOp, LedgerOutcome, TransactionView};
 use conveyor_identity::saga::SagaView;
 use conveyor_identity::states::{LedgerKind, LedgerReason};
-use conveyor_identity::store::loyalty::{LedgerOp, LedgerOutcome};
 use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -124,7 +123,7 @@ pub async fn operate(State(state): App, req: Request) -> Result<Response, ApiErr
         reason: LedgerReason::Manual,
         idempotency_key: key.map(|k| format!("api:{account}:{k}")),
     };
-    let outcome = state.conveyor.ledger.apply(op, None).await?;
+    let outcome = state.conveyor.ledger.operate(op).await?;
     let (t, replayed) = match outcome {
         LedgerOutcome::Applied(t) => (t, false),
         LedgerOutcome::Replayed(t) => (t, true),
@@ -135,8 +134,7 @@ pub async fn operate(State(state): App, req: Request) -> Result<Response, ApiErr
             });
         }
     };
-    let body =
-        OperationBody { status: "Success".into(), uuid: account, balance: t.balance_after, transaction: (&t).into() };
+    let body = OperationBody { status: "Success".into(), uuid: account, balance: t.balance_after, transaction: t };
     let mut response = json_response(StatusCode::OK, &json!(body));
     if replayed {
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use super::views::TransactionView;
 use crate::states::{LedgerKind, LedgerReason};
 use crate::store::IdentityStore;
 use crate::store::loyalty::{LedgerOp, LedgerOutcome};
@@ -232,6 +233,11 @@ impl Ledger {
             metrics().loyalty_operations.add(1, &[kv(OPERATION, operation), kv(OUTCOME, label)]);
         }
         outcome
+    }
+
+    /// Applies an operation made through the API, answering the entry as a view.
+    pub async fn operate(&self, op: LedgerOp) -> Result<LedgerOutcome<TransactionView>, Error> {
+        Ok(self.apply(op, None).await?.map(|t| TransactionView::from(&t)))
     }
 
     async fn call(&self, op: LedgerOp, announce: Option<outbox::Model>) -> Result<LedgerOutcome, Error> {

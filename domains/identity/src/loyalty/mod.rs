@@ -7,13 +7,13 @@ pub mod views;
 use async_trait::async_trait;
 use chrono::Utc;
 
+pub use crate::store::loyalty::{LedgerOp, LedgerOutcome};
 pub use accounts::{AccountActor, AccountMsg, Ledger, LedgerArgs, LedgerMsg, LedgerState, LedgerSupervisor};
 pub use views::{LoyaltyReads, TransactionView};
 
 use crate::saga::SagaEvent;
 use crate::states::{LedgerKind, LedgerReason};
 use crate::store::IdentityStore;
-use crate::store::loyalty::{LedgerOp, LedgerOutcome};
 use crate::store::sagas::outbox_row;
 use conveyor_actors::consumer::KeyHandler;
 use conveyor_actors::log::Record;

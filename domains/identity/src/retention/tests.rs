@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::{ActiveValue::Set, EntityTrait, PaginatorTrait};
 
 use super::*;
-use crate::states::{SagaKind, StepStatus};
+use crate::states::{SagaKind, SagaStepStatus};
 use crate::store::sagas::{insert_outbox, insert_step, outbox_row, saga, saga_step};
 use crate::store::users::revocation;
 use conveyor_actors::config::Config;
@@ -43,8 +43,8 @@ async fn saga_row(store: &IdentityStore, id: &str, status: SagaStatus, updated: 
         updated_at: updated,
     };
     saga::Entity::insert(saga::ActiveModel::from(row)).exec_without_returning(store.connection()).await.unwrap();
-    insert_step(store.connection(), id, "user_created", StepStatus::Completed, None).await.unwrap();
-    insert_step(store.connection(), id, "registration_published", StepStatus::Completed, None).await.unwrap();
+    insert_step(store.connection(), id, "user_created", SagaStepStatus::Completed, None).await.unwrap();
+    insert_step(store.connection(), id, "registration_published", SagaStepStatus::Completed, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -69,13 +69,13 @@ async fn finished_old_sagas_go_with_their_steps_and_started_or_recent_ones_stay(
 async fn published_old_outbox_records_go_and_unpublished_ones_stay() {
     let (_dir, store) = store().await;
     let mut published = outbox_row("published".into(), "t", "k", "{}".into(), None);
-    published.status = OutboxStatus::Published;
+    published.status = OutboxRecordStatus::Published;
     published.published_at = Some(ago(8));
     let mut recent = outbox_row("recent".into(), "t", "k", "{}".into(), None);
-    recent.status = OutboxStatus::Published;
+    recent.status = OutboxRecordStatus::Published;
     recent.published_at = Some(ago(1));
     let mut failed = outbox_row("failed".into(), "t", "k", "{}".into(), None);
-    failed.status = OutboxStatus::Failed;
+    failed.status = OutboxRecordStatus::Failed;
     failed.created_at = ago(60);
     let mut pending = outbox_row("pending".into(), "t", "k", "{}".into(), None);
     pending.created_at = ago(60);

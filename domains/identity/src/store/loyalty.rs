@@ -69,16 +69,27 @@ pub struct LedgerOp {
     pub idempotency_key: Option<String>,
 }
 
-/// How an operation ended.
+/// How an operation ended: with the ledger entry `T` (a row inside the crate, a view at
+/// its API).
 #[derive(Debug, Clone, PartialEq)]
-pub enum LedgerOutcome {
-    Applied(transaction::Model),
+pub enum LedgerOutcome<T = transaction::Model> {
+    Applied(T),
     /// The idempotency key was used before; this is the transaction it made.
-    Replayed(transaction::Model),
+    Replayed(T),
     /// A withdrawal larger than the balance; nothing changed.
     Insufficient {
         balance: i64,
     },
+}
+
+impl<T> LedgerOutcome<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> LedgerOutcome<U> {
+        match self {
+            LedgerOutcome::Applied(t) => LedgerOutcome::Applied(f(t)),
+            LedgerOutcome::Replayed(t) => LedgerOutcome::Replayed(f(t)),
+            LedgerOutcome::Insufficient { balance } => LedgerOutcome::Insufficient { balance },
+        }
+    }
 }
 
 enum Attempt {

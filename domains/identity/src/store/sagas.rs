@@ -8,7 +8,7 @@ use sea_orm::{
 };
 
 use super::IdentityStore;
-use crate::states::{OutboxStatus, SagaKind, SagaStatus, StepStatus};
+use crate::states::{OutboxRecordStatus, SagaKind, SagaStatus, SagaStepStatus};
 use conveyor_actors::Error;
 
 pub mod outbox {
@@ -23,7 +23,7 @@ pub mod outbox {
         pub topic: String,
         pub key: String,
         pub payload: String,
-        pub status: crate::states::OutboxStatus,
+        pub status: crate::states::OutboxRecordStatus,
         pub attempts: i32,
         pub next_attempt_at: ChronoDateTimeUtc,
         pub last_error: Option<String>,
@@ -72,7 +72,7 @@ pub mod saga_step {
         pub saga_id: String,
         /// Unique per saga: a step recorded twice (a redelivered event) is recorded once.
         pub step: String,
-        pub status: crate::states::StepStatus,
+        pub status: crate::states::SagaStepStatus,
         pub detail: Option<String>,
         pub at: ChronoDateTimeUtc,
     }
@@ -91,7 +91,7 @@ pub fn outbox_row(id: String, topic: &str, key: &str, payload: String, saga: Opt
         topic: topic.to_string(),
         key: key.to_string(),
         payload,
-        status: OutboxStatus::Pending,
+        status: OutboxRecordStatus::Pending,
         attempts: 0,
         next_attempt_at: now,
         last_error: None,
@@ -114,7 +114,7 @@ pub async fn insert_step(
     db: &impl ConnectionTrait,
     saga_id: &str,
     step: &str,
-    status: StepStatus,
+    status: SagaStepStatus,
     detail: Option<String>,
 ) -> Result<bool, DbErr> {
     let row = saga_step::ActiveModel {
@@ -139,7 +139,7 @@ impl IdentityStore {
     /// Outbox records due for (re)publishing, oldest first.
     pub async fn due_outbox(&self, limit: u64) -> Result<Vec<outbox::Model>, Error> {
         let query = outbox::Entity::find()
-            .filter(outbox::Column::Status.is_in(OutboxStatus::UNPUBLISHED))
+            .filter(outbox::Column::Status.is_in(OutboxRecordStatus::UNPUBLISHED))
             .filter(Expr::col(outbox::Column::NextAttemptAt).lte(Expr::value(Utc::now())))
             .order_by_asc(outbox::Column::CreatedAt)
             .limit(limit)
@@ -151,15 +151,21 @@ impl IdentityStore {
     pub async fn outbox_published(&self, row: &outbox::Model) -> Result<(), Error> {
         let work = async {
             outbox::Entity::update_many()
-                .col_expr(outbox::Column::Status, Expr::value(OutboxStatus::Published))
+                .col_expr(outbox::Column::Status, Expr::value(OutboxRecordStatus::Published))
                 .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
                 .col_expr(outbox::Column::Attempts, Expr::value(row.attempts + 1))
                 .filter(outbox::Column::Id.eq(row.id.as_str()))
                 .exec(self.connection())
                 .await?;
             if let (Some(saga), Some(step)) = (&row.saga_id, &row.saga_step) {
-                insert_step(self.connection(), saga, step, StepStatus::Completed, Some(format!("topic {}", row.topic)))
-                    .await?;
+                insert_step(
+                    self.connection(),
+                    saga,
+                    step,
+                    SagaStepStatus::Completed,
+                    Some(format!("topic {}", row.topic)),
+                )
+                .await?;
             }
             Ok(())
         };
@@ -175,7 +181,7 @@ impl IdentityStore {
         error: String,
     ) -> Result<(), Error> {
         let query = outbox::Entity::update_many()
-            .col_expr(outbox::Column::Status, Expr::value(OutboxStatus::Failed))
+            .col_expr(outbox::Column::Status, Expr::value(OutboxRecordStatus::Failed))
             .col_expr(outbox::Column::Attempts, Expr::value(attempts))
             .col_expr(outbox::Column::NextAttemptAt, Expr::value(next))
             .col_expr(outbox::Column::LastError, Expr::value(error))
@@ -187,8 +193,9 @@ impl IdentityStore {
     /// Records not yet published (for `/admin/status` and tests).
     pub async fn outbox_backlog(&self) -> Result<u64, Error> {
         use sea_orm::PaginatorTrait;
-        let query =
-            outbox::Entity::find().filter(outbox::Column::Status.ne(OutboxStatus::Published)).count(self.connection());
+        let query = outbox::Entity::find()
+            .filter(outbox::Column::Status.ne(OutboxRecordStatus::Published))
+            .count(self.connection());
         self.guarded("outbox_backlog", query).await
     }
 
@@ -225,7 +232,7 @@ impl IdentityStore {
         &self,
         saga_id: &str,
         step: &str,
-        status: StepStatus,
+        status: SagaStepStatus,
         detail: Option<String>,
         announce: Option<outbox::Model>,
     ) -> Result<bool, Error> {
@@ -248,7 +255,7 @@ impl IdentityStore {
         &self,
         saga_id: &str,
         status: SagaStatus,
-        steps: &[(&str, StepStatus, Option<String>)],
+        steps: &[(&str, SagaStepStatus, Option<String>)],
     ) -> Result<bool, Error> {
         use sea_orm::TransactionTrait;
         let work = async {

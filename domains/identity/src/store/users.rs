@@ -90,7 +90,7 @@ impl IdentityStore {
                 let id = saga_row.id.clone();
                 let active: saga::ActiveModel = saga_row.into();
                 saga::Entity::insert(active).exec_without_returning(&txn).await?;
-                insert_step(&txn, &id, crate::saga::step::USER_CREATED, crate::states::StepStatus::Completed, None)
+                insert_step(&txn, &id, crate::saga::step::USER_CREATED, crate::states::SagaStepStatus::Completed, None)
                     .await?;
                 insert_outbox(&txn, announce).await?;
             }
