@@ -103,11 +103,12 @@ impl RetryPolicy {
     }
 
     /// How long to wait after failed attempt `attempt` (1-based), whatever the attempt
-    /// budget: full jitter, and never sooner than the server's `Retry-After`.
+    /// budget: what the server asked for (`Retry-After`: it said when), else full jitter.
     pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
-        let ceiling = self.ceiling(attempt).as_millis() as u64;
-        let jittered = Duration::from_millis(rng.random_range(0..=ceiling));
-        retry_after.map_or(jittered, |after| after.max(jittered))
+        retry_after.unwrap_or_else(|| {
+            let ceiling = self.ceiling(attempt).as_millis() as u64;
+            Duration::from_millis(rng.random_range(0..=ceiling))
+        })
     }
 
     /// What to do after failed attempt `attempt`: `None` to give up, or how long to wait.
@@ -155,6 +156,15 @@ mod tests {
         assert_eq!(p.next_delay(1, &HandlerError::permanent("bad"), &mut rng), None);
         assert_eq!(p.next_delay(5, &HandlerError::retryable("x"), &mut rng), None);
         assert!(p.next_delay(4, &HandlerError::retryable("x"), &mut rng).is_some());
+    }
+
+    #[test]
+    fn retry_after_is_waited_out_exactly_whatever_the_attempt() {
+        let p = policy();
+        let mut rng = StdRng::seed_from_u64(3);
+        for attempt in 1..=8 {
+            assert_eq!(p.backoff(attempt, Some(Duration::from_secs(3)), &mut rng), Duration::from_secs(3), "{attempt}");
+        }
     }
 
     #[test]
