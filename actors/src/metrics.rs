@@ -1,4 +1,4 @@
-//! Metric names of the `actors` crate: dotted OpenTelemetry names with units; labels come
+//! Metric names of the runtime: dotted OpenTelemetry names with units; labels come
 //! from bounded sets only (topic, partition number, outcome, error class — never a key).
 
 use std::collections::HashMap;
@@ -20,20 +20,9 @@ pub const CACHE_MISSES: &str = "conveyor.cache.misses";
 pub const CACHE_ERRORS: &str = "conveyor.cache.errors";
 pub const STORE_DURATION: &str = "conveyor.store.query.duration";
 pub const ACTOR_RESTARTS: &str = "conveyor.actor.restarts";
-pub const STALE_WRITES: &str = "conveyor.devices.stale_writes";
 pub const BREAKER_TRANSITIONS: &str = "conveyor.breaker.transitions";
 pub const BREAKER_STATE: &str = "conveyor.breaker.state";
 pub const DOWNSTREAM_WAITS: &str = "conveyor.handler.downstream_waits";
-pub const SAGA_STEPS: &str = "conveyor.saga.steps";
-pub const LOYALTY_OPERATIONS: &str = "conveyor.loyalty.operations";
-pub const OUTBOX_RECORDS: &str = "conveyor.outbox.records";
-pub const WEBHOOK_NOTIFICATIONS: &str = "conveyor.webhook.notifications";
-pub const WEBHOOK_ATTEMPTS: &str = "conveyor.webhook.attempts";
-pub const WEBHOOK_ATTEMPT_DURATION: &str = "conveyor.webhook.attempt.duration";
-pub const WEBHOOK_DELIVERIES: &str = "conveyor.webhook.deliveries";
-pub const WEBHOOK_ENDPOINTS_DISABLED: &str = "conveyor.webhook.endpoints.disabled";
-pub const WORKFLOW_RUNS: &str = "conveyor.workflow.runs";
-pub const WORKFLOW_STEP_ATTEMPTS: &str = "conveyor.workflow.step.attempts";
 pub const RETENTION_PURGED: &str = "conveyor.retention.purged";
 
 /// Label keys.
@@ -63,23 +52,13 @@ pub struct Metrics {
     pub cache_errors: Counter<u64>,
     pub store_duration: Histogram<f64>,
     pub actor_restarts: Counter<u64>,
-    pub stale_writes: Counter<u64>,
     pub breaker_transitions: Counter<u64>,
     pub downstream_waits: Counter<u64>,
-    pub saga_steps: Counter<u64>,
-    pub loyalty_operations: Counter<u64>,
-    pub outbox_records: Counter<u64>,
-    pub webhook_notifications: Counter<u64>,
-    pub webhook_attempts: Counter<u64>,
-    pub webhook_attempt_duration: Histogram<f64>,
-    pub webhook_deliveries: Counter<u64>,
-    pub webhook_endpoints_disabled: Counter<u64>,
-    pub workflow_runs: Counter<u64>,
-    pub workflow_step_attempts: Counter<u64>,
     pub retention_purged: Counter<u64>,
 }
 
-const DURATION_BUCKETS: &[f64] =
+/// Seconds buckets for every duration histogram (shared with the domains' instruments).
+pub const DURATION_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 impl Metrics {
@@ -150,68 +129,10 @@ impl Metrics {
                 .with_unit("{record}")
                 .with_description("Dead letters sent back to their source topic, by topic")
                 .build(),
-            saga_steps: meter
-                .u64_counter(SAGA_STEPS)
-                .with_unit("{step}")
-                .with_description("Saga steps by saga, step and outcome (completed, failed, compensated)")
-                .build(),
-            loyalty_operations: meter
-                .u64_counter(LOYALTY_OPERATIONS)
-                .with_unit("{operation}")
-                .with_description("Ledger operations by operation (deposit, withdraw, welcome) and outcome (applied, replayed, refused)")
-                .build(),
-            outbox_records: meter
-                .u64_counter(OUTBOX_RECORDS)
-                .with_unit("{record}")
-                .with_description("Outbox publish attempts by outcome (published, failed)")
-                .build(),
-            webhook_notifications: meter
-                .u64_counter(WEBHOOK_NOTIFICATIONS)
-                .with_unit("{notification}")
-                .with_description("Notifications posted, by outcome (accepted, duplicate)")
-                .build(),
-            webhook_attempts: meter
-                .u64_counter(WEBHOOK_ATTEMPTS)
-                .with_unit("{attempt}")
-                .with_description("Webhook delivery attempts by outcome (succeeded, failed) and error class")
-                .build(),
-            webhook_attempt_duration: meter
-                .f64_histogram(WEBHOOK_ATTEMPT_DURATION)
-                .with_unit("s")
-                .with_description("Time from sending a webhook to its response (or failure), by outcome")
-                .with_boundaries(DURATION_BUCKETS.to_vec())
-                .build(),
-            webhook_deliveries: meter
-                .u64_counter(WEBHOOK_DELIVERIES)
-                .with_unit("{delivery}")
-                .with_description("Webhook deliveries finished or resent, by outcome (succeeded, exhausted, resent)")
-                .build(),
-            webhook_endpoints_disabled: meter
-                .u64_counter(WEBHOOK_ENDPOINTS_DISABLED)
-                .with_unit("{endpoint}")
-                .with_description("Endpoints disabled by delivery, by reason (gone, failing)")
-                .build(),
-            workflow_runs: meter
-                .u64_counter(WORKFLOW_RUNS)
-                .with_unit("{run}")
-                .with_description("Workflow runs by outcome (started, succeeded, failed, resumed)")
-                .build(),
-            workflow_step_attempts: meter
-                .u64_counter(WORKFLOW_STEP_ATTEMPTS)
-                .with_unit("{attempt}")
-                .with_description("Workflow http step attempts by outcome (succeeded, retried, failed) and error class")
-                .build(),
             retention_purged: meter
                 .u64_counter(RETENTION_PURGED)
                 .with_unit("{row}")
                 .with_description("Rows deleted by retention, by table")
-                .build(),
-            stale_writes: meter
-                .u64_counter(STALE_WRITES)
-                .with_unit("{write}")
-                .with_description(
-                    "Device events skipped because the stored row came from a later offset (replays, redeliveries)",
-                )
                 .build(),
         }
     }

@@ -17,6 +17,7 @@ use conveyor_actors::retry::HandlerError;
 use conveyor_actors::store::classify;
 
 pub mod ingest;
+pub mod metrics;
 pub mod migrations;
 pub mod resource;
 pub mod store;
@@ -88,7 +89,7 @@ impl KeyHandler for DeviceHandler {
         match written {
             Upsert::Written => self.refresh_cache(ResourceView { id: last.device_id, value: value.clone() }).await,
             Upsert::Stale => {
-                metrics().stale_writes.add(1, &[]);
+                crate::metrics::metrics().stale_writes.add(1, &[]);
                 tracing::debug!(
                     topic = %tp.topic, partition = tp.partition, offset,
                     "stale write discarded: the row holds this partition's offset or a later one"

@@ -9,6 +9,7 @@
 //! store, so a flush never un-revokes anything.
 
 pub mod loyalty;
+pub mod metrics;
 pub mod migrations;
 pub mod outbox;
 mod password;

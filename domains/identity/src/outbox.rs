@@ -15,10 +15,11 @@ use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Notify;
 
+use crate::metrics::metrics;
 use crate::store::IdentityStore;
 use crate::store::sagas::outbox;
 use conveyor_actors::log::{Header, OutgoingRecord, Producer};
-use conveyor_actors::metrics::{OUTCOME, kv, metrics};
+use conveyor_actors::metrics::{OUTCOME, kv};
 use conveyor_actors::retry::RetryPolicy;
 
 /// Header naming the outbox record a log record came from.

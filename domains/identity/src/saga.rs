@@ -31,13 +31,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::metrics::metrics;
 use crate::states::{SagaKind, SagaStatus, SagaStepStatus};
 use crate::store::IdentityStore;
 use crate::store::sagas::{outbox, outbox_row, saga, saga_step};
 use conveyor_actors::consumer::KeyHandler;
 use conveyor_actors::domain_events::DomainEvents;
 use conveyor_actors::log::Record;
-use conveyor_actors::metrics::{OUTCOME, kv, metrics};
+use conveyor_actors::metrics::{OUTCOME, kv};
 use conveyor_actors::retry::HandlerError;
 use conveyor_actors::store::classify;
 

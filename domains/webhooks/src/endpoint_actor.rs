@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use super::client::{AttemptClass, Request, Response};
 use super::context::DeliveryContext;
 use super::endpoints::signing_secrets;
+use crate::metrics::metrics;
 use crate::states::{AttemptOutcome, DeliveryStatus, DisabledReason};
 use crate::store::{DeliveryUpdate, attempt, delivery, endpoint};
 use conveyor_actors::breaker::{Breaker, BreakerConfig, Permit};
-use conveyor_actors::metrics::{ERROR_CLASS, OUTCOME, REASON, kv, metrics};
+use conveyor_actors::metrics::{ERROR_CLASS, OUTCOME, REASON, kv};
 
 /// The actor; its behaviour is in [`EndpointState`].
 pub struct EndpointActor;

@@ -24,6 +24,7 @@ pub mod endpoints;
 pub mod envelope;
 pub mod fanout;
 pub mod filter;
+pub mod metrics;
 pub mod migrations;
 pub mod records;
 pub mod retention;
@@ -44,13 +45,14 @@ use self::endpoints::{
 };
 use self::records::{AttemptView, DeliveryView, EndpointStats, NotificationRecords};
 use self::target::TargetPolicy;
+use crate::metrics::metrics;
 use crate::store::WebhookStore;
 use crate::store::{Claim, endpoint, notification};
 use conveyor_actors::Error;
 use conveyor_actors::config::WebhooksConfig;
 use conveyor_actors::error::FieldError;
 use conveyor_actors::log::{Ack, Header, OutgoingRecord, Producer};
-use conveyor_actors::metrics::{OUTCOME, kv, metrics};
+use conveyor_actors::metrics::{OUTCOME, kv};
 
 /// The webhook API's entry points; cheap to clone.
 #[derive(Clone)]

@@ -15,6 +15,7 @@
 pub mod commands;
 pub mod context;
 pub mod definition;
+pub mod metrics;
 pub mod migrations;
 pub mod retention;
 pub mod retry;

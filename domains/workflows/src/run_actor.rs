@@ -18,9 +18,10 @@ use super::context::RunContext;
 use super::definition::{Otherwise, Step, WorkflowSpec};
 use super::retry::{Next, after_attempt};
 use super::template;
+use crate::metrics::metrics;
 use crate::states::{RunStatus, StepStatus};
 use crate::store::{run, step};
-use conveyor_actors::metrics::{ERROR_CLASS, OUTCOME, kv, metrics};
+use conveyor_actors::metrics::{ERROR_CLASS, OUTCOME, kv};
 use conveyor_webhooks::client::{AttemptClass, Request};
 
 /// The actor; its behaviour is in [`RunState`].

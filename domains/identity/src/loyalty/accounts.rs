@@ -11,12 +11,13 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::views::TransactionView;
+use crate::metrics::metrics;
 use crate::states::{LedgerKind, LedgerReason};
 use crate::store::IdentityStore;
 use crate::store::loyalty::{LedgerOp, LedgerOutcome};
 use crate::store::sagas::outbox;
 use conveyor_actors::Error;
-use conveyor_actors::metrics::{OPERATION, OUTCOME, kv, metrics};
+use conveyor_actors::metrics::{OPERATION, OUTCOME, kv};
 use conveyor_actors::supervision::{ActorService, Children, Slot};
 
 /// How long a caller waits for an account's answer.
