@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod breaker;
 mod embedded_log;
 mod identity;
 mod retention;
@@ -18,6 +19,7 @@ mod secret;
 mod webhooks;
 mod workflows;
 
+pub use breaker::BreakerConfig;
 pub use embedded_log::{EmbeddedLogConfig, TopicLogOverrides, TopicLogPolicy};
 pub use identity::{AuthConfig, ExternalKey, HmacKey, PasswordConfig, Quota, RateLimitConfig};
 pub use retention::RetentionConfig;
@@ -543,86 +545,5 @@ fn valid_topic_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// A breaker's settings (`[breaker]` in config.toml).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BreakerConfig {
-    /// Consecutive failures that open the breaker.
-    pub consecutive_failures: u32,
-    /// Failure ratio over the window that opens the breaker (with at least `min_calls`).
-    pub failure_ratio: f64,
-    pub min_calls: u32,
-    pub window_ms: u64,
-    /// How long an open breaker refuses calls before letting probes through.
-    pub cool_down_ms: u64,
-    /// Calls let through while half-open.
-    pub half_open_probes: u32,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            consecutive_failures: 3,
-            failure_ratio: 0.5,
-            min_calls: 20,
-            window_ms: 10_000,
-            cool_down_ms: 5_000,
-            half_open_probes: 1,
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid() {
-        assert_eq!(Config::default().validate(), Ok(()));
-    }
-
-    #[test]
-    fn cross_field_rules_name_the_key() {
-        let mut c = Config::default();
-        c.log.backend = LogBackendKind::Kafka;
-        c.log.kafka.security_protocol = SecurityProtocol::SaslSsl;
-        assert_eq!(c.validate().map_err(|e| e.key), Err("log.kafka.sasl_username"));
-
-        let mut c = Config::default();
-        c.retry.base_ms = 120_000;
-        assert_eq!(c.validate().map_err(|e| e.key), Err("retry.base_ms"));
-
-        let mut c = Config::default();
-        c.log.topics.events_dlq = c.log.topics.events_input.clone();
-        assert_eq!(c.validate().map_err(|e| e.key), Err("log.topics.events_dlq"));
-
-        let mut c = Config::default();
-        c.http.addr = "localhost".into();
-        assert_eq!(c.validate().map_err(|e| e.key), Err("http.addr"));
-    }
-
-    #[test]
-    fn secrets_never_print() {
-        let mut c = Config::default();
-        c.auth.jwt_secret = Secret::new("hunter2");
-        assert!(!format!("{c:?}").contains("hunter2"));
-        let json = serde_json::to_string(&c).unwrap_or_default();
-        assert!(!json.contains("hunter2"));
-        assert!(json.contains("[redacted]"));
-    }
-
-    #[test]
-    fn url_passwords_are_masked() {
-        assert_eq!(masked_url("postgres://u:hunter2@db:5432/x"), "postgres://u:***@db:5432/x");
-        assert_eq!(masked_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(masked_url("memory"), "memory");
-        let mut c = Config::default();
-        c.store.url = "postgres://u:hunter2@db/x".into();
-        assert!(!serde_json::to_string(&c).unwrap_or_default().contains("hunter2"));
-    }
-
-    #[test]
-    fn default_store_is_sqlite_in_data_dir() {
-        assert_eq!(Config::default().store_url(), "sqlite://./data/conveyor.db?mode=rwc");
-    }
-}
+mod tests;
