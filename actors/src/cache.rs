@@ -18,6 +18,13 @@ use crate::config::CacheConfig;
 pub trait CacheBackend: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<String>, Error>;
     async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), Error>;
+    /// Sets every entry, in one round trip where the backend can.
+    async fn set_many(&self, entries: &[(String, String)], ttl: Duration) -> Result<(), Error> {
+        for (key, value) in entries {
+            self.set(key, value, ttl).await?;
+        }
+        Ok(())
+    }
     /// Sets only if absent; `true` when this call set it.
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, Error>;
     async fn delete(&self, key: &str) -> Result<(), Error>;
@@ -83,6 +90,14 @@ impl Cache {
     pub async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), Error> {
         self.bounded("cache set", self.backend.set(&self.key(key), value, ttl)).await
     }
+    /// Sets every `(key, value)` in one pipelined round trip (Redis); all or an error.
+    pub async fn set_many(&self, entries: &[(String, String)], ttl: Duration) -> Result<(), Error> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<(String, String)> = entries.iter().map(|(k, v)| (self.key(k), v.clone())).collect();
+        self.bounded("cache set_many", self.backend.set_many(&entries, ttl)).await
+    }
     pub async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, Error> {
         self.bounded("cache set_nx", self.backend.set_nx(&self.key(key), value, ttl)).await
     }
@@ -94,6 +109,44 @@ impl Cache {
         match tokio::time::timeout(self.timeout, self.backend.ping()).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout { op: "cache ping", after: self.timeout }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The in-process cache, and Redis as well when `CONVEYOR_TEST_REDIS_URL` is set.
+    async fn caches() -> Vec<Cache> {
+        let prefix = format!("unit{}:", uuid::Uuid::new_v4().simple());
+        let mut urls = vec!["memory".to_string()];
+        urls.extend(std::env::var("CONVEYOR_TEST_REDIS_URL").ok());
+        let mut caches = Vec::new();
+        for url in urls {
+            let config = CacheConfig { url, key_prefix: prefix.clone(), ..CacheConfig::default() };
+            caches.push(Cache::connect(&config, &BreakerConfig::default()).await.unwrap());
+        }
+        caches
+    }
+
+    #[tokio::test]
+    async fn set_many_sets_every_entry_under_the_prefix_in_one_call() {
+        for cache in caches().await {
+            cache.set("b", "old", Duration::from_secs(60)).await.unwrap();
+            let entries: Vec<(String, String)> = (0..50).map(|n| (format!("k{n}"), format!("v{n}"))).collect();
+            let mut entries = entries;
+            entries.push(("b".into(), "new".into()));
+            cache.set_many(&entries, Duration::from_secs(60)).await.unwrap();
+            for (key, value) in &entries {
+                assert_eq!(cache.get(key).await.unwrap().as_deref(), Some(value.as_str()), "{key}");
+            }
+            cache.set_many(&[], Duration::from_secs(60)).await.unwrap();
+            for (key, _) in &entries {
+                cache.delete(key).await.unwrap();
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ pub const CACHE_HITS: &str = "conveyor.cache.hits";
 pub const CACHE_MISSES: &str = "conveyor.cache.misses";
 pub const CACHE_ERRORS: &str = "conveyor.cache.errors";
 pub const STORE_DURATION: &str = "conveyor.store.query.duration";
+pub const STORE_BATCH_ROWS: &str = "conveyor.store.batch.rows";
 pub const ACTOR_RESTARTS: &str = "conveyor.actor.restarts";
 pub const BREAKER_TRANSITIONS: &str = "conveyor.breaker.transitions";
 pub const BREAKER_STATE: &str = "conveyor.breaker.state";
@@ -51,6 +52,7 @@ pub struct Metrics {
     pub cache_misses: Counter<u64>,
     pub cache_errors: Counter<u64>,
     pub store_duration: Histogram<f64>,
+    pub store_batch_rows: Histogram<u64>,
     pub actor_restarts: Counter<u64>,
     pub breaker_transitions: Counter<u64>,
     pub downstream_waits: Counter<u64>,
@@ -108,6 +110,12 @@ impl Metrics {
                 .f64_histogram(STORE_DURATION)
                 .with_unit("s")
                 .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            store_batch_rows: meter
+                .u64_histogram(STORE_BATCH_ROWS)
+                .with_unit("{row}")
+                .with_description("Rows per group-committed statement, by operation")
+                .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0])
                 .build(),
             actor_restarts: meter
                 .u64_counter(ACTOR_RESTARTS)

@@ -305,6 +305,11 @@ pub struct ProcessingConfig {
     pub max_coalesce: usize,
     pub commit_interval_ms: u64,
     pub drain_timeout_ms: u64,
+    /// Most rows one group-committed store statement writes (keys of every partition whose
+    /// writes are ready together share it).
+    pub batch_max_rows: usize,
+    /// Group-commit statements in flight at once (each holds one store connection).
+    pub batch_writers: usize,
 }
 
 impl Default for ProcessingConfig {
@@ -315,6 +320,8 @@ impl Default for ProcessingConfig {
             max_coalesce: 100,
             commit_interval_ms: 1_000,
             drain_timeout_ms: 10_000,
+            batch_max_rows: 500,
+            batch_writers: 3,
         }
     }
 }

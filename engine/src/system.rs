@@ -234,12 +234,13 @@ impl Conveyor {
         let devices = GroupSpec {
             group: config.log.groups.events.clone(),
             topic: config.log.topics.events_input.clone(),
-            handler: Arc::new(DeviceHandler {
-                store: devices_store.clone(),
-                cache: cache.clone(),
-                ttl: Duration::from_secs(config.cache.resource_ttl_secs),
-                domain: Some(Arc::new(domain.clone())),
-            }),
+            handler: Arc::new(DeviceHandler::new(
+                devices_store.clone(),
+                cache.clone(),
+                Duration::from_secs(config.cache.resource_ttl_secs),
+                Some(Arc::new(domain.clone())),
+                &config.processing,
+            )),
             dead_letters: dead_letters.clone(),
         };
         // The dead-letter topic is consumed like any other: into the admin index.

@@ -52,6 +52,18 @@ impl CacheBackend for RedisCache {
             .await
             .map_err(|e| Error::cache("redis SET", e))
     }
+    async fn set_many(&self, entries: &[(String, String)], ttl: Duration) -> Result<(), Error> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let pipeline = self.client.pipeline();
+        for (key, value) in entries {
+            // Queued in memory; nothing is sent before `all`.
+            pipeline
+                .set::<(), _, _>(key.as_str(), value.as_str(), Some(Expiration::EX(secs)), None, false)
+                .await
+                .map_err(|e| Error::cache("redis pipeline SET", e))?;
+        }
+        pipeline.all::<Vec<Value>>().await.map(drop).map_err(|e| Error::cache("redis pipelined SET", e))
+    }
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, Error> {
         let secs = ttl.as_secs().max(1) as i64;
         let reply: Option<String> = self

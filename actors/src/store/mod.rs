@@ -1,6 +1,7 @@
 //! The store: SQLite (embedded default) or PostgreSQL, both through sea-orm, with
 //! migrations from `sea-orm-migration` run at start-up and by `conveyor migrate`.
 
+pub mod batch;
 pub mod dead_letter;
 pub mod migrations;
 pub mod retention;

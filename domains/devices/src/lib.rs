@@ -9,11 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use conveyor_actors::Error;
 use conveyor_actors::cache::Cache;
+use conveyor_actors::config::ProcessingConfig;
 use conveyor_actors::consumer::KeyHandler;
 use conveyor_actors::domain_events::DomainEvents;
 use conveyor_actors::log::Record;
 use conveyor_actors::metrics::{OPERATION, kv, metrics};
 use conveyor_actors::retry::HandlerError;
+use conveyor_actors::store::batch::Batcher;
 use conveyor_actors::store::classify;
 
 pub mod ingest;
@@ -21,9 +23,11 @@ pub mod metrics;
 pub mod migrations;
 pub mod resource;
 pub mod store;
+pub mod writer;
 
 pub use ingest::Ingest;
-pub use store::{DeviceStore, Upsert};
+pub use store::{DeviceStore, ResourceRow, Upsert};
+pub use writer::ResourceWriter;
 
 /// Published (when an endpoint subscribes) after a device's resource changed.
 pub const RESOURCE_UPDATED: &str = "conveyor.resource.updated";
@@ -52,12 +56,26 @@ pub fn resource_cache_key(id: &str) -> String {
 
 /// The `events-input` handler.
 pub struct DeviceHandler {
-    pub store: DeviceStore,
-    pub cache: Cache,
-    /// How long the cached copy written after each update lives.
-    pub ttl: Duration,
+    store: DeviceStore,
+    /// Group commit: this key's row goes to the store with those of every other ready key.
+    writer: Batcher<ResourceWriter>,
     /// Publishes `conveyor.resource.updated` when a webhook endpoint subscribes to it.
-    pub domain: Option<Arc<dyn DomainEvents>>,
+    domain: Option<Arc<dyn DomainEvents>>,
+}
+
+impl DeviceHandler {
+    /// Starts the handler's group-commit writers (`processing.batch_*`).
+    pub fn new(
+        store: DeviceStore,
+        cache: Cache,
+        ttl: Duration,
+        domain: Option<Arc<dyn DomainEvents>>,
+        processing: &ProcessingConfig,
+    ) -> Self {
+        let writer = ResourceWriter { store: store.clone(), cache, ttl };
+        let writer = Batcher::spawn(writer, processing.batch_max_rows, processing.batch_writers);
+        DeviceHandler { store, writer, domain }
+    }
 }
 
 #[async_trait]
@@ -83,22 +101,19 @@ impl KeyHandler for DeviceHandler {
         let Some((record, last)) = events.pop() else { return Ok(()) };
         let (tp, offset) = (&record.tp, record.offset);
         let value = serde_json::Value::Object(last.payload);
-        let written =
-            self.store.upsert_resource(&last.device_id, value.clone(), tp.partition, offset).await.map_err(classify)?;
-        let device_id = last.device_id.clone();
-        match written {
-            Upsert::Written => self.refresh_cache(ResourceView { id: last.device_id, value: value.clone() }).await,
-            Upsert::Stale => {
-                crate::metrics::metrics().stale_writes.add(1, &[]);
-                tracing::debug!(
-                    topic = %tp.topic, partition = tp.partition, offset,
-                    "stale write discarded: the row holds this partition's offset or a later one"
-                );
-            }
+        let device_id = last.device_id;
+        let row = ResourceRow { id: device_id.clone(), value, partition: tp.partition, offset };
+        let value = if self.domain.is_some() { Some(row.value.clone()) } else { None };
+        if self.writer.submit(row).await.map_err(classify)? == Upsert::Stale {
+            crate::metrics::metrics().stale_writes.add(1, &[]);
+            tracing::debug!(
+                topic = %tp.topic, partition = tp.partition, offset,
+                "stale write discarded: the row holds this partition's offset or a later one"
+            );
         }
         // Also after a stale write: a retry of a record whose announcement failed must
         // announce it; the id is the record's, so subscribers get it once.
-        if let Some(domain) = &self.domain {
+        if let (Some(domain), Some(value)) = (&self.domain, value) {
             let id = format!("evt_resource_{}_{}_{offset}", tp.topic, tp.partition);
             let data = serde_json::json!({"device_id": device_id, "value": value, "offset": offset});
             domain.publish(RESOURCE_UPDATED, &id, data).await.map_err(classify)?;
@@ -122,35 +137,6 @@ fn decode(record: &Record) -> Result<DeviceEvent, HandlerError> {
         }));
     }
     Ok(event)
-}
-
-impl DeviceHandler {
-    /// Writes the new row through to the cache. Deleting the entry instead would race with
-    /// a reader that fetched the old row just before the write and refills the cache after
-    /// the delete, leaving the old value for a whole TTL; readers only fill an absent entry
-    /// (`set_nx`), so whichever comes second, the newest row wins.
-    ///
-    /// A failed cache write never fails the event: the entry is deleted in the background
-    /// (a few tries), and its TTL bounds how stale a read can be if even that fails.
-    async fn refresh_cache(&self, view: ResourceView) {
-        let key = resource_cache_key(&view.id);
-        let text = serde_json::to_string(&view).unwrap_or_default();
-        if self.cache.set(&key, &text, self.ttl).await.is_ok() {
-            return;
-        }
-        metrics().cache_errors.add(1, &[kv(OPERATION, "write_through")]);
-        let cache = self.cache.clone();
-        tokio::spawn(async move {
-            for attempt in 1..=3u32 {
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                if cache.delete(&key).await.is_ok() {
-                    return;
-                }
-                metrics().cache_errors.add(1, &[kv(OPERATION, "invalidate")]);
-            }
-            tracing::warn!("cache invalidation failed; the entry expires with its TTL");
-        });
-    }
 }
 
 /// Reads of device resources: cache first, then the store, then fill the cache.
@@ -231,13 +217,14 @@ mod tests {
         let cache = Cache::memory(100);
         let ttl = Duration::from_secs(60);
         let reads = Resources { store: store.clone(), cache: cache.clone(), ttl };
-        (DeviceHandler { store, cache, ttl, domain: None }, reads, dir)
+        let handler = DeviceHandler::new(store, cache.clone(), ttl, None, &ProcessingConfig::default());
+        (handler, reads, dir)
     }
 
     #[tokio::test]
     async fn reads_see_each_write_at_once_and_replays_change_nothing() {
         let (handler, reads, _dir) = handler().await;
-        let (cache, ttl) = (handler.cache.clone(), handler.ttl);
+        let (cache, ttl) = (reads.cache.clone(), reads.ttl);
         let seq = |v: Option<ResourceView>| v.and_then(|v| v.value["seq"].as_u64());
 
         handler.handle("d1", &[event(10, 1)]).await.unwrap();

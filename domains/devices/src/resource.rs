@@ -28,7 +28,7 @@ mod tests {
 
     use serde_json::json;
 
-    use crate::store::{DeviceStore, Upsert};
+    use crate::store::{DeviceStore, ResourceRow, Upsert};
     use conveyor_actors::config::Config;
 
     /// SQLite in a temporary directory, and PostgreSQL in a fresh schema as well when
@@ -75,6 +75,49 @@ mod tests {
             assert_eq!(up(3, 3, 3).await, Upsert::Written, "the device keeps updating on its new partition");
             assert_eq!(up(2, 3, 2).await, Upsert::Stale, "and its new partition's order is guarded");
             assert_eq!(seq(&store, "d1").await, Some((3, Some(3), 3)));
+            if let Some(schema) = schema {
+                store.execute_raw(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+            }
+        }
+    }
+
+    /// The multi-row statement keeps the single-row guard for every row, answers each row's
+    /// outcome in order, and applies a device's repeated rows in the order given.
+    #[tokio::test]
+    async fn a_batch_guards_each_row_and_applies_repeats_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for (store, schema) in stores(dir.path()).await {
+            let row = |id: &str, seq: u64, partition: i32, offset: i64| ResourceRow {
+                id: id.into(),
+                value: json!({"seq": seq}),
+                partition,
+                offset,
+            };
+            assert_eq!(store.upsert_resource("old", json!({"seq": 5}), 0, 50).await.unwrap(), Upsert::Written);
+            let batch = [
+                row("a", 1, 0, 10),
+                row("old", 4, 0, 40), // older than the stored row: refused
+                row("b", 1, 1, 3),
+                row("a", 2, 0, 11),  // the same device again: a later round, applied after seq 1
+                row("a", 0, 0, 9),   // and an older one after that: refused
+                row("old", 6, 2, 1), // another partition: applies
+            ];
+            let outcomes = store.upsert_resources(&batch).await.unwrap();
+            use Upsert::{Stale, Written};
+            assert_eq!(outcomes, [Written, Stale, Written, Written, Stale, Written]);
+            assert_eq!(seq(&store, "a").await, Some((2, Some(0), 11)));
+            assert_eq!(seq(&store, "b").await, Some((1, Some(1), 3)));
+            assert_eq!(seq(&store, "old").await, Some((6, Some(2), 1)));
+            // A replay changes nothing (rows of one partition; "old" moved to partition 2).
+            let replay = [batch[0].clone(), batch[2].clone(), batch[3].clone(), batch[4].clone(), batch[5].clone()];
+            let again = store.upsert_resources(&replay).await.unwrap();
+            assert!(again.iter().all(|o| *o == Stale), "{again:?}");
+            assert_eq!(store.upsert_resources(&[]).await.unwrap(), []);
+            // Larger than SQLite's chunk: every row lands.
+            let many: Vec<ResourceRow> = (0..2_500).map(|n| row(&format!("m{n}"), 1, 0, n)).collect();
+            let outcomes = store.upsert_resources(&many).await.unwrap();
+            assert_eq!(outcomes.iter().filter(|o| **o == Written).count(), 2_500);
+            assert_eq!(seq(&store, "m2499").await, Some((1, Some(0), 2499)));
             if let Some(schema) = schema {
                 store.execute_raw(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
             }
