@@ -339,7 +339,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     };
     let accepted_metric = daemon::metric_sum(&metrics, "conveyor_ingest_accepted", &[]);
     let processed_metric = daemon::metric_sum(&metrics, "conveyor_partition_records_processed", &[]);
-    let upserts_metric = daemon::metric_sum(&metrics, "conveyor_store_query_duration", &["_count", "upsert_resource"]);
+    let upserts_metric = daemon::metric_sum(&metrics, "conveyor_store_batch_rows_sum", &["upsert_resources"]);
 
     let ratio = conveyor_run.requests_per_sec / hello_run.requests_per_sec;
     let passed = conveyor_run.non_202 == 0 && conveyor_run.non_2xx_3xx == 0 && conveyor_run.requests > 0;

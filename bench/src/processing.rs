@@ -333,7 +333,7 @@ async fn conveyor(args: &ProcessingArgs, id: &str, topic: &str, last_seq: usize)
         total_s: done?,
         startup_s,
         first_row_s,
-        upserts: daemon::metric_sum(&metrics, "conveyor_store_query_duration", &["_count", "upsert_resource"]),
+        upserts: daemon::metric_sum(&metrics, "conveyor_store_batch_rows_sum", &["upsert_resources"]),
         processed: daemon::metric_sum(&metrics, "conveyor_partition_records_processed", &[]),
         clean_exit,
         cpu,

@@ -71,7 +71,7 @@ async fn scraped_counters_match_a_known_workload() {
     assert_eq!(metric_sum(&text, "conveyor_partition_lag", &input), 0.0, "{text}");
     assert_eq!(metric_sum(&text, "conveyor_partition_in_flight", &input), 0.0, "{text}");
     assert!(metric_sum(&text, "conveyor_partition_processing_duration_seconds_count", &input) >= 1.0, "{text}");
-    assert!(metric_sum(&text, "conveyor_store_query_duration_seconds_count", "operation=\"upsert_resource\"") >= 1.0);
+    assert!(metric_sum(&text, "conveyor_store_query_duration_seconds_count", "operation=\"upsert_resources\"") >= 1.0);
     assert_eq!(series("conveyor_breaker_state{"), 3, "store, cache, log: {text}");
     assert_eq!(metric_sum(&text, "conveyor_breaker_state", ""), 0.0);
     let posted: f64 = text

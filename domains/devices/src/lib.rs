@@ -104,7 +104,10 @@ impl KeyHandler for DeviceHandler {
         let device_id = last.device_id;
         let row = ResourceRow { id: device_id.clone(), value, partition: tp.partition, offset };
         let value = if self.domain.is_some() { Some(row.value.clone()) } else { None };
-        if self.writer.submit(row).await.map_err(classify)? == Upsert::Stale {
+        // The row waits for its batch inside a span of its own, so the record's trace shows
+        // its write (queue and statement) as the child of its processing span.
+        let written = conveyor_actors::trace::child_span("upsert_resource", self.writer.submit(row)).await;
+        if written.map_err(classify)? == Upsert::Stale {
             crate::metrics::metrics().stale_writes.add(1, &[]);
             tracing::debug!(
                 topic = %tp.topic, partition = tp.partition, offset,
