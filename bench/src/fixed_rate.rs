@@ -127,7 +127,7 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
 /// Sends `rate` requests/s spread evenly over `connections` for `seconds`, each connection
 /// staggered so the whole forms one even schedule.
 pub async fn run(target: &Target, rate: f64, connections: u32, seconds: u32) -> anyhow::Result<FixedRateRun> {
-    if !(rate > 0.0) || connections == 0 {
+    if rate.is_nan() || rate <= 0.0 || connections == 0 {
         bail!("fixed-rate load needs a positive rate and at least one connection");
     }
     let per_conn = rate / f64::from(connections);

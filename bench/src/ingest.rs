@@ -394,7 +394,7 @@ async fn measure_backend(
                     eprintln!("  raw rdkafka producer (acks=all): {}s, {} in flight", args.duration, args.connections);
                     let topic = report::unique_id("bench-raw-produce-");
                     let settings = ProducerSettings::from_defaults();
-                    let partitions = i32::try_from(conveyor_actors::config::LogConfig::default().partitions)?;
+                    let partitions = conveyor_actors::config::LogConfig::default().partitions;
                     Some(
                         raw_produce::run(brokers, &topic, partitions, &settings, args.connections, args.duration)
                             .await?,
