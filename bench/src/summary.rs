@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(rows[2].verdict(), "yes");
         assert_eq!(rows[3].verdict(), "NO");
         let md = markdown(&rows, &["webhooks (missing)".into()], &[]);
-        assert!(md.contains("| ingest | req/s vs raw hyper | 30.000 | 100.000 | req/s | 0.300 | ≥ 0.3 | yes |"));
+        assert!(md.contains("| ingest | req/s vs raw hyper | 30.000 | 100 | req/s | 0.300 | ≥ 0.3 | yes |"));
         assert!(md.contains("No summary from: webhooks (missing)."));
     }
 
