@@ -4,8 +4,9 @@
 #   scripts/bench.sh [ingest|processing|keys|webhooks|soak|all] [ARGS...]
 #
 #   keys        key-level concurrency inside one partition, in-process (embedded log)
-#   ingest      POST /events: the daemon vs a bare hyper server, both under wrk
-#               (embedded backends; pass `--backend real` for Kafka/PostgreSQL/Redis)
+#   ingest      POST /events: the daemon vs a bare hyper server, both under wrk, and the p99 at
+#               half the maximum rate (embedded backends; `--backend real` for Kafka/PostgreSQL/
+#               Redis, with a raw acks=all producer baseline; `--backend both`; `--runs N`)
 #   processing  pre-filled Kafka topic → PostgreSQL rows: the daemon vs a raw consumer
 #               (starts the services with scripts/services.sh up)
 #   webhooks    signed deliveries/s to a local sink vs a raw hyper client posting the same
@@ -13,13 +14,16 @@
 #   soak        3 million events through the embedded daemon with small retention: RSS, open
 #               files, data directory size and row counts sampled; slope per million events
 #               (several minutes; not part of `all`)
-#   all         keys, ingest, processing, webhooks (the default)
+#   all         keys, ingest (both backends, 3 runs each, median ratio), processing, webhooks
+#               (the default), then one summary table of every ratio
+#   summary     only that table, from the JSON already in the results directory
 # ARGS go to the benchmark's subcommand (one benchmark only), e.g.
 #   scripts/bench.sh ingest --duration 10 --connections 64
 #   scripts/bench.sh processing --events 20000 --devices 2000
 # See `target/release/conveyor-bench <name> --help` for every option.
 #
-# Results: bench/results/<name>.json (override the directory with CONVEYOR_BENCH_RESULTS).
+# Results: bench/results/<name>.json and summary.md (override the directory with
+# CONVEYOR_BENCH_RESULTS). The binaries are taken from $CARGO_TARGET_DIR (default target/).
 # Env: KEEP_SERVICES=1 leaves services this script started running at exit.
 set -euo pipefail
 
@@ -28,13 +32,14 @@ cd "$ROOT"
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "bench.sh: ERROR: $*"; exit 2; }
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 
 WHAT=${1:-all}
 [[ $# -gt 0 ]] && shift
 EXTRA_ARGS=("$@")
 case $WHAT in
     ingest|processing|keys|webhooks|soak) BENCHES=("$WHAT") ;;
+    summary) BENCHES=() ;;
     all) BENCHES=(keys ingest processing webhooks)
          [[ ${#EXTRA_ARGS[@]} -eq 0 ]] || die "extra arguments need a single benchmark, not 'all'" ;;
     -h|--help|help) usage; exit 0 ;;
@@ -42,7 +47,9 @@ case $WHAT in
 esac
 
 RESULTS=${CONVEYOR_BENCH_RESULTS:-$ROOT/bench/results}
-BIN=$ROOT/target/release/conveyor-bench
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/conveyor-bench
+# `all` measures ingest on both backends, median of 3 runs each.
+ALL_INGEST_ARGS=(--backend both --runs "${BENCH_RUNS:-3}")
 SERVICES_STARTED_HERE=0
 
 on_exit() {
@@ -61,15 +68,18 @@ trap 'exit 143' TERM
 needs_services() { # bench
     case $1 in
         processing) return 0 ;;
-        ingest) [[ " ${EXTRA_ARGS[*]:-} " == *" --backend real "* || " ${EXTRA_ARGS[*]:-} " == *" --backend=real "* ]] ;;
+        ingest) [[ $WHAT == all || " ${EXTRA_ARGS[*]:-} " == *" --backend real "* || " ${EXTRA_ARGS[*]:-} " == *" --backend=real "* \
+                   || " ${EXTRA_ARGS[*]:-} " == *" --backend both "* || " ${EXTRA_ARGS[*]:-} " == *" --backend=both "* ]] ;;
         *) return 1 ;;
     esac
 }
 
-say "== building release: conveyor-engine, conveyor-bench"
-cargo build --release -p conveyor-engine -p conveyor-bench --locked
+if [[ $WHAT != summary ]]; then
+    say "== building release: conveyor-engine, conveyor-bench"
+    cargo build --release -p conveyor-engine -p conveyor-bench --locked
+fi
 
-if [[ " ${BENCHES[*]} " == *" ingest "* || " ${BENCHES[*]} " == *" soak "* ]] && ! command -v wrk >/dev/null; then
+if [[ " ${BENCHES[*]:-} " == *" ingest "* || " ${BENCHES[*]} " == *" soak "* ]] && ! command -v wrk >/dev/null; then
     say "== installing wrk"
     if [[ $(id -u) -eq 0 ]]; then
         apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2
@@ -80,7 +90,8 @@ if [[ " ${BENCHES[*]} " == *" ingest "* || " ${BENCHES[*]} " == *" soak "* ]] &&
 fi
 
 services_up=0
-for b in "${BENCHES[@]}"; do
+for b in "${BENCHES[@]:-}"; do
+    [[ -n $b ]] || continue
     if needs_services "$b" && [[ $services_up -eq 0 ]]; then
         say "== scripts/services.sh up (PostgreSQL, Redis, Kafka)"
         if ! scripts/services.sh status >/dev/null 2>&1; then SERVICES_STARTED_HERE=1; fi
@@ -92,15 +103,23 @@ for b in "${BENCHES[@]}"; do
 done
 
 WRITTEN=()
-for b in "${BENCHES[@]}"; do
+for b in "${BENCHES[@]:-}"; do
+    [[ -n $b ]] || continue
     say ""
     say "==================================================================="
-    say "== bench: $b   ($(date '+%H:%M:%S'))"
+    say "== bench: $b   ($(date '+%H:%M:%S'), load $(cut -d' ' -f1-3 /proc/loadavg))"
     say "==================================================================="
-    CONVEYOR_BENCH_RESULTS=$RESULTS "$BIN" "$b" "${EXTRA_ARGS[@]}"
+    args=("${EXTRA_ARGS[@]}")
+    [[ $WHAT == all && $b == ingest ]] && args=("${ALL_INGEST_ARGS[@]}")
+    CONVEYOR_BENCH_RESULTS=$RESULTS "$BIN" "$b" "${args[@]}"
     WRITTEN+=("$RESULTS/$b.json")
 done
 
+if [[ $WHAT == all || $WHAT == summary ]]; then
+    CONVEYOR_BENCH_RESULTS=$RESULTS "$BIN" summary
+    WRITTEN+=("$RESULTS/summary.md")
+fi
+
 say ""
 say "== results written:"
-for f in "${WRITTEN[@]}"; do say "  $f"; done
+for f in "${WRITTEN[@]:-}"; do [[ -n $f ]] && say "  $f"; done

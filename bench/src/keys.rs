@@ -345,8 +345,32 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
     );
 
     let failed = runs.iter().any(KeysRun::failed);
+    // The slowest key count is the one the target is about.
+    let worst = runs
+        .iter()
+        .min_by(|a, b| (a.per_sec() / a.baseline_per_sec()).total_cmp(&(b.per_sec() / b.baseline_per_sec())));
+    let mut summary = Vec::new();
+    if let Some(w) = worst {
+        summary.push(crate::summary::row(
+            &format!("keys: rec/s vs plain tokio (worst of {} key counts: {} keys)", runs.len(), w.keys),
+            w.per_sec(),
+            w.baseline_per_sec(),
+            Some(0.95),
+            "records/s",
+        ));
+    }
+    let violations: u64 = runs.iter().map(|r| r.order_violations + r.overlap_violations).sum();
+    summary.push(json!({
+        "name": "keys: order violations + same-key overlaps (all runs)",
+        "conveyor": violations,
+        "baseline": null,
+        "ratio": null,
+        "target": 0,
+        "unit": "count",
+    }));
     let body = json!({
         "passed": !failed,
+        "summary": summary,
         "config": {
             "partitions": 1,
             "sleep_ms_per_call": args.sleep_ms,

@@ -3,12 +3,15 @@
 //! measured in the same run. Run them through `scripts/bench.sh`.
 
 mod daemon;
+mod fixed_rate;
 mod hello;
 mod ingest;
 mod keys;
 mod processing;
+mod raw_produce;
 mod report;
 mod soak;
+mod summary;
 mod webhooks;
 
 use clap::{Parser, Subcommand};
@@ -22,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// POST /events throughput of the daemon against a bare hyper server, both under wrk.
+    /// POST /events throughput of the daemon against a bare hyper server, both under wrk, the
+    /// p99 at half the maximum rate, and (Kafka) a raw acks=all producer.
     Ingest(ingest::IngestArgs),
     /// Events/s from a pre-filled Kafka topic to PostgreSQL rows, against a raw consumer.
     Processing(processing::ProcessingArgs),
@@ -33,6 +37,9 @@ enum Cmd {
     /// Millions of events through the embedded daemon with small retention: memory, open
     /// files, disk and row counts sampled, their slope per million events reported.
     Soak(soak::SoakArgs),
+    /// One table of every ratio in bench/results/*.json (their "summary" arrays), also
+    /// written to bench/results/summary.md.
+    Summary(summary::SummaryArgs),
     /// The ingest baseline server: answers 202 with a small JSON body to any request.
     HelloServer {
         /// 0 picks a free port; the address is printed on stdout.
@@ -49,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Keys(args) => keys::run(args).await,
         Cmd::Webhooks(args) => webhooks::run(args).await,
         Cmd::Soak(args) => soak::run(args).await,
+        Cmd::Summary(args) => summary::run(args),
         Cmd::HelloServer { port } => hello::serve(port).await,
     }
 }

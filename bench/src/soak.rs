@@ -241,6 +241,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         connections: args.connections,
         duration: args.burst,
         warmup: 0,
+        runs: 1,
+        rate_seconds: 0,
         devices: args.devices,
         wrk: args.wrk.clone(),
         conveyor_bin: None,

@@ -220,6 +220,14 @@ pub struct KafkaConfig {
     pub sasl_password: Secret,
     pub replication_factor: i32,
     pub session_timeout_ms: u64,
+    /// Producer `linger.ms`: how long a record waits for others to share its batch (and
+    /// its `acks=all` round trip).
+    pub linger_ms: u64,
+    /// Producer `batch.num.messages`: most records in one produce request per partition.
+    pub batch_num_messages: u64,
+    /// Producer `queue.buffering.max.messages`: records waiting or in flight before a send
+    /// is refused as queue full.
+    pub queue_buffering_max_messages: u64,
 }
 
 impl Default for KafkaConfig {
@@ -233,6 +241,9 @@ impl Default for KafkaConfig {
             sasl_password: Secret::default(),
             replication_factor: 1,
             session_timeout_ms: 10_000,
+            linger_ms: 1,
+            batch_num_messages: 10_000,
+            queue_buffering_max_messages: 100_000,
         }
     }
 }
@@ -374,6 +385,10 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: String,
     /// How often metrics are pushed, and spans batched, when `otlp_endpoint` is set.
     pub otlp_interval_ms: u64,
+    /// Fraction of new traces recorded and exported when `otlp_endpoint` is set (0.0 to
+    /// 1.0); a request that arrives with a `traceparent` follows its caller's decision.
+    /// Without an endpoint no span is recorded at all, whatever this says.
+    pub trace_sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -384,6 +399,7 @@ impl Default for TelemetryConfig {
             metrics_token: Secret::default(),
             otlp_endpoint: String::new(),
             otlp_interval_ms: 10_000,
+            trace_sample_ratio: 1.0,
         }
     }
 }
@@ -505,6 +521,13 @@ impl Config {
         }
         if self.retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.trace_sample_ratio) {
+            return Err(invalid("telemetry.trace_sample_ratio", "must be between 0.0 and 1.0"));
+        }
+        let kafka = &self.log.kafka;
+        if kafka.batch_num_messages == 0 || kafka.queue_buffering_max_messages == 0 {
+            return Err(invalid("log.kafka.batch_num_messages", "batch and queue sizes must be at least 1"));
         }
         if self.telemetry.otlp_interval_ms == 0 {
             return Err(invalid("telemetry.otlp_interval_ms", "must be at least 1"));

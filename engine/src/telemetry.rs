@@ -12,7 +12,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
 use prometheus::{Encoder, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
@@ -63,15 +63,27 @@ fn resource() -> Resource {
         .build()
 }
 
-/// Metrics (Prometheus text, plus OTLP push when configured) and traces. Spans are always
-/// recorded so that every request has a real trace id to carry through the log; they leave
-/// the process only when `telemetry.otlp_endpoint` is set.
+/// Which spans are recorded. Without an exporter none is: an unsampled span still gets a
+/// real trace id (carried through the log and into the logs) but records no attributes and
+/// reaches no processor, so tracing costs a few random numbers per request. With one, a
+/// request continues its caller's decision (`traceparent`'s sampled flag) and a new trace is
+/// kept with probability `trace_sample_ratio`.
+fn sampler(config: &TelemetryConfig, exporting: bool) -> Sampler {
+    if !exporting {
+        return Sampler::AlwaysOff;
+    }
+    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.trace_sample_ratio)))
+}
+
+/// Metrics (Prometheus text, plus OTLP push when configured) and traces: spans leave the
+/// process, and are recorded at all, only when `telemetry.otlp_endpoint` is set ([`sampler`]).
 pub fn init_metrics(config: &TelemetryConfig) -> anyhow::Result<Metrics> {
     let registry = prometheus::Registry::new();
     let exporter = opentelemetry_prometheus::exporter().with_registry(registry.clone()).build()?;
     let mut meters = SdkMeterProvider::builder().with_resource(resource()).with_reader(exporter);
     let mut tracer = SdkTracerProvider::builder().with_resource(resource());
     let endpoint = config.otlp_endpoint.trim_end_matches('/');
+    tracer = tracer.with_sampler(sampler(config, !endpoint.is_empty()));
     if !endpoint.is_empty() {
         let interval = Duration::from_millis(config.otlp_interval_ms);
         let metrics = opentelemetry_otlp::MetricExporter::builder()
@@ -164,6 +176,31 @@ fn proc_stat() -> Option<ProcStat> {
 
 #[cfg(test)]
 mod tests {
+    use conveyor_actors::config::TelemetryConfig;
+    use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    fn span_flags(config: &TelemetryConfig, exporting: bool) -> (bool, bool) {
+        let provider = SdkTracerProvider::builder().with_sampler(super::sampler(config, exporting)).build();
+        let tracer = provider.tracer("test");
+        let span = tracer.start("request");
+        let cx = opentelemetry::Context::current_with_span(span);
+        let sc = cx.span().span_context().clone();
+        (sc.is_valid(), cx.span().is_recording())
+    }
+
+    #[test]
+    fn without_an_exporter_spans_get_trace_ids_but_record_nothing() {
+        assert_eq!(span_flags(&TelemetryConfig::default(), false), (true, false));
+    }
+
+    #[test]
+    fn with_an_exporter_the_default_records_every_trace_and_zero_records_none() {
+        assert_eq!(span_flags(&TelemetryConfig::default(), true), (true, true));
+        let none = TelemetryConfig { trace_sample_ratio: 0.0, ..TelemetryConfig::default() };
+        assert_eq!(span_flags(&none, true), (true, false));
+    }
+
     #[test]
     fn proc_stat_reads_this_process() {
         let s = super::proc_stat();

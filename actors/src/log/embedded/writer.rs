@@ -3,7 +3,7 @@
 //! Senders encode their frame on their own task and queue it; the thread takes everything
 //! queued at that moment as one batch, writes each touched partition's frames with one
 //! positional write into its active segment (rolling it first when it is full or old),
-//! fsyncs each touched file once, publishes the new frames to readers and only then answers
+//! fsyncs each touched file once (concurrently, see [`sync_all`]), publishes the new frames to readers and only then answers
 //! the waiters. Under load a batch grows while the previous fsync runs, so the cost of an
 //! fsync is shared by many records.
 //!
@@ -150,8 +150,9 @@ fn commit(writer: &Writer, batch: &mut Vec<Append>) {
         // Full means a pass is already due; either way it runs soon.
         let _ = writer.retention.try_send(());
     }
-    for (entry, segment, start) in written {
-        if let Err(e) = segment.sync() {
+    let synced = sync_all(&written);
+    for ((entry, segment, start), synced) in written.into_iter().zip(synced) {
+        if let Err(e) = synced {
             segment.discard_from(start);
             fail(segment.path(), entry.replies, e);
             continue;
@@ -163,6 +164,27 @@ fn commit(writer: &Writer, batch: &mut Vec<Append>) {
             let _ = reply.send(Ok(Ack { partition, offset: first + i as i64 }));
         }
     }
+}
+
+/// Fsyncs every written segment, all at once when there are several: the filesystem's
+/// journal then commits them together, so a batch touching every partition waits about one
+/// fsync instead of one per partition in turn.
+fn sync_all(written: &[(Pending<'_>, Arc<Segment>, u64)]) -> Vec<io::Result<()>> {
+    if written.len() < 2 {
+        return written.iter().map(|(_, segment, _)| segment.sync()).collect();
+    }
+    std::thread::scope(|scope| {
+        let mut segments = written.iter().map(|(_, segment, _)| segment);
+        let first = segments.next();
+        let others: Vec<_> = segments.map(|segment| scope.spawn(move || segment.sync())).collect();
+        // This thread syncs the first file itself while the others sync theirs.
+        let mut results: Vec<io::Result<()>> = first.map(|segment| segment.sync()).into_iter().collect();
+        for handle in others {
+            // A sync that panicked is a failed sync: its waiters are told, nothing is published.
+            results.push(handle.join().unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked"))));
+        }
+        results
+    })
 }
 
 /// Answers every waiter of a partition that would exceed the topic's budget.

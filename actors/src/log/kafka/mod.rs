@@ -46,10 +46,14 @@ pub struct KafkaLog {
 
 impl KafkaLog {
     pub fn new(config: &LogConfig) -> Result<Self, Error> {
-        let producer: FutureProducer = client_config(&config.kafka)
+        let kafka = &config.kafka;
+        // acks=all and idempotence are what a 202 promises; only batching is configurable.
+        let producer: FutureProducer = client_config(kafka)
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("linger.ms", "2")
+            .set("linger.ms", kafka.linger_ms.to_string())
+            .set("batch.num.messages", kafka.batch_num_messages.to_string())
+            .set("queue.buffering.max.messages", kafka.queue_buffering_max_messages.to_string())
             .set("message.timeout.ms", config.produce_timeout_ms.to_string())
             .create()
             .map_err(|source| Error::Kafka { op: "create producer", source })?;
