@@ -199,6 +199,7 @@ impl Conveyor {
             domain: domain.clone(),
             payloads: DeliveryContext::payload_cache(),
         });
+        let payloads = delivery.payloads.clone();
         let (dispatcher, dispatcher_service) = Dispatcher::service(delivery);
         let webhooks = Webhooks::new(
             webhook_store.clone(),
@@ -218,6 +219,7 @@ impl Conveyor {
                 directory,
                 dispatcher,
                 workflows: Some(Arc::new(triggers.clone())),
+                payloads,
             }),
             dead_letters: dead_letters.clone(),
         };

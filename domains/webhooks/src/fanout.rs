@@ -23,6 +23,9 @@ pub struct FanoutHandler {
     pub dispatcher: Dispatcher,
     /// Workflows with event triggers start their runs here too.
     pub workflows: Option<Arc<dyn NotificationTriggers>>,
+    /// The delivery path's payload cache ([`super::context::DeliveryContext::payloads`]):
+    /// filled here, so that no delivery reads its notification back from the store.
+    pub payloads: moka::future::Cache<String, bytes::Bytes>,
 }
 
 /// Whatever else a notification may start (workflow runs with an event trigger). The
@@ -93,6 +96,9 @@ impl FanoutHandler {
             .await
             .map_err(HandlerError::retryable)?;
         self.store.create_deliveries(&envelope.id, &endpoints).await.map_err(HandlerError::retryable)?;
+        if !endpoints.is_empty() {
+            self.payloads.insert(envelope.id.clone(), record.payload.clone()).await;
+        }
         for endpoint in endpoints {
             self.dispatcher.wake(endpoint);
         }
