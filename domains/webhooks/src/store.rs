@@ -5,8 +5,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use conveyor_actors::Error;
@@ -323,32 +322,6 @@ impl WebhookStore {
         self.guarded("discard_deliveries", discard).await?;
         let q = endpoint::Entity::delete_by_id(id.to_string()).exec(self.connection());
         Ok(self.guarded("delete_endpoint", q).await?.rows_affected == 1)
-    }
-
-    /// Creates one pending delivery per endpoint, due now; existing ones are left alone.
-    pub async fn create_deliveries(&self, notification_id: &str, endpoint_ids: &[String]) -> Result<(), Error> {
-        use delivery::{Column, Entity};
-        if endpoint_ids.is_empty() {
-            return Ok(());
-        }
-        let now = Utc::now();
-        let rows = endpoint_ids.iter().map(|endpoint_id| delivery::ActiveModel {
-            id: Set(uuid::Uuid::now_v7().to_string()),
-            notification_id: Set(notification_id.to_string()),
-            endpoint_id: Set(endpoint_id.clone()),
-            status: Set(DeliveryStatus::Pending),
-            attempts: Set(0),
-            next_attempt_at: Set(now),
-            lease_until: Set(None),
-            last_status_code: Set(None),
-            last_error: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        });
-        let q = Entity::insert_many(rows)
-            .on_conflict(OnConflict::columns([Column::NotificationId, Column::EndpointId]).do_nothing().to_owned())
-            .exec_without_returning(self.connection());
-        self.guarded("create_deliveries", q).await.map(|_| ())
     }
 
     /// Endpoints with a delivery due by `now` and not leased.

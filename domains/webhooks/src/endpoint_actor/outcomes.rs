@@ -10,6 +10,7 @@ use rand::Rng;
 
 use super::{Attempted, EndpointMsg, EndpointState};
 use crate::client::{AttemptClass, Response};
+use crate::group_commit::WriteFailed;
 use crate::metrics::metrics;
 use crate::states::{AttemptOutcome, DeliveryStatus, DisabledReason};
 use crate::store::{DeliveryUpdate, attempt, delivery};
@@ -87,15 +88,15 @@ impl EndpointState {
         let batch = std::mem::take(&mut self.outcomes);
         let rows: Vec<(String, DeliveryUpdate)> =
             batch.iter().map(|f| (f.delivery.id.clone(), f.update.clone())).collect();
-        let (store, reply) = (self.ctx.store.clone(), myself.clone());
+        let (ctx, reply) = (self.ctx.clone(), myself.clone());
         tokio::spawn(async move {
-            let result = store.finish_attempts(&rows).await;
+            let result = ctx.outcomes.write(rows).await;
             let _ = reply.cast(EndpointMsg::Written { batch, result });
         });
     }
 
     /// A batch of outcomes is written (or not): what depends on them follows.
-    pub(super) async fn written(&mut self, batch: Vec<Finished>, result: Result<(), conveyor_actors::Error>) {
+    pub(super) async fn written(&mut self, batch: Vec<Finished>, result: Result<(), WriteFailed>) {
         if let Err(err) = result {
             tracing::warn!(
                 error = %err,

@@ -1,18 +1,19 @@
-//! The delivery path's batched statements: an endpoint actor leases many due deliveries in
-//! one statement, and writes the outcomes of many attempts in one statement, instead of a
-//! round trip per delivery.
+//! The delivery path's batched statements: the fan-out writes many notifications' delivery
+//! rows at once, an endpoint actor leases many due deliveries in one statement and writes
+//! the outcomes of many attempts in one statement, instead of a round trip per delivery.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, LockBehavior, LockType, Order, Query};
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict, Order, Query};
 use sea_orm::{
     ActiveEnum, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement, Value,
 };
 
-use super::{DeliveryUpdate, WebhookStore, delivery};
+use super::{DeliveryUpdate, WebhookStore, delivery, notification};
 use crate::states::DeliveryStatus;
 use conveyor_actors::Error;
 
-/// Rows per multi-row statement: 7 bind parameters each stays far below SQLite's limit of
+/// Rows per multi-row statement: at most 11 bind parameters each stays far below SQLite's limit of
 /// 32766 (and PostgreSQL's 65535).
 const ROWS_PER_STATEMENT: usize = 1000;
 
@@ -79,6 +80,49 @@ impl WebhookStore {
                 .filter(Column::Status.eq(DeliveryStatus::Pending))
                 .exec(self.connection());
             self.guarded("defer_deliveries", q).await?;
+        }
+        Ok(())
+    }
+}
+
+impl WebhookStore {
+    /// Stores notifications unless stored already (a posted one was, by the ingest), in
+    /// one statement per [`ROWS_PER_STATEMENT`] rows.
+    pub async fn record_notifications(&self, rows: Vec<notification::Model>) -> Result<(), Error> {
+        use notification::{Column, Entity};
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let active = chunk.iter().cloned().map(notification::ActiveModel::from);
+            let q = Entity::insert_many(active)
+                .on_conflict(OnConflict::column(Column::Id).do_nothing().to_owned())
+                .exec_without_returning(self.connection());
+            self.guarded("record_notifications", q).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates one pending delivery, due now, per `(notification_id, endpoint_id)`; existing
+    /// ones are left alone. One statement per [`ROWS_PER_STATEMENT`] rows.
+    pub async fn create_deliveries_for(&self, pairs: &[(String, String)]) -> Result<(), Error> {
+        use delivery::{Column, Entity};
+        let now = Utc::now();
+        for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
+            let rows = chunk.iter().map(|(notification_id, endpoint_id)| delivery::ActiveModel {
+                id: Set(uuid::Uuid::now_v7().to_string()),
+                notification_id: Set(notification_id.clone()),
+                endpoint_id: Set(endpoint_id.clone()),
+                status: Set(DeliveryStatus::Pending),
+                attempts: Set(0),
+                next_attempt_at: Set(now),
+                lease_until: Set(None),
+                last_status_code: Set(None),
+                last_error: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+            });
+            let q = Entity::insert_many(rows)
+                .on_conflict(OnConflict::columns([Column::NotificationId, Column::EndpointId]).do_nothing().to_owned())
+                .exec_without_returning(self.connection());
+            self.guarded("create_deliveries", q).await?;
         }
         Ok(())
     }

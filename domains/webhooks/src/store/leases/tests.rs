@@ -154,3 +154,40 @@ async fn deferred_deliveries_lose_their_lease_and_no_attempt() {
         assert_eq!(store.lease_due("ep", until, until + Duration::minutes(1), 10).await.unwrap().len(), 2);
     }
 }
+
+#[tokio::test]
+async fn fan_out_rows_of_many_notifications_go_in_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path()).await {
+        let note = |id: &str| notification::Model {
+            id: id.into(),
+            event_type: "t".into(),
+            project: None,
+            payload: format!("{{\"id\":\"{id}\"}}"),
+            accepted: true,
+            received_at: Utc::now(),
+        };
+        store.record_notifications(vec![note("n1"), note("n2")]).await.unwrap();
+        // A redelivered batch: nothing is stored twice, nothing fails.
+        store.record_notifications(vec![note("n2"), note("n3")]).await.unwrap();
+        for id in ["n1", "n2", "n3"] {
+            assert!(store.get_notification(id).await.unwrap().is_some(), "{id}");
+        }
+        let pair = |n: &str, e: &str| (n.to_string(), e.to_string());
+        store.create_deliveries_for(&[pair("n1", "ep-a"), pair("n1", "ep-b"), pair("n2", "ep-a")]).await.unwrap();
+        let first = store.find_delivery("n1", "ep-a").await.unwrap().unwrap();
+        store.create_deliveries_for(&[pair("n1", "ep-a"), pair("n3", "ep-b")]).await.unwrap();
+        assert_eq!(store.find_delivery("n1", "ep-a").await.unwrap().unwrap().id, first.id, "left alone");
+        let now = Utc::now() + Duration::seconds(1);
+        let a = store.lease_due("ep-a", now, now + Duration::minutes(1), 10).await.unwrap();
+        let b = store.lease_due("ep-b", now, now + Duration::minutes(1), 10).await.unwrap();
+        let notes = |rows: &[delivery::Model]| {
+            let mut n: Vec<String> = rows.iter().map(|r| r.notification_id.clone()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(notes(&a), ["n1", "n2"]);
+        assert_eq!(notes(&b), ["n1", "n3"]);
+        assert!(a.iter().chain(&b).all(|d| d.status == DeliveryStatus::Pending && d.attempts == 0));
+    }
+}
