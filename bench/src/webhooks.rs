@@ -25,8 +25,9 @@ use crate::report::{self, round, thousands};
 
 #[derive(Debug, Args)]
 pub struct WebhooksArgs {
-    /// Notifications posted per run; each goes to every endpoint.
-    #[arg(long, default_value_t = 1_000)]
+    /// Notifications posted per phase; each goes to every endpoint. Phases of a few seconds
+    /// keep the per-endpoint comparison out of the noise of a shared machine.
+    #[arg(long, default_value_t = 3_000)]
     pub notifications: usize,
     /// Endpoints (all healthy in the first phase; the last one dead in the second).
     #[arg(long, default_value_t = 10)]
@@ -47,6 +48,8 @@ struct Sink {
     base: String,
     count: Arc<AtomicU64>,
     dead_on: Arc<AtomicBool>,
+    /// While false every request waits (a backlog builds up in the daemon).
+    open: Arc<tokio::sync::watch::Sender<bool>>,
     per_path: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
 }
 
@@ -58,6 +61,7 @@ async fn sink() -> anyhow::Result<Sink> {
         base: format!("http://{}", listener.local_addr()?),
         count: Arc::new(AtomicU64::new(0)),
         dead_on: Arc::new(AtomicBool::new(false)),
+        open: Arc::new(tokio::sync::watch::Sender::new(true)),
         per_path: Arc::new(Mutex::new(HashMap::new())),
     };
     let shared = sink.clone();
@@ -69,6 +73,7 @@ async fn sink() -> anyhow::Result<Sink> {
                 async move {
                     let path = req.uri().path().to_string();
                     let _ = req.into_body().collect().await;
+                    let _ = shared.open.subscribe().wait_for(|open| *open).await;
                     if path == DEAD_PATH && shared.dead_on.load(Ordering::Relaxed) {
                         std::future::pending::<()>().await;
                     }
@@ -154,6 +159,9 @@ struct Phase {
     per_sec: f64,
     deliveries: u64,
     seconds: f64,
+    /// When the last POST /notifications was answered: if close to `seconds`, ingest bounds
+    /// the phase, not delivery.
+    posted_seconds: f64,
     /// Each healthy endpoint's deliveries per second, first post to its own last delivery.
     per_endpoint: BTreeMap<String, f64>,
 }
@@ -180,6 +188,7 @@ async fn phase(api: &Api, sink: &Sink, first: usize, n: usize, healthy: &[String
     while let Some(done) = posts.join_next().await {
         done??;
     }
+    let posted_seconds = started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(600);
     while sink.count.load(Ordering::Relaxed) < expected {
         if Instant::now() > deadline {
@@ -196,12 +205,35 @@ async fn phase(api: &Api, sink: &Sink, first: usize, n: usize, healthy: &[String
         })
         .collect();
     let deliveries = (n * healthy.len()) as u64;
-    Ok(Phase { per_sec: deliveries as f64 / seconds, deliveries, seconds, per_endpoint })
+    Ok(Phase { per_sec: deliveries as f64 / seconds, deliveries, seconds, posted_seconds, per_endpoint })
 }
 
-/// What one daemon showed: a warm-up, then every endpoint healthy, then the same with the
-/// last endpoint dead (it stops answering between the two phases).
+/// Delivery alone: `n` notifications posted while the sink holds every request, then the
+/// sink opens and the backlog drains; deliveries per second from the opening to the last.
+async fn drain(api: &Api, sink: &Sink, first: usize, n: usize, endpoints: usize) -> anyhow::Result<f64> {
+    let expected = sink.count.load(Ordering::Relaxed) + (n * endpoints) as u64;
+    sink.open.send_replace(false);
+    for i in first..first + n {
+        api.post("/notifications", notification(i)).await?;
+    }
+    // The fan-out is done well within this (it keeps up with posting).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let opened = Instant::now();
+    sink.open.send_replace(true);
+    let deadline = opened + Duration::from_secs(600);
+    while sink.count.load(Ordering::Relaxed) < expected {
+        if Instant::now() > deadline {
+            bail!("{} of {expected} deliveries after 10 min", sink.count.load(Ordering::Relaxed));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok((n * endpoints) as f64 / opened.elapsed().as_secs_f64())
+}
+
+/// What one daemon showed: a warm-up, then every endpoint healthy, then a backlog drained,
+/// then the same load as the second with the last endpoint dead (it stops answering).
 struct Runs {
+    drain_per_sec: f64,
     healthy: Phase,
     with_dead: Phase,
 }
@@ -237,9 +269,10 @@ async fn conveyor(args: &WebhooksArgs, bin: &std::path::Path) -> anyhow::Result<
     let result = async {
         phase(&api, &sink, 0, n.div_ceil(5), &paths).await.context("warm-up")?;
         let healthy = phase(&api, &sink, n, n, &paths).await.context("all endpoints healthy")?;
+        let drain_per_sec = drain(&api, &sink, 2 * n, n, paths.len()).await.context("backlog drain")?;
         sink.dead_on.store(true, Ordering::Relaxed);
-        let with_dead = phase(&api, &sink, 2 * n, n, &paths[..paths.len() - 1]).await.context("one endpoint dead")?;
-        anyhow::Ok(Runs { healthy, with_dead })
+        let with_dead = phase(&api, &sink, 3 * n, n, &paths[..paths.len() - 1]).await.context("one endpoint dead")?;
+        anyhow::Ok(Runs { drain_per_sec, healthy, with_dead })
     }
     .await;
     if result.is_err() {
@@ -265,7 +298,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     let raw = raw_hyper(&format!("{}/raw", baseline_sink.base), requests, concurrency)
         .await
         .context("baseline: raw hyper client")?;
-    let Runs { healthy, with_dead } = conveyor(&args, &bin).await?;
+    let Runs { drain_per_sec, healthy, with_dead } = conveyor(&args, &bin).await?;
     let ratio = healthy.per_sec / raw;
     // Each healthy endpoint's rate beside the dead one over its own rate when all were healthy.
     let kept: BTreeMap<&String, f64> = with_dead
@@ -298,6 +331,16 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     );
     println!("  ratio conveyor/raw hyper (deliveries/s): {ratio:.3}");
     println!(
+        "  all healthy: the last POST /notifications was answered after {:.2} s of {:.2} s",
+        healthy.posted_seconds, healthy.seconds
+    );
+    println!(
+        "  delivery alone (a backlog of {} drained): {} deliveries/s, {:.3} of raw hyper",
+        thousands(requests as f64),
+        thousands(drain_per_sec),
+        drain_per_sec / raw
+    );
+    println!(
         "  each healthy endpoint's rate beside a dead one / its rate when all were healthy (same daemon): \
          mean {isolation:.3}, min {kept_min:.3}"
     );
@@ -310,11 +353,12 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         "endpoints": args.endpoints,
         "in_flight_per_endpoint": args.in_flight,
         "baseline": {"name": "raw hyper 1.x client, same sink, same body, endpoints × in_flight concurrent requests", "requests": requests, "per_sec": round(raw, 1)},
-        "all_healthy": {"deliveries": healthy.deliveries, "seconds": round(healthy.seconds, 3), "per_sec": round(healthy.per_sec, 1),
+        "all_healthy": {"deliveries": healthy.deliveries, "seconds": round(healthy.seconds, 3), "posted_seconds": round(healthy.posted_seconds, 3), "per_sec": round(healthy.per_sec, 1),
             "per_endpoint_per_sec": rounded(&healthy.per_endpoint)},
-        "one_dead": {"deliveries_to_healthy": with_dead.deliveries, "seconds": round(with_dead.seconds, 3), "per_sec": round(with_dead.per_sec, 1),
+        "one_dead": {"deliveries_to_healthy": with_dead.deliveries, "seconds": round(with_dead.seconds, 3), "posted_seconds": round(with_dead.posted_seconds, 3), "per_sec": round(with_dead.per_sec, 1),
             "per_endpoint_per_sec": rounded(&with_dead.per_endpoint)},
         "ratio_conveyor_over_raw_hyper": round(ratio, 4),
+        "backlog_drain": {"deliveries": requests, "per_sec": round(drain_per_sec, 1), "ratio_over_raw_hyper": round(drain_per_sec / raw, 4)},
         "isolation_fraction_per_healthy_endpoint": round(isolation, 4),
         "isolation_fraction_min_endpoint": round(kept_min, 4),
         "summary": [
@@ -332,6 +376,8 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
              endpoint's last delivery): ingest (fsync'd embedded log), fan-out (delivery rows in SQLite), \
              leasing, Standard Webhooks signing, the request, and recording the attempt are all inside it.",
             "The raw client does none of that: it posts one body again and again.",
+            "backlog_drain: the same notifications posted while the sink holds every request, then the \
+             sink opens: delivery alone (lease, sign, send, record), without ingest in the clock.",
             "The dead endpoint accepts connections and never answers; the daemon's request timeout is 10 min \
              so its requests hang for the rest of the run, holding that endpoint's in-flight budget, and its \
              deliveries pile up in the store beside the healthy endpoints' ones.",
