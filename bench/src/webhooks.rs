@@ -1,11 +1,13 @@
 //! `webhooks`: signed deliveries per second from the daemon to a local sink, against a raw
-//! hyper client posting the same body to the same sink with the same concurrency; then the
-//! same load with one of the ten endpoints never answering, to show what a dead endpoint
-//! costs the healthy ones.
+//! hyper client posting the same body to the same sink with the same concurrency; then, in
+//! the same daemon, the same load with one of the ten endpoints never answering, to show
+//! what a dead endpoint costs each healthy one.
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,10 +25,11 @@ use crate::report::{self, round, thousands};
 
 #[derive(Debug, Args)]
 pub struct WebhooksArgs {
-    /// Notifications posted per run; each goes to every endpoint.
-    #[arg(long, default_value_t = 1_000)]
+    /// Notifications posted per phase; each goes to every endpoint. Phases of a few seconds
+    /// keep the per-endpoint comparison out of the noise of a shared machine.
+    #[arg(long, default_value_t = 3_000)]
     pub notifications: usize,
-    /// Endpoints (all healthy in the first run; the last one dead in the second).
+    /// Endpoints (all healthy in the first phase; the last one dead in the second).
     #[arg(long, default_value_t = 10)]
     pub endpoints: usize,
     /// Requests in flight per endpoint (the daemon's `webhooks.max_in_flight_per_endpoint`);
@@ -37,36 +40,61 @@ pub struct WebhooksArgs {
     pub conveyor_bin: Option<std::path::PathBuf>,
 }
 
-/// A sink that answers 200 on every path but `/dead`, which never answers.
+/// A sink that answers 200 on every path, except the `dead` path once `dead_on` is set:
+/// from then on that one never answers. It counts answered requests per path, with the
+/// time of each path's last one.
+#[derive(Clone)]
 struct Sink {
     base: String,
     count: Arc<AtomicU64>,
+    dead_on: Arc<AtomicBool>,
+    /// While false every request waits (a backlog builds up in the daemon).
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    per_path: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
 }
+
+const DEAD_PATH: &str = "/dead";
 
 async fn sink() -> anyhow::Result<Sink> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let count = Arc::new(AtomicU64::new(0));
-    let counter = count.clone();
+    let sink = Sink {
+        base: format!("http://{}", listener.local_addr()?),
+        count: Arc::new(AtomicU64::new(0)),
+        dead_on: Arc::new(AtomicBool::new(false)),
+        open: Arc::new(tokio::sync::watch::Sender::new(true)),
+        per_path: Arc::new(Mutex::new(HashMap::new())),
+    };
+    let shared = sink.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let counter = counter.clone();
+            let shared = shared.clone();
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let counter = counter.clone();
+                let shared = shared.clone();
                 async move {
-                    let dead = req.uri().path() == "/dead";
+                    let path = req.uri().path().to_string();
                     let _ = req.into_body().collect().await;
-                    if dead {
+                    let _ = shared.open.subscribe().wait_for(|open| *open).await;
+                    if path == DEAD_PATH && shared.dead_on.load(Ordering::Relaxed) {
                         std::future::pending::<()>().await;
                     }
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut per_path) = shared.per_path.lock() {
+                        let entry = per_path.entry(path).or_insert((0, Instant::now()));
+                        *entry = (entry.0 + 1, Instant::now());
+                    }
+                    shared.count.fetch_add(1, Ordering::Relaxed);
                     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
                 }
             });
             tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
         }
     });
-    Ok(Sink { base, count })
+    Ok(sink)
+}
+
+impl Sink {
+    fn per_path(&self) -> HashMap<String, (u64, Instant)> {
+        self.per_path.lock().map(|m| m.clone()).unwrap_or_default()
+    }
 }
 
 fn notification(i: usize) -> Value {
@@ -125,16 +153,93 @@ impl Api {
     }
 }
 
-struct Run {
+/// One phase of the run: `notifications` posted, every delivery to a healthy endpoint counted.
+struct Phase {
     /// Deliveries to healthy endpoints per second, first post to last delivery.
     per_sec: f64,
     deliveries: u64,
     seconds: f64,
+    /// When the last POST /notifications was answered: if close to `seconds`, ingest bounds
+    /// the phase, not delivery.
+    posted_seconds: f64,
+    /// Each healthy endpoint's deliveries per second, first post to its own last delivery.
+    per_endpoint: BTreeMap<String, f64>,
 }
 
-/// Starts a daemon, registers the endpoints, posts the notifications and waits for every
-/// healthy delivery.
-async fn conveyor(args: &WebhooksArgs, bin: &std::path::Path, dead: bool) -> anyhow::Result<Run> {
+/// Posts notifications `first..first + n` (16 posters) and waits for every delivery to
+/// the `healthy` paths.
+async fn phase(api: &Api, sink: &Sink, first: usize, n: usize, healthy: &[String]) -> anyhow::Result<Phase> {
+    let expected = sink.count.load(Ordering::Relaxed) + (n * healthy.len()) as u64;
+    let started = Instant::now();
+    let mut posts = JoinSet::new();
+    let next = Arc::new(AtomicU64::new(first as u64));
+    for _ in 0..16 {
+        let (api, next, end) = (api.clone(), next.clone(), (first + n) as u64);
+        posts.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= end {
+                    return anyhow::Ok(());
+                }
+                api.post("/notifications", notification(i as usize)).await?;
+            }
+        });
+    }
+    while let Some(done) = posts.join_next().await {
+        done??;
+    }
+    let posted_seconds = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while sink.count.load(Ordering::Relaxed) < expected {
+        if Instant::now() > deadline {
+            bail!("{} of {expected} deliveries after 10 min", sink.count.load(Ordering::Relaxed));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let per_path = sink.per_path();
+    let per_endpoint = healthy
+        .iter()
+        .filter_map(|p| {
+            per_path.get(p).map(|(_, last)| (p.clone(), n as f64 / last.duration_since(started).as_secs_f64()))
+        })
+        .collect();
+    let deliveries = (n * healthy.len()) as u64;
+    Ok(Phase { per_sec: deliveries as f64 / seconds, deliveries, seconds, posted_seconds, per_endpoint })
+}
+
+/// Delivery alone: `n` notifications posted while the sink holds every request, then the
+/// sink opens and the backlog drains; deliveries per second from the opening to the last.
+async fn drain(api: &Api, sink: &Sink, first: usize, n: usize, endpoints: usize) -> anyhow::Result<f64> {
+    let expected = sink.count.load(Ordering::Relaxed) + (n * endpoints) as u64;
+    sink.open.send_replace(false);
+    for i in first..first + n {
+        api.post("/notifications", notification(i)).await?;
+    }
+    // The fan-out is done well within this (it keeps up with posting).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let opened = Instant::now();
+    sink.open.send_replace(true);
+    let deadline = opened + Duration::from_secs(600);
+    while sink.count.load(Ordering::Relaxed) < expected {
+        if Instant::now() > deadline {
+            bail!("{} of {expected} deliveries after 10 min", sink.count.load(Ordering::Relaxed));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok((n * endpoints) as f64 / opened.elapsed().as_secs_f64())
+}
+
+/// What one daemon showed: a warm-up, then every endpoint healthy, then a backlog drained,
+/// then the same load as the second with the last endpoint dead (it stops answering).
+struct Runs {
+    drain_per_sec: f64,
+    healthy: Phase,
+    with_dead: Phase,
+}
+
+/// Starts a daemon, registers the endpoints and runs the phases.
+async fn conveyor(args: &WebhooksArgs, bin: &std::path::Path) -> anyhow::Result<Runs> {
     let sink = sink().await?;
     let spec = DaemonSpec {
         bin: bin.to_path_buf(),
@@ -154,48 +259,38 @@ async fn conveyor(args: &WebhooksArgs, bin: &std::path::Path, dead: bool) -> any
         base: daemon.base.clone(),
         token: daemon::token("bench-admin", &["admin"])?,
     };
-    let post = |path: &str, body: Value| {
-        let (api, path) = (api.clone(), path.to_string());
-        async move { api.post(&path, body).await }
-    };
-    for i in 0..args.endpoints {
-        let path = if dead && i == args.endpoints - 1 { "/dead".to_string() } else { format!("/ep{i}") };
-        post("/webhooks/endpoints", json!({"url": format!("{}{path}", sink.base)})).await?;
+    let paths: Vec<String> = (0..args.endpoints)
+        .map(|i| if i + 1 == args.endpoints { DEAD_PATH.to_string() } else { format!("/ep{i}") })
+        .collect();
+    for path in &paths {
+        api.post("/webhooks/endpoints", json!({"url": format!("{}{path}", sink.base)})).await?;
     }
-    let healthy = if dead { args.endpoints - 1 } else { args.endpoints };
-    let expected = (args.notifications * healthy) as u64;
-    let started = Instant::now();
-    let mut posts = JoinSet::new();
-    let next = Arc::new(AtomicU64::new(0));
-    for _ in 0..16 {
-        let (api, next, n) = (api.clone(), next.clone(), args.notifications as u64);
-        posts.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return anyhow::Ok(());
-                }
-                api.post("/notifications", notification(i as usize)).await?;
-            }
-        });
+    let n = args.notifications;
+    let result = async {
+        phase(&api, &sink, 0, n.div_ceil(5), &paths).await.context("warm-up")?;
+        let healthy = phase(&api, &sink, n, n, &paths).await.context("all endpoints healthy")?;
+        let drain_per_sec = drain(&api, &sink, 2 * n, n, paths.len()).await.context("backlog drain")?;
+        sink.dead_on.store(true, Ordering::Relaxed);
+        let with_dead = phase(&api, &sink, 3 * n, n, &paths[..paths.len() - 1]).await.context("one endpoint dead")?;
+        anyhow::Ok(Runs { drain_per_sec, healthy, with_dead })
     }
-    while let Some(done) = posts.join_next().await {
-        done??;
+    .await;
+    if result.is_err() {
+        eprintln!("daemon log tail:\n{}", daemon.log_tail(30));
     }
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while sink.count.load(Ordering::Relaxed) < expected {
-        if Instant::now() > deadline {
-            eprintln!("daemon log tail:\n{}", daemon.log_tail(30));
-            bail!("{} of {expected} deliveries after 10 min", sink.count.load(Ordering::Relaxed));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let seconds = started.elapsed().as_secs_f64();
     daemon.terminate(Duration::from_secs(30)).await;
-    Ok(Run { per_sec: expected as f64 / seconds, deliveries: expected, seconds })
+    result
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
 pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
+    if args.endpoints < 2 {
+        bail!("--endpoints must be at least 2 (one of them goes dead)");
+    }
     let bin = daemon::conveyor_bin(args.conveyor_bin.as_deref())?;
     let concurrency = args.endpoints * args.in_flight;
     let baseline_sink = sink().await?;
@@ -203,12 +298,18 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     let raw = raw_hyper(&format!("{}/raw", baseline_sink.base), requests, concurrency)
         .await
         .context("baseline: raw hyper client")?;
-    let healthy = conveyor(&args, &bin, false).await.context("all endpoints healthy")?;
-    let with_dead = conveyor(&args, &bin, true).await.context("one endpoint dead")?;
+    let Runs { drain_per_sec, healthy, with_dead } = conveyor(&args, &bin).await?;
     let ratio = healthy.per_sec / raw;
-    // Per healthy endpoint, so that nine endpoints are compared with nine.
-    let n = args.endpoints as f64;
-    let isolation = (with_dead.per_sec / (n - 1.0)) / (healthy.per_sec / n);
+    // Each healthy endpoint's rate beside the dead one over its own rate when all were healthy.
+    let kept: BTreeMap<&String, f64> = with_dead
+        .per_endpoint
+        .iter()
+        .filter_map(|(path, rate)| healthy.per_endpoint.get(path).map(|before| (path, rate / before)))
+        .collect();
+    let kept_min = kept.values().copied().fold(f64::INFINITY, f64::min);
+    let rate_before = mean(kept.keys().filter_map(|p| healthy.per_endpoint.get(*p).copied()));
+    let rate_after = mean(with_dead.per_endpoint.values().copied());
+    let isolation = rate_after / rate_before;
     println!();
     report::table(
         &["run", "deliveries", "seconds", "deliveries/s"],
@@ -229,24 +330,57 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         ],
     );
     println!("  ratio conveyor/raw hyper (deliveries/s): {ratio:.3}");
-    println!("  healthy endpoints' rate with a dead one, as a fraction of the all-healthy run: {isolation:.3}");
+    println!(
+        "  all healthy: the last POST /notifications was answered after {:.2} s of {:.2} s",
+        healthy.posted_seconds, healthy.seconds
+    );
+    println!(
+        "  delivery alone (a backlog of {} drained): {} deliveries/s, {:.3} of raw hyper",
+        thousands(requests as f64),
+        thousands(drain_per_sec),
+        drain_per_sec / raw
+    );
+    println!(
+        "  each healthy endpoint's rate beside a dead one / its rate when all were healthy (same daemon): \
+         mean {isolation:.3}, min {kept_min:.3}"
+    );
+    let rounded = |m: &BTreeMap<String, f64>| {
+        m.iter().map(|(k, v)| (k.clone(), json!(round(*v, 1)))).collect::<serde_json::Map<_, _>>()
+    };
     let body = json!({
         "backend": "embedded",
         "notifications": args.notifications,
         "endpoints": args.endpoints,
         "in_flight_per_endpoint": args.in_flight,
         "baseline": {"name": "raw hyper 1.x client, same sink, same body, endpoints × in_flight concurrent requests", "requests": requests, "per_sec": round(raw, 1)},
-        "all_healthy": {"deliveries": healthy.deliveries, "seconds": round(healthy.seconds, 3), "per_sec": round(healthy.per_sec, 1)},
-        "one_dead": {"deliveries_to_healthy": with_dead.deliveries, "seconds": round(with_dead.seconds, 3), "per_sec": round(with_dead.per_sec, 1)},
+        "all_healthy": {"deliveries": healthy.deliveries, "seconds": round(healthy.seconds, 3), "posted_seconds": round(healthy.posted_seconds, 3), "per_sec": round(healthy.per_sec, 1),
+            "per_endpoint_per_sec": rounded(&healthy.per_endpoint)},
+        "one_dead": {"deliveries_to_healthy": with_dead.deliveries, "seconds": round(with_dead.seconds, 3), "posted_seconds": round(with_dead.posted_seconds, 3), "per_sec": round(with_dead.per_sec, 1),
+            "per_endpoint_per_sec": rounded(&with_dead.per_endpoint)},
         "ratio_conveyor_over_raw_hyper": round(ratio, 4),
+        "backlog_drain": {"deliveries": requests, "per_sec": round(drain_per_sec, 1), "ratio_over_raw_hyper": round(drain_per_sec / raw, 4)},
         "isolation_fraction_per_healthy_endpoint": round(isolation, 4),
+        "isolation_fraction_min_endpoint": round(kept_min, 4),
+        "summary": [
+            {"name": format!("webhooks: signed deliveries/s, {} endpoints, vs raw hyper client", args.endpoints),
+             "conveyor": round(healthy.per_sec, 1), "baseline": round(raw, 1), "ratio": round(ratio, 4), "target": 0.3,
+             "unit": "deliveries/s"},
+            {"name": format!("webhooks: a healthy endpoint's rate beside 1 dead of {}, vs all healthy (mean per endpoint)", args.endpoints),
+             "conveyor": round(rate_after, 1), "baseline": round(rate_before, 1), "ratio": round(isolation, 4), "target": 0.95,
+             "unit": "deliveries/s"},
+        ],
         "notes": [
-            "Conveyor's clock runs from the first POST /notifications to the last delivery the sink counted: \
-             ingest (fsync'd embedded log), fan-out (one delivery row per endpoint in SQLite), leasing, \
-             Standard Webhooks signing, the request, and recording the attempt are all inside it.",
+            "One daemon: a warm-up phase (notifications / 5), then every endpoint healthy, then the last endpoint \
+             stops answering and the same number of notifications is posted again. Each phase's clock runs from \
+             its first POST /notifications to the last delivery the sink counted (per endpoint: to that \
+             endpoint's last delivery): ingest (fsync'd embedded log), fan-out (delivery rows in SQLite), \
+             leasing, Standard Webhooks signing, the request, and recording the attempt are all inside it.",
             "The raw client does none of that: it posts one body again and again.",
+            "backlog_drain: the same notifications posted while the sink holds every request, then the \
+             sink opens: delivery alone (lease, sign, send, record), without ingest in the clock.",
             "The dead endpoint accepts connections and never answers; the daemon's request timeout is 10 min \
-             so its requests hang for the whole run, holding that endpoint's in-flight budget.",
+             so its requests hang for the rest of the run, holding that endpoint's in-flight budget, and its \
+             deliveries pile up in the store beside the healthy endpoints' ones.",
         ],
     });
     let path = report::write("webhooks", body)?;

@@ -27,6 +27,8 @@ pub struct WebhooksConfig {
     pub response_excerpt_bytes: usize,
     /// Requests one endpoint may have open at once (its actor's own budget).
     pub max_in_flight_per_endpoint: usize,
+    /// Due deliveries an endpoint's actor leases in one statement and holds until it has room.
+    pub lease_batch_size: usize,
     /// Requests per second for endpoints that set no limit of their own; 0 = unlimited.
     pub default_rate_limit_per_sec: u32,
     /// An endpoint whose deliveries failed without a success for this long is disabled.
@@ -66,6 +68,7 @@ impl Default for WebhooksConfig {
             max_response_bytes: 64 * 1024,
             response_excerpt_bytes: 1024,
             max_in_flight_per_endpoint: 4,
+            lease_batch_size: 100,
             default_rate_limit_per_sec: 0,
             disable_after_failing_secs: 5 * 86_400,
             secret_rotation_overlap_secs: 86_400,
@@ -101,10 +104,10 @@ impl WebhooksConfig {
         if self.response_excerpt_bytes > self.max_response_bytes {
             return Err(invalid("webhooks.response_excerpt_bytes", "must not exceed webhooks.max_response_bytes"));
         }
-        if self.breaker_failures == 0 || self.attempts_batch_size == 0 {
+        if self.breaker_failures == 0 || self.attempts_batch_size == 0 || self.lease_batch_size == 0 {
             return Err(invalid(
                 "webhooks.breaker_failures",
-                "breaker_failures and attempts_batch_size must be at least 1",
+                "breaker_failures, attempts_batch_size and lease_batch_size must be at least 1",
             ));
         }
         if self.basic_auth_username.contains(':')

@@ -198,7 +198,9 @@ impl Conveyor {
             produce_timeout,
             domain: domain.clone(),
             payloads: DeliveryContext::payload_cache(),
+            outcomes: DeliveryContext::outcome_writer(webhook_store.clone()),
         });
+        let payloads = delivery.payloads.clone();
         let (dispatcher, dispatcher_service) = Dispatcher::service(delivery);
         let webhooks = Webhooks::new(
             webhook_store.clone(),
@@ -215,9 +217,11 @@ impl Conveyor {
             topic: config.log.topics.notifications.clone(),
             handler: Arc::new(FanoutHandler {
                 store: webhook_store.clone(),
+                writer: conveyor_webhooks::fanout::writer(webhook_store.clone()),
                 directory,
                 dispatcher,
                 workflows: Some(Arc::new(triggers.clone())),
+                payloads,
             }),
             dead_letters: dead_letters.clone(),
         };

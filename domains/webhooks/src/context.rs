@@ -10,7 +10,8 @@ use bytes::Bytes;
 use super::attempts::AttemptLog;
 use super::client::{Response, WebhookClient};
 use super::domain::DomainEventPublisher;
-use crate::store::WebhookStore;
+use super::group_commit::GroupCommit;
+use crate::store::{DeliveryUpdate, WebhookStore};
 use crate::store::{delivery, endpoint};
 use conveyor_actors::config::WebhooksConfig;
 use conveyor_actors::consumer::DeadLetterMeta;
@@ -33,11 +34,25 @@ pub struct DeliveryContext {
     pub produce_timeout: Duration,
     pub domain: DomainEventPublisher,
     pub payloads: moka::future::Cache<String, Bytes>,
+    /// Every endpoint actor's outcome writes, written together ([`Self::outcome_writer`]).
+    pub outcomes: GroupCommit<(String, DeliveryUpdate)>,
 }
+
+/// Endpoint actors' outcome batches per write at most.
+const OUTCOME_CALLERS: usize = 256;
 
 impl DeliveryContext {
     pub fn payload_cache() -> moka::future::Cache<String, Bytes> {
         moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build()
+    }
+
+    /// One statement (per 1,000 rows) for the outcomes every endpoint actor has ready:
+    /// each actor has at most a few attempts in flight, together they make a batch.
+    pub fn outcome_writer(store: WebhookStore) -> GroupCommit<(String, DeliveryUpdate)> {
+        GroupCommit::start("delivery outcomes", OUTCOME_CALLERS, move |rows: Vec<(String, DeliveryUpdate)>| {
+            let store = store.clone();
+            async move { store.finish_attempts(&rows).await }
+        })
     }
 
     /// The body every endpoint receives for this notification: the envelope as posted.

@@ -3,10 +3,19 @@
 //! one's next step from the retry schedule. Nothing an endpoint does can hold up another:
 //! each has its own budget, and the requests run in tasks, not in the actor.
 //!
+//! The store sees batches, not deliveries: one statement leases up to
+//! `webhooks.lease_batch_size` due deliveries, which wait in memory for room in the budget,
+//! and the outcomes of the attempts that finished meanwhile are written in one statement
+//! (one lease and one write in flight at a time; more work meanwhile makes the next batch
+//! bigger). A delivery counts as done only once its outcome is written; until then it stays
+//! leased, so if the daemon dies the lease expires and the delivery is sent again.
+//!
 //! On a graceful shutdown the requests still in flight are cut off and their deliveries
-//! handed back (lease cleared, no attempt spent): the next daemon sends them at once, and
-//! the receiver deduplicates by `webhook-id` should one of them have arrived after all.
+//! handed back (lease cleared, no attempt spent) with the ones still waiting: the next
+//! daemon sends them at once, and the receiver deduplicates by `webhook-id` should one of
+//! them have arrived after all.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,17 +23,17 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{AttemptClass, Request, Response};
 use super::context::DeliveryContext;
 use super::endpoints::signing_secrets;
-use crate::metrics::metrics;
-use crate::states::{AttemptOutcome, DeliveryStatus, DisabledReason};
-use crate::store::{DeliveryUpdate, attempt, delivery, endpoint};
+use crate::store::{delivery, endpoint};
 use conveyor_actors::breaker::{Breaker, BreakerConfig, Permit};
-use conveyor_actors::metrics::{ERROR_CLASS, OUTCOME, REASON, kv};
+
+mod outcomes;
+
+use outcomes::Finished;
 
 /// The actor; its behaviour is in [`EndpointState`].
 pub struct EndpointActor;
@@ -46,6 +55,16 @@ pub struct EndpointState {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     breaker: Arc<Breaker>,
     in_flight: usize,
+    /// Leased deliveries waiting for room in the budget, oldest due first.
+    held: VecDeque<delivery::Model>,
+    /// A lease statement is running (never two at once).
+    leasing: bool,
+    /// More may be due: woken since the last lease began, or the last lease came back full.
+    more: bool,
+    /// Attempts that finished and whose outcomes are not written yet.
+    outcomes: Vec<Finished>,
+    /// An outcome write is running (never two at once).
+    writing: bool,
     /// A wake-up is already scheduled (breaker cool-down); do not stack them.
     wake_pending: bool,
     last_activity: Instant,
@@ -57,18 +76,23 @@ pub struct EndpointState {
 
 /// Everything an endpoint actor is told.
 pub enum EndpointMsg {
-    /// Deliveries may be due: lease what fits in the in-flight budget and send it.
+    /// Deliveries may be due: lease a batch if the budget will soon have room, and send.
     Wake,
-    /// One request finished (sent by its task); record it and schedule what follows.
+    /// One request finished (sent by its task); its outcome joins the next write.
     Attempted(Box<Attempted>),
+    /// The lease statement answered (sent by its task).
+    Leased(Result<Vec<delivery::Model>, conveyor_actors::Error>),
+    /// An outcome write answered (sent by its task): what it wrote now counts as done.
+    Written { batch: Vec<Finished>, result: Result<(), crate::group_commit::WriteFailed> },
     /// The endpoint changed in the store (edited, enabled, disabled, deleted): read it again.
     Reload,
     /// Stop if idle for a while (a timer sends it).
     IdleCheck,
     /// A request was cut off by the shutdown before it completed: hand its delivery back.
     Abandoned { delivery_id: String },
-    /// Graceful shutdown: cut off the requests in flight, hand their deliveries back, send
-    /// nothing more, stop; answers how many deliveries were handed back.
+    /// Graceful shutdown: cut off the requests in flight, hand their deliveries and the
+    /// waiting ones back, write the outcomes already in, send nothing more, stop; answers
+    /// how many deliveries were handed back.
     Shutdown { reply: RpcReplyPort<usize> },
 }
 
@@ -110,6 +134,11 @@ impl Actor for EndpointActor {
             limiter: None,
             breaker,
             in_flight: 0,
+            held: VecDeque::new(),
+            leasing: false,
+            more: true,
+            outcomes: Vec::new(),
+            writing: false,
             wake_pending: false,
             last_activity: Instant::now(),
             stop: args.stop,
@@ -129,32 +158,40 @@ impl Actor for EndpointActor {
             state.last_activity = Instant::now();
         }
         match msg {
-            EndpointMsg::Wake => state.wake(&myself).await,
+            EndpointMsg::Wake => state.more = true,
             EndpointMsg::Attempted(done) => {
                 state.in_flight -= 1;
-                state.finish(*done).await;
-                state.wake(&myself).await;
+                state.finished(*done).await;
+            }
+            EndpointMsg::Leased(result) => state.leased(result).await,
+            EndpointMsg::Written { batch, result } => {
+                state.writing = false;
+                state.written(batch, result).await;
             }
             EndpointMsg::Reload => {
                 state.endpoint = None;
                 state.wake_pending = false;
-                state.wake(&myself).await;
+                state.more = true;
             }
             EndpointMsg::IdleCheck => {
-                if state.in_flight == 0 && state.last_activity.elapsed() >= idle_after(&state.ctx) {
+                if state.idle() && state.last_activity.elapsed() >= idle_after(&state.ctx) {
                     myself.stop(Some("idle".into()));
                 }
+                return Ok(());
             }
             EndpointMsg::Abandoned { delivery_id } => {
                 state.in_flight -= 1;
-                state.hand_back(delivery_id).await;
+                state.released += state.hand_back(vec![delivery_id]).await;
             }
             EndpointMsg::Shutdown { reply } => {
                 state.stop.cancel();
                 state.stopping = Some(reply);
+                let waiting: Vec<String> = state.held.drain(..).map(|d| d.id).collect();
+                state.released += state.hand_back(waiting).await;
             }
         }
-        if state.in_flight == 0
+        state.pump(&myself).await;
+        if state.idle()
             && let Some(reply) = state.stopping.take()
         {
             let _ = reply.send(state.released);
@@ -169,6 +206,11 @@ fn idle_after(ctx: &DeliveryContext) -> Duration {
 }
 
 impl EndpointState {
+    /// Nothing in flight, waiting, being leased or being written.
+    fn idle(&self) -> bool {
+        self.in_flight == 0 && self.held.is_empty() && !self.leasing && !self.writing && self.outcomes.is_empty()
+    }
+
     /// Loads the endpoint (and its limiter) unless already loaded; false if it is gone.
     async fn load(&mut self) -> bool {
         if self.endpoint.is_some() {
@@ -192,73 +234,153 @@ impl EndpointState {
         }
     }
 
-    async fn wake(&mut self, myself: &ActorRef<EndpointMsg>) {
-        if self.stop.is_cancelled() || !self.load().await {
+    /// Moves everything on that can move: writes the outcomes that are in, leases a batch
+    /// when the budget will soon have room, and sends what fits in the budget.
+    async fn pump(&mut self, myself: &ActorRef<EndpointMsg>) {
+        self.write(myself);
+        if self.stop.is_cancelled() {
             return;
         }
-        let Some(endpoint) = self.endpoint.clone() else { return };
-        if endpoint.disabled {
+        let usable = self.load().await && self.endpoint.as_ref().is_some_and(|e| !e.disabled);
+        if !usable {
+            // Disabled or deleted while deliveries waited: they go back, unsent.
+            let waiting: Vec<String> = self.held.drain(..).map(|d| d.id).collect();
+            self.hand_back(waiting).await;
             return;
         }
-        let room = self.ctx.config.max_in_flight_per_endpoint.saturating_sub(self.in_flight);
-        if room == 0 {
-            return;
+        let budget = self.ctx.config.max_in_flight_per_endpoint;
+        // The dead endpoint's case: with its budget spent nothing more is leased, so its
+        // backlog stays in the store, unleased, for whenever it answers again.
+        if self.more && !self.leasing && self.in_flight < budget && self.held.len() < budget {
+            if self.breaker.acquire().map(drop).is_err() {
+                self.wake_later(myself);
+            } else {
+                self.lease(myself);
+            }
         }
-        if self.breaker.acquire().map(drop).is_err() {
-            self.wake_later(myself);
-            return;
-        }
+        self.send_held(myself).await;
+    }
+
+    /// Starts the lease statement; its answer comes back as [`EndpointMsg::Leased`].
+    fn lease(&mut self, myself: &ActorRef<EndpointMsg>) {
+        self.leasing = true;
+        self.more = false;
         let now = Utc::now();
-        let lease = now + chrono::Duration::milliseconds(self.ctx.config.request_timeout_ms as i64 + 30_000);
-        let due = match self.ctx.store.lease_due_deliveries(&self.id, now, lease, room as u64).await {
-            Ok(due) => due,
+        let until = now + self.lease_span();
+        let limit = self.ctx.config.lease_batch_size as u64;
+        let (store, id, reply) = (self.ctx.store.clone(), self.id.clone(), myself.clone());
+        tokio::spawn(async move {
+            let result = store.lease_due(&id, now, until, limit).await;
+            let _ = reply.cast(EndpointMsg::Leased(result));
+        });
+    }
+
+    /// How long a lease lasts: the request's timeout and 30 s to wait for room and record it.
+    fn lease_span(&self) -> chrono::Duration {
+        chrono::Duration::milliseconds(self.ctx.config.request_timeout_ms as i64 + 30_000)
+    }
+
+    async fn leased(&mut self, result: Result<Vec<delivery::Model>, conveyor_actors::Error>) {
+        self.leasing = false;
+        let rows = match result {
+            Ok(rows) => rows,
             Err(err) => {
+                // Not retried at once: the poll (or the next wake) tries again.
                 tracing::warn!(error = %err, "leasing webhook deliveries; the poll will try again");
                 return;
             }
         };
-        for delivery in due {
-            let Ok(permit) = self.breaker.acquire() else {
-                // Opened meanwhile: hand the lease back without spending an attempt.
-                let until = now + chrono::Duration::milliseconds(self.ctx.config.breaker_open_ms as i64);
-                if let Err(err) = self.ctx.store.defer_delivery(&delivery.id, until).await {
-                    tracing::warn!(error = %err, "deferring a webhook delivery; its lease will expire");
-                }
-                continue;
-            };
-            self.in_flight += 1;
-            let ctx = self.ctx.clone();
-            let endpoint = endpoint.clone();
-            let limiter = self.limiter.clone();
-            let reply = myself.clone();
-            let stop = self.stop.clone();
-            tokio::spawn(async move {
-                // A response that is in wins over a shutdown at the same moment: it is recorded.
-                let response = tokio::select! {
-                    biased;
-                    response = async {
-                        if let Some(limiter) = limiter {
-                            limiter.until_ready().await;
-                        }
-                        send(&ctx, &endpoint, &delivery).await
-                    } => Some(response),
-                    _ = stop.cancelled() => None,
-                };
-                let msg = match response {
-                    Some(response) => EndpointMsg::Attempted(Box::new(Attempted { delivery, response, permit })),
-                    None => EndpointMsg::Abandoned { delivery_id: delivery.id },
-                };
-                let _ = reply.cast(msg);
-            });
+        // A full batch: more are probably due.
+        self.more |= rows.len() as u64 >= self.ctx.config.lease_batch_size as u64;
+        if self.stop.is_cancelled() {
+            self.released += self.hand_back(rows.into_iter().map(|d| d.id).collect()).await;
+        } else {
+            self.held.extend(rows);
         }
     }
 
-    /// Gives a delivery whose request was cut off back to the store: lease cleared, no
-    /// attempt spent, due at once for whichever daemon polls next.
-    async fn hand_back(&mut self, delivery_id: String) {
-        match self.ctx.store.release_deliveries(std::slice::from_ref(&delivery_id)).await {
-            Ok(n) => self.released += n as usize,
-            Err(err) => tracing::warn!(error = %err, "handing back a webhook delivery; its lease will expire"),
+    /// Sends waiting deliveries while the budget has room. A delivery whose lease would
+    /// run out before its request could is handed back and leased again with the rest.
+    async fn send_held(&mut self, myself: &ActorRef<EndpointMsg>) {
+        let Some(endpoint) = self.endpoint.clone() else { return };
+        let budget = self.ctx.config.max_in_flight_per_endpoint;
+        let must_last = Utc::now() + chrono::Duration::milliseconds(self.ctx.config.request_timeout_ms as i64 + 1_000);
+        let mut stale = Vec::new();
+        while self.in_flight < budget {
+            let Some(delivery) = self.held.pop_front() else { break };
+            if delivery.lease_until.is_none_or(|until| until < must_last) {
+                stale.push(delivery.id);
+                continue;
+            }
+            let Ok(permit) = self.breaker.acquire() else {
+                // Opened meanwhile: the waiting ones go back without spending an attempt.
+                self.held.push_front(delivery);
+                self.defer_held().await;
+                self.wake_later(myself);
+                break;
+            };
+            self.in_flight += 1;
+            self.spawn_send(myself, &endpoint, delivery, permit);
+        }
+        if !stale.is_empty() {
+            self.hand_back(stale).await;
+            self.more = true;
+        }
+    }
+
+    fn spawn_send(
+        &self,
+        myself: &ActorRef<EndpointMsg>,
+        endpoint: &endpoint::Model,
+        delivery: delivery::Model,
+        permit: Permit,
+    ) {
+        let ctx = self.ctx.clone();
+        let endpoint = endpoint.clone();
+        let limiter = self.limiter.clone();
+        let reply = myself.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            // A response that is in wins over a shutdown at the same moment: it is recorded.
+            let response = tokio::select! {
+                biased;
+                response = async {
+                    if let Some(limiter) = limiter {
+                        limiter.until_ready().await;
+                    }
+                    send(&ctx, &endpoint, &delivery).await
+                } => Some(response),
+                _ = stop.cancelled() => None,
+            };
+            let msg = match response {
+                Some(response) => EndpointMsg::Attempted(Box::new(Attempted { delivery, response, permit })),
+                None => EndpointMsg::Abandoned { delivery_id: delivery.id },
+            };
+            let _ = reply.cast(msg);
+        });
+    }
+
+    /// The breaker opened: every waiting delivery is due again after its cool-down.
+    async fn defer_held(&mut self) {
+        let ids: Vec<String> = self.held.drain(..).map(|d| d.id).collect();
+        let until = Utc::now() + chrono::Duration::milliseconds(self.ctx.config.breaker_open_ms as i64);
+        if let Err(err) = self.ctx.store.defer_deliveries(&ids, until).await {
+            tracing::warn!(error = %err, "deferring webhook deliveries; their leases will expire");
+        }
+    }
+
+    /// Gives deliveries this actor leased back to the store: lease cleared, no attempt
+    /// spent, due at once for whichever daemon polls next. Answers how many went back.
+    async fn hand_back(&self, ids: Vec<String>) -> usize {
+        if ids.is_empty() {
+            return 0;
+        }
+        match self.ctx.store.release_deliveries(&ids).await {
+            Ok(n) => n as usize,
+            Err(err) => {
+                tracing::warn!(error = %err, "handing back webhook deliveries; their leases will expire");
+                0
+            }
         }
     }
 
@@ -271,121 +393,6 @@ impl EndpointState {
                 tokio::time::sleep(delay).await;
                 let _ = me.cast(EndpointMsg::Reload);
             });
-        }
-    }
-
-    /// Records the attempt and moves the delivery on: done, retried later, or dead.
-    async fn finish(&mut self, done: Attempted) {
-        let Attempted { delivery, response, permit } = done;
-        let succeeded = response.class == AttemptClass::Succeeded;
-        permit.record(!succeeded);
-        if self.breaker.state() != conveyor_actors::breaker::BreakerState::Open {
-            self.wake_pending = false;
-        }
-        let attempt_no = delivery.attempts + 1;
-        let m = metrics();
-        let outcome = if succeeded { AttemptOutcome::Succeeded } else { AttemptOutcome::Failed };
-        m.webhook_attempts.add(1, &[kv(OUTCOME, outcome.as_str()), kv(ERROR_CLASS, response.class.as_str())]);
-        m.webhook_attempt_duration.record(response.latency.as_secs_f64(), &[kv(OUTCOME, outcome.as_str())]);
-        self.ctx
-            .attempts
-            .record(attempt::Model {
-                id: 0,
-                delivery_id: delivery.id.clone(),
-                notification_id: delivery.notification_id.clone(),
-                endpoint_id: delivery.endpoint_id.clone(),
-                attempt: attempt_no,
-                outcome,
-                error_class: response.class,
-                status_code: response.status.map(i32::from),
-                latency_ms: response.latency.as_millis() as i64,
-                response_excerpt: response.excerpt.clone(),
-                error: response.error.clone(),
-                created_at: Utc::now(),
-            })
-            .await;
-        let now = Utc::now();
-        let schedule = &self.ctx.config.retry_schedule_ms;
-        let next = (attempt_no as usize) < schedule.len() && response.class != AttemptClass::Gone;
-        let update = DeliveryUpdate {
-            status: if succeeded {
-                DeliveryStatus::Succeeded
-            } else if next {
-                DeliveryStatus::Pending
-            } else {
-                DeliveryStatus::Failed
-            },
-            next_attempt_at: if next && !succeeded {
-                now + self.retry_delay(schedule[attempt_no as usize], response.retry_after)
-            } else {
-                now
-            },
-            status_code: response.status.map(i32::from),
-            error: response.error.clone(),
-        };
-        let finished = update.status;
-        if let Err(err) = self.ctx.store.finish_attempt(&delivery.id, update).await {
-            tracing::warn!(error = %err, "recording a webhook attempt; the delivery's lease will expire and it is sent again");
-            return;
-        }
-        match finished {
-            DeliveryStatus::Succeeded => m.webhook_deliveries.add(1, &[kv(OUTCOME, "succeeded")]),
-            DeliveryStatus::Failed => {
-                m.webhook_deliveries.add(1, &[kv(OUTCOME, "exhausted")]);
-                self.ctx.dead_letter(&delivery, attempt_no, &response).await;
-            }
-            _ => {}
-        }
-        self.track_health(succeeded, response.class).await;
-    }
-
-    fn retry_delay(&self, scheduled_ms: u64, retry_after: Option<Duration>) -> chrono::Duration {
-        let jitter = self.ctx.config.retry_jitter;
-        let factor = if jitter > 0.0 { rand::rng().random_range(1.0 - jitter..=1.0 + jitter) } else { 1.0 };
-        let delay = Duration::from_millis((scheduled_ms as f64 * factor) as u64);
-        // An endpoint that says when to come back is not called sooner.
-        let delay = retry_after.map_or(delay, |ra| delay.max(ra));
-        chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
-    }
-
-    /// 410 disables at once; failing without a success for too long disables too.
-    async fn track_health(&mut self, succeeded: bool, class: AttemptClass) {
-        let Some(endpoint) = self.endpoint.as_mut() else { return };
-        let store = &self.ctx.store;
-        if succeeded {
-            if endpoint.failing_since.take().is_some() {
-                let _ = store.set_endpoint_failing(&endpoint.id, false).await;
-            }
-            return;
-        }
-        let now = Utc::now();
-        let reason = if class == AttemptClass::Gone {
-            Some(DisabledReason::Gone)
-        } else {
-            match endpoint.failing_since {
-                None => {
-                    endpoint.failing_since = Some(now);
-                    let _ = store.set_endpoint_failing(&endpoint.id, true).await;
-                    None
-                }
-                Some(since) => {
-                    let limit = chrono::Duration::seconds(self.ctx.config.disable_after_failing_secs as i64);
-                    (now - since >= limit).then_some(DisabledReason::Failing)
-                }
-            }
-        };
-        if let Some(reason) = reason {
-            match store.disable_endpoint(&endpoint.id, reason).await {
-                Ok(true) => {
-                    endpoint.disabled = true;
-                    endpoint.disabled_reason = Some(reason);
-                    metrics().webhook_endpoints_disabled.add(1, &[kv(REASON, reason.as_str())]);
-                    tracing::warn!(endpoint = %endpoint.id, reason = reason.as_str(), "webhook endpoint disabled");
-                    self.ctx.announce_disabled(endpoint, reason).await;
-                }
-                Ok(false) => endpoint.disabled = true,
-                Err(err) => tracing::warn!(error = %err, "disabling a webhook endpoint"),
-            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The notifications topic's handler: each notification becomes one delivery per matching
-//! endpoint (written before the record counts as done, so none is lost), and each of those
-//! endpoints' actors is woken.
+//! endpoint (written before the record counts as done, so none is lost; concurrent
+//! notifications' rows in one write), and each of those endpoints' actors is woken.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use super::context::ENDPOINT_HEADER;
 use super::directory::Directory;
 use super::dispatcher::Dispatcher;
 use super::envelope;
+use super::group_commit::GroupCommit;
 use crate::store::WebhookStore;
 use crate::store::notification;
 use conveyor_actors::breaker::Breaker;
@@ -17,12 +18,39 @@ use conveyor_actors::consumer::KeyHandler;
 use conveyor_actors::log::Record;
 use conveyor_actors::retry::HandlerError;
 
+/// A notification and the endpoints it goes to.
+pub type FanoutRows = (notification::Model, Vec<String>);
+
+/// Notifications per fan-out write at most; more wait for the next one.
+const FANOUT_BATCH: usize = 500;
+
+/// The fan-out's writer: stores each notification (unless stored already: a posted one was,
+/// by the ingest) and one pending delivery per endpoint (unless created already), for every
+/// notification handled meanwhile in one statement each.
+pub fn writer(store: WebhookStore) -> GroupCommit<FanoutRows> {
+    GroupCommit::start("notifications and deliveries", FANOUT_BATCH, move |rows: Vec<FanoutRows>| {
+        let store = store.clone();
+        async move {
+            let deliveries: Vec<(String, String)> =
+                rows.iter().flat_map(|(n, endpoints)| endpoints.iter().map(|e| (n.id.clone(), e.clone()))).collect();
+            store.record_notifications(rows.into_iter().map(|(n, _)| n).collect()).await?;
+            store.create_deliveries_for(&deliveries).await
+        }
+    })
+}
+
 pub struct FanoutHandler {
     pub store: WebhookStore,
+    /// Writes the notification and its delivery rows together with concurrent ones'
+    /// ([`writer`]).
+    pub writer: GroupCommit<FanoutRows>,
     pub directory: Directory,
     pub dispatcher: Dispatcher,
     /// Workflows with event triggers start their runs here too.
     pub workflows: Option<Arc<dyn NotificationTriggers>>,
+    /// The delivery path's payload cache ([`super::context::DeliveryContext::payloads`]):
+    /// filled here, so that no delivery reads its notification back from the store.
+    pub payloads: moka::future::Cache<String, bytes::Bytes>,
 }
 
 /// Whatever else a notification may start (workflow runs with an event trigger). The
@@ -86,13 +114,15 @@ impl FanoutHandler {
             accepted: true,
             received_at: chrono::Utc::now(),
         };
-        self.store.record_notification(row).await.map_err(HandlerError::retryable)?;
         let endpoints = self
             .directory
             .matching(&envelope.event_type, envelope.project.as_deref())
             .await
             .map_err(HandlerError::retryable)?;
-        self.store.create_deliveries(&envelope.id, &endpoints).await.map_err(HandlerError::retryable)?;
+        self.writer.write(vec![(row, endpoints.clone())]).await.map_err(HandlerError::retryable)?;
+        if !endpoints.is_empty() {
+            self.payloads.insert(envelope.id.clone(), record.payload.clone()).await;
+        }
         for endpoint in endpoints {
             self.dispatcher.wake(endpoint);
         }

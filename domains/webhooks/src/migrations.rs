@@ -17,6 +17,16 @@ pub fn migrations() -> Vec<Box<dyn Migration>> {
                 ("notifications_received", "notifications", &["received_at"]),
             ],
         }),
+        // An endpoint's due-delivery lease reads only its own pending rows, in due order:
+        // another endpoint's backlog (a dead one's) is never scanned.
+        Box::new(Indexes {
+            name: "m20261203_000012_webhooks_endpoint_due_index",
+            indexes: &[(
+                "webhook_deliveries_endpoint_due",
+                "webhook_deliveries",
+                &["endpoint_id", "status", "next_attempt_at", "id"],
+            )],
+        }),
     ]
 }
 

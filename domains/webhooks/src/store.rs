@@ -5,14 +5,15 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use conveyor_actors::Error;
 
 use crate::states::{DeliveryStatus, DisabledReason};
 use conveyor_actors::store::Store;
+
+mod leases;
 
 /// The store, with webhook delivery's tables; cheap to clone.
 #[derive(Clone)]
@@ -323,32 +324,6 @@ impl WebhookStore {
         Ok(self.guarded("delete_endpoint", q).await?.rows_affected == 1)
     }
 
-    /// Creates one pending delivery per endpoint, due now; existing ones are left alone.
-    pub async fn create_deliveries(&self, notification_id: &str, endpoint_ids: &[String]) -> Result<(), Error> {
-        use delivery::{Column, Entity};
-        if endpoint_ids.is_empty() {
-            return Ok(());
-        }
-        let now = Utc::now();
-        let rows = endpoint_ids.iter().map(|endpoint_id| delivery::ActiveModel {
-            id: Set(uuid::Uuid::now_v7().to_string()),
-            notification_id: Set(notification_id.to_string()),
-            endpoint_id: Set(endpoint_id.clone()),
-            status: Set(DeliveryStatus::Pending),
-            attempts: Set(0),
-            next_attempt_at: Set(now),
-            lease_until: Set(None),
-            last_status_code: Set(None),
-            last_error: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        });
-        let q = Entity::insert_many(rows)
-            .on_conflict(OnConflict::columns([Column::NotificationId, Column::EndpointId]).do_nothing().to_owned())
-            .exec_without_returning(self.connection());
-        self.guarded("create_deliveries", q).await.map(|_| ())
-    }
-
     /// Endpoints with a delivery due by `now` and not leased.
     pub async fn due_endpoints(&self, now: DateTime<Utc>, limit: u64) -> Result<Vec<String>, Error> {
         use delivery::{Column, Entity};
@@ -363,70 +338,6 @@ impl WebhookStore {
             .into_model::<EndpointIdRow>()
             .all(self.connection());
         Ok(self.guarded("due_endpoints", q).await?.into_iter().map(|r| r.endpoint_id).collect())
-    }
-
-    /// Leases up to `limit` due deliveries of one endpoint until `lease_until`; a row another
-    /// daemon leased first is skipped.
-    pub async fn lease_due_deliveries(
-        &self,
-        endpoint_id: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: u64,
-    ) -> Result<Vec<delivery::Model>, Error> {
-        use delivery::{Column, Entity};
-        let not_leased = || Condition::any().add(Column::LeaseUntil.is_null()).add(Column::LeaseUntil.lt(now));
-        let q = Entity::find()
-            .filter(Column::EndpointId.eq(endpoint_id))
-            .filter(Column::Status.eq(DeliveryStatus::Pending))
-            .filter(Column::NextAttemptAt.lte(now))
-            .filter(not_leased())
-            .order_by_asc(Column::NextAttemptAt)
-            .order_by_asc(Column::Id)
-            .limit(limit)
-            .all(self.connection());
-        let candidates = self.guarded("due_deliveries", q).await?;
-        let mut leased = Vec::with_capacity(candidates.len());
-        for mut row in candidates {
-            let q = Entity::update_many()
-                .col_expr(Column::LeaseUntil, Expr::value(lease_until))
-                .filter(Column::Id.eq(row.id.clone()))
-                .filter(Column::Status.eq(DeliveryStatus::Pending))
-                .filter(not_leased())
-                .exec(self.connection());
-            if self.guarded("lease_delivery", q).await?.rows_affected == 1 {
-                row.lease_until = Some(lease_until);
-                leased.push(row);
-            }
-        }
-        Ok(leased)
-    }
-
-    /// Records an attempt's consequence on its delivery and releases the lease.
-    pub async fn finish_attempt(&self, delivery_id: &str, update: DeliveryUpdate) -> Result<(), Error> {
-        use delivery::{Column, Entity};
-        let q = Entity::update_many()
-            .col_expr(Column::Status, Expr::value(update.status))
-            .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
-            .col_expr(Column::NextAttemptAt, Expr::value(update.next_attempt_at))
-            .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
-            .col_expr(Column::LastStatusCode, Expr::value(update.status_code))
-            .col_expr(Column::LastError, Expr::value(update.error))
-            .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(Column::Id.eq(delivery_id))
-            .exec(self.connection());
-        self.guarded("finish_attempt", q).await.map(|_| ())
-    }
-
-    /// Gives a lease back without spending an attempt (breaker open, endpoint disabled).
-    pub async fn defer_delivery(&self, delivery_id: &str, until: DateTime<Utc>) -> Result<(), Error> {
-        use delivery::{Column, Entity};
-        let q = Entity::update_many()
-            .col_expr(Column::NextAttemptAt, Expr::value(until))
-            .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
-            .filter(Column::Id.eq(delivery_id))
-            .exec(self.connection());
-        self.guarded("defer_delivery", q).await.map(|_| ())
     }
 
     /// Clears the leases of pending deliveries whose requests were cut off (a graceful

@@ -1,0 +1,165 @@
+//! The delivery path's batched statements: the fan-out writes many notifications' delivery
+//! rows at once, an endpoint actor leases many due deliveries in one statement and writes
+//! the outcomes of many attempts in one statement, instead of a round trip per delivery.
+
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict, Order, Query};
+use sea_orm::{
+    ActiveEnum, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement, Value,
+};
+
+use super::{DeliveryUpdate, WebhookStore, delivery, notification};
+use crate::states::DeliveryStatus;
+use conveyor_actors::Error;
+
+/// Rows per multi-row statement: at most 11 bind parameters each stays far below SQLite's limit of
+/// 32766 (and PostgreSQL's 65535).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+impl WebhookStore {
+    /// Leases up to `limit` due deliveries of one endpoint until `lease_until`, oldest due
+    /// first, in one statement. Only the endpoint's own pending rows are read (the
+    /// `webhook_deliveries_endpoint_due` index), so another endpoint's backlog costs nothing;
+    /// rows another daemon is leasing right now are skipped (PostgreSQL: `FOR UPDATE SKIP
+    /// LOCKED`, which checks the conditions again on the row it locks; SQLite has one writer).
+    /// The outer update names rows by id only: a condition on `status` there would lead
+    /// SQLite's planner to walk every pending row of every endpoint.
+    pub async fn lease_due(
+        &self,
+        endpoint_id: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<delivery::Model>, Error> {
+        use delivery::{Column, Entity};
+        let due = Query::select()
+            .column(Column::Id)
+            .from(Entity)
+            .and_where(Column::EndpointId.eq(endpoint_id))
+            .and_where(Column::Status.eq(DeliveryStatus::Pending))
+            .and_where(Column::NextAttemptAt.lte(now))
+            .cond_where(Condition::any().add(Column::LeaseUntil.is_null()).add(Column::LeaseUntil.lt(now)))
+            .order_by(Column::NextAttemptAt, Order::Asc)
+            .order_by(Column::Id, Order::Asc)
+            .limit(limit)
+            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+            .to_owned();
+        let update = Query::update()
+            .table(Entity)
+            .value(Column::LeaseUntil, lease_until)
+            .and_where(Column::Id.in_subquery(due))
+            .returning_all()
+            .to_owned();
+        let stmt = self.backend().build(&update);
+        let mut rows = self.guarded("lease_due", Entity::find().from_raw_sql(stmt).all(self.connection())).await?;
+        // RETURNING keeps no order.
+        rows.sort_by(|a, b| (a.next_attempt_at, &a.id).cmp(&(b.next_attempt_at, &b.id)));
+        Ok(rows)
+    }
+
+    /// Records many attempts' consequences on their deliveries and releases their leases:
+    /// one statement per [`ROWS_PER_STATEMENT`] rows (a `VALUES` list joined to the table).
+    pub async fn finish_attempts(&self, batch: &[(String, DeliveryUpdate)]) -> Result<(), Error> {
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let stmt = finish_statement(self.backend(), chunk, Utc::now());
+            self.guarded("finish_attempts", self.connection().execute_raw(stmt)).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives leases back without spending an attempt, due again at `until` (the endpoint's
+    /// breaker opened while they waited).
+    pub async fn defer_deliveries(&self, ids: &[String], until: DateTime<Utc>) -> Result<(), Error> {
+        use delivery::{Column, Entity};
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let q = Entity::update_many()
+                .col_expr(Column::NextAttemptAt, Expr::value(until))
+                .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+                .filter(Column::Id.is_in(chunk.iter().cloned()))
+                .filter(Column::Status.eq(DeliveryStatus::Pending))
+                .exec(self.connection());
+            self.guarded("defer_deliveries", q).await?;
+        }
+        Ok(())
+    }
+}
+
+impl WebhookStore {
+    /// Stores notifications unless stored already (a posted one was, by the ingest), in
+    /// one statement per [`ROWS_PER_STATEMENT`] rows.
+    pub async fn record_notifications(&self, rows: Vec<notification::Model>) -> Result<(), Error> {
+        use notification::{Column, Entity};
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let active = chunk.iter().cloned().map(notification::ActiveModel::from);
+            let q = Entity::insert_many(active)
+                .on_conflict(OnConflict::column(Column::Id).do_nothing().to_owned())
+                .exec_without_returning(self.connection());
+            self.guarded("record_notifications", q).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates one pending delivery, due now, per `(notification_id, endpoint_id)`; existing
+    /// ones are left alone. One statement per [`ROWS_PER_STATEMENT`] rows.
+    pub async fn create_deliveries_for(&self, pairs: &[(String, String)]) -> Result<(), Error> {
+        use delivery::{Column, Entity};
+        let now = Utc::now();
+        for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
+            let rows = chunk.iter().map(|(notification_id, endpoint_id)| delivery::ActiveModel {
+                id: Set(uuid::Uuid::now_v7().to_string()),
+                notification_id: Set(notification_id.clone()),
+                endpoint_id: Set(endpoint_id.clone()),
+                status: Set(DeliveryStatus::Pending),
+                attempts: Set(0),
+                next_attempt_at: Set(now),
+                lease_until: Set(None),
+                last_status_code: Set(None),
+                last_error: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+            });
+            let q = Entity::insert_many(rows)
+                .on_conflict(OnConflict::columns([Column::NotificationId, Column::EndpointId]).do_nothing().to_owned())
+                .exec_without_returning(self.connection());
+            self.guarded("create_deliveries", q).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `WITH u(…) AS (VALUES (…), …) UPDATE webhook_deliveries … FROM u WHERE id = u.id`: the
+/// same text on both backends but for the placeholders (SQLite has UPDATE … FROM since 3.33).
+fn finish_statement(backend: DbBackend, rows: &[(String, DeliveryUpdate)], now: DateTime<Utc>) -> Statement {
+    let mut values: Vec<Value> = Vec::with_capacity(rows.len() * 5 + 1);
+    let mut param = |v: Value| {
+        values.push(v);
+        match backend {
+            DbBackend::Postgres => format!("${}", values.len()),
+            _ => "?".to_string(),
+        }
+    };
+    let mut tuples = Vec::with_capacity(rows.len());
+    for (id, u) in rows {
+        tuples.push(format!(
+            "({}, {}, {}, {}, {})",
+            param(id.clone().into()),
+            param(u.status.to_value().into()),
+            param(u.next_attempt_at.into()),
+            param(u.status_code.into()),
+            param(u.error.clone().into()),
+        ));
+    }
+    let now = param(now.into());
+    let sql = format!(
+        "WITH u (id, status, next_attempt_at, last_status_code, last_error) AS (VALUES {}) \
+         UPDATE webhook_deliveries SET status = u.status, attempts = webhook_deliveries.attempts + 1, \
+         next_attempt_at = u.next_attempt_at, lease_until = NULL, last_status_code = u.last_status_code, \
+         last_error = u.last_error, updated_at = {now} FROM u WHERE webhook_deliveries.id = u.id",
+        tuples.join(", ")
+    );
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+#[cfg(test)]
+mod tests;
