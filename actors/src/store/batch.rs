@@ -108,6 +108,56 @@ async fn write_loop<W: BatchWrite>(writer: Arc<W>, rx: Arc<Mutex<mpsc::Receiver<
     }
 }
 
+/// A write that succeeds or fails as a whole: several statements, or one without an answer
+/// per row. [`Grouped`] batches callers' row sets for it.
+#[async_trait]
+pub trait WholeWrite: Send + Sync + 'static {
+    type Row: Send + Sync + 'static;
+
+    /// A bounded name for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    async fn write_all(&self, rows: &[Self::Row]) -> Result<(), Error>;
+}
+
+/// Each item is one caller's rows; every caller that is ready shares one [`WholeWrite`].
+/// When that write is refused, each caller's rows are written alone, so rows the store
+/// cannot take fail only the caller that brought them.
+pub struct Grouped<W>(pub W);
+
+#[async_trait]
+impl<W: WholeWrite> BatchWrite for Grouped<W> {
+    type Item = Vec<W::Row>;
+    type Output = ();
+
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    async fn write(&self, items: Vec<Vec<W::Row>>) -> Vec<Result<(), Error>> {
+        let lens: Vec<usize> = items.iter().map(Vec::len).collect();
+        let rows: Vec<W::Row> = items.into_iter().flatten().collect();
+        let err = match self.0.write_all(&rows).await {
+            Ok(()) => return lens.iter().map(|_| Ok(())).collect(),
+            Err(err) if lens.len() == 1 => return vec![Err(err)],
+            Err(err) => err,
+        };
+        tracing::debug!(
+            op = self.0.name(),
+            callers = lens.len(),
+            error = &err as &dyn std::error::Error,
+            "batch refused; caller by caller"
+        );
+        let mut results = Vec::with_capacity(lens.len());
+        let mut start = 0;
+        for len in lens {
+            results.push(self.0.write_all(&rows[start..start + len]).await);
+            start += len;
+        }
+        results
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -172,5 +222,42 @@ mod tests {
         assert_eq!(batcher.submit(2).await.unwrap(), 4);
         assert_eq!(batcher.submit(3).await.unwrap(), 6);
         assert_eq!(recorder.0.lock().unwrap().clone(), vec![vec![1], vec![2], vec![3]]);
+    }
+
+    /// Refuses any write that holds a 13.
+    struct Sets(Arc<StdMutex<Vec<Vec<u32>>>>);
+
+    #[async_trait]
+    impl WholeWrite for Sets {
+        type Row = u32;
+        fn name(&self) -> &'static str {
+            "sets"
+        }
+        async fn write_all(&self, rows: &[u32]) -> Result<(), Error> {
+            self.0.lock().unwrap().push(rows.to_vec());
+            tokio::task::yield_now().await;
+            if rows.contains(&13) { Err(Error::NotFound { what: "thirteen" }) } else { Ok(()) }
+        }
+    }
+
+    #[tokio::test]
+    async fn grouped_sets_share_a_write_and_a_refused_one_fails_only_its_caller() {
+        let writes = Arc::new(StdMutex::new(Vec::new()));
+        let batcher = Batcher::spawn(Grouped(Sets(writes.clone())), 64, 1);
+        let tasks: Vec<_> = (0..20u32)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { (i, b.submit(vec![i * 10, i + 5]).await) })
+            })
+            .collect();
+        for task in tasks {
+            let (i, result) = task.await.unwrap();
+            // Only caller 8 brought a 13 (8 + 5).
+            assert_eq!(result.is_ok(), i != 8, "caller {i}: {result:?}");
+        }
+        let writes = writes.lock().unwrap().clone();
+        assert!(writes.iter().any(|w| w.len() > 2), "some callers shared a write: {writes:?}");
+        let stored: usize = writes.iter().filter(|w| !w.contains(&13)).map(Vec::len).sum();
+        assert_eq!(stored, 38, "every other caller's two rows stored exactly once: {writes:?}");
     }
 }

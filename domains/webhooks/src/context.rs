@@ -10,7 +10,6 @@ use bytes::Bytes;
 use super::attempts::AttemptLog;
 use super::client::{Response, WebhookClient};
 use super::domain::DomainEventPublisher;
-use super::group_commit::GroupCommit;
 use crate::store::{DeliveryUpdate, WebhookStore};
 use crate::store::{delivery, endpoint};
 use conveyor_actors::config::WebhooksConfig;
@@ -18,6 +17,7 @@ use conveyor_actors::consumer::DeadLetterMeta;
 use conveyor_actors::domain_events::DomainEvents;
 use conveyor_actors::log::{Header, OutgoingRecord, Producer};
 use conveyor_actors::metrics::{ERROR_CLASS, kv, metrics};
+use conveyor_actors::store::batch::{Batcher, Grouped, WholeWrite};
 
 /// Header naming the endpoint on a dead-lettered delivery; replaying that dead letter
 /// resends the delivery to this endpoint only.
@@ -35,11 +35,27 @@ pub struct DeliveryContext {
     pub domain: DomainEventPublisher,
     pub payloads: moka::future::Cache<String, Bytes>,
     /// Every endpoint actor's outcome writes, written together ([`Self::outcome_writer`]).
-    pub outcomes: GroupCommit<(String, DeliveryUpdate)>,
+    pub outcomes: Batcher<Grouped<OutcomeWriter>>,
 }
 
 /// Endpoint actors' outcome batches per write at most.
 const OUTCOME_CALLERS: usize = 256;
+
+/// Writes attempts' outcomes (delivery id, new state).
+pub struct OutcomeWriter(pub WebhookStore);
+
+#[async_trait::async_trait]
+impl WholeWrite for OutcomeWriter {
+    type Row = (String, DeliveryUpdate);
+
+    fn name(&self) -> &'static str {
+        "finish_attempts"
+    }
+
+    async fn write_all(&self, rows: &[(String, DeliveryUpdate)]) -> Result<(), conveyor_actors::Error> {
+        self.0.finish_attempts(rows).await
+    }
+}
 
 impl DeliveryContext {
     pub fn payload_cache() -> moka::future::Cache<String, Bytes> {
@@ -48,11 +64,8 @@ impl DeliveryContext {
 
     /// One statement (per 1,000 rows) for the outcomes every endpoint actor has ready:
     /// each actor has at most a few attempts in flight, together they make a batch.
-    pub fn outcome_writer(store: WebhookStore) -> GroupCommit<(String, DeliveryUpdate)> {
-        GroupCommit::start("delivery outcomes", OUTCOME_CALLERS, move |rows: Vec<(String, DeliveryUpdate)>| {
-            let store = store.clone();
-            async move { store.finish_attempts(&rows).await }
-        })
+    pub fn outcome_writer(store: WebhookStore) -> Batcher<Grouped<OutcomeWriter>> {
+        Batcher::spawn(Grouped(OutcomeWriter(store)), OUTCOME_CALLERS, 1)
     }
 
     /// The body every endpoint receives for this notification: the envelope as posted.

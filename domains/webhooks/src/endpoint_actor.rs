@@ -83,7 +83,7 @@ pub enum EndpointMsg {
     /// The lease statement answered (sent by its task).
     Leased(Result<Vec<delivery::Model>, conveyor_actors::Error>),
     /// An outcome write answered (sent by its task): what it wrote now counts as done.
-    Written { batch: Vec<Finished>, result: Result<(), crate::group_commit::WriteFailed> },
+    Written { batch: Vec<Finished>, result: Result<(), conveyor_actors::Error> },
     /// The endpoint changed in the store (edited, enabled, disabled, deleted): read it again.
     Reload,
     /// Stop if idle for a while (a timer sends it).

@@ -10,13 +10,13 @@ use super::context::ENDPOINT_HEADER;
 use super::directory::Directory;
 use super::dispatcher::Dispatcher;
 use super::envelope;
-use super::group_commit::GroupCommit;
 use crate::store::WebhookStore;
 use crate::store::notification;
 use conveyor_actors::breaker::Breaker;
 use conveyor_actors::consumer::KeyHandler;
 use conveyor_actors::log::Record;
 use conveyor_actors::retry::HandlerError;
+use conveyor_actors::store::batch::{Batcher, Grouped, WholeWrite};
 
 /// A notification and the endpoints it goes to.
 pub type FanoutRows = (notification::Model, Vec<String>);
@@ -27,23 +27,34 @@ const FANOUT_BATCH: usize = 500;
 /// The fan-out's writer: stores each notification (unless stored already: a posted one was,
 /// by the ingest) and one pending delivery per endpoint (unless created already), for every
 /// notification handled meanwhile in one statement each.
-pub fn writer(store: WebhookStore) -> GroupCommit<FanoutRows> {
-    GroupCommit::start("notifications and deliveries", FANOUT_BATCH, move |rows: Vec<FanoutRows>| {
-        let store = store.clone();
-        async move {
-            let deliveries: Vec<(String, String)> =
-                rows.iter().flat_map(|(n, endpoints)| endpoints.iter().map(|e| (n.id.clone(), e.clone()))).collect();
-            store.record_notifications(rows.into_iter().map(|(n, _)| n).collect()).await?;
-            store.create_deliveries_for(&deliveries).await
-        }
-    })
+pub struct FanoutWriter(pub WebhookStore);
+
+#[async_trait]
+impl WholeWrite for FanoutWriter {
+    type Row = FanoutRows;
+
+    fn name(&self) -> &'static str {
+        "fan_out"
+    }
+
+    async fn write_all(&self, rows: &[FanoutRows]) -> Result<(), conveyor_actors::Error> {
+        let deliveries: Vec<(String, String)> =
+            rows.iter().flat_map(|(n, endpoints)| endpoints.iter().map(|e| (n.id.clone(), e.clone()))).collect();
+        self.0.record_notifications(rows.iter().map(|(n, _)| n.clone()).collect()).await?;
+        self.0.create_deliveries_for(&deliveries).await
+    }
+}
+
+/// Starts the fan-out's writer task.
+pub fn writer(store: WebhookStore) -> Batcher<Grouped<FanoutWriter>> {
+    Batcher::spawn(Grouped(FanoutWriter(store)), FANOUT_BATCH, 1)
 }
 
 pub struct FanoutHandler {
     pub store: WebhookStore,
     /// Writes the notification and its delivery rows together with concurrent ones'
     /// ([`writer`]).
-    pub writer: GroupCommit<FanoutRows>,
+    pub writer: Batcher<Grouped<FanoutWriter>>,
     pub directory: Directory,
     pub dispatcher: Dispatcher,
     /// Workflows with event triggers start their runs here too.
@@ -119,7 +130,7 @@ impl FanoutHandler {
             .matching(&envelope.event_type, envelope.project.as_deref())
             .await
             .map_err(HandlerError::retryable)?;
-        self.writer.write(vec![(row, endpoints.clone())]).await.map_err(HandlerError::retryable)?;
+        self.writer.submit(vec![(row, endpoints.clone())]).await.map_err(HandlerError::retryable)?;
         if !endpoints.is_empty() {
             self.payloads.insert(envelope.id.clone(), record.payload.clone()).await;
         }

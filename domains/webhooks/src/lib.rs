@@ -24,7 +24,6 @@ pub mod endpoints;
 pub mod envelope;
 pub mod fanout;
 pub mod filter;
-pub mod group_commit;
 pub mod metrics;
 pub mod migrations;
 pub mod records;

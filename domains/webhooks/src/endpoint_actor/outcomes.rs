@@ -10,7 +10,6 @@ use rand::Rng;
 
 use super::{Attempted, EndpointMsg, EndpointState};
 use crate::client::{AttemptClass, Response};
-use crate::group_commit::WriteFailed;
 use crate::metrics::metrics;
 use crate::states::{AttemptOutcome, DeliveryStatus, DisabledReason};
 use crate::store::{DeliveryUpdate, attempt, delivery};
@@ -90,13 +89,13 @@ impl EndpointState {
             batch.iter().map(|f| (f.delivery.id.clone(), f.update.clone())).collect();
         let (ctx, reply) = (self.ctx.clone(), myself.clone());
         tokio::spawn(async move {
-            let result = ctx.outcomes.write(rows).await;
+            let result = ctx.outcomes.submit(rows).await;
             let _ = reply.cast(EndpointMsg::Written { batch, result });
         });
     }
 
     /// A batch of outcomes is written (or not): what depends on them follows.
-    pub(super) async fn written(&mut self, batch: Vec<Finished>, result: Result<(), WriteFailed>) {
+    pub(super) async fn written(&mut self, batch: Vec<Finished>, result: Result<(), conveyor_actors::Error>) {
         if let Err(err) = result {
             tracing::warn!(
                 error = %err,
