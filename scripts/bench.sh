@@ -7,19 +7,20 @@
 #   ingest      POST /events: the daemon vs a bare hyper server, both under wrk, and the p99 at
 #               half the maximum rate (embedded backends; `--backend real` for Kafka/PostgreSQL/
 #               Redis, with a raw acks=all producer baseline; `--backend both`; `--runs N`)
-#   processing  pre-filled Kafka topic → PostgreSQL rows: the daemon vs a raw consumer
-#               (starts the services with scripts/services.sh up)
+#   processing  pre-filled Kafka topic → PostgreSQL rows, 400k unique keys and a coalescing run:
+#               the daemon vs a raw consumer, raw single-row and raw batched upserts; steady
+#               state apart from start-up (starts the services with scripts/services.sh up)
 #   webhooks    signed deliveries/s to a local sink vs a raw hyper client posting the same
 #               body, then 9 healthy endpoints + 1 that never answers (embedded backends)
 #   soak        3 million events through the embedded daemon with small retention: RSS, open
 #               files, data directory size and row counts sampled; slope per million events
 #               (several minutes; not part of `all`)
-#   all         keys, ingest (both backends, 3 runs each, median ratio), processing, webhooks
+#   all         keys, ingest (both backends), processing (3 runs each, median ratio), webhooks
 #               (the default), then one summary table of every ratio
 #   summary     only that table, from the JSON already in the results directory
 # ARGS go to the benchmark's subcommand (one benchmark only), e.g.
 #   scripts/bench.sh ingest --duration 10 --connections 64
-#   scripts/bench.sh processing --events 20000 --devices 2000
+#   scripts/bench.sh processing --scenario unique --unique-events 100000
 # See `target/release/conveyor-bench <name> --help` for every option.
 #
 # Results: bench/results/<name>.json and summary.md (override the directory with
@@ -50,6 +51,7 @@ RESULTS=${CONVEYOR_BENCH_RESULTS:-$ROOT/bench/results}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/conveyor-bench
 # `all` measures ingest on both backends, median of 3 runs each.
 ALL_INGEST_ARGS=(--backend both --runs "${BENCH_RUNS:-3}")
+ALL_PROCESSING_ARGS=(--runs "${BENCH_RUNS:-3}")
 SERVICES_STARTED_HERE=0
 
 on_exit() {
@@ -111,6 +113,7 @@ for b in "${BENCHES[@]:-}"; do
     say "==================================================================="
     args=("${EXTRA_ARGS[@]}")
     [[ $WHAT == all && $b == ingest ]] && args=("${ALL_INGEST_ARGS[@]}")
+    [[ $WHAT == all && $b == processing ]] && args=("${ALL_PROCESSING_ARGS[@]}")
     CONVEYOR_BENCH_RESULTS=$RESULTS "$BIN" "$b" "${args[@]}"
     WRITTEN+=("$RESULTS/$b.json")
 done

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::daemon::{self, Backends, DaemonSpec};
 use crate::fixed_rate::{self, FixedRateRun};
 use crate::raw_produce::{self, ProducerSettings, RawProduceRun};
-use crate::report::{self, CpuSample, CpuUsage, TempDir, round, thousands};
+use crate::report::{self, CpuSample, CpuUsage, TempDir, median, round, thousands};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
@@ -329,16 +329,6 @@ impl RunPair {
     }
     fn ratio_producer(&self) -> Option<f64> {
         self.raw_produce.as_ref().map(|raw| self.conveyor.requests_per_sec / raw.per_sec)
-    }
-}
-
-/// The median of `values` (the mean of the middle two for an even count).
-pub(crate) fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 

@@ -122,6 +122,16 @@ pub fn thousands(n: f64) -> String {
     if rounded < 0 { format!("-{out}") } else { out }
 }
 
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 /// Rounds to `places` decimals for JSON (keeps the files readable).
 pub fn round(x: f64, places: i32) -> f64 {
     let f = 10f64.powi(places);

@@ -40,6 +40,10 @@ impl RedisCache {
     }
 }
 
+/// `SET key value EX ttl` for each key; `ARGV[1]` is the TTL, `ARGV[i + 1]` key i's value.
+const SET_MANY: &str =
+    "local ttl = ARGV[1] for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'EX', ttl) end return #KEYS";
+
 #[async_trait]
 impl CacheBackend for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<String>, Error> {
@@ -52,17 +56,23 @@ impl CacheBackend for RedisCache {
             .await
             .map_err(|e| Error::cache("redis SET", e))
     }
+    /// One `EVAL` for the whole batch: a pipeline of `SET`s cost the client one command
+    /// (and its allocations) per entry, a fifth of the processing path's CPU in the
+    /// unique-keys benchmark. The script runs the same `SET … EX` for every entry.
     async fn set_many(&self, entries: &[(String, String)], ttl: Duration) -> Result<(), Error> {
-        let secs = ttl.as_secs().max(1) as i64;
-        let pipeline = self.client.pipeline();
-        for (key, value) in entries {
-            // Queued in memory; nothing is sent before `all`.
-            pipeline
-                .set::<(), _, _>(key.as_str(), value.as_str(), Some(Expiration::EX(secs)), None, false)
-                .await
-                .map_err(|e| Error::cache("redis pipeline SET", e))?;
+        if entries.is_empty() {
+            return Ok(());
         }
-        pipeline.all::<Vec<Value>>().await.map(drop).map_err(|e| Error::cache("redis pipelined SET", e))
+        let secs = ttl.as_secs().max(1) as i64;
+        let keys: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
+        let mut args: Vec<Value> = Vec::with_capacity(entries.len() + 1);
+        args.push(Value::from(secs));
+        args.extend(entries.iter().map(|(_, value)| Value::from(value.as_str())));
+        self.client
+            .eval::<Value, _, _, _>(SET_MANY, keys, args)
+            .await
+            .map(drop)
+            .map_err(|e| Error::cache("redis EVAL set_many", e))
     }
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, Error> {
         let secs = ttl.as_secs().max(1) as i64;
