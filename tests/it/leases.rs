@@ -103,3 +103,54 @@ async fn after_sigterm_a_restarted_daemon_resumes_leased_runs_and_deliveries_at_
     assert_eq!(delivery["attempts"], 1, "the cut-off request cost no attempt: {records}");
     assert_eq!(records["attempts"].as_array().map(Vec::len), Some(1), "{records}");
 }
+
+/// `kill -9` while an endpoint's actor holds leased deliveries (its whole in-flight budget
+/// hanging, more queued behind): nothing is handed back, and the restarted daemon sends every
+/// notification again — the queued ones at once, the cut-off ones when their leases (request
+/// timeout + 30 s) run out.
+#[tokio::test]
+async fn after_kill_9_the_deliveries_held_in_memory_are_sent_when_their_leases_expire() {
+    const NOTIFICATIONS: usize = 30;
+    let sink = Sink::start().await;
+    sink.script("/held", Script::Hang);
+    let mut d = Daemon::start(Opts::new().env("CONVEYOR_WEBHOOKS__REQUEST_TIMEOUT_MS", "2000")).await;
+    let user = token("alice", &["user"]);
+    let (s, ep) = d.post("/webhooks/endpoints", Some(&user), &json!({"url": sink.url("/held")})).await;
+    assert_eq!(s, StatusCode::CREATED, "{ep}");
+    let ids: Vec<String> = (0..NOTIFICATIONS).map(|i| format!("evt_held_{i}")).collect();
+    for id in &ids {
+        let n = json!({"id": id, "type": "t.held", "source": "it", "specversion": "1.0", "data": {}});
+        let (s, _, v) = d
+            .request(
+                Method::POST,
+                "/notifications",
+                None,
+                &[("authorization", "Basic YWRtaW46YWRtaW4=")],
+                serde_json::to_vec(&n).unwrap(),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    }
+    // The endpoint's whole budget hangs: the other deliveries are leased and held.
+    let busy = eventually(Duration::from_secs(30), || async { sink.hits("/held").len() >= 4 }).await;
+    assert!(busy, "{} requests in flight; log:\n{}", sink.hits("/held").len(), d.log_tail(30));
+    let last = format!("/notifications/{}", ids[NOTIFICATIONS - 1]);
+    let fanned_out = eventually(Duration::from_secs(30), || async {
+        d.get(&last, Some(&user)).await.1["deliveries"].as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    assert!(fanned_out, "every delivery row exists before the kill; log:\n{}", d.log_tail(30));
+    d.kill9();
+    sink.script("/held", Script::Ok);
+    let cut_off: Vec<String> = sink.hits("/held").iter().map(|h| h.id()).collect();
+
+    let d = Daemon::start(Opts::restart_of(&mut d)).await;
+    // Only what arrives after the restart counts: the cut-off requests were never answered.
+    let after_restart = || -> std::collections::BTreeSet<String> {
+        sink.hits("/held").iter().skip(cut_off.len()).map(|h| h.id()).collect()
+    };
+    let all = eventually(Duration::from_secs(90), || async { ids.iter().all(|id| after_restart().contains(id)) }).await;
+    let seen = after_restart();
+    let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains(*id)).collect();
+    assert!(all, "never delivered after kill -9: {missing:?} (cut off: {cut_off:?}); log:\n{}", d.log_tail(30));
+}

@@ -39,8 +39,8 @@ pub struct ProcessingArgs {
     /// Events (= devices) of the unique-keys scenario.
     #[arg(long, default_value_t = 400_000)]
     pub unique_events: usize,
-    /// Events of the coalescing scenario.
-    #[arg(long, default_value_t = 50_000)]
+    /// Events of the coalescing scenario (long enough that 100 ms samples find a steady state).
+    #[arg(long, default_value_t = 200_000)]
     pub coalescing_events: usize,
     /// Events per device in the coalescing scenario.
     #[arg(long, default_value_t = 10)]
