@@ -16,7 +16,7 @@
 #               files, data directory size and row counts sampled; slope per million events
 #               (several minutes; not part of `all`)
 #   all         keys, ingest (both backends), processing (3 runs each, median ratio), webhooks
-#               (the default), then one summary table of every ratio
+#               (the default), then one summary table of every ratio (also into README.md)
 #   summary     only that table, from the JSON already in the results directory
 # ARGS go to the benchmark's subcommand (one benchmark only), e.g.
 #   scripts/bench.sh ingest --duration 10 --connections 64
@@ -119,7 +119,10 @@ for b in "${BENCHES[@]:-}"; do
 done
 
 if [[ $WHAT == all || $WHAT == summary ]]; then
-    CONVEYOR_BENCH_RESULTS=$RESULTS "$BIN" summary
+    # The README shows the table of the project's own results directory only.
+    readme=()
+    [[ $RESULTS == "$ROOT/bench/results" ]] && readme=(--readme "$ROOT/README.md")
+    CONVEYOR_BENCH_RESULTS=$RESULTS "$BIN" summary "${readme[@]}"
     WRITTEN+=("$RESULTS/summary.md")
 fi
 

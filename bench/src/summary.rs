@@ -20,6 +20,21 @@ pub struct SummaryArgs {
     /// Where the JSON files are (default: bench/results, or CONVEYOR_BENCH_RESULTS).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// Also put the table into this markdown file, between `<!-- summary:begin -->` and
+    /// `<!-- summary:end -->` (scripts/bench.sh all passes README.md).
+    #[arg(long)]
+    pub readme: Option<std::path::PathBuf>,
+}
+
+const BEGIN: &str = "<!-- summary:begin -->";
+const END: &str = "<!-- summary:end -->";
+
+/// `doc` with the text between the summary markers replaced by `table`; `None` without
+/// both markers in order.
+pub fn splice(doc: &str, table: &str) -> Option<String> {
+    let start = doc.find(BEGIN)? + BEGIN.len();
+    let end = start + doc[start..].find(END)?;
+    Some(format!("{}\n{}{}", &doc[..start], table.trim_end_matches('\n').to_string() + "\n", &doc[end..]))
 }
 
 /// One row of a benchmark's `"summary"` array.
@@ -163,8 +178,17 @@ pub fn run(args: SummaryArgs) -> anyhow::Result<()> {
     }
     let path = dir.join("summary.md");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(&path, markdown(&rows, &missing, &dates)).with_context(|| format!("writing {}", path.display()))?;
+    let table = markdown(&rows, &missing, &dates);
+    std::fs::write(&path, &table).with_context(|| format!("writing {}", path.display()))?;
     println!("  wrote {}", path.display());
+    if let Some(readme) = args.readme {
+        let doc = std::fs::read_to_string(&readme).with_context(|| format!("reading {}", readme.display()))?;
+        let Some(updated) = splice(&doc, &table) else {
+            anyhow::bail!("{} has no {BEGIN} … {END} block", readme.display());
+        };
+        std::fs::write(&readme, updated).with_context(|| format!("writing {}", readme.display()))?;
+        println!("  updated the table in {}", readme.display());
+    }
     Ok(())
 }
 
@@ -190,6 +214,15 @@ mod tests {
         let md = markdown(&rows, &["webhooks (missing)".into()], &[]);
         assert!(md.contains("| ingest | req/s vs raw hyper | 30.000 | 100 | req/s | 0.300 | ≥ 0.3 | yes |"));
         assert!(md.contains("No summary from: webhooks (missing)."));
+    }
+
+    #[test]
+    fn the_table_replaces_only_the_marked_block() {
+        let doc = "# R\n<!-- summary:begin -->\nold\n<!-- summary:end -->\nafter\n";
+        let out = splice(doc, "| new |\n").expect("markers");
+        assert_eq!(out, "# R\n<!-- summary:begin -->\n| new |\n<!-- summary:end -->\nafter\n");
+        assert_eq!(splice(&out, "| newer |").expect("markers").matches("summary:begin").count(), 1);
+        assert_eq!(splice("no markers", "| t |"), None);
     }
 
     #[test]
