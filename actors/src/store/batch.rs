@@ -109,7 +109,8 @@ async fn write_loop<W: BatchWrite>(writer: Arc<W>, rx: Arc<Mutex<mpsc::Receiver<
 }
 
 /// A write that succeeds or fails as a whole: several statements, or one without an answer
-/// per row. [`Grouped`] batches callers' row sets for it.
+/// per row. [`Grouped`] batches callers' row sets for it. It must be safe to repeat: after a
+/// refusal part of it may be stored, and each caller's rows are written again.
 #[async_trait]
 pub trait WholeWrite: Send + Sync + 'static {
     type Row: Send + Sync + 'static;

@@ -58,7 +58,9 @@ impl WebhookStore {
         Ok(rows)
     }
 
-    /// Records many attempts' consequences on their deliveries and releases their leases:
+    /// Records many attempts' consequences on their deliveries and releases their leases.
+    /// Only a leased row takes an outcome, so writing the same outcomes again (a refused
+    /// group commit is retried caller by caller) counts no attempt twice:
     /// one statement per [`ROWS_PER_STATEMENT`] rows (a `VALUES` list joined to the table).
     pub async fn finish_attempts(&self, batch: &[(String, DeliveryUpdate)]) -> Result<(), Error> {
         for chunk in batch.chunks(ROWS_PER_STATEMENT) {
@@ -155,7 +157,8 @@ fn finish_statement(backend: DbBackend, rows: &[(String, DeliveryUpdate)], now: 
         "WITH u (id, status, next_attempt_at, last_status_code, last_error) AS (VALUES {}) \
          UPDATE webhook_deliveries SET status = u.status, attempts = webhook_deliveries.attempts + 1, \
          next_attempt_at = u.next_attempt_at, lease_until = NULL, last_status_code = u.last_status_code, \
-         last_error = u.last_error, updated_at = {now} FROM u WHERE webhook_deliveries.id = u.id",
+         last_error = u.last_error, updated_at = {now} FROM u WHERE webhook_deliveries.id = u.id \
+         AND webhook_deliveries.lease_until IS NOT NULL",
         tuples.join(", ")
     );
     Statement::from_sql_and_values(backend, sql, values)

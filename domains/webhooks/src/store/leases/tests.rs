@@ -127,6 +127,11 @@ async fn one_batch_writes_every_outcome_and_releases_every_lease() {
         assert_eq!((retry.attempts, retry.lease_until), (1, None));
         assert_eq!(retry.last_error, Some(format!("timeout {odd}")));
         assert_eq!(retry.next_attempt_at.timestamp_millis(), retry_at.timestamp_millis());
+        // The same outcomes written again (a refused group commit retried caller by
+        // caller) find no lease and count no second attempt.
+        store.finish_attempts(&batch).await.unwrap();
+        assert_eq!(store.get_delivery("d00000").await.unwrap().unwrap().attempts, 1);
+        assert_eq!(store.get_delivery(&last).await.unwrap().unwrap().attempts, 1);
         let counts = store.delivery_counts("ep").await.unwrap();
         assert_eq!((counts.succeeded, counts.pending), (n.div_ceil(2) as u64, (n / 2) as u64));
         // The retries come due at their own time, not before.
