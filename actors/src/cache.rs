@@ -90,7 +90,7 @@ impl Cache {
     pub async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), Error> {
         self.bounded("cache set", self.backend.set(&self.key(key), value, ttl)).await
     }
-    /// Sets every `(key, value)` in one pipelined round trip (Redis); all or an error.
+    /// Sets every `(key, value)` in one round trip (Redis: one `EVAL`); all or an error.
     pub async fn set_many(&self, entries: &[(String, String)], ttl: Duration) -> Result<(), Error> {
         if entries.is_empty() {
             return Ok(());
@@ -136,8 +136,7 @@ mod tests {
     async fn set_many_sets_every_entry_under_the_prefix_in_one_call() {
         for cache in caches().await {
             cache.set("b", "old", Duration::from_secs(60)).await.unwrap();
-            let entries: Vec<(String, String)> = (0..50).map(|n| (format!("k{n}"), format!("v{n}"))).collect();
-            let mut entries = entries;
+            let mut entries: Vec<(String, String)> = (0..50).map(|n| (format!("k{n}"), format!("v{n}"))).collect();
             entries.push(("b".into(), "new".into()));
             cache.set_many(&entries, Duration::from_secs(60)).await.unwrap();
             for (key, value) in &entries {

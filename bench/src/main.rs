@@ -13,6 +13,7 @@ mod report;
 mod soak;
 mod summary;
 mod webhooks;
+mod wrk;
 
 use clap::{Parser, Subcommand};
 

@@ -18,8 +18,9 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::{Value, json};
 
 use crate::daemon::{self, Backends, DaemonSpec};
-use crate::ingest::{BackendArg, HelloServer, IngestArgs, lua_script, wrk};
+use crate::ingest::{BackendArg, IngestArgs};
 use crate::report::{self, TempDir, round, thousands};
+use crate::wrk::{HelloServer, lua_script, wrk};
 
 #[derive(Debug, Args)]
 pub struct SoakArgs {

@@ -85,8 +85,9 @@ pub fn init_metrics(config: &TelemetryConfig) -> anyhow::Result<Metrics> {
     let endpoint = config.otlp_endpoint.trim_end_matches('/');
     tracer = tracer.with_sampler(sampler(config, !endpoint.is_empty()));
     // Nothing is recorded without an exporter: the runtime then skips the spans it would
-    // make inside a trace that already has its id (consumer, store, produce).
-    conveyor_actors::trace::set_recording(!endpoint.is_empty() && config.trace_sample_ratio > 0.0);
+    // make inside a trace that already has its id (consumer, store, produce). With one, even
+    // a ratio of 0 records traces whose caller sampled them (parent-based), so spans stay on.
+    conveyor_actors::trace::set_recording(!endpoint.is_empty());
     if !endpoint.is_empty() {
         let interval = Duration::from_millis(config.otlp_interval_ms);
         let metrics = opentelemetry_otlp::MetricExporter::builder()

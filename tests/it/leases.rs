@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Daemon, Opts, eventually, token};
 use crate::sink::{Script, Sink};
+use crate::webhooks::notify;
 
 /// The daemon's JSON log lines with this message.
 fn logged(d: &Daemon, message: &str) -> Vec<Value> {
@@ -42,15 +43,7 @@ async fn after_sigterm_a_restarted_daemon_resumes_leased_runs_and_deliveries_at_
     let (s, ep) = d.post("/webhooks/endpoints", Some(&user), &json!({"url": sink.url("/hook")})).await;
     assert_eq!(s, StatusCode::CREATED, "{ep}");
     let n = json!({"id": "evt_lease", "type": "t.lease", "source": "it", "specversion": "1.0", "data": {}});
-    let (s, _, v) = d
-        .request(
-            Method::POST,
-            "/notifications",
-            None,
-            &[("authorization", "Basic YWRtaW46YWRtaW4=")],
-            serde_json::to_vec(&n).unwrap(),
-        )
-        .await;
+    let (s, v) = notify(&d, &n).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
 
     // Both requests are in flight, holding their leases, when the daemon is told to stop.
@@ -120,15 +113,7 @@ async fn after_kill_9_the_deliveries_held_in_memory_are_sent_when_their_leases_e
     let ids: Vec<String> = (0..NOTIFICATIONS).map(|i| format!("evt_held_{i}")).collect();
     for id in &ids {
         let n = json!({"id": id, "type": "t.held", "source": "it", "specversion": "1.0", "data": {}});
-        let (s, _, v) = d
-            .request(
-                Method::POST,
-                "/notifications",
-                None,
-                &[("authorization", "Basic YWRtaW46YWRtaW4=")],
-                serde_json::to_vec(&n).unwrap(),
-            )
-            .await;
+        let (s, v) = notify(&d, &n).await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     }
     // The endpoint's whole budget hangs: the other deliveries are leased and held.

@@ -71,6 +71,26 @@ fn owned(records: &[Prepared], devices: usize, tasks: usize, t: usize) -> impl I
     records.iter().enumerate().filter(move |(n, _)| (n % devices) % tasks == t)
 }
 
+/// Runs `task(t)` for `t` in `0..tasks` at once and answers how long they all took; closes
+/// `db` after.
+async fn timed<F, Fut>(db: DatabaseConnection, tasks: usize, task: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let started = Instant::now();
+    let mut set = JoinSet::new();
+    for t in 0..tasks {
+        set.spawn(task(t));
+    }
+    while let Some(joined) = set.join_next().await {
+        joined??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    db.close().await?;
+    Ok(secs)
+}
+
 /// Single-row baseline: the guarded upsert Conveyor used to issue, one statement per event,
 /// `tasks` tasks over a pool of `tasks` connections. Returns seconds.
 pub async fn single_rows(
@@ -87,11 +107,9 @@ pub async fn single_rows(
          VALUES ($1, $2, $3, 0, $4) {}",
         on_conflict(schema)
     ));
-    let started = Instant::now();
-    let mut set = JoinSet::new();
-    for t in 0..tasks {
+    timed(db.clone(), tasks, |t| {
         let (db, sql, records) = (db.clone(), sql.clone(), records.clone());
-        set.spawn(async move {
+        async move {
             for (n, r) in owned(&records, devices, tasks, t) {
                 let event: DeviceEvent = serde_json::from_slice(&r.payload)?;
                 let stmt = Statement::from_sql_and_values(
@@ -106,15 +124,10 @@ pub async fn single_rows(
                 );
                 db.execute_raw(stmt).await?;
             }
-            Ok::<_, anyhow::Error>(())
-        });
-    }
-    while let Some(joined) = set.join_next().await {
-        joined??;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    db.close().await?;
-    Ok(secs)
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Batched baseline, the ceiling of the processing path: the statement Conveyor's batch
@@ -139,11 +152,9 @@ pub async fn batched(
          {} RETURNING id",
         on_conflict(schema)
     ));
-    let started = Instant::now();
-    let mut set = JoinSet::new();
-    for t in 0..tasks {
+    timed(db.clone(), tasks, |t| {
         let (db, sql, records) = (db.clone(), sql.clone(), records.clone());
-        set.spawn(async move {
+        async move {
             let mut batch: Vec<(String, serde_json::Value, i64)> = Vec::with_capacity(rows);
             let mut index: HashMap<String, usize> = HashMap::with_capacity(rows);
             let mut events = 0usize;
@@ -180,13 +191,8 @@ pub async fn batched(
                     events = 0;
                 }
             }
-            Ok::<_, anyhow::Error>(())
-        });
-    }
-    while let Some(joined) = set.join_next().await {
-        joined??;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    db.close().await?;
-    Ok(secs)
+            Ok(())
+        }
+    })
+    .await
 }

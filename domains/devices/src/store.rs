@@ -1,8 +1,7 @@
 //! The device pipeline's table, `resources`, on the runtime's store handle.
 
-use std::ops::Deref;
-
 use std::collections::HashSet;
+use std::ops::Deref;
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};

@@ -1,6 +1,6 @@
 //! The device pipeline's group-commit writer: the rows of every key task that is ready at
 //! the same moment go to the store in one statement, and the written ones to the cache in
-//! one pipelined round trip.
+//! one round trip.
 
 use std::time::Duration;
 
