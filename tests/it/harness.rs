@@ -130,7 +130,13 @@ pub fn command(opts: &Opts, data_dir: &Path) -> Command {
         env.extend(backends.env(&opts.names));
     }
     env.extend(opts.env.iter().cloned());
-    conveyor_testkit::command(Path::new(env!("CARGO_BIN_EXE_conveyor")), data_dir, &env)
+    conveyor_testkit::command(&daemon_bin(), data_dir, &env)
+}
+
+/// The daemon under test: `CONVEYOR_BIN` when set (several work trees sharing one target
+/// directory each test a copy of their own build), else the one cargo built beside this test.
+fn daemon_bin() -> std::path::PathBuf {
+    std::env::var_os("CONVEYOR_BIN").map_or_else(|| env!("CARGO_BIN_EXE_conveyor").into(), Into::into)
 }
 
 impl Daemon {
