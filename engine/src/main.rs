@@ -1,6 +1,7 @@
 //! `conveyor`: the daemon and its tools.
 
 mod dlq_cli;
+mod listen_cli;
 mod migrations;
 mod serve;
 mod settings;
@@ -52,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: user_cli::UserCommand,
     },
+    /// Webhook tools.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -63,6 +69,12 @@ enum Command {
 enum ConfigCommand {
     /// Print the effective configuration (secrets redacted); exit 64 naming a bad key.
     Check,
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Receive deliveries on a local port, print each one and check its signature.
+    Listen(listen_cli::ListenArgs),
 }
 
 #[derive(Subcommand)]
@@ -124,6 +136,7 @@ fn main() -> ExitCode {
         Command::Migrate => run_async(serve::migrate(config)),
         Command::Dlq(args) => run_async(dlq_cli::run(config, args)),
         Command::Serve => run_async(serve::serve(config)),
+        Command::Webhook { command: WebhookCommand::Listen(args) } => run_async(listen_cli::run(args)),
     }
 }
 

@@ -51,6 +51,13 @@ pub fn signature_header(secrets: &[&str], msg_id: &str, timestamp: i64, body: &[
     secrets.iter().filter_map(|s| sign(s, msg_id, timestamp, body)).collect::<Vec<_>>().join(" ")
 }
 
+/// True when one of the `v1,…` signatures in a `webhook-signature` header is this secret's
+/// signature of the message: what a receiver checks (also `conveyor webhook listen`).
+pub fn verify(secret: &str, msg_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
+    let Some(expected) = sign(secret, msg_id, timestamp, body) else { return false };
+    header.split(' ').any(|candidate| constant_time_eq(candidate.as_bytes(), expected.as_bytes()))
+}
+
 /// Compares two secrets in time that does not depend on where they differ (nor, since
 /// both are MACed first, on their lengths).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -85,6 +92,17 @@ mod tests {
         assert_eq!(header.split(' ').count(), 2);
         assert!(header.split(' ').all(|s| s.starts_with("v1,")));
         assert!(!valid_secret("whsec_") && !valid_secret("nope") && sign("nope", "m", 1, b"").is_none());
+    }
+
+    #[test]
+    fn verifies_any_of_the_signatures_and_nothing_else() {
+        let (a, b) = (generate_secret(), generate_secret());
+        let header = signature_header(&[&b, &a], "msg", 7, b"{}");
+        assert!(verify(&a, "msg", 7, b"{}", &header) && verify(&b, "msg", 7, b"{}", &header));
+        assert!(!verify(&a, "msg", 8, b"{}", &header), "another timestamp");
+        assert!(!verify(&a, "msg", 7, b"{ }", &header), "another body");
+        assert!(!verify(&generate_secret(), "msg", 7, b"{}", &header), "another secret");
+        assert!(!verify("nope", "msg", 7, b"{}", &header));
     }
 
     #[test]
