@@ -98,7 +98,7 @@ pub enum Error {
         #[source]
         source: jsonwebtoken::errors::Error,
     },
-    /// A notification envelope that breaks the schema (HTTP 400, as seed 002 answered).
+    /// A notification envelope that breaks the schema (HTTP 400, as publishers expect).
     #[error("invalid notification: {}", fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
     InvalidNotification { fields: Vec<FieldError> },
     /// Nothing with this id that the caller may see.

@@ -23,7 +23,7 @@ impl Authorize for Principal {
     }
 }
 
-/// The token of `Authorization: Bearer …`; seed 004's clients sent the bare token.
+/// The token of `Authorization: Bearer …`; older clients send the bare token.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let value = headers.get(AUTHORIZATION).ok_or(ApiError::Unauthorized("missing bearer token"))?;
     let text = value.to_str().map_err(|_| ApiError::Unauthorized("invalid authorization header"))?.trim();

@@ -75,7 +75,7 @@ impl OutboxRecordStatus {
     pub const UNPUBLISHED: [OutboxRecordStatus; 2] = [OutboxRecordStatus::Pending, OutboxRecordStatus::Failed];
 }
 
-/// Which way a ledger entry moves points (seed 004's one-letter codes).
+/// Which way a ledger entry moves points (one-letter codes, as older clients send them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize, ToSchema)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum LedgerKind {

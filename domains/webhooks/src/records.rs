@@ -104,7 +104,7 @@ impl NotificationRecords {
     }
 }
 
-/// `GET /webhooks/endpoints/{id}/stats`: Gwook's "Event Metrics API".
+/// `GET /webhooks/endpoints/{id}/stats`: counts of deliveries by outcome.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(example = json!({"endpoint_id": "ep_0192", "forwarded": 120, "failed": 2, "pending": 3, "discarded": 0}))]
 pub struct EndpointStats {

@@ -158,7 +158,7 @@ pub struct RunCounts {
     pub pending: u64,
 }
 
-/// `GET /dashboard`: minireipaz's per-user totals.
+/// `GET /dashboard`: a user's workflow and run totals.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Dashboard {
     pub workflows: u64,

@@ -13,7 +13,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::{App, Response, json_response};
 
 #[derive(Deserialize, ToSchema)]
-/// Seed 004's example, with a password the default policy accepts (its own was `test`).
+/// An example registration.
 #[schema(example = json!({"birthday": "string", "email": "test00@test.com", "name": "test_name", "password": "test-password"}))]
 pub struct RegistrationForm {
     #[schema(format = Email, max_length = 254)]
@@ -42,7 +42,7 @@ pub struct TokenForm {
     token: String,
 }
 
-/// Seed 004's answer with a token pair.
+/// The answer with a token pair.
 #[derive(Serialize, ToSchema)]
 pub struct TokenPairBody {
     /// `Success`.

@@ -87,7 +87,7 @@ fn check_backlog(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Ingest one device event: 202 only once the log acknowledged it (seed 003).
+/// Ingest one device event: 202 only once the log acknowledged it.
 #[utoipa::path(post, path = "/events", tag = "events", request_body = EventInput,
     params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; a repeat within the window returns the first answer")),
     responses(

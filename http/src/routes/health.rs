@@ -39,7 +39,7 @@ pub struct Ready {
     pub error: Option<ErrorInner>,
 }
 
-/// Liveness (also `/auth/healthz`, as in seed 004).
+/// Liveness (also at `/auth/healthz`, for older clients).
 #[utoipa::path(get, path = "/health", tag = "probes", security(()), responses((status = 200, body = Health)))]
 pub async fn health() -> Response {
     json_response(StatusCode::OK, &serde_json::to_value(Health { status: "ok".into() }).unwrap_or_default())

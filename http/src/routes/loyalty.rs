@@ -30,7 +30,7 @@ pub struct OperationForm {
     #[serde(default)]
     #[schema(max_length = 500)]
     comment: String,
-    /// The amount, in seed 004's name for it.
+    /// The amount of points.
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     #[serde(deserialize_with = "conveyor_actors::json::integer")]
     balance: i64,
@@ -71,7 +71,7 @@ fn owner_or_admin(principal: &Principal, uuid: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Withdraw (own points) or, as an admin, deposit or withdraw for any account (seed 004).
+/// Withdraw (own points) or, as an admin, deposit or withdraw for any account.
 #[utoipa::path(post, path = "/loyalty", tag = "loyalty", request_body = OperationForm,
     params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; a repeat returns the first transaction")),
     responses((status = 200, body = OperationBody),

@@ -35,7 +35,7 @@ fn spends(group: Group, route: MethodRouter<S>) -> MethodRouter<S> {
     route.route_layer(from_fn_with_state(group, limits::spend))
 }
 
-/// Another path answered by the route at `target`, documented as a copy of it (seed 004's
+/// Another path answered by the route at `target`, documented as a copy of it (older clients'
 /// probe paths).
 fn alias(
     mut router: OpenApiRouter<S>,

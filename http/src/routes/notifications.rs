@@ -60,7 +60,7 @@ pub struct NotificationEnvelope {
     version: Option<String>,
 }
 
-/// Admits basic auth (Gwook's publisher credentials) or a bearer token with the publisher
+/// Admits basic auth (the publisher credentials in `webhooks.basic_auth_*`) or a bearer token with the publisher
 /// or admin role.
 async fn admit(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let webhooks = &state.conveyor.webhooks;

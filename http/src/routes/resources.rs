@@ -8,7 +8,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::RawPath;
 use crate::{App, Response, json_response};
 
-/// A device's latest state: cache, then store (seed 003).
+/// A device's latest state: cache, then store.
 #[utoipa::path(get, path = "/resource/{id}", tag = "events",
     params(("id" = String, Path, description = "The device id", example = "device-123")),
     responses((status = 200, body = conveyor_devices::ResourceView), (status = 404, body = crate::error::ErrorBody)))]
