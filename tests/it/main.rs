@@ -13,6 +13,7 @@ mod dead_letters;
 mod devices;
 mod frontend;
 mod harness;
+mod idempotency;
 mod identity;
 mod ingest;
 mod leases;
