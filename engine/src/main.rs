@@ -1,6 +1,8 @@
 //! `conveyor`: the daemon and its tools.
 
+mod build_info;
 mod dlq_cli;
+mod docs_cli;
 mod migrations;
 mod serve;
 mod settings;
@@ -25,7 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EX_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "conveyor", version, about = "Actor-based event processing engine")]
+#[command(name = "conveyor", version = build_info::VERSION_LINE, about = "Actor-based event processing engine")]
 struct Cli {
     /// Configuration file (default: ./config.toml when present).
     #[arg(long, global = true, value_name = "PATH")]
@@ -57,6 +59,10 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs_cli::CompletionsArgs),
+    /// Print the manual page (roff) to stdout.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +101,12 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the command tree alone: no configuration needed.
+    match &cli.command {
+        Some(Command::Completions(args)) => return docs_cli::completions::<Cli>(args),
+        Some(Command::Man) => return docs_cli::man::<Cli>(),
+        _ => {}
+    }
     let path = cli.config.clone().or_else(settings::default_path);
     let config = match settings::load(path.as_deref()) {
         Ok(config) => config,
@@ -124,6 +136,7 @@ fn main() -> ExitCode {
         Command::Migrate => run_async(serve::migrate(config)),
         Command::Dlq(args) => run_async(dlq_cli::run(config, args)),
         Command::Serve => run_async(serve::serve(config)),
+        Command::Completions(_) | Command::Man => ExitCode::SUCCESS,
     }
 }
 

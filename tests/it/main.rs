@@ -20,6 +20,7 @@ mod leases;
 mod lifecycle;
 mod observability;
 mod otlp;
+mod packaging;
 mod probes;
 mod resilience;
 mod retention;
