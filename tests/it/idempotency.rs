@@ -16,7 +16,8 @@ use crate::harness::{Backend, Daemon, Opts, eventually, metric_sum, token};
 
 async fn send(d: &Daemon, t: &str, path: &str, key: &str, body: &Value) -> (StatusCode, http::HeaderMap, Value) {
     let bytes = serde_json::to_vec(body).unwrap();
-    d.request(Method::POST, path, Some(t), &[("idempotency-key", key), ("content-type", "application/json")], bytes).await
+    d.request(Method::POST, path, Some(t), &[("idempotency-key", key), ("content-type", "application/json")], bytes)
+        .await
 }
 
 fn replayed(headers: &http::HeaderMap) -> bool {
@@ -42,7 +43,8 @@ async fn the_same_body_replays_the_first_answer_and_another_body_is_refused() {
     let (s2, h2, b2) = send(&d, &t, "/events", "k-1", &first).await;
     assert_eq!((s2, &b2), (StatusCode::ACCEPTED, &b1), "the first answer, status and body");
     assert!(replayed(&h2));
-    let (s3, h3, b3) = send(&d, &t, "/events", "k-1", &json!({"device_id": "idem-1", "payload": {"v": "second"}})).await;
+    let (s3, h3, b3) =
+        send(&d, &t, "/events", "k-1", &json!({"device_id": "idem-1", "payload": {"v": "second"}})).await;
     assert_reused(s3, &b3);
     assert!(!replayed(&h3));
     // The key is the client's: another subject's same key is a request of its own.

@@ -135,7 +135,11 @@ impl Store {
 
     /// Idempotency keys whose window (or lapsed claim) ended before `cutoff`: they refuse
     /// and replay nothing any more.
-    pub async fn purge_idempotency_keys_expired_before(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
+    pub async fn purge_idempotency_keys_expired_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Batch, Error> {
         use idempotency::{Column, Entity};
         let old = Condition::all().add(Column::ExpiresAt.lt(cutoff));
         self.purge_where::<Entity>("purge_idempotency_keys", IDEMPOTENCY_KEYS, Column::Id, old, limit).await
