@@ -47,6 +47,11 @@ async fn the_same_body_replays_the_first_answer_and_another_body_is_refused() {
         send(&d, &t, "/events", "k-1", &json!({"device_id": "idem-1", "payload": {"v": "second"}})).await;
     assert_reused(s3, &b3);
     assert!(!replayed(&h3));
+    // A repeat while the first request still runs is a conflict.
+    let running = json!({"device_id": "idem-running", "payload": {}});
+    claim(&d, "gw", "k-running", &running).await;
+    let (s, _, busy) = send(&d, &t, "/events", "k-running", &running).await;
+    assert_eq!((s, busy["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("idempotency_key_in_use")), "{busy}");
     // The key is the client's: another subject's same key is a request of its own.
     let (s, h, _) = send(&d, &token("other", &["device"]), "/events", "k-1", &first).await;
     assert_eq!(s, StatusCode::ACCEPTED);
@@ -76,6 +81,14 @@ async fn the_same_body_replays_the_first_answer_and_another_body_is_refused() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
 
+/// Claims `key` for `subject` with `body` in the daemon's store, as a request of its own
+/// that is still running (or died with its process) would have.
+async fn claim(d: &Daemon, subject: &str, key: &str, body: &Value) {
+    let sha: String = Sha256::digest(serde_json::to_vec(body).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
+    let req = KeyedRequest { scope: "events".into(), subject: subject.into(), key: key.into(), request_sha256: sha };
+    assert_eq!(keys_of(d).await.begin(&req, chrono::Utc::now()).await.unwrap(), Begin::Started);
+}
+
 /// The daemon's store, opened from the test (the daemon stopped or running).
 async fn keys_of(d: &Daemon) -> IdempotencyKeys {
     let mut config = Config { data_dir: d.data_dir.clone(), ..Config::default() };
@@ -100,16 +113,7 @@ async fn keys_answers_and_claims_survive_a_restart() {
 
     // While it is down, a request of this client claims "r-2" and dies with its process.
     let running = json!({"device_id": "restart-2", "payload": {}});
-    let claim = KeyedRequest {
-        scope: "events".into(),
-        subject: "gw".into(),
-        key: "r-2".into(),
-        request_sha256: Sha256::digest(serde_json::to_vec(&running).unwrap())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    };
-    assert_eq!(keys_of(&d).await.begin(&claim, chrono::Utc::now()).await.unwrap(), Begin::Started);
+    claim(&d, "gw", "r-2", &running).await;
 
     let d = Daemon::start(Opts::restart_of(&mut d)).await;
     let (s, h, again) = send(&d, &t, "/events", "r-1", &body).await;
