@@ -1,8 +1,6 @@
 //! `conveyor`: the daemon and its tools.
 
-mod build_info;
 mod dlq_cli;
-mod docs_cli;
 mod migrations;
 mod serve;
 mod settings;
@@ -10,6 +8,9 @@ mod status;
 mod system;
 mod telemetry;
 mod user_cli;
+// Packaging: what the binary says about itself.
+mod build_info;
+mod docs_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,6 +117,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
+        // Answered above, before the configuration.
+        Command::Completions(_) | Command::Man => ExitCode::SUCCESS,
         Command::Config { command: ConfigCommand::Check } => {
             print!("{}", settings::render(&config));
             ExitCode::SUCCESS
@@ -136,7 +139,6 @@ fn main() -> ExitCode {
         Command::Migrate => run_async(serve::migrate(config)),
         Command::Dlq(args) => run_async(dlq_cli::run(config, args)),
         Command::Serve => run_async(serve::serve(config)),
-        Command::Completions(_) | Command::Man => ExitCode::SUCCESS,
     }
 }
 
