@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Static checks of docker/Dockerfile, docker/compose.yml and the monitoring files it mounts
-# (docker/prometheus, docker/grafana) against the workspace, and of the Grafana dashboard's
-# queries against a real /metrics scrape of a spawned daemon. The checks are Rust tests
+# Static checks of docker/Dockerfile (including its cached dependency layer), docker/compose.yml
+# and the monitoring files it mounts (docker/prometheus, docker/grafana) against the workspace,
+# and of the Grafana dashboard's queries and the Prometheus alert rules against a real /metrics
+# scrape of a spawned daemon. The checks are Rust tests
 # (testkit/tests/docker, `-p conveyor-testkit --test docker`); no Docker engine is needed.
 # Each failure is listed with what was expected, e.g. a workspace member the image does not
 # copy, a compose env key missing, a bind mount of a missing file, or a dashboard query naming

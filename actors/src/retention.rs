@@ -7,8 +7,9 @@
 //! records stay whatever their age.
 //!
 //! The rules come from the crates that own the tables ([`PurgeRule`]); the engine lists
-//! them in `[retention]`'s order. The runtime's own rule removes dead-letter index entries
-//! whose record the log deleted, or older than `dead_letters_secs`.
+//! them in `[retention]`'s order. The runtime's own rules remove dead-letter index entries
+//! whose record the log deleted, or older than `dead_letters_secs`, and idempotency keys
+//! `idempotency_keys_secs` after their window ended.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -72,18 +73,24 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// The schedule from `[retention]`, the runtime's dead-letter age rule, then `rules`.
+    /// The schedule from `[retention]`, `rules`, then the runtime's own: the dead-letter
+    /// age rule and the expired idempotency keys.
     pub fn new(config: &RetentionConfig, store: &Store, rules: Vec<PurgeRule>) -> Self {
         let dead_letters = store.clone();
         let age = PurgeRule::new("dead_letters_age", config.dead_letters(), move |cutoff, n| {
             let store = dead_letters.clone();
             async move { store.purge_dead_letters_before(cutoff, n).await }
         });
+        let keys = store.clone();
+        let expired_keys = PurgeRule::new("idempotency_keys_expired", config.idempotency_keys(), move |cutoff, n| {
+            let store = keys.clone();
+            async move { store.purge_idempotency_keys_expired_before(cutoff, n).await }
+        });
         Rules {
             interval: config.interval(),
             batch_size: config.batch_size,
             batch_pause: config.batch_pause(),
-            rules: rules.into_iter().chain([age]).collect(),
+            rules: rules.into_iter().chain([age, expired_keys]).collect(),
         }
     }
 

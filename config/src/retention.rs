@@ -37,6 +37,9 @@ pub struct RetentionConfig {
     pub dead_letters_secs: u64,
     /// Refresh tokens and revocations this long after they expired (they refuse nothing then).
     pub expired_tokens_secs: u64,
+    /// Idempotency keys this long after their window (`ingest.idempotency_window_secs`)
+    /// ended; an expired key replays and refuses nothing, so this only delays the sweep.
+    pub idempotency_keys_secs: u64,
 }
 
 impl Default for RetentionConfig {
@@ -52,6 +55,7 @@ impl Default for RetentionConfig {
             outbox_relayed_secs: 7 * DAY,
             dead_letters_secs: 30 * DAY,
             expired_tokens_secs: 3_600,
+            idempotency_keys_secs: 3_600,
         }
     }
 }
@@ -108,6 +112,9 @@ impl RetentionConfig {
     }
     pub fn expired_tokens(&self) -> Option<Duration> {
         rule(self.expired_tokens_secs)
+    }
+    pub fn idempotency_keys(&self) -> Option<Duration> {
+        rule(self.idempotency_keys_secs)
     }
 }
 

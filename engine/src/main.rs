@@ -9,6 +9,9 @@ mod status;
 mod system;
 mod telemetry;
 mod user_cli;
+// Packaging: what the binary says about itself.
+mod build_info;
+mod docs_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +29,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EX_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "conveyor", version, about = "Actor-based event processing engine")]
+#[command(name = "conveyor", version = build_info::VERSION_LINE, about = "Actor-based event processing engine")]
 struct Cli {
     /// Configuration file (default: ./config.toml when present).
     #[arg(long, global = true, value_name = "PATH")]
@@ -63,6 +66,10 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs_cli::CompletionsArgs),
+    /// Print the manual page (roff) to stdout.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +114,12 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the command tree alone: no configuration needed.
+    match &cli.command {
+        Some(Command::Completions(args)) => return docs_cli::completions::<Cli>(args),
+        Some(Command::Man) => return docs_cli::man::<Cli>(),
+        _ => {}
+    }
     let path = cli.config.clone().or_else(settings::default_path);
     let config = match settings::load(path.as_deref()) {
         Ok(config) => config,
@@ -116,6 +129,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
+        // Answered above, before the configuration.
+        Command::Completions(_) | Command::Man => ExitCode::SUCCESS,
         Command::Config { command: ConfigCommand::Check } => {
             print!("{}", settings::render(&config));
             ExitCode::SUCCESS

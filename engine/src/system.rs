@@ -20,6 +20,7 @@ use conveyor_actors::retention::Rules;
 use conveyor_actors::retry::RetryPolicy;
 use conveyor_actors::root::{GroupSpec, RootArgs, RootMsg, RootSupervisor, ServiceStatus};
 use conveyor_actors::store::Store;
+use conveyor_actors::store::idempotency::IdempotencyKeys;
 use conveyor_actors::supervision::Service;
 use conveyor_devices::{DeviceHandler, DeviceStore, Ingest, Resources};
 use conveyor_http::{Facades, Operations};
@@ -484,7 +485,13 @@ impl Conveyor {
             loyalty: LoyaltyReads::new(self.identity_store.clone()),
             webhooks: self.webhooks.clone(),
             workflows: self.workflows.clone(),
-            cache: self.cache.clone(),
+            idempotency: IdempotencyKeys::new(
+                self.store.clone(),
+                Duration::from_secs(self.config.ingest.idempotency_window_secs),
+                // A claim outlives any request (they time out), so it lapses only when its
+                // request died with the process.
+                Duration::from_millis(self.config.http.request_timeout_ms).saturating_mul(2),
+            ),
             lag: self.lag.clone(),
             ops: self.clone(),
         }

@@ -20,6 +20,8 @@ pub const PROCESS_CPU_TIME: &str = "process.cpu.time";
 pub const PROCESS_MEMORY_USAGE: &str = "process.memory.usage";
 pub const PROCESS_THREADS: &str = "process.thread.count";
 pub const PROCESS_UPTIME: &str = "process.uptime";
+/// Always 1; its labels say what is running (`conveyor_build_info` in Prometheus).
+pub const BUILD_INFO: &str = "conveyor.build.info";
 
 /// Installs the log subscriber. Logs go to stderr; stdout carries only the listening line.
 pub fn init_logs(config: &TelemetryConfig) {
@@ -120,6 +122,16 @@ pub fn init_metrics(config: &TelemetryConfig) -> anyhow::Result<Metrics> {
 
 fn register_process_metrics() {
     let meter = opentelemetry::global::meter("conveyor.process");
+    let build = [
+        opentelemetry::KeyValue::new("version", crate::build_info::VERSION),
+        opentelemetry::KeyValue::new("commit", crate::build_info::COMMIT),
+        opentelemetry::KeyValue::new("rustc", crate::build_info::RUSTC),
+    ];
+    let _ = meter
+        .i64_observable_gauge(BUILD_INFO)
+        .with_description("The running build: version, commit and compiler as labels; always 1")
+        .with_callback(move |o| o.observe(1, &build))
+        .build();
     let started = std::time::Instant::now();
     // Observable instruments live as long as the provider; dropping the handles is fine.
     let _ = meter

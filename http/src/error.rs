@@ -37,6 +37,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("a request with this Idempotency-Key is still in progress")]
     IdempotencyInProgress,
+    #[error("this Idempotency-Key was already used with another request body; use a new key for a new request")]
+    IdempotencyKeyReused,
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("{what} is unavailable; retry later")]
@@ -82,7 +84,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) | ApiError::InvalidNotification(_) => StatusCode::BAD_REQUEST,
-            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation(_) | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) | ApiError::BasicUnauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -109,6 +111,7 @@ impl ApiError {
             ApiError::ResourceNotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::IdempotencyInProgress => "idempotency_key_in_use",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::Conflict { code, .. } => code,
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Overloaded { .. } => "backlog",

@@ -8,12 +8,12 @@ use async_trait::async_trait;
 
 use conveyor_actors::Error;
 use conveyor_actors::breaker::Breaker;
-use conveyor_actors::cache::Cache;
 use conveyor_actors::config::Config;
 use conveyor_actors::dlq::DeadLetterAdmin;
 use conveyor_actors::lag::Lag;
 use conveyor_actors::readiness::Readiness;
 use conveyor_actors::status::SystemStatus;
+use conveyor_actors::store::idempotency::IdempotencyKeys;
 use conveyor_devices::{Ingest, Resources};
 use conveyor_identity::Identity;
 use conveyor_identity::loyalty::{Ledger, LoyaltyReads};
@@ -51,8 +51,8 @@ pub struct Facades {
     pub webhooks: Webhooks,
     /// Workflow definitions and their runs.
     pub workflows: Workflows,
-    /// Idempotency keys.
-    pub cache: Cache,
+    /// `Idempotency-Key`s and their answers, in the store.
+    pub idempotency: IdempotencyKeys,
     /// Consumer lag of the input partitions (front-door back-pressure).
     pub lag: Arc<Lag>,
     pub ops: Arc<dyn Operations>,

@@ -1,78 +1,102 @@
-//! `Idempotency-Key`: the first request with a key claims it in the cache; repeats within
-//! the window get the first answer back and enqueue nothing.
+//! `Idempotency-Key`: the first request with a key claims it in the store, bound to the
+//! SHA-256 of its body; a repeat with the same body within the window gets the first
+//! answer (same status and body) and enqueues nothing, a repeat with another body is a
+//! 422, and a repeat while the first still runs is a 409. Kept in the store, so a restart
+//! forgets nothing.
 
-use std::time::Duration;
+use chrono::{DateTime, Utc};
+use http::StatusCode;
+use sha2::{Digest, Sha256};
 
-use conveyor_actors::cache::Cache;
+use conveyor_actors::store::idempotency::{self as keys, IdempotencyKeys, KeyedRequest, StoredAnswer};
 
 use crate::error::{ApiError, FieldError};
-
-const IN_PROGRESS: &str = "\u{0}in-progress";
 
 pub enum Begin {
     /// This request owns the key; finish with [`Guard::complete`] or [`Guard::abandon`].
     Started(Guard),
-    /// An earlier request with this key succeeded; this is its answer.
-    Replay(serde_json::Value),
+    /// An earlier request with this key and body answered this.
+    Replay { status: StatusCode, body: serde_json::Value },
 }
 
+/// A claimed key. Dropped without an answer (the request was cancelled, e.g. timed out),
+/// it releases the key in the background so that a retry is not refused until the claim
+/// lapses.
 pub struct Guard {
-    cache: Cache,
-    key: String,
-    window: Duration,
+    claim: Option<(IdempotencyKeys, KeyedRequest)>,
+    claimed: DateTime<Utc>,
 }
 
 pub struct Idempotency;
 
 impl Idempotency {
-    /// Claims `key` for `subject` on `scope`. While the cache is down, requests proceed
-    /// without deduplication rather than fail: the handlers downstream are idempotent.
+    /// Claims `key` for `subject` on `scope` with the request `body`. A store that cannot
+    /// be asked is a 503: answering without the check could apply the request twice.
     pub async fn begin(
-        cache: &Cache,
+        keys: &IdempotencyKeys,
         subject: &str,
         scope: &str,
         key: &str,
-        window: Duration,
+        body: &[u8],
     ) -> Result<Begin, ApiError> {
-        let full = format!("idem:{scope}:{subject}:{key}");
-        match cache.set_nx(&full, IN_PROGRESS, window).await {
-            Ok(true) => Ok(Begin::Started(Guard { cache: cache.clone(), key: full, window })),
-            Ok(false) => match cache.get(&full).await {
-                Ok(Some(v)) if v == IN_PROGRESS => Err(ApiError::IdempotencyInProgress),
-                Ok(Some(v)) => match serde_json::from_str(&v) {
-                    Ok(body) => Ok(Begin::Replay(body)),
-                    Err(_) => Err(ApiError::IdempotencyInProgress),
-                },
-                // Expired between the two calls: try once more from the top.
-                Ok(None) => match cache.set_nx(&full, IN_PROGRESS, window).await {
-                    Ok(true) => Ok(Begin::Started(Guard { cache: cache.clone(), key: full, window })),
-                    _ => Err(ApiError::IdempotencyInProgress),
-                },
-                Err(err) => Ok(Begin::Started(Guard::degraded(cache, full, window, &err))),
-            },
-            Err(err) => Ok(Begin::Started(Guard::degraded(cache, full, window, &err))),
+        let req = KeyedRequest {
+            scope: scope.to_string(),
+            subject: subject.to_string(),
+            key: key.to_string(),
+            request_sha256: sha256_hex(body),
+        };
+        let now = Utc::now();
+        match keys.begin(&req, now).await.map_err(|e| ApiError::unavailable("idempotency key store", e))? {
+            keys::Begin::Started => Ok(Begin::Started(Guard { claim: Some((keys.clone(), req)), claimed: now })),
+            keys::Begin::Replay(StoredAnswer { status, body }) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                Ok(Begin::Replay { status, body })
+            }
+            keys::Begin::InProgress => Err(ApiError::IdempotencyInProgress),
+            keys::Begin::OtherBody => Err(ApiError::IdempotencyKeyReused),
         }
     }
 }
 
 impl Guard {
-    fn degraded(cache: &Cache, key: String, window: Duration, err: &conveyor_actors::Error) -> Guard {
-        tracing::warn!(error = err as &dyn std::error::Error, "idempotency cache unavailable; not deduplicating");
-        Guard { cache: cache.clone(), key, window }
-    }
-
     /// Stores the answer for repeats.
-    pub async fn complete(self, body: &serde_json::Value) {
-        let text = body.to_string();
-        if let Err(err) = self.cache.set(&self.key, &text, self.window).await {
-            tracing::warn!(error = &err as &dyn std::error::Error, "could not store the idempotent answer");
+    pub async fn complete(mut self, status: StatusCode, body: &serde_json::Value) {
+        let Some((keys, req)) = self.claim.take() else { return };
+        let answer = StoredAnswer { status: status.as_u16(), body: body.clone() };
+        match keys.complete(&req, self.claimed, &answer).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(key = req.key, "the idempotency claim lapsed before the answer was stored"),
+            Err(err) => tracing::warn!(error = &err as &dyn std::error::Error, "could not store the idempotent answer"),
         }
     }
 
     /// Releases the key so that a retry can succeed.
-    pub async fn abandon(self) {
-        let _ = self.cache.delete(&self.key).await;
+    pub async fn abandon(mut self) {
+        if let Some((keys, req)) = self.claim.take() {
+            release(keys, req).await;
+        }
     }
+}
+
+async fn release(keys: IdempotencyKeys, req: KeyedRequest) {
+    if let Err(err) = keys.abandon(&req).await {
+        // The claim lapses on its own after the request timeout.
+        tracing::warn!(error = &err as &dyn std::error::Error, "could not release an idempotency key");
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some((keys, req)) = self.claim.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(release(keys, req));
+        }
+    }
+}
+
+fn sha256_hex(body: &[u8]) -> String {
+    Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The `Idempotency-Key` header, if sent; a malformed one is a 422.
@@ -86,4 +110,14 @@ pub fn header_key(headers: &http::HeaderMap) -> Result<Option<String>, ApiError>
         )]));
     }
     Ok(Some(key.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_hash_is_sha256_in_hex() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
 }

@@ -1,4 +1,5 @@
-//! `POST /events` and `/events/batch`: the seed-003 flow, every refusal path, idempotency.
+//! `POST /events` and `/events/batch`: the seed-003 flow, every refusal path (idempotency:
+//! `idempotency.rs`).
 
 use std::time::Duration;
 
@@ -90,48 +91,6 @@ async fn bad_requests_get_clear_errors() {
     // Nothing above crashed anything: the daemon still takes events.
     let (s, _) = d.post("/events", Some(&device), &json!({"device_id": "d", "payload": {"ok": true}})).await;
     assert_eq!(s, StatusCode::ACCEPTED);
-}
-
-#[tokio::test]
-async fn idempotency_key_replays_the_first_answer_and_enqueues_nothing() {
-    let d = Daemon::start(Opts::new()).await;
-    let t = token("gw", &["device", "user"]);
-    let send = |payload: Value| {
-        let d = &d;
-        let t = t.clone();
-        async move {
-            let body = serde_json::to_vec(&json!({"device_id": "idem-1", "payload": payload})).unwrap();
-            d.request(Method::POST, "/events", Some(&t), &[("idempotency-key", "k-1")], body).await
-        }
-    };
-    let (s1, h1, b1) = send(json!({"v": "first"})).await;
-    assert_eq!(s1, StatusCode::ACCEPTED);
-    assert!(h1.get("idempotent-replayed").is_none());
-    let (s2, h2, b2) = send(json!({"v": "second"})).await;
-    assert_eq!(s2, StatusCode::ACCEPTED);
-    assert_eq!(b1["request_id"], b2["request_id"], "the first answer is replayed");
-    assert_eq!(h2.get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
-
-    // A marker event after the replay: once it is processed, so is anything before it.
-    let (s, _) = d.post("/events", Some(&t), &json!({"device_id": "idem-marker", "payload": {}})).await;
-    assert_eq!(s, StatusCode::ACCEPTED);
-    assert!(
-        eventually(Duration::from_secs(30), || async { d.get("/resource/idem-1", Some(&t)).await.0 == StatusCode::OK })
-            .await
-    );
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            d.get("/resource/idem-marker", Some(&t)).await.0 == StatusCode::OK
-        })
-        .await
-    );
-    let (_, body) = d.get("/resource/idem-1", Some(&t)).await;
-    assert_eq!(body["value"]["v"], "first", "the replayed request must not have been enqueued");
-    let text = d.metrics().await;
-    assert_eq!(crate::harness::metric_sum(&text, "conveyor_ingest_accepted_total", ""), 2.0);
-
-    let (s, _, body) = d.request(Method::POST, "/events", Some(&t), &[("idempotency-key", "")], b"{}".to_vec()).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
 
 #[tokio::test]

@@ -98,8 +98,9 @@ async fn a_round_drains_every_rule_in_batches_until_one_comes_back_short() {
     assert_eq!((report.of("parents"), report.of("children")), (7, 14));
     assert_eq!(report.of(DEAD_LETTERS), 1, "the runtime's own age rule runs after the owned ones");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    // parents: 3 + 3 + 1; others: one empty batch; dead letters by age: one short batch.
-    assert_eq!(report.batches, 3 + 1 + 1, "{report:?}");
+    // parents: 3 + 3 + 1; others: one empty batch; dead letters by age and expired
+    // idempotency keys: one short batch each.
+    assert_eq!(report.batches, 3 + 1 + 1 + 1, "{report:?}");
     assert_eq!(left.load(Ordering::Acquire), 0);
     assert_eq!(report.to_string(), "children=14 dead_letters=1 parents=7");
     let again = round(&args, Utc::now()).await;
@@ -155,4 +156,28 @@ async fn ticks_run_rounds_on_their_own() {
     }
     assert!(gone, "a timer's round purged the rows without being asked");
     retention.stop();
+}
+
+#[tokio::test]
+async fn idempotency_keys_go_once_their_window_and_the_grace_after_it_end() {
+    use crate::store::idempotency::{Begin, IdempotencyKeys, KeyedRequest, StoredAnswer};
+    use crate::store::retention::IDEMPOTENCY_KEYS;
+    let (dir, store) = store().await;
+    let window = Duration::from_secs(86_400);
+    let keys = IdempotencyKeys::new(store.clone(), window, Duration::from_secs(60));
+    let answer = StoredAnswer { status: 202, body: serde_json::json!({"status": "accepted"}) };
+    // Answered 3 days, 1 day + 30 minutes, and now: windows ended 2 days ago, 30 minutes ago, not yet.
+    for (key, claimed) in [("old", ago(3)), ("recent", Utc::now() - Age::minutes(24 * 60 + 30)), ("live", Utc::now())] {
+        let req = KeyedRequest { scope: "s".into(), subject: "u".into(), key: key.into(), request_sha256: "h".into() };
+        assert_eq!(keys.begin(&req, claimed).await.unwrap(), Begin::Started);
+        assert!(keys.complete(&req, claimed, &answer).await.unwrap());
+    }
+    // The default grace (retention.idempotency_keys_secs) is an hour: only "old" is past it.
+    let args = RetentionArgs { store: store.clone(), log: log(&dir, vec![]), rules: rules(&store, 100, vec![]) };
+    let report = round(&args, Utc::now()).await;
+    assert_eq!(report.of(IDEMPOTENCY_KEYS), 1, "{report:?}");
+    let left = crate::store::idempotency::Entity::find().all(store.connection()).await.unwrap();
+    let mut left: Vec<String> = left.into_iter().map(|r| r.key).collect();
+    left.sort();
+    assert_eq!(left, vec!["live".to_string(), "recent".to_string()]);
 }

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod dead_letter;
+pub mod idempotency;
 pub mod migrations;
 pub mod retention;
 pub mod schema;

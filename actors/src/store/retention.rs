@@ -11,6 +11,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Tr
 
 use super::Store;
 use super::dead_letter;
+use super::idempotency;
 use crate::Error;
 
 /// What one batch did.
@@ -49,6 +50,8 @@ fn txn_err(e: sea_orm::TransactionError<sea_orm::DbErr>) -> sea_orm::DbErr {
 
 /// The dead-letter index's table label.
 pub const DEAD_LETTERS: &str = "dead_letters";
+/// The idempotency keys' table label.
+pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
 
 impl Store {
     /// Deletes up to `limit` rows of one table matching `condition`, in one statement
@@ -128,6 +131,18 @@ impl Store {
             .add(Column::DlqPartition.eq(partition))
             .add(Column::DlqOffset.lt(start));
         self.purge_where::<Entity>("purge_dead_letters", DEAD_LETTERS, Column::Id, gone, limit).await
+    }
+
+    /// Idempotency keys whose window (or lapsed claim) ended before `cutoff`: they refuse
+    /// and replay nothing any more.
+    pub async fn purge_idempotency_keys_expired_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Batch, Error> {
+        use idempotency::{Column, Entity};
+        let old = Condition::all().add(Column::ExpiresAt.lt(cutoff));
+        self.purge_where::<Entity>("purge_idempotency_keys", IDEMPOTENCY_KEYS, Column::Id, old, limit).await
     }
 
     /// The dead-letter topics the index holds entries of.

@@ -13,7 +13,7 @@ use crate::auth::{Authorize, Principal, roles};
 use crate::body::{self, EventInput};
 use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::extract::request_id;
-use crate::idempotency::{Begin, Idempotency};
+use crate::idempotency::{Begin, Guard, Idempotency};
 use crate::metrics::{REASON, metrics};
 use crate::{App, AppState, Response, json_response};
 
@@ -64,16 +64,39 @@ fn rejected(reason: &'static str) {
     metrics().ingest_rejected.add(1, &[KeyValue::new(REASON, reason)]);
 }
 
+/// What [`admit`] checked: who, the `Idempotency-Key` with the raw body it binds, the JSON.
+struct Admitted {
+    principal: Principal,
+    key: Option<(String, bytes::Bytes)>,
+    value: serde_json::Value,
+}
+
 /// Token, role and body, in that order; each failure is counted by reason.
-async fn admit(state: &AppState, req: Request) -> Result<(Principal, Option<String>, serde_json::Value), ApiError> {
+async fn admit(state: &AppState, req: Request) -> Result<Admitted, ApiError> {
     let checked = async {
         let principal = state.authenticate(req.headers()).await?;
         principal.require(&[roles::DEVICE, roles::ADMIN])?;
         let key = crate::idempotency::header_key(req.headers())?;
         let bytes = body::read(req).await?;
-        Ok((principal, key, body::json(&bytes)?))
+        let value = body::json(&bytes)?;
+        Ok(Admitted { principal, key: key.map(|k| (k, bytes)), value })
     };
     checked.await.inspect_err(|e: &ApiError| rejected(e.code()))
+}
+
+/// Claims the request's `Idempotency-Key`, if it has one: `Err(response)` is the first
+/// request's answer to send back instead of doing the work again.
+async fn claim(
+    state: &AppState,
+    principal: &Principal,
+    scope: &str,
+    key: Option<(String, bytes::Bytes)>,
+) -> Result<Result<Option<Guard>, Response>, ApiError> {
+    let Some((key, body)) = key else { return Ok(Ok(None)) };
+    Ok(match Idempotency::begin(&state.conveyor.idempotency, &principal.sub, scope, &key, &body).await? {
+        Begin::Replay { status, body } => Err(replayed(status, body)),
+        Begin::Started(guard) => Ok(Some(guard)),
+    })
 }
 
 /// Refuses new work while this process's backlog is past `ingest.max_lag`.
@@ -89,30 +112,26 @@ fn check_backlog(state: &AppState) -> Result<(), ApiError> {
 
 /// Ingest one device event: 202 only once the log acknowledged it.
 #[utoipa::path(post, path = "/events", tag = "events", request_body = EventInput,
-    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; a repeat within the window returns the first answer")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; a repeat with the same body within the window returns the first answer, one with another body is refused (422)")),
     responses(
         (status = 202, body = Accepted, description = "Durably in the log"),
         (status = 409, body = ErrorBody, description = "A request with this Idempotency-Key is in progress"),
+        (status = 422, body = ErrorBody, description = "Invalid event, or this Idempotency-Key was used with another body"),
     ))]
 pub async fn post_one(State(state): App, req: Request) -> Result<Response, ApiError> {
     let request_id = request_id(&req);
-    let (principal, key, value) = admit(&state, req).await?;
+    let Admitted { principal, key, value } = admit(&state, req).await?;
     check_backlog(&state)?;
     let input = body::event(value, "").map_err(ApiError::Validation).inspect_err(|e| rejected(e.code()))?;
-    let idem = match key {
-        None => None,
-        Some(key) => {
-            match Idempotency::begin(&state.conveyor.cache, &principal.sub, "events", &key, window(&state)).await? {
-                Begin::Replay(body) => return Ok(replayed(StatusCode::ACCEPTED, body)),
-                Begin::Started(guard) => Some(guard),
-            }
-        }
+    let idem = match claim(&state, &principal, "events", key).await? {
+        Ok(guard) => guard,
+        Err(replay) => return Ok(replay),
     };
     match produce(&state, &principal, input, &request_id).await {
         Ok(request_id) => {
             let body = serde_json::to_value(Accepted { request_id, status: "accepted".into() }).unwrap_or_default();
             if let Some(guard) = idem {
-                guard.complete(&body).await;
+                guard.complete(StatusCode::ACCEPTED, &body).await;
             }
             Ok(json_response(StatusCode::ACCEPTED, &body))
         }
@@ -127,15 +146,16 @@ pub async fn post_one(State(state): App, req: Request) -> Result<Response, ApiEr
 
 /// Ingest up to `ingest.batch_max_events` events, answered per item.
 #[utoipa::path(post, path = "/events/batch", tag = "events", request_body = BatchBody,
-    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; a repeat within the window returns the first answer")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters; a repeat with the same body within the window returns the first answer, one with another body is refused (422)")),
     responses(
         (status = 202, body = BatchResult, description = "Every item is in the log"),
         (status = 207, body = BatchResult, description = "Some items were rejected; see each result"),
         (status = 409, body = ErrorBody, description = "A request with this Idempotency-Key is in progress"),
+        (status = 422, body = ErrorBody, description = "Invalid event, or this Idempotency-Key was used with another body"),
     ))]
 pub async fn post_batch(State(state): App, req: Request) -> Result<Response, ApiError> {
     let request_id = request_id(&req);
-    let (principal, key, value) = admit(&state, req).await?;
+    let Admitted { principal, key, value } = admit(&state, req).await?;
     check_backlog(&state)?;
     let items = match value {
         serde_json::Value::Object(mut obj) => match obj.remove("events") {
@@ -149,20 +169,9 @@ pub async fn post_batch(State(state): App, req: Request) -> Result<Response, Api
         rejected("batch_size");
         return Err(ApiError::Validation(vec![FieldError::new("events", format!("must hold 1 to {max} events"))]));
     }
-    let idem = match key {
-        None => None,
-        Some(key) => {
-            match Idempotency::begin(&state.conveyor.cache, &principal.sub, "events-batch", &key, window(&state))
-                .await?
-            {
-                Begin::Replay(body) => {
-                    // The status the first answer had: 202 when every item was accepted.
-                    let all = body["rejected"].as_u64() == Some(0);
-                    return Ok(replayed(if all { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS }, body));
-                }
-                Begin::Started(guard) => Some(guard),
-            }
-        }
+    let idem = match claim(&state, &principal, "events-batch", key).await? {
+        Ok(guard) => guard,
+        Err(replay) => return Ok(replay),
     };
     let work = items.into_iter().enumerate().map(|(index, item)| {
         let (state, principal, request_id) = (&*state, &principal, &request_id);
@@ -197,7 +206,7 @@ pub async fn post_batch(State(state): App, req: Request) -> Result<Response, Api
     // A batch is answered per item; 202 when every item is in the log, 207 otherwise.
     let status = if all_accepted { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
     if let Some(guard) = idem {
-        if any_unavailable { guard.abandon().await } else { guard.complete(&body).await }
+        if any_unavailable { guard.abandon().await } else { guard.complete(status, &body).await }
     }
     let mut response = json_response(status, &body);
     if any_unavailable && let Ok(v) = HeaderValue::from_str(&LOG_RETRY_AFTER.as_secs().to_string()) {
@@ -233,10 +242,6 @@ async fn produce(
 fn log_unavailable(source: conveyor_actors::Error) -> ApiError {
     rejected("log_unavailable");
     ApiError::Unavailable { what: "event log", retry_after: LOG_RETRY_AFTER, source: Some(Box::new(source)) }
-}
-
-fn window(state: &AppState) -> Duration {
-    Duration::from_secs(state.conveyor.config.ingest.idempotency_window_secs)
 }
 
 fn replayed(status: StatusCode, body: serde_json::Value) -> Response {

@@ -124,7 +124,72 @@ fn version_of(image: &str) -> Option<(u32, u32)> {
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
+/// The build's layering: dependencies built from the manifests alone (so a source change
+/// reuses that layer), then the sources, touched so that cargo rebuilds the stubs' crates,
+/// and the commit passed in only after the dependency layer.
+pub fn check_layering(report: &mut Report, ws: &Workspace, df: &Dockerfile) {
+    let builds: Vec<usize> = df
+        .instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.keyword == "RUN" && i.args.contains("cargo build"))
+        .map(|(n, _)| n)
+        .collect();
+    let (Some(&deps), Some(&last)) = (builds.first(), builds.last()) else { return };
+    if !report.check(
+        builds.len() >= 2 && df.instructions[deps].stage == df.instructions[last].stage,
+        "the builder compiles dependencies in a layer before the sources (two cargo builds)",
+        format!("{} cargo build(s)", builds.len()),
+    ) {
+        return;
+    }
+    let copies = |range: std::ops::Range<usize>| -> Vec<String> {
+        df.instructions[range]
+            .iter()
+            .filter(|i| i.keyword == "COPY" && !i.args.contains("--from"))
+            .flat_map(|i| {
+                let w = words(&i.args);
+                let srcs: Vec<String> = w.iter().filter(|w| !w.starts_with("--")).cloned().collect();
+                srcs.split_last().map(|(_, s)| s.to_vec()).unwrap_or_default()
+            })
+            .map(|s| normalize(&s))
+            .collect()
+    };
+    let before = copies(0..deps);
+    let sources: Vec<&String> =
+        before.iter().filter(|s| !(s.ends_with("Cargo.toml") || s.ends_with("Cargo.lock"))).collect();
+    report.check(
+        sources.is_empty(),
+        "only manifests and Cargo.lock are copied before the dependency build",
+        format!("also {sources:?}: any change to them rebuilds every dependency"),
+    );
+    for m in ws.members.iter().map(|m| format!("{m}/Cargo.toml")).chain(["Cargo.toml".into(), "Cargo.lock".into()]) {
+        report.check(before.contains(&m), format!("{m} is copied before the dependency build"), "");
+    }
+    let after = copies(deps + 1..last);
+    for m in &ws.members {
+        report.check(
+            after.iter().any(|c| *c == *m || m.starts_with(&format!("{c}/"))),
+            format!("member {m}'s sources are copied after the dependency build"),
+            "",
+        );
+    }
+    let refresh = df.instructions[deps + 1..=last].iter().any(|i| i.keyword == "RUN" && i.args.contains("touch"));
+    report.check(
+        refresh,
+        "the sources are touched before the final build",
+        "COPY keeps their times, older than the stubs' artifacts: cargo would ship the stubs",
+    );
+    let arg = df.instructions.iter().position(|i| i.keyword == "ARG" && i.args.starts_with("CONVEYOR_BUILD_COMMIT"));
+    report.check(
+        arg.is_some_and(|a| a > deps && a < last),
+        "ARG CONVEYOR_BUILD_COMMIT is declared between the dependency build and the final build",
+        format!("at instruction {arg:?}; builds at {deps} and {last}"),
+    );
+}
+
 pub fn check(report: &mut Report, ws: &Workspace, df: &Dockerfile, dockerignore: &str) {
+    check_layering(report, ws, df);
     let root = ws.root.as_path();
     report.check(df.stages.len() >= 2, "Dockerfile is multi-stage", format!("{} FROM line(s)", df.stages.len()));
     let builder = df.stages.first().map(|s| s.0.clone()).unwrap_or_default();
@@ -330,6 +395,25 @@ mod tests {
     fn a_missing_member_copy_fails() {
         let r = run(&real().replace("COPY http http\n", ""));
         assert!(r.failed("copies workspace member http"), "{:?}", r.failures);
+    }
+
+    #[test]
+    fn a_build_without_a_dependency_layer_or_untouched_sources_fails() {
+        let text = real();
+        let deps_start = text.find("COPY config/Cargo.toml").unwrap();
+        let sources = text.find("COPY engine engine").unwrap();
+        let flat = format!("{}{}", &text[..deps_start], &text[sources..]);
+        let r = run(&flat);
+        assert!(r.failed("dependencies in a layer before the sources"), "{:?}", r.failures);
+        let r = run(&text.replace(
+            "RUN find engine http config actors domains bench testkit -name '*.rs' -exec touch {} + \\\n    && cargo",
+            "RUN cargo",
+        ));
+        assert!(r.failed("touched before the final build"), "{:?}", r.failures);
+        let r = run(&text.replace("COPY http/Cargo.toml http/\n", "COPY http http\n"));
+        assert!(r.failed("http/Cargo.toml is copied before") && r.failed("only manifests"), "{:?}", r.failures);
+        let r = run(&text.replace("ARG CONVEYOR_BUILD_COMMIT=unknown\n", ""));
+        assert!(r.failed("ARG CONVEYOR_BUILD_COMMIT"), "{:?}", r.failures);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod alerts;
 mod compose;
 mod dashboard;
 mod dockerfile;
@@ -136,6 +137,8 @@ async fn docker_files_match_the_workspace_and_the_live_metrics() {
             labels.extend(sc["labels"].as_object().into_iter().flat_map(|o| o.keys().cloned()));
         }
     }
+    let rules = compose::load_yaml(&root, alerts::ALERTS);
+    alerts::check(&mut report, &c, &promcfg, &rules, &naming, &labels);
     let dash_text = std::fs::read_to_string(root.join(compose::DASHBOARD)).unwrap();
     match serde_json::from_str::<serde_json::Value>(&dash_text) {
         Ok(dash) => {
