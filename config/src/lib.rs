@@ -275,6 +275,13 @@ pub struct CacheConfig {
     pub max_entries: u64,
     pub resource_ttl_secs: u64,
     pub command_timeout_ms: u64,
+    /// PEM file of the certificate authorities a `rediss://` server's certificate must chain
+    /// to (instead of the system's); empty: the system's roots.
+    pub tls_ca_file: String,
+    /// PEM client certificate (and `tls_key_file`, its PKCS#8 PEM key) presented to a
+    /// `rediss://` server that asks for one; empty: none.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 impl Default for CacheConfig {
@@ -285,6 +292,9 @@ impl Default for CacheConfig {
             max_entries: 100_000,
             resource_ttl_secs: 60,
             command_timeout_ms: 1_000,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -488,8 +498,9 @@ impl Config {
         }
         let cache = self.cache.url.as_str();
         if !(cache == "memory" || cache.starts_with("redis://") || cache.starts_with("rediss://")) {
-            return Err(invalid("cache.url", "expected \"memory\" or redis://…"));
+            return Err(invalid("cache.url", "expected \"memory\", redis://… or rediss://…"));
         }
+        self.cache.validate_tls()?;
         if self.ingest.max_lag < 0 {
             return Err(invalid("ingest.max_lag", "must be 0 (off) or positive"));
         }
@@ -557,6 +568,20 @@ impl Config {
         } else {
             self.store.url.clone()
         }
+    }
+}
+
+impl CacheConfig {
+    /// TLS files only mean something with `rediss://`, and a certificate needs its key.
+    fn validate_tls(&self) -> Result<(), InvalidConfig> {
+        let tls_files = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file];
+        if !self.url.starts_with("rediss://") && tls_files.iter().any(|f| !f.is_empty()) {
+            return Err(invalid("cache.tls_ca_file", "cache.tls_* files need a rediss:// cache.url"));
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return Err(invalid("cache.tls_cert_file", "tls_cert_file and tls_key_file go together"));
+        }
+        Ok(())
     }
 }
 

@@ -51,3 +51,16 @@ fn url_passwords_are_masked() {
 fn default_store_is_sqlite_in_data_dir() {
     assert_eq!(Config::default().store_url(), "sqlite://./data/conveyor.db?mode=rwc");
 }
+
+#[test]
+fn cache_tls_files_need_rediss_and_come_in_pairs() {
+    let mut c = Config::default();
+    c.cache.tls_ca_file = "/etc/ca.pem".into();
+    assert_eq!(c.validate().map_err(|e| e.key), Err("cache.tls_ca_file"), "a CA file with the memory cache");
+    c.cache.url = "rediss://cache:6380".into();
+    assert_eq!(c.validate(), Ok(()));
+    c.cache.tls_cert_file = "/etc/client.pem".into();
+    assert_eq!(c.validate().map_err(|e| e.key), Err("cache.tls_cert_file"), "a certificate without its key");
+    c.cache.tls_key_file = "/etc/client.key".into();
+    assert_eq!(c.validate(), Ok(()));
+}

@@ -25,6 +25,7 @@ mod retention;
 mod saga;
 mod sink;
 mod supervision;
+mod tls;
 mod webhooks;
 mod workflows;
 
