@@ -16,6 +16,7 @@ mod identity;
 mod retention;
 mod saga;
 mod secret;
+mod secret_files;
 mod webhooks;
 mod workflows;
 
@@ -26,6 +27,9 @@ pub use retention::RetentionConfig;
 pub use saga::{FaultsConfig, LoyaltyConfig, OutboxConfig};
 use secret::mask_url_password;
 pub use secret::{Secret, masked_url};
+pub use secret_files::{
+    FileSecret, FileValue, SECRET_FILE_KEYS, SecretFileError, env_name, is_secret_file_var, secrets_from_files,
+};
 pub use webhooks::WebhooksConfig;
 pub use workflows::WorkflowsConfig;
 
