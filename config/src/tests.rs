@@ -85,13 +85,22 @@ mod secret_files {
     fn a_file_gives_the_value_with_its_trailing_newline_trimmed() {
         let read = files(&[("/run/secrets/jwt", "s3cret\n"), ("/run/secrets/db", "postgres://u:p@db/x\r\n")]);
         let got = secrets_from_files(
-            &vars(&[("CONVEYOR_AUTH__JWT_SECRET_FILE", "/run/secrets/jwt"), ("conveyor_store__url_file", "/run/secrets/db")]),
+            &vars(&[
+                ("CONVEYOR_AUTH__JWT_SECRET_FILE", "/run/secrets/jwt"),
+                ("conveyor_store__url_file", "/run/secrets/db"),
+            ]),
             read,
         );
         let got: Vec<(&str, String)> = got.unwrap_or_default().into_iter().map(|s| (s.key, s.value)).collect();
-        assert_eq!(got, vec![("auth.jwt_secret", "s3cret".to_string()), ("store.url", "postgres://u:p@db/x".to_string())]);
+        assert_eq!(
+            got,
+            vec![("auth.jwt_secret", "s3cret".to_string()), ("store.url", "postgres://u:p@db/x".to_string())]
+        );
         // Only one newline is the file's ending; inner and other whitespace is the value's.
-        let got = secrets_from_files(&vars(&[("CONVEYOR_TELEMETRY__METRICS_TOKEN_FILE", "/t")]), files(&[("/t", " a b \n\n")]));
+        let got = secrets_from_files(
+            &vars(&[("CONVEYOR_TELEMETRY__METRICS_TOKEN_FILE", "/t")]),
+            files(&[("/t", " a b \n\n")]),
+        );
         assert_eq!(got.unwrap_or_default().first().map(|s| s.value.clone()), Some(" a b \n".to_string()));
     }
 
@@ -113,10 +122,9 @@ mod secret_files {
         let err = secrets_from_files(&vars(&[("CONVEYOR_CACHE__URL_FILE", "/missing")]), files(&[]));
         let text = err.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(text.contains("CONVEYOR_CACHE__URL_FILE") && text.contains("/missing"), "{text}");
-        let err = secrets_from_files(
-            &vars(&[("CONVEYOR_WEBHOOKS__BASIC_AUTH_PASSWORD_FILE", "/bin")]),
-            |_: &Path| Ok(vec![0xff, b'h', b'u', b'n', b't', b'e', b'r']),
-        );
+        let err = secrets_from_files(&vars(&[("CONVEYOR_WEBHOOKS__BASIC_AUTH_PASSWORD_FILE", "/bin")]), |_: &Path| {
+            Ok(vec![0xff, b'h', b'u', b'n', b't', b'e', b'r'])
+        });
         let text = err.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(text.contains("/bin") && text.contains("not UTF-8") && !text.contains("hunter"), "{text}");
         let secret = FileSecret { key: "auth.jwt_secret", kind: FileValue::Text, value: "hunter2".into() };

@@ -48,9 +48,7 @@ impl SamplerChoice {
             SamplerChoice::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
             SamplerChoice::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
             SamplerChoice::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-            SamplerChoice::ParentBasedTraceIdRatio(r) => {
-                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
-            }
+            SamplerChoice::ParentBasedTraceIdRatio(r) => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r))),
         }
     }
 
@@ -108,8 +106,7 @@ impl OtelEnv {
         let headers_of = |var: &str| get(var).map(|h| headers(var, &h)).transpose();
         let generic_headers = headers_of(HEADERS)?.unwrap_or_default();
         // A signal's own headers replace the generic ones, as the exporter reads them.
-        let signal_headers =
-            |var: &str| headers_of(var).map(|h| h.unwrap_or_else(|| generic_headers.clone()));
+        let signal_headers = |var: &str| headers_of(var).map(|h| h.unwrap_or_else(|| generic_headers.clone()));
         Ok(OtelEnv {
             disabled,
             service_name: get(SERVICE_NAME),
@@ -180,7 +177,8 @@ fn key_values(var: &str, text: &str) -> Result<Vec<(String, String)>, BadConfig>
         if key.is_empty() {
             return Err(bad(var, "an entry has an empty key"));
         }
-        let value = percent_decode(value.trim()).ok_or_else(|| bad(var, format!("the value of {key:?} is not valid percent-encoded UTF-8")))?;
+        let value = percent_decode(value.trim())
+            .ok_or_else(|| bad(var, format!("the value of {key:?} is not valid percent-encoded UTF-8")))?;
         out.push((key.to_string(), value));
     }
     Ok(out)

@@ -63,13 +63,12 @@ pub fn load(path: Option<&Path>) -> Result<Config, BadConfig> {
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .filter(|(k, _)| k.len() > 9 && k[..9].eq_ignore_ascii_case("CONVEYOR_"))
         .collect();
-    let secrets = secrets_from_files(&vars, |path| std::fs::read(path))
-        .map_err(|e| {
-            let key = e.variable().to_string();
-            let chain = error_chain(&e);
-            let message = chain.strip_prefix(&format!("{key}: ")).unwrap_or(&chain).to_string();
-            BadConfig { key, message }
-        })?;
+    let secrets = secrets_from_files(&vars, |path| std::fs::read(path)).map_err(|e| {
+        let key = e.variable().to_string();
+        let chain = error_chain(&e);
+        let message = chain.strip_prefix(&format!("{key}: ")).unwrap_or(&chain).to_string();
+        BadConfig { key, message }
+    })?;
     for secret in secrets {
         figment = match secret.kind {
             FileValue::Text => figment.merge(Serialized::default(secret.key, secret.value)),

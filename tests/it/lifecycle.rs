@@ -108,7 +108,8 @@ async fn jwt_secret_from_a_file_signs_and_verifies() {
     let with_newline = conveyor_testkit::mint(&format!("{secret}\n"), "file-user", &["device"], 3600).unwrap();
     let (s, _) = d.post("/events", Some(&with_newline), &json!({"device_id": "file-1", "payload": {"k": 2}})).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "the file's newline must not be part of the key");
-    let (s, _) = d.post("/events", Some(&token("file-user", &["device"])), &json!({"device_id": "file-1", "payload": {}})).await;
+    let (s, _) =
+        d.post("/events", Some(&token("file-user", &["device"])), &json!({"device_id": "file-1", "payload": {}})).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "the harness's usual key must not verify");
 }
 
@@ -129,7 +130,11 @@ fn a_secret_file_that_cannot_be_used_stops_the_start_naming_it() {
     // The harness sets CONVEYOR_AUTH__JWT_SECRET: its _FILE as well is ambiguous.
     let file = dir.path().join("jwt");
     std::fs::write(&file, "hunter2-in-a-file\n").unwrap();
-    let out = command(&opts, dir.path()).args(["config", "check"]).env("CONVEYOR_AUTH__JWT_SECRET_FILE", &file).output().unwrap();
+    let out = command(&opts, dir.path())
+        .args(["config", "check"])
+        .env("CONVEYOR_AUTH__JWT_SECRET_FILE", &file)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("CONVEYOR_AUTH__JWT_SECRET and CONVEYOR_AUTH__JWT_SECRET_FILE"), "{stderr}");

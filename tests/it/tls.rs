@@ -19,7 +19,8 @@ struct TlsEnv {
 }
 
 fn tls_env() -> TlsEnv {
-    let get = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set (eval \"$(scripts/services.sh env)\")"));
+    let get =
+        |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set (eval \"$(scripts/services.sh env)\")"));
     TlsEnv {
         pg_url: get("CONVEYOR_TEST_PG_TLS_URL"),
         pg_plain_url: get("CONVEYOR_TEST_PG_URL"),
@@ -57,7 +58,11 @@ async fn real_tls_store_and_cache_verify_the_server_and_carry_events() {
     )
     .await;
     let (_, ready) = d.get("/ready", None).await;
-    assert_eq!((ready["checks"]["store"].as_str(), ready["checks"]["cache"].as_str()), (Some("ok"), Some("ok")), "{ready}");
+    assert_eq!(
+        (ready["checks"]["store"].as_str(), ready["checks"]["cache"].as_str()),
+        (Some("ok"), Some("ok")),
+        "{ready}"
+    );
 
     let t = token("tls-device", &["device", "user"]);
     let (s, body) = d.post("/events", Some(&t), &json!({"device_id": "tls-1", "payload": {"over": "tls"}})).await;

@@ -122,10 +122,10 @@ fn classify_v6(ip: Ipv6Addr) -> AddressKind {
 fn classify_ietf_v6(ip: Ipv6Addr) -> AddressKind {
     let anycast = [1u16, 2, 3].map(|last| Ipv6Addr::new(0x2001, 1, 0, 0, 0, 0, 0, last));
     let global = [
-        ([0x2001, 3, 0, 0, 0, 0, 0, 0], 32),       // AMT
-        ([0x2001, 4, 0x112, 0, 0, 0, 0, 0], 48),   // AS112-v6
-        ([0x2001, 0x20, 0, 0, 0, 0, 0, 0], 28),    // ORCHIDv2
-        ([0x2001, 0x30, 0, 0, 0, 0, 0, 0], 28),    // Drone Remote ID
+        ([0x2001, 3, 0, 0, 0, 0, 0, 0], 32),     // AMT
+        ([0x2001, 4, 0x112, 0, 0, 0, 0, 0], 48), // AS112-v6
+        ([0x2001, 0x20, 0, 0, 0, 0, 0, 0], 28),  // ORCHIDv2
+        ([0x2001, 0x30, 0, 0, 0, 0, 0, 0], 28),  // Drone Remote ID
     ];
     if anycast.contains(&ip) || global.iter().any(|&(net, len)| in_v6(ip, net, len)) {
         AddressKind::Public

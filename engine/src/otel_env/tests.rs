@@ -45,7 +45,10 @@ fn every_sampler_of_the_spec_and_its_argument() {
     assert_eq!(refused(&[(TRACES_SAMPLER, "jaeger_remote")]), TRACES_SAMPLER);
     assert_eq!(refused(&[(TRACES_SAMPLER, "AlwaysOn")]), TRACES_SAMPLER);
     assert_eq!(refused(&[(TRACES_SAMPLER, "traceidratio"), (TRACES_SAMPLER_ARG, "1.5")]), TRACES_SAMPLER_ARG);
-    assert_eq!(refused(&[(TRACES_SAMPLER, "parentbased_traceidratio"), (TRACES_SAMPLER_ARG, "half")]), TRACES_SAMPLER_ARG);
+    assert_eq!(
+        refused(&[(TRACES_SAMPLER, "parentbased_traceidratio"), (TRACES_SAMPLER_ARG, "half")]),
+        TRACES_SAMPLER_ARG
+    );
 }
 
 #[test]
@@ -94,9 +97,14 @@ fn service_name_wins_over_the_resource_attribute_and_defaults_to_conveyor() {
             .collect()
     };
     assert_eq!(names(&OtelEnv::default()), vec!["conveyor"]);
-    let o = parse(&[(RESOURCE_ATTRIBUTES, "service.name=from-attrs,deployment.environment=prod%2Ceu")]).unwrap_or_default();
+    let o =
+        parse(&[(RESOURCE_ATTRIBUTES, "service.name=from-attrs,deployment.environment=prod%2Ceu")]).unwrap_or_default();
     assert_eq!(names(&o), vec!["from-attrs"]);
-    assert!(o.resource_attributes().iter().any(|kv| kv.key.as_str() == "deployment.environment" && kv.value.to_string() == "prod,eu"));
+    assert!(
+        o.resource_attributes()
+            .iter()
+            .any(|kv| kv.key.as_str() == "deployment.environment" && kv.value.to_string() == "prod,eu")
+    );
     let o = parse(&[(RESOURCE_ATTRIBUTES, "service.name=from-attrs"), (SERVICE_NAME, "edge-1")]).unwrap_or_default();
     assert_eq!(names(&o), vec!["edge-1"]);
     assert_eq!(refused(&[(RESOURCE_ATTRIBUTES, "=x")]), RESOURCE_ATTRIBUTES);
