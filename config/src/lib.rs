@@ -497,6 +497,14 @@ impl Config {
         {
             return Err(invalid("store.url", "expected sqlite:… or postgres://…"));
         }
+        if let Some(mode) = url_query_value(store, "sslmode")
+            && !matches!(mode, "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full")
+        {
+            return Err(invalid(
+                "store.url",
+                "sslmode must be disable, allow, prefer, require, verify-ca or verify-full",
+            ));
+        }
         if self.store.max_connections == 0 {
             return Err(invalid("store.max_connections", "must be at least 1"));
         }
@@ -596,6 +604,12 @@ impl ProcessingConfig {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
+}
+
+/// The value of `name` in a URL's query string, as written (these values need no decoding).
+fn url_query_value<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
 }
 
 fn valid_topic_name(name: &str) -> bool {

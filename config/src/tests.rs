@@ -53,6 +53,17 @@ fn default_store_is_sqlite_in_data_dir() {
 }
 
 #[test]
+fn store_sslmode_is_one_libpq_knows() {
+    let mut c = Config::default();
+    for mode in ["disable", "prefer", "require", "verify-ca", "verify-full"] {
+        c.store.url = format!("postgres://u:p@db/x?sslmode={mode}&sslrootcert=/etc/ca.pem");
+        assert_eq!(c.validate(), Ok(()), "{mode}");
+    }
+    c.store.url = "postgres://u:p@db/x?application_name=c&sslmode=verify".into();
+    assert_eq!(c.validate().map_err(|e| e.key), Err("store.url"));
+}
+
+#[test]
 fn cache_tls_files_need_rediss_and_come_in_pairs() {
     let mut c = Config::default();
     c.cache.tls_ca_file = "/etc/ca.pem".into();
