@@ -144,3 +144,24 @@ impl CacheBackend for RedisCache {
         self.client.ping::<String>(None).await.map(|_| ()).map_err(|e| Error::cache("redis PING", e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_config(ca: &str) -> CacheConfig {
+        CacheConfig { url: "rediss://127.0.0.1:1".into(), tls_ca_file: ca.into(), ..CacheConfig::default() }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_or_bad_ca_file_is_named_before_any_connection() {
+        let err = RedisCache::connect(&tls_config("/nonexistent/ca.pem"), Duration::from_millis(50)).await.err();
+        assert!(matches!(&err, Some(Error::Io { path, .. }) if path == "/nonexistent/ca.pem"), "{err:?}");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let garbage = dir.path().join("ca.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap_or_else(|e| panic!("{e}"));
+        let err =
+            RedisCache::connect(&tls_config(&garbage.display().to_string()), Duration::from_millis(50)).await.err();
+        assert!(matches!(&err, Some(Error::Cache { op: "read cache.tls_ca_file", .. })), "{err:?}");
+    }
+}
