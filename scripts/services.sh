@@ -9,11 +9,15 @@
 #   scripts/services.sh stop-one|start-one postgres|redis|kafka
 #
 # Env: CONVEYOR_SERVICES_DIR (state, default /tmp/conveyor-services),
-# CONVEYOR_PG_PORT (55432), CONVEYOR_REDIS_PORT (56379), CONVEYOR_KAFKA_PORT (59092):
+# CONVEYOR_PG_PORT (55432), CONVEYOR_REDIS_PORT (56379), CONVEYOR_REDIS_TLS_PORT (56380),
+# CONVEYOR_KAFKA_PORT (59092):
 # a default port held by another process is swapped for a free one, remembered in
 # $STATE/ports for `env`; an explicit override that is busy is an error.
 # CONVEYOR_CACHE_DIR (where nisshi is installed), CONVEYOR_SERVICES (subset for
 # `up`, e.g. "postgres redis"; default all three).
+# TLS: a throwaway CA and a server certificate for 127.0.0.1/localhost live in $STATE/tls;
+# PostgreSQL accepts TLS on its port (ssl = on) and Redis on its TLS port, beside the plain
+# one; `env` prints the URLs and the CA for the TLS tests.
 # Only the env lines go to stdout; every message goes to stderr.
 set -euo pipefail
 
@@ -23,12 +27,13 @@ STATE=${STATE%/}
 CACHE_DIR=${CONVEYOR_CACHE_DIR:-$HOME/.cache/conveyor}
 NISSHI_BIN="$CACHE_DIR/nisshi-0.8.1/bin/nisshi"
 PORTS_FILE="$STATE/ports"
-PG_PORT=55432 REDIS_PORT=56379 KAFKA_PORT=59092
+PG_PORT=55432 REDIS_PORT=56379 REDIS_TLS_PORT=56380 KAFKA_PORT=59092
 # Ports chosen by an earlier `up` win over the defaults, explicit overrides over both.
 # shellcheck disable=SC1090
 [[ -f $PORTS_FILE ]] && source "$PORTS_FILE"
 PG_PORT=${CONVEYOR_PG_PORT:-$PG_PORT}
 REDIS_PORT=${CONVEYOR_REDIS_PORT:-$REDIS_PORT}
+REDIS_TLS_PORT=${CONVEYOR_REDIS_TLS_PORT:-$REDIS_TLS_PORT}
 KAFKA_PORT=${CONVEYOR_KAFKA_PORT:-$KAFKA_PORT}
 ALL_SERVICES=(postgres redis kafka)
 READY_TIMEOUT=${CONVEYOR_SERVICES_TIMEOUT:-60}
@@ -48,7 +53,8 @@ kill_pidfile() { # pidfile name: TERM, wait up to 10 s, then KILL
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 save_ports() {
-    printf 'PG_PORT=%s\nREDIS_PORT=%s\nKAFKA_PORT=%s\n' "$PG_PORT" "$REDIS_PORT" "$KAFKA_PORT" >"$PORTS_FILE"
+    printf 'PG_PORT=%s\nREDIS_PORT=%s\nREDIS_TLS_PORT=%s\nKAFKA_PORT=%s\n' \
+        "$PG_PORT" "$REDIS_PORT" "$REDIS_TLS_PORT" "$KAFKA_PORT" >"$PORTS_FILE"
 }
 # claim_port VAR OVERRIDE name: keep $VAR if nobody listens there; otherwise take a free
 # port, unless the user pinned this one (CI machines may run anything on the defaults).
@@ -72,6 +78,32 @@ wait_for() { # name pidfile-or-empty command...: poll until the command succeeds
 fail_with_log() { log "$1: failed to start; last lines of $2:"; tail -n 30 "$2" >&2 2>/dev/null || true; exit 1; }
 need_pkg() { log "installing missing Debian package(s): $*"; "$SCRIPT_DIR/install-deps.sh" pkg "$@"; }
 
+# ---------------------------------------------------------------- TLS material
+TLS_DIR="$STATE/tls" TLS_CA="$STATE/tls/ca.pem"
+# A CA (10 years) and a server certificate it signs for 127.0.0.1 and localhost, made once
+# per state dir. The key is owned by postgres when running as root: PostgreSQL refuses a
+# key file others can read or that it does not own (root, which runs Redis, reads it anyway).
+make_tls() {
+    command -v openssl >/dev/null || need_pkg openssl
+    if [[ ! -f $TLS_DIR/server.pem ]]; then
+        log "tls: making a throwaway CA and server certificate in $TLS_DIR"
+        rm -rf "$TLS_DIR"; mkdir -p "$TLS_DIR"
+        (
+            cd "$TLS_DIR"
+            openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Conveyor services test CA" \
+                -keyout ca.key -out ca.pem
+            openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+                -extfile server.ext -out server.pem
+        ) >"$STATE/tls.log" 2>&1 || fail_with_log tls "$STATE/tls.log"
+        chmod 600 "$TLS_DIR/server.key" "$TLS_DIR/ca.key"
+        chmod 644 "$TLS_DIR/ca.pem" "$TLS_DIR/server.pem"
+    fi
+    if [[ $(id -u) -eq 0 ]] && id postgres >/dev/null 2>&1; then chown postgres:postgres "$TLS_DIR/server.key"; fi
+    chmod 755 "$TLS_DIR"
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 PG_DIR="$STATE/postgres" PGDATA_DIR="$STATE/postgres/data" PG_SOCK="$STATE/postgres/sock"
 PG_LOG="$STATE/postgres/postgres.log"
@@ -86,9 +118,25 @@ pg_ready() {
     PGPASSWORD=conveyor PGCONNECT_TIMEOUT=2 "$PG_BIN/psql" -X -qtA -h 127.0.0.1 -p "$PG_PORT" \
         -U conveyor -d conveyor -c 'SELECT 1' 2>/dev/null | grep -qx 1
 }
+# The same over TLS, the server's certificate verified against the CA.
+pg_tls_ready() {
+    PGPASSWORD=conveyor PGCONNECT_TIMEOUT=2 "$PG_BIN/psql" -X -qtA \
+        "host=127.0.0.1 port=$PG_PORT user=conveyor dbname=conveyor sslmode=verify-full sslrootcert=$TLS_CA" \
+        -c 'SELECT 1' 2>/dev/null | grep -qx 1
+}
+pg_tls_opts() { echo "-c ssl=on -c ssl_cert_file=$TLS_DIR/server.pem -c ssl_key_file=$TLS_DIR/server.key"; }
 psql_admin() { as_pg "$PG_BIN/psql" -X -qtA -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres "$@"; }
 start_postgres() {
     PG_BIN=$(pg_bindir) || { need_pkg postgresql; PG_BIN=$(pg_bindir) || die "postgres: initdb/pg_ctl not found"; }
+    make_tls
+    if pg_running && pg_ready && ! pg_tls_ready; then
+        # Started before TLS was part of the set-up: switch it on without a restart.
+        log "postgres: turning TLS on"
+        psql_admin -c "ALTER SYSTEM SET ssl_cert_file = '$TLS_DIR/server.pem'" \
+            -c "ALTER SYSTEM SET ssl_key_file = '$TLS_DIR/server.key'" -c "ALTER SYSTEM SET ssl = on" \
+            -c "SELECT pg_reload_conf()" >/dev/null
+        wait_for postgres "" pg_tls_ready || fail_with_log postgres "$PG_LOG"
+    fi
     if pg_running && pg_ready; then return 0; fi
     if ! pg_running; then
         claim_port PG_PORT CONVEYOR_PG_PORT postgres
@@ -103,7 +151,7 @@ start_postgres() {
         fi
         log "postgres: starting on 127.0.0.1:$PG_PORT"
         as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t "$READY_TIMEOUT" -o \
-            "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PG_SOCK -c fsync=off -c max_connections=200" \
+            "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PG_SOCK -c fsync=off -c max_connections=200 $(pg_tls_opts)" \
             start >/dev/null 9>&- || fail_with_log postgres "$PG_LOG"
     fi
     if [[ $(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'conveyor'") != 1 ]]; then
@@ -113,6 +161,7 @@ start_postgres() {
         psql_admin -c "CREATE DATABASE conveyor OWNER conveyor" >/dev/null
     fi
     wait_for postgres "" pg_ready || fail_with_log postgres "$PG_LOG"
+    wait_for postgres "" pg_tls_ready || fail_with_log postgres "$PG_LOG"
 }
 stop_postgres() {
     PG_BIN=$(pg_bindir) || return 0
@@ -120,25 +169,34 @@ stop_postgres() {
     log "postgres: stopping"
     as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 30 stop >/dev/null
 }
-status_postgres() { PG_BIN=$(pg_bindir) || return 1; pg_running && pg_ready; }
+status_postgres() { PG_BIN=$(pg_bindir) || return 1; pg_running && pg_ready && pg_tls_ready; }
 
 # ---------------------------------------------------------------- Redis
 REDIS_DIR="$STATE/redis" REDIS_PID="$STATE/redis/redis.pid" REDIS_LOG="$STATE/redis/redis.log"
 redis_ready() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+redis_tls_ready() {
+    [[ $(redis-cli --tls --cacert "$TLS_CA" -h 127.0.0.1 -p "$REDIS_TLS_PORT" ping 2>/dev/null) == PONG ]]
+}
 start_redis() {
     command -v redis-server >/dev/null || need_pkg redis-server
     command -v redis-cli >/dev/null || need_pkg redis-tools
-    if pid_alive "$REDIS_PID" && redis_ready; then return 0; fi
+    make_tls
+    # A Redis started before TLS was part of the set-up restarts (it only holds a cache).
+    if pid_alive "$REDIS_PID" && redis_ready && redis_tls_ready; then return 0; fi
     kill_pidfile "$REDIS_PID" redis
     claim_port REDIS_PORT CONVEYOR_REDIS_PORT redis
+    claim_port REDIS_TLS_PORT CONVEYOR_REDIS_TLS_PORT redis-tls
     mkdir -p "$REDIS_DIR"
-    log "redis: starting on 127.0.0.1:$REDIS_PORT"
+    log "redis: starting on 127.0.0.1:$REDIS_PORT, TLS on 127.0.0.1:$REDIS_TLS_PORT"
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --daemonize yes \
+        --tls-port "$REDIS_TLS_PORT" --tls-cert-file "$TLS_DIR/server.pem" --tls-key-file "$TLS_DIR/server.key" \
+        --tls-ca-cert-file "$TLS_CA" --tls-auth-clients optional \
         --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" --dir "$REDIS_DIR" 9>&- || fail_with_log redis "$REDIS_LOG"
     wait_for redis "" redis_ready || fail_with_log redis "$REDIS_LOG"
+    wait_for redis "" redis_tls_ready || fail_with_log redis "$REDIS_LOG"
 }
 stop_redis() { pid_alive "$REDIS_PID" && log "redis: stopping"; kill_pidfile "$REDIS_PID" redis; }
-status_redis() { pid_alive "$REDIS_PID" && redis_ready; }
+status_redis() { pid_alive "$REDIS_PID" && redis_ready && redis_tls_ready; }
 
 # ---------------------------------------------------------------- Kafka (nisshi)
 KAFKA_DIR="$STATE/kafka" KAFKA_PID="$STATE/kafka/nisshi.pid" KAFKA_LOG="$STATE/kafka/nisshi.log"
@@ -196,6 +254,8 @@ status_kafka() { pid_alive "$KAFKA_PID" && kafka_ready; }
 print_env() {
     local pg="postgres://conveyor:conveyor@127.0.0.1:$PG_PORT/conveyor"
     local redis="redis://127.0.0.1:$REDIS_PORT" kafka="127.0.0.1:$KAFKA_PORT"
+    # Quoted: the TLS URL carries '&'.
+    local pg_tls="$pg?sslmode=verify-full&sslrootcert=$TLS_CA" redis_tls="rediss://127.0.0.1:$REDIS_TLS_PORT"
     cat <<EOF
 export CONVEYOR_STORE__URL=$pg
 export CONVEYOR_CACHE__URL=$redis
@@ -204,6 +264,9 @@ export CONVEYOR_LOG__KAFKA__BROKERS=$kafka
 export CONVEYOR_TEST_PG_URL=$pg
 export CONVEYOR_TEST_REDIS_URL=$redis
 export CONVEYOR_TEST_KAFKA_BROKERS=$kafka
+export CONVEYOR_TEST_PG_TLS_URL='$pg_tls'
+export CONVEYOR_TEST_REDIS_TLS_URL=$redis_tls
+export CONVEYOR_TEST_TLS_CA=$TLS_CA
 EOF
 }
 check_name() { case ${1:-} in postgres|redis|kafka) ;; *) die "unknown service '${1:-}' (postgres|redis|kafka)";; esac; }

@@ -49,7 +49,7 @@ impl Cache {
         let backend: Arc<dyn CacheBackend> = if url == "memory" {
             Arc::new(memory::MemoryCache::new(config.max_entries))
         } else {
-            Arc::new(redis::RedisCache::connect(url, timeout).await?)
+            Arc::new(redis::RedisCache::connect(config, timeout).await?)
         };
         let breaker = Breaker::new("cache", breaker.clone());
         Ok(Cache { backend, prefix: config.key_prefix.as_str().into(), timeout, breaker })

@@ -16,6 +16,7 @@ mod identity;
 mod retention;
 mod saga;
 mod secret;
+mod secret_files;
 mod webhooks;
 mod workflows;
 
@@ -26,6 +27,9 @@ pub use retention::RetentionConfig;
 pub use saga::{FaultsConfig, LoyaltyConfig, OutboxConfig};
 use secret::mask_url_password;
 pub use secret::{Secret, masked_url};
+pub use secret_files::{
+    FileSecret, FileValue, SECRET_FILE_KEYS, SecretFileError, env_name, is_secret_file_var, secrets_from_files,
+};
 pub use webhooks::WebhooksConfig;
 pub use workflows::WorkflowsConfig;
 
@@ -275,6 +279,13 @@ pub struct CacheConfig {
     pub max_entries: u64,
     pub resource_ttl_secs: u64,
     pub command_timeout_ms: u64,
+    /// PEM file of the certificate authorities a `rediss://` server's certificate must chain
+    /// to (instead of the system's); empty: the system's roots.
+    pub tls_ca_file: String,
+    /// PEM client certificate (and `tls_key_file`, its PKCS#8 PEM key) presented to a
+    /// `rediss://` server that asks for one; empty: none.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 impl Default for CacheConfig {
@@ -285,6 +296,9 @@ impl Default for CacheConfig {
             max_entries: 100_000,
             resource_ttl_secs: 60,
             command_timeout_ms: 1_000,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -483,13 +497,22 @@ impl Config {
         {
             return Err(invalid("store.url", "expected sqlite:… or postgres://…"));
         }
+        if let Some(mode) = url_query_value(store, "sslmode")
+            && !matches!(mode, "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full")
+        {
+            return Err(invalid(
+                "store.url",
+                "sslmode must be disable, allow, prefer, require, verify-ca or verify-full",
+            ));
+        }
         if self.store.max_connections == 0 {
             return Err(invalid("store.max_connections", "must be at least 1"));
         }
         let cache = self.cache.url.as_str();
         if !(cache == "memory" || cache.starts_with("redis://") || cache.starts_with("rediss://")) {
-            return Err(invalid("cache.url", "expected \"memory\" or redis://…"));
+            return Err(invalid("cache.url", "expected \"memory\", redis://… or rediss://…"));
         }
+        self.cache.validate_tls()?;
         if self.ingest.max_lag < 0 {
             return Err(invalid("ingest.max_lag", "must be 0 (off) or positive"));
         }
@@ -560,6 +583,20 @@ impl Config {
     }
 }
 
+impl CacheConfig {
+    /// TLS files only mean something with `rediss://`, and a certificate needs its key.
+    fn validate_tls(&self) -> Result<(), InvalidConfig> {
+        let tls_files = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file];
+        if !self.url.starts_with("rediss://") && tls_files.iter().any(|f| !f.is_empty()) {
+            return Err(invalid("cache.tls_ca_file", "cache.tls_* files need a rediss:// cache.url"));
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return Err(invalid("cache.tls_cert_file", "tls_cert_file and tls_key_file go together"));
+        }
+        Ok(())
+    }
+}
+
 impl ProcessingConfig {
     pub fn commit_interval(&self) -> Duration {
         Duration::from_millis(self.commit_interval_ms)
@@ -567,6 +604,12 @@ impl ProcessingConfig {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
+}
+
+/// The value of `name` in a URL's query string, as written (these values need no decoding).
+fn url_query_value<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
 }
 
 fn valid_topic_name(name: &str) -> bool {

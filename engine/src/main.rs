@@ -3,6 +3,7 @@
 mod dlq_cli;
 mod listen_cli;
 mod migrations;
+mod otel_env;
 mod serve;
 mod settings;
 mod status;
@@ -121,8 +122,9 @@ fn main() -> ExitCode {
         _ => {}
     }
     let path = cli.config.clone().or_else(settings::default_path);
-    let config = match settings::load(path.as_deref()) {
-        Ok(config) => config,
+    let loaded = settings::load(path.as_deref()).and_then(|c| Ok((c, otel_env::OtelEnv::from_env()?)));
+    let (config, otel) = match loaded {
+        Ok(both) => both,
         Err(err) => {
             eprintln!("conveyor: {err}");
             return ExitCode::from(EX_CONFIG);
@@ -150,7 +152,7 @@ fn main() -> ExitCode {
         Command::User { command } => run_async(user_cli::run(config, command)),
         Command::Migrate => run_async(serve::migrate(config)),
         Command::Dlq(args) => run_async(dlq_cli::run(config, args)),
-        Command::Serve => run_async(serve::serve(config)),
+        Command::Serve => run_async(serve::serve(config, otel)),
         Command::Webhook { command: WebhookCommand::Listen(args) } => run_async(listen_cli::run(args)),
     }
 }

@@ -11,6 +11,7 @@ use conveyor_actors::store::Store;
 use conveyor_http::{AppState, RateLimits, Server, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::otel_env::OtelEnv;
 use crate::system::Conveyor;
 use crate::telemetry;
 
@@ -22,9 +23,9 @@ pub async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config, otel: OtelEnv) -> anyhow::Result<()> {
     telemetry::init_logs(&config.telemetry);
-    let metrics = telemetry::init_metrics(&config.telemetry).context("starting metrics and traces")?;
+    let metrics = telemetry::init_metrics(&config.telemetry, &otel).context("starting metrics and traces")?;
     let limits = RateLimits::new(&config.rate_limit);
     let _janitor = limits.spawn_janitor();
     let grace = Duration::from_millis(config.shutdown.grace_period_ms);

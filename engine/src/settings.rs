@@ -1,11 +1,13 @@
 //! Loading the configuration: defaults, then `config.toml` (or `--config PATH`), then
-//! `CONVEYOR_SECTION__KEY` environment variables; then validation across fields.
+//! `CONVEYOR_SECTION__KEY` environment variables, and secrets from the files named by
+//! `CONVEYOR_SECTION__KEY_FILE` (conveyor_config::secrets_from_files); then validation
+//! across fields.
 
 use std::path::{Path, PathBuf};
 
-use conveyor_actors::config::Config;
+use conveyor_actors::config::{Config, FileValue, is_secret_file_var, secrets_from_files};
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 
 /// Why the configuration cannot be used, naming the key; the process exits with 64 (EX_USAGE).
 #[derive(Debug)]
@@ -21,6 +23,17 @@ impl std::fmt::Display for BadConfig {
 }
 
 impl std::error::Error for BadConfig {}
+
+/// `error: cause: cause`, for an error whose causes say which file and why.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
 
 /// The file used when `--config` is not given: `./config.toml` if it exists.
 pub fn default_path() -> Option<PathBuf> {
@@ -38,7 +51,33 @@ pub fn load(path: Option<&Path>) -> Result<Config, BadConfig> {
         }
         figment = figment.merge(Toml::file(path));
     }
-    figment = figment.merge(Env::prefixed("CONVEYOR_").split("__").filter(|k| is_config_key(k.as_str())));
+    figment = figment.merge(
+        Env::prefixed("CONVEYOR_")
+            .split("__")
+            // `split` has turned `__` into `.` by the time the filter sees the key.
+            .filter(|k| {
+                is_config_key(k.as_str()) && !is_secret_file_var(&format!("CONVEYOR_{}", k.as_str().replace('.', "__")))
+            }),
+    );
+    let vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.len() > 9 && k[..9].eq_ignore_ascii_case("CONVEYOR_"))
+        .collect();
+    let secrets = secrets_from_files(&vars, |path| std::fs::read(path)).map_err(|e| {
+        let key = e.variable().to_string();
+        let chain = error_chain(&e);
+        let message = chain.strip_prefix(&format!("{key}: ")).unwrap_or(&chain).to_string();
+        BadConfig { key, message }
+    })?;
+    for secret in secrets {
+        figment = match secret.kind {
+            FileValue::Text => figment.merge(Serialized::default(secret.key, secret.value)),
+            FileValue::Structured => {
+                let value: figment::value::Value = secret.value.parse().unwrap_or_else(|never| match never {});
+                figment.merge(Serialized::default(secret.key, value))
+            }
+        };
+    }
     let config: Config = figment.extract().map_err(|e| {
         let key = if e.path.is_empty() { "(file)".to_string() } else { e.path.join(".") };
         BadConfig { key, message: e.kind.to_string() }

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use conveyor_actors::config::{LogFormat, TelemetryConfig};
 use std::time::Duration;
 
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
 use prometheus::{Encoder, TextEncoder};
 use tracing_subscriber::EnvFilter;
+
+use crate::otel_env::OtelEnv;
 
 pub const PROCESS_CPU_TIME: &str = "process.cpu.time";
 pub const PROCESS_MEMORY_USAGE: &str = "process.memory.usage";
@@ -58,48 +60,80 @@ impl Metrics {
     }
 }
 
-fn resource() -> Resource {
-    Resource::builder()
-        .with_service_name("conveyor")
+/// `service.version` and the SDK's own attributes, then what `OTEL_RESOURCE_ATTRIBUTES` and
+/// `OTEL_SERVICE_NAME` say (read by [`OtelEnv`], not by the SDK's detector, so a malformed
+/// value stops the start instead of being dropped), `service.name` defaulting to `conveyor`.
+fn resource(otel: &OtelEnv) -> Resource {
+    Resource::builder_empty()
+        .with_detector(Box::new(opentelemetry_sdk::resource::TelemetryResourceDetector))
         .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .with_attributes(otel.resource_attributes())
         .build()
+}
+
+/// Where spans and metrics are pushed: the `OTEL_EXPORTER_OTLP_*` variables first, then
+/// `telemetry.otlp_endpoint`; nowhere when `OTEL_SDK_DISABLED=true`.
+struct Destinations {
+    traces: Option<String>,
+    metrics: Option<String>,
+}
+
+fn destinations(config: &TelemetryConfig, otel: &OtelEnv) -> Destinations {
+    if otel.disabled {
+        return Destinations { traces: None, metrics: None };
+    }
+    let base = config.otlp_endpoint.trim_end_matches('/');
+    let configured = |path: &str| (!base.is_empty()).then(|| format!("{base}/{path}"));
+    Destinations {
+        traces: otel.traces_endpoint.clone().or_else(|| configured("v1/traces")),
+        metrics: otel.metrics_endpoint.clone().or_else(|| configured("v1/metrics")),
+    }
 }
 
 /// Which spans are recorded. Without an exporter none is: an unsampled span still gets a
 /// real trace id (carried through the log and into the logs) but records no attributes and
 /// reaches no processor, so tracing costs a few random numbers per request. With one, a
 /// request continues its caller's decision (`traceparent`'s sampled flag) and a new trace is
-/// kept with probability `trace_sample_ratio`.
-fn sampler(config: &TelemetryConfig, exporting: bool) -> Sampler {
+/// kept with probability `trace_sample_ratio`, unless `OTEL_TRACES_SAMPLER` names another sampler.
+fn sampler(config: &TelemetryConfig, otel: &OtelEnv, exporting: bool) -> Sampler {
     if !exporting {
         return Sampler::AlwaysOff;
     }
-    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.trace_sample_ratio)))
+    match otel.sampler {
+        Some(choice) => choice.sampler(),
+        None => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.trace_sample_ratio))),
+    }
 }
 
 /// Metrics (Prometheus text, plus OTLP push when configured) and traces: spans leave the
-/// process, and are recorded at all, only when `telemetry.otlp_endpoint` is set ([`sampler`]).
-pub fn init_metrics(config: &TelemetryConfig) -> anyhow::Result<Metrics> {
+/// process, and are recorded at all, only when a traces endpoint is configured ([`sampler`]).
+pub fn init_metrics(config: &TelemetryConfig, otel: &OtelEnv) -> anyhow::Result<Metrics> {
     let registry = prometheus::Registry::new();
     let exporter = opentelemetry_prometheus::exporter().with_registry(registry.clone()).build()?;
-    let mut meters = SdkMeterProvider::builder().with_resource(resource()).with_reader(exporter);
-    let mut tracer = SdkTracerProvider::builder().with_resource(resource());
-    let endpoint = config.otlp_endpoint.trim_end_matches('/');
-    tracer = tracer.with_sampler(sampler(config, !endpoint.is_empty()));
-    // Nothing is recorded without an exporter: the runtime then skips the spans it would
-    // make inside a trace that already has its id (consumer, store, produce). With one, even
-    // a ratio of 0 records traces whose caller sampled them (parent-based), so spans stay on.
-    conveyor_actors::trace::set_recording(!endpoint.is_empty());
-    if !endpoint.is_empty() {
-        let interval = Duration::from_millis(config.otlp_interval_ms);
+    let resource = resource(otel);
+    let mut meters = SdkMeterProvider::builder().with_resource(resource.clone()).with_reader(exporter);
+    let mut tracer = SdkTracerProvider::builder().with_resource(resource);
+    let to = destinations(config, otel);
+    tracer = tracer.with_sampler(sampler(config, otel, to.traces.is_some()));
+    // Nothing is recorded without an exporter (or with always_off): the runtime then skips
+    // the spans it would make inside a trace that already has its id (consumer, store,
+    // produce). With one, even a ratio of 0 records traces whose caller sampled them
+    // (parent-based), so spans stay on.
+    conveyor_actors::trace::set_recording(to.traces.is_some() && otel.sampler.is_none_or(|s| s.may_record()));
+    let interval = Duration::from_millis(config.otlp_interval_ms);
+    if let Some(endpoint) = to.metrics {
         let metrics = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
-            .with_endpoint(format!("{endpoint}/v1/metrics"))
+            .with_endpoint(endpoint)
+            .with_headers(otel.metrics_headers.iter().cloned().collect())
             .build()?;
         meters = meters.with_reader(PeriodicReader::builder(metrics).with_interval(interval).build());
+    }
+    if let Some(endpoint) = to.traces {
         let spans = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_endpoint(format!("{endpoint}/v1/traces"))
+            .with_endpoint(endpoint)
+            .with_headers(otel.traces_headers.iter().cloned().collect())
             .build()?;
         let batch = BatchConfigBuilder::default().with_scheduled_delay(interval).build();
         tracer = tracer.with_span_processor(BatchSpanProcessor::builder(spans).with_batch_config(batch).build());
@@ -196,8 +230,14 @@ mod tests {
     use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
     use opentelemetry_sdk::trace::SdkTracerProvider;
 
+    use crate::otel_env::{OtelEnv, SamplerChoice};
+
     fn span_flags(config: &TelemetryConfig, exporting: bool) -> (bool, bool) {
-        let provider = SdkTracerProvider::builder().with_sampler(super::sampler(config, exporting)).build();
+        span_flags_with(config, &OtelEnv::default(), exporting)
+    }
+
+    fn span_flags_with(config: &TelemetryConfig, otel: &OtelEnv, exporting: bool) -> (bool, bool) {
+        let provider = SdkTracerProvider::builder().with_sampler(super::sampler(config, otel, exporting)).build();
         let tracer = provider.tracer("test");
         let span = tracer.start("request");
         let cx = opentelemetry::Context::current_with_span(span);
@@ -215,6 +255,31 @@ mod tests {
         assert_eq!(span_flags(&TelemetryConfig::default(), true), (true, true));
         let none = TelemetryConfig { trace_sample_ratio: 0.0, ..TelemetryConfig::default() };
         assert_eq!(span_flags(&none, true), (true, false));
+    }
+
+    #[test]
+    fn the_environment_sampler_wins_over_the_configured_ratio() {
+        let none = TelemetryConfig { trace_sample_ratio: 0.0, ..TelemetryConfig::default() };
+        let on = OtelEnv { sampler: Some(SamplerChoice::AlwaysOn), ..OtelEnv::default() };
+        assert_eq!(span_flags_with(&none, &on, true), (true, true));
+        let off = OtelEnv { sampler: Some(SamplerChoice::AlwaysOff), ..OtelEnv::default() };
+        assert_eq!(span_flags_with(&TelemetryConfig::default(), &off, true), (true, false));
+        // Still nothing recorded without an exporter, whatever the sampler.
+        assert_eq!(span_flags_with(&none, &on, false), (true, false));
+    }
+
+    #[test]
+    fn destinations_prefer_the_environment_and_stop_when_disabled() {
+        let config = TelemetryConfig { otlp_endpoint: "http://file:4318/".into(), ..TelemetryConfig::default() };
+        let to = super::destinations(&config, &OtelEnv::default());
+        assert_eq!(to.traces.as_deref(), Some("http://file:4318/v1/traces"));
+        assert_eq!(to.metrics.as_deref(), Some("http://file:4318/v1/metrics"));
+        let env = OtelEnv { traces_endpoint: Some("http://env:4318/t".into()), ..OtelEnv::default() };
+        let to = super::destinations(&config, &env);
+        assert_eq!(to.traces.as_deref(), Some("http://env:4318/t"));
+        assert_eq!(to.metrics.as_deref(), Some("http://file:4318/v1/metrics"));
+        let to = super::destinations(&config, &OtelEnv { disabled: true, ..env });
+        assert_eq!((to.traces, to.metrics), (None, None));
     }
 
     #[test]

@@ -58,13 +58,22 @@ pub struct Opts {
     pub names: Names,
     pub data_dir: Option<PathBuf>,
     pub env: Vec<(String, String)>,
+    /// Variables the harness would set that this daemon must not get.
+    pub removed: Vec<String>,
     /// The temporary directory handed over from a stopped daemon, kept alive.
     keep: Option<tempfile::TempDir>,
 }
 
 impl Opts {
     pub fn new() -> Self {
-        Opts { backend: Backend::from_env(), names: Names::unique("it"), data_dir: None, env: Vec::new(), keep: None }
+        Opts {
+            backend: Backend::from_env(),
+            names: Names::unique("it"),
+            data_dir: None,
+            env: Vec::new(),
+            removed: Vec::new(),
+            keep: None,
+        }
     }
 
     /// A restart of `stopped`: same names, same data directory (which it now keeps alive).
@@ -74,11 +83,17 @@ impl Opts {
             names: stopped.names.clone(),
             data_dir: Some(stopped.data_dir.clone()),
             env: stopped.env.clone(),
+            removed: stopped.removed.clone(),
             keep: stopped._tmp.take(),
         }
     }
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.env.push((key.to_string(), value.into()));
+        self
+    }
+    /// Leaves out a variable the harness sets (e.g. the JWT secret, to give it another way).
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.removed.push(key.to_string());
         self
     }
 }
@@ -90,6 +105,7 @@ pub struct Daemon {
     pub names: Names,
     backend: Backend,
     env: Vec<(String, String)>,
+    removed: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -130,6 +146,7 @@ pub fn command(opts: &Opts, data_dir: &Path) -> Command {
         env.extend(backends.env(&opts.names));
     }
     env.extend(opts.env.iter().cloned());
+    env.retain(|(k, _)| !opts.removed.contains(k));
     conveyor_testkit::command(&daemon_bin(), data_dir, &env)
 }
 
@@ -159,6 +176,7 @@ impl Daemon {
             names: opts.names,
             backend: opts.backend,
             env: opts.env,
+            removed: opts.removed,
             _tmp: tmp,
             client: Client::builder(TokioExecutor::new()).build_http(),
         };
@@ -196,6 +214,7 @@ impl Daemon {
             names: self.names.clone(),
             data_dir: Some(self.data_dir.clone()),
             env: self.env.clone(),
+            removed: self.removed.clone(),
             keep: None,
         };
         let mut cmd = command(&opts, &self.data_dir);

@@ -87,3 +87,56 @@ async fn minted_tokens_work_with_the_generated_secret() {
     let (s, _) = d.post("/events", Some(&user_only), &json!({"device_id": "m", "payload": {}})).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
+
+/// A mounted secret: the JWT key comes from the file `CONVEYOR_AUTH__JWT_SECRET_FILE` names
+/// (its trailing newline is not part of the key), and tokens signed with it are accepted.
+#[tokio::test]
+async fn jwt_secret_from_a_file_signs_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "from-a-mounted-file-0123456789abcdef";
+    let path = dir.path().join("jwt_secret");
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    let d = Daemon::start(
+        Opts::new()
+            .env_remove("CONVEYOR_AUTH__JWT_SECRET")
+            .env("CONVEYOR_AUTH__JWT_SECRET_FILE", path.display().to_string()),
+    )
+    .await;
+    let signed = conveyor_testkit::mint(secret, "file-user", &["device", "user"], 3600).unwrap();
+    let (s, body) = d.post("/events", Some(&signed), &json!({"device_id": "file-1", "payload": {"k": 1}})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let with_newline = conveyor_testkit::mint(&format!("{secret}\n"), "file-user", &["device"], 3600).unwrap();
+    let (s, _) = d.post("/events", Some(&with_newline), &json!({"device_id": "file-1", "payload": {"k": 2}})).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the file's newline must not be part of the key");
+    let (s, _) =
+        d.post("/events", Some(&token("file-user", &["device"])), &json!({"device_id": "file-1", "payload": {}})).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the harness's usual key must not verify");
+}
+
+#[test]
+fn a_secret_file_that_cannot_be_used_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = Opts::new();
+    opts.backend = Backend::Embedded;
+    let missing = dir.path().join("no-such-secret");
+    let out = command(&opts, dir.path())
+        .args(["config", "check"])
+        .env("CONVEYOR_TELEMETRY__METRICS_TOKEN_FILE", &missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("CONVEYOR_TELEMETRY__METRICS_TOKEN_FILE") && stderr.contains("no-such-secret"), "{stderr}");
+    // The harness sets CONVEYOR_AUTH__JWT_SECRET: its _FILE as well is ambiguous.
+    let file = dir.path().join("jwt");
+    std::fs::write(&file, "hunter2-in-a-file\n").unwrap();
+    let out = command(&opts, dir.path())
+        .args(["config", "check"])
+        .env("CONVEYOR_AUTH__JWT_SECRET_FILE", &file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("CONVEYOR_AUTH__JWT_SECRET and CONVEYOR_AUTH__JWT_SECRET_FILE"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the content never prints: {stderr}");
+}

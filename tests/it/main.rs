@@ -28,6 +28,7 @@ mod retention;
 mod saga;
 mod sink;
 mod supervision;
+mod tls;
 mod webhooks;
 mod workflows;
 

@@ -413,3 +413,23 @@ async fn the_registration_saga_announces_its_credit_and_completion() {
     assert_eq!(by_type["conveyor.saga.completed"]["status"], "completed");
     assert!(!hits.iter().any(|h| h.body.contains("hooked@example.com")), "no email in domain events");
 }
+
+/// Proxy variables would route deliveries around the address guard (the proxy resolves the
+/// name, not Conveyor): the webhook client ignores them and connects to the endpoint itself.
+#[tokio::test]
+async fn deliveries_ignore_proxy_variables() {
+    let proxy = Sink::start().await;
+    let proxy_url = proxy.url("");
+    let mut opts = Opts::new();
+    for var in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+        opts = opts.env(var, proxy_url.clone());
+    }
+    let d = Daemon::start(opts.env("NO_PROXY", "").env("no_proxy", "")).await;
+    let sink = Sink::start().await;
+    endpoint(&d, &token("alice", &["user"]), json!({"url": sink.url("/direct")})).await;
+    let n = json!({"id": "evt_proxy", "type": "t.proxy", "source": "it", "specversion": "1.0", "data": {}});
+    assert_eq!(notify(&d, &n).await.0, StatusCode::ACCEPTED);
+    let hits = wait_hits(&sink, "/direct", 1, Duration::from_secs(20)).await;
+    assert_eq!(hits[0].id(), "evt_proxy");
+    assert!(proxy.hits("/direct").is_empty(), "a delivery went through the proxy");
+}

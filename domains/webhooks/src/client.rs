@@ -131,6 +131,8 @@ impl WebhookClient {
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // HTTP(S)_PROXY would hand the name to the proxy to resolve, around the guard.
+            .no_proxy()
             .dns_resolver(GuardedResolver::shared(policy))
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
