@@ -8,7 +8,8 @@
 //!
 //! The rules come from the crates that own the tables ([`PurgeRule`]); the engine lists
 //! them in `[retention]`'s order. The runtime's own rule removes dead-letter index entries
-//! whose record the log deleted, or older than `dead_letters_secs`.
+//! whose record the log deleted, or older than `dead_letters_secs`, and finished replay jobs
+//! older than `finished_replays_secs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -79,11 +80,16 @@ impl Rules {
             let store = dead_letters.clone();
             async move { store.purge_dead_letters_before(cutoff, n).await }
         });
+        let replays = store.clone();
+        let finished_replays = PurgeRule::new("finished_replays", config.finished_replays(), move |cutoff, n| {
+            let store = replays.clone();
+            async move { store.purge_finished_replays_before(cutoff, n).await }
+        });
         Rules {
             interval: config.interval(),
             batch_size: config.batch_size,
             batch_pause: config.batch_pause(),
-            rules: rules.into_iter().chain([age]).collect(),
+            rules: rules.into_iter().chain([age, finished_replays]).collect(),
         }
     }
 

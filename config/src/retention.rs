@@ -37,6 +37,9 @@ pub struct RetentionConfig {
     pub dead_letters_secs: u64,
     /// Refresh tokens and revocations this long after they expired (they refuse nothing then).
     pub expired_tokens_secs: u64,
+    /// Finished dead-letter replay jobs (completed, cancelled, failed), this long after they
+    /// finished. Running and paused jobs are never purged.
+    pub finished_replays_secs: u64,
 }
 
 impl Default for RetentionConfig {
@@ -52,6 +55,7 @@ impl Default for RetentionConfig {
             outbox_relayed_secs: 7 * DAY,
             dead_letters_secs: 30 * DAY,
             expired_tokens_secs: 3_600,
+            finished_replays_secs: 7 * DAY,
         }
     }
 }
@@ -108,6 +112,9 @@ impl RetentionConfig {
     }
     pub fn expired_tokens(&self) -> Option<Duration> {
         rule(self.expired_tokens_secs)
+    }
+    pub fn finished_replays(&self) -> Option<Duration> {
+        rule(self.finished_replays_secs)
     }
 }
 

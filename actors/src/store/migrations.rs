@@ -1,11 +1,12 @@
 //! The runtime's schema migrations and the index-only migration every crate uses.
 
 mod indexes;
+mod replay_jobs;
 
 use crate::store::schema::prelude::*;
 pub use indexes::Indexes;
 
-/// The runtime's own tables: the dead-letter index. The engine lists these with every
+/// The runtime's own tables: the dead-letter index and the replay jobs. The engine lists these with every
 /// domain's migrations (names are what a database records, so the order across crates
 /// only matters within one crate).
 pub fn migrations() -> Vec<Box<dyn Migration>> {
@@ -16,6 +17,7 @@ pub fn migrations() -> Vec<Box<dyn Migration>> {
             name: "m20261202_000010_retention_indexes",
             indexes: &[("dead_letters_created", "dead_letters", &["created_at"])],
         }),
+        Box::new(replay_jobs::CreateReplayJobs),
     ]
 }
 

@@ -49,6 +49,8 @@ fn txn_err(e: sea_orm::TransactionError<sea_orm::DbErr>) -> sea_orm::DbErr {
 
 /// The dead-letter index's table label.
 pub const DEAD_LETTERS: &str = "dead_letters";
+/// The replay jobs' table label.
+pub const REPLAY_JOBS: &str = "replay_jobs";
 
 impl Store {
     /// Deletes up to `limit` rows of one table matching `condition`, in one statement
@@ -128,6 +130,15 @@ impl Store {
             .add(Column::DlqPartition.eq(partition))
             .add(Column::DlqOffset.lt(start));
         self.purge_where::<Entity>("purge_dead_letters", DEAD_LETTERS, Column::Id, gone, limit).await
+    }
+
+    /// Replay jobs that completed, failed or were cancelled before `cutoff`.
+    pub async fn purge_finished_replays_before(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
+        use super::replay_job::{Column, Entity, ReplayStatus};
+        let finished = Condition::all()
+            .add(Column::Status.is_in(ReplayStatus::FINAL))
+            .add(Column::FinishedAt.lt(cutoff));
+        self.purge_where::<Entity>("purge_replay_jobs", REPLAY_JOBS, Column::Id, finished, limit).await
     }
 
     /// The dead-letter topics the index holds entries of.
