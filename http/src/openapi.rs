@@ -35,7 +35,7 @@ use crate::routes;
         (name = "loyalty", description = "Loyalty ledger and the registration saga (seed 004)"),
         (name = "webhooks", description = "Notifications fanned out to webhook endpoints, signed per Standard Webhooks (seed 002)"),
         (name = "workflows", description = "User-defined workflows run durably by actors (seeds 000/001)"),
-        (name = "admin", description = "Dead letters (admin role)"),
+        (name = "admin", description = "Dead letters and their replay jobs, the status page (admin role)"),
         (name = "probes", description = "Health, readiness, metrics"),
     )
 )]
