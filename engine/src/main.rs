@@ -1,6 +1,7 @@
 //! `conveyor`: the daemon and its tools.
 
 mod dlq_cli;
+mod dlq_jobs;
 mod migrations;
 mod serve;
 mod settings;
@@ -80,7 +81,7 @@ enum TokenCommand {
     },
 }
 
-fn parse_ttl(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_ttl(text: &str) -> Result<Duration, String> {
     let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = digits.parse().map_err(|_| format!("{text:?}: expected a number with s, m, h or d"))?;
     let secs = match unit {
