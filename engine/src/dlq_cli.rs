@@ -131,7 +131,8 @@ impl Admin {
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))?;
-        let response = self.client.request(request).await.with_context(|| format!("is the daemon running at {base}?"))?;
+        let response =
+            self.client.request(request).await.with_context(|| format!("is the daemon running at {base}?"))?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         let value = serde_json::from_slice(&body)

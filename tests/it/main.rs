@@ -20,6 +20,7 @@ mod lifecycle;
 mod observability;
 mod otlp;
 mod probes;
+mod replays;
 mod resilience;
 mod retention;
 mod saga;

@@ -371,8 +371,7 @@ pub fn service(admin: DeadLetterAdmin, settings: ReplaySettings) -> (Replays, Ac
         ActorService::new("ReplayActor", slot.clone(), || ReplayMsg::InjectPanic, move || (ReplayActor, args.clone()))
             // Replays wait while it restarts; nothing the daemon serves depends on it.
             .non_essential();
-    let replays =
-        Replays { admin, slot, interrupts, default_rate: settings.default_rate, max_rate: settings.max_rate };
+    let replays = Replays { admin, slot, interrupts, default_rate: settings.default_rate, max_rate: settings.max_rate };
     (replays, service)
 }
 

@@ -87,7 +87,11 @@ impl Actor for ReplayActor {
     type State = ReplayState;
     type Arguments = ReplayArgs;
 
-    async fn pre_start(&self, myself: ActorRef<ReplayMsg>, args: ReplayArgs) -> Result<ReplayState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ReplayMsg>,
+        args: ReplayArgs,
+    ) -> Result<ReplayState, ActorProcessingErr> {
         // Jobs left running by the previous daemon (or incarnation) resume at once.
         myself.send_message(ReplayMsg::Tick { seq: 0 })?;
         Ok(ReplayState { args, seq: 0, limiters: HashMap::new(), backoff: None })
@@ -169,7 +173,11 @@ enum Step {
     /// Marked replayed after the job started: a page a crash cut short already sent it.
     Already(i64),
     Skipped(i64),
-    Sent { id: i64, topic: String, result: Result<Ack, Error> },
+    Sent {
+        id: i64,
+        topic: String,
+        result: Result<Ack, Error>,
+    },
 }
 
 /// Log and store outages: the page stops and is retried; anything else fails the record.
@@ -292,9 +300,7 @@ pub(crate) async fn run_page(
     let halted = AtomicBool::new(false);
     let admin = &args.admin;
     let steps = futures::stream::iter(rows)
-        .take_while(|_| {
-            futures::future::ready(!halted.load(Ordering::Relaxed) && !args.interrupts.is_raised(job.id))
-        })
+        .take_while(|_| futures::future::ready(!halted.load(Ordering::Relaxed) && !args.interrupts.is_raised(job.id)))
         .map(|row| async {
             let id = row.id;
             if row.replayed_at.is_some_and(|at| at >= job.created_at) {

@@ -16,12 +16,7 @@ use crate::store::dead_letter;
 use crate::store::retention::tests::{dead_letter as insert_dead_letter, store};
 
 fn admin(store: &Store, log: &EmbeddedLog) -> DeadLetterAdmin {
-    DeadLetterAdmin {
-        store: store.clone(),
-        producer: log.producer(),
-        max_replays: 2,
-        timeout: Duration::from_secs(5),
-    }
+    DeadLetterAdmin { store: store.clone(), producer: log.producer(), max_replays: 2, timeout: Duration::from_secs(5) }
 }
 
 const SETTINGS: ReplaySettings =
@@ -186,17 +181,21 @@ async fn the_runner_completes_a_job_and_transitions_are_checked() {
     assert!(matches!(refused, Err(Error::Conflict { code: "replay_transition_not_allowed", .. })), "{refused:?}");
     assert!(matches!(replays.act(999, ReplayAction::Cancel).await, Err(Error::NotFound { .. })));
 
-    let (root, _) = ractor::Actor::spawn(None, crate::root::RootSupervisor, crate::root::RootArgs {
-        log: std::sync::Arc::new(log.clone()),
-        services: vec![std::sync::Arc::new(service)],
-        groups: vec![],
-        policy: crate::retry::RetryPolicy {
-            base: Duration::from_millis(5),
-            cap: Duration::from_millis(10),
-            max_attempts: 2,
+    let (root, _) = ractor::Actor::spawn(
+        None,
+        crate::root::RootSupervisor,
+        crate::root::RootArgs {
+            log: std::sync::Arc::new(log.clone()),
+            services: vec![std::sync::Arc::new(service)],
+            groups: vec![],
+            policy: crate::retry::RetryPolicy {
+                base: Duration::from_millis(5),
+                cap: Duration::from_millis(10),
+                max_attempts: 2,
+            },
+            processing: crate::config::ProcessingConfig::default(),
         },
-        processing: crate::config::ProcessingConfig::default(),
-    })
+    )
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -135,9 +135,8 @@ impl Store {
     /// Replay jobs that completed, failed or were cancelled before `cutoff`.
     pub async fn purge_finished_replays_before(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
         use super::replay_job::{Column, Entity, ReplayStatus};
-        let finished = Condition::all()
-            .add(Column::Status.is_in(ReplayStatus::FINAL))
-            .add(Column::FinishedAt.lt(cutoff));
+        let finished =
+            Condition::all().add(Column::Status.is_in(ReplayStatus::FINAL)).add(Column::FinishedAt.lt(cutoff));
         self.purge_where::<Entity>("purge_replay_jobs", REPLAY_JOBS, Column::Id, finished, limit).await
     }
 

@@ -189,7 +189,10 @@ mod tests {
     #[test]
     fn bodies_become_jobs_and_bad_fields_are_named() {
         let (new, dry) = parse(json!({"source_topic": "in", "since_ms": 5, "rate": 300, "dry_run": true})).unwrap();
-        assert_eq!((new.filter.source_topic.as_deref(), new.filter.since_ms, new.rate, dry), (Some("in"), Some(5), Some(300), true));
+        assert_eq!(
+            (new.filter.source_topic.as_deref(), new.filter.since_ms, new.rate, dry),
+            (Some("in"), Some(5), Some(300), true)
+        );
         assert_eq!(parse(Value::Null).unwrap().0, NewReplay::default());
         assert_eq!(fields(json!({"rate": "fast", "since_ms": 1.5, "colour": 1})), vec!["colour", "rate", "since_ms"]);
         assert_eq!(fields(json!({"rate": -1})), vec!["rate"]);
