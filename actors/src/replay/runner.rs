@@ -180,6 +180,32 @@ enum Step {
     },
 }
 
+/// A record past its rate wait: handled already, or to send.
+enum Ready {
+    Done(Step),
+    Send(i64, crate::log::OutgoingRecord),
+}
+
+/// A record's fate up to its send, with its rate wait when it is to be sent.
+async fn prepare(
+    admin: DeadLetterAdmin,
+    started: chrono::DateTime<Utc>,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    row: crate::store::dead_letter::Model,
+) -> Ready {
+    let id = row.id;
+    if row.replayed_at.is_some_and(|at| at >= started) {
+        return Ready::Done(Step::Already(id));
+    }
+    match admin.prepare(row) {
+        Err(_) => Ready::Done(Step::Skipped(id)),
+        Ok((record, _)) => {
+            limiter.until_ready().await;
+            Ready::Send(id, record)
+        }
+    }
+}
+
 /// Log and store outages: the page stops and is retried; anything else fails the record.
 fn worth_retrying(err: &Error) -> bool {
     matches!(
@@ -294,24 +320,31 @@ pub(crate) async fn run_page(
     args: &ReplayArgs,
     job: &replay_job::Model,
     rows: Vec<crate::store::dead_letter::Model>,
-    limiter: &DefaultDirectRateLimiter,
+    limiter: &Arc<DefaultDirectRateLimiter>,
 ) -> Page {
     let total = rows.len();
-    let halted = AtomicBool::new(false);
-    let admin = &args.admin;
+    let halted = Arc::new(AtomicBool::new(false));
+    // Owned clones in the stream's closures: borrowed ones defeat the `Send` proof the
+    // actor's handler needs.
+    let (id, started) = (job.id, job.created_at);
+    let (admin, interrupts) = (args.admin.clone(), args.interrupts.clone());
+    let (prep_admin, stop) = (admin.clone(), halted.clone());
+    let limiter = limiter.clone();
+    // Sequential up to the send: each record waits for the rate, then for the check that
+    // the job was not paused, cancelled or held up meanwhile (so a pause takes effect before
+    // the next record, although `buffered` pulls records ahead); only the acks overlap.
     let steps = futures::stream::iter(rows)
-        .take_while(|_| futures::future::ready(!halted.load(Ordering::Relaxed) && !args.interrupts.is_raised(job.id)))
-        .map(|row| async {
-            let id = row.id;
-            if row.replayed_at.is_some_and(|at| at >= job.created_at) {
-                return Step::Already(id);
-            }
-            match admin.prepare(row) {
-                Err(_) => Step::Skipped(id),
-                Ok((record, _)) => {
-                    limiter.until_ready().await;
-                    let topic = record.topic.clone();
-                    Step::Sent { id, topic, result: admin.producer.send(record, admin.timeout).await }
+        .then(move |row| prepare(prep_admin.clone(), started, limiter.clone(), row))
+        .take_while(move |_| futures::future::ready(!stop.load(Ordering::Relaxed) && !interrupts.is_raised(id)))
+        .map(move |ready| {
+            let admin = admin.clone();
+            async move {
+                match ready {
+                    Ready::Done(step) => step,
+                    Ready::Send(id, record) => {
+                        let topic = record.topic.clone();
+                        Step::Sent { id, topic, result: admin.producer.send(record, admin.timeout).await }
+                    }
                 }
             }
         })
