@@ -175,7 +175,8 @@ mod tests {
             operations +=
                 [&item.get, &item.post, &item.put, &item.patch, &item.delete].iter().filter(|o| o.is_some()).count();
         }
-        assert_eq!(operations, 49);
+        // 49, plus the six replay-job operations under /admin/replays.
+        assert_eq!(operations, 55);
         for (alias, target) in [("/auth/ready", "/ready"), ("/auth/healthz", "/health"), ("/loyalty/ready", "/ready")] {
             let json = |p: &str| serde_json::to_value(&doc.paths.paths[p]).unwrap_or_default();
             assert_eq!(json(alias), json(target), "{alias}");

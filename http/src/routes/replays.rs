@@ -177,6 +177,8 @@ pub async fn cancel(state: App, RawPath(id): RawPath<String>, req: Request) -> R
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn fields(value: Value) -> Vec<String> {
