@@ -204,6 +204,11 @@ impl Interrupts {
     fn clear(&self, id: i64) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
     }
+    /// Forgets flags of jobs not in `running` (paused, cancelled, finished): only a job being
+    /// paged needs one, and the set stays as small as the running jobs.
+    fn keep_only(&self, running: &[i64]) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).retain(|id| running.contains(id));
+    }
 }
 
 /// The replay jobs' handle: create, list, show, pause, resume, cancel.

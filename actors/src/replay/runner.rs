@@ -234,6 +234,7 @@ impl ReplayState {
             .limit(JOBS_PER_ROUND);
         let jobs = store.guarded("running_replay_jobs", query.all(store.connection())).await?;
         self.limiters.retain(|id, _| jobs.iter().any(|j| j.id == *id));
+        self.args.interrupts.keep_only(&jobs.iter().map(|j| j.id).collect::<Vec<_>>());
         let mut busy = false;
         let mut held_up = None;
         for job in jobs {
