@@ -151,6 +151,13 @@ impl DeadLetterFilter {
         }
         c
     }
+
+    /// The filter's source topic, error class and time range, for ids in `(after, up_to]`
+    /// (its own paging fields are ignored).
+    fn range(&self, after: i64, up_to: i64) -> Condition {
+        let unpaged = DeadLetterFilter { after_id: None, limit: None, ..self.clone() };
+        unpaged.condition().add(Column::Id.gt(after)).add(Column::Id.lte(up_to))
+    }
 }
 
 /// A dead letter as the admin API shows it.
@@ -255,38 +262,88 @@ impl DeadLetterAdmin {
     }
 
     async fn replay_row(&self, row: dead_letter::Model) -> Result<ReplayOutcome, Error> {
-        let id = row.id;
+        let (id, topic) = (row.id, row.source_topic.clone());
+        let (record, count) = match self.prepare(row) {
+            Ok(prepared) => prepared,
+            Err(outcome) => return Ok(outcome),
+        };
+        let ack = self.producer.send(record, self.timeout).await?;
+        self.mark_replayed(&[id]).await?;
+        Self::count_replayed(&topic, 1);
+        tracing::info!(id, topic = %topic, replay_count = count, "dead letter replayed");
+        Ok(ReplayOutcome::Replayed { id, topic, partition: ack.partition, offset: ack.offset, replay_count: count })
+    }
+
+    /// The record that replays `row` (its key, payload and original headers plus the replay
+    /// count) and that count; `TooManyReplays` once `max_replays` is reached.
+    pub(crate) fn prepare(&self, row: dead_letter::Model) -> Result<(OutgoingRecord, i32), ReplayOutcome> {
         if row.replay_count >= self.max_replays as i32 {
-            return Ok(ReplayOutcome::TooManyReplays { id, replay_count: row.replay_count });
+            return Err(ReplayOutcome::TooManyReplays { id: row.id, replay_count: row.replay_count });
         }
         let count = row.replay_count + 1;
         let mut headers = headers_from_json(&row.headers);
         headers.retain(|h| h.name != REPLAY_COUNT_HEADER);
         headers.push(Header { name: REPLAY_COUNT_HEADER.into(), value: count.to_string().into_bytes() });
-        let record = OutgoingRecord {
-            topic: row.source_topic.clone(),
-            key: row.key.clone(),
-            payload: bytes::Bytes::from(row.payload),
-            headers,
-        };
-        let ack = self.producer.send(record, self.timeout).await?;
+        let record =
+            OutgoingRecord { topic: row.source_topic, key: row.key, payload: bytes::Bytes::from(row.payload), headers };
+        Ok((record, count))
+    }
+
+    /// Counts one more replay of each of `ids` (one statement) and stamps `replayed_at`.
+    pub(crate) async fn mark_replayed(&self, ids: &[i64]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let update = Entity::update_many()
-            .col_expr(Column::ReplayCount, Expr::value(count))
+            .col_expr(Column::ReplayCount, sea_orm::sea_query::ExprTrait::add(Expr::col(Column::ReplayCount), 1))
             .col_expr(Column::ReplayedAt, Expr::value(chrono::Utc::now()))
-            .filter(Column::Id.eq(id))
+            .filter(Column::Id.is_in(ids.iter().copied()))
             .exec(self.store.connection());
         self.store.guarded("mark_replayed", update).await?;
-        tracing::info!(id, topic = %row.source_topic, replay_count = count, "dead letter replayed");
+        Ok(())
+    }
+
+    /// Counts a replay sent to `topic` (`conveyor.dlq.records.replayed`).
+    pub(crate) fn count_replayed(topic: &str, n: u64) {
         crate::metrics::metrics()
             .dead_letters_replayed
-            .add(1, &[crate::metrics::kv(crate::metrics::TOPIC, row.source_topic.clone())]);
-        Ok(ReplayOutcome::Replayed {
-            id,
-            topic: row.source_topic,
-            partition: ack.partition,
-            offset: ack.offset,
-            replay_count: count,
-        })
+            .add(n, &[crate::metrics::kv(crate::metrics::TOPIC, topic.to_string())]);
+    }
+
+    /// The newest dead-letter id (0 with none).
+    pub async fn newest_id(&self) -> Result<i64, Error> {
+        let query = Entity::find().select_only().column_as(Column::Id.max(), "m").into_tuple::<Option<i64>>();
+        let found = self.store.guarded("newest_dead_letter", query.one(self.store.connection())).await?;
+        Ok(found.flatten().unwrap_or(0))
+    }
+
+    /// Dead letters matching `filter` (paging ignored) with an id in `(after, up_to]`.
+    pub async fn count_between(&self, filter: &DeadLetterFilter, after: i64, up_to: i64) -> Result<u64, Error> {
+        use sea_orm::PaginatorTrait;
+        let query = Entity::find().filter(filter.range(after, up_to)).count(self.store.connection());
+        self.store.guarded("count_dead_letters", query).await
+    }
+
+    /// Of the dead letters matching `filter` up to id `up_to`, those replayed `max_replays`
+    /// times already (a replay would skip them).
+    pub async fn count_exhausted(&self, filter: &DeadLetterFilter, up_to: i64) -> Result<u64, Error> {
+        use sea_orm::PaginatorTrait;
+        let exhausted = filter.range(0, up_to).add(Column::ReplayCount.gte(self.max_replays as i32));
+        let query = Entity::find().filter(exhausted).count(self.store.connection());
+        self.store.guarded("count_dead_letters", query).await
+    }
+
+    /// Up to `limit` dead letters matching `filter` (paging ignored) with an id in
+    /// `(after, up_to]`, in id order: a stable page whatever is indexed meanwhile.
+    pub async fn page(
+        &self,
+        filter: &DeadLetterFilter,
+        after: i64,
+        up_to: i64,
+        limit: u64,
+    ) -> Result<Vec<dead_letter::Model>, Error> {
+        let query = Entity::find().filter(filter.range(after, up_to)).order_by_asc(Column::Id).limit(limit);
+        self.store.guarded("page_dead_letters", query.all(self.store.connection())).await
     }
 
     /// Indexed dead letters per error class.
@@ -303,10 +360,25 @@ impl DeadLetterAdmin {
         Ok(rows.into_iter().map(|(class, n)| (class, n.max(0) as u64)).collect())
     }
 
-    /// Replays every dead letter matching `filter` (at most its limit), in id order.
-    pub async fn replay_matching(&self, filter: &DeadLetterFilter) -> Result<Vec<ReplayOutcome>, Error> {
+    /// Replays every dead letter matching `filter`, in id order, when they are at most
+    /// `limit` (or the filter's own limit); a larger set is refused with
+    /// [`Error::InvalidInput`] (replay jobs handle those), never cut short silently.
+    pub async fn replay_matching(&self, filter: &DeadLetterFilter, limit: u32) -> Result<Vec<ReplayOutcome>, Error> {
+        let limit = filter.limit.map_or(limit, |l| l.min(limit));
+        let probe = DeadLetterFilter { limit: Some(limit.saturating_add(1)), ..filter.clone() };
+        let rows = self.find(&probe).await?;
+        if rows.len() > limit as usize {
+            return Err(Error::InvalidInput {
+                fields: vec![crate::error::FieldError::new(
+                    "filter",
+                    format!(
+                        "matches more than {limit} dead letters; replay them with a replay job (POST /admin/replays)"
+                    ),
+                )],
+            });
+        }
         let mut out = Vec::new();
-        for row in self.find(filter).await? {
+        for row in rows {
             out.push(self.replay_row(row).await?);
         }
         Ok(out)

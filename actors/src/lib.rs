@@ -20,6 +20,7 @@
 //! │                                   with work: limiter, breaker, budget; retired when idle
 //! ├── service "workflow-runs"         RunSupervisor (workflows): one RunActor per executing run
 //! ├── service "retention"             RetentionActor (here): purges in batches ([`retention`])
+//! ├── service "dead-letter-replay"    ReplayActor (here): runs the replay jobs ([`replay`])
 //! ├── ConsumerSupervisor  (group events-processor, topic events-input)   rejoins its group
 //! │   ├── PartitionActor events-input/0 ─┬─ key task "device-1"   one at a time per key,
 //! │   ├── PartitionActor events-input/1  ├─ key task "device-7"   many keys at once
@@ -67,6 +68,7 @@ pub mod log;
 pub mod metrics;
 pub mod readiness;
 pub mod recent;
+pub mod replay;
 pub mod retention;
 pub mod retry;
 pub mod root;

@@ -15,6 +15,10 @@ pub const PARTITION_PAUSES: &str = "conveyor.partition.pauses";
 pub const RETRIES: &str = "conveyor.handler.retries";
 pub const DEAD_LETTERS: &str = "conveyor.dlq.records.written";
 pub const DEAD_LETTERS_REPLAYED: &str = "conveyor.dlq.records.replayed";
+/// Dead letters handled by replay jobs, by outcome (replayed, skipped, failed).
+pub const REPLAY_JOB_RECORDS: &str = "conveyor.dlq.replay.records";
+/// Replay jobs entering a state (running at creation or resume, paused, cancelled, completed, failed).
+pub const REPLAY_JOBS: &str = "conveyor.dlq.replay.jobs";
 pub const CACHE_HITS: &str = "conveyor.cache.hits";
 pub const CACHE_MISSES: &str = "conveyor.cache.misses";
 pub const CACHE_ERRORS: &str = "conveyor.cache.errors";
@@ -48,6 +52,8 @@ pub struct Metrics {
     pub retries: Counter<u64>,
     pub dead_letters: Counter<u64>,
     pub dead_letters_replayed: Counter<u64>,
+    pub dead_letter_replay_records: Counter<u64>,
+    pub dead_letter_replay_jobs: Counter<u64>,
     pub cache_hits: Counter<u64>,
     pub cache_misses: Counter<u64>,
     pub cache_errors: Counter<u64>,
@@ -136,6 +142,16 @@ impl Metrics {
                 .u64_counter(DEAD_LETTERS_REPLAYED)
                 .with_unit("{record}")
                 .with_description("Dead letters sent back to their source topic, by topic")
+                .build(),
+            dead_letter_replay_records: meter
+                .u64_counter(REPLAY_JOB_RECORDS)
+                .with_unit("{record}")
+                .with_description("Dead letters handled by replay jobs, by outcome (replayed, skipped, failed)")
+                .build(),
+            dead_letter_replay_jobs: meter
+                .u64_counter(REPLAY_JOBS)
+                .with_unit("{job}")
+                .with_description("Replay jobs entering a state (running, paused, cancelled, completed, failed)")
                 .build(),
             retention_purged: meter
                 .u64_counter(RETENTION_PURGED)

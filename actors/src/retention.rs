@@ -8,8 +8,9 @@
 //!
 //! The rules come from the crates that own the tables ([`PurgeRule`]); the engine lists
 //! them in `[retention]`'s order. The runtime's own rules remove dead-letter index entries
-//! whose record the log deleted, or older than `dead_letters_secs`, and idempotency keys
-//! `idempotency_keys_secs` after their window ended.
+//! whose record the log deleted, or older than `dead_letters_secs`, idempotency keys
+//! `idempotency_keys_secs` after their window ended, and finished replay jobs older than
+//! `finished_replays_secs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -86,11 +87,16 @@ impl Rules {
             let store = keys.clone();
             async move { store.purge_idempotency_keys_expired_before(cutoff, n).await }
         });
+        let replays = store.clone();
+        let finished_replays = PurgeRule::new("finished_replays", config.finished_replays(), move |cutoff, n| {
+            let store = replays.clone();
+            async move { store.purge_finished_replays_before(cutoff, n).await }
+        });
         Rules {
             interval: config.interval(),
             batch_size: config.batch_size,
             batch_pause: config.batch_pause(),
-            rules: rules.into_iter().chain([age, expired_keys]).collect(),
+            rules: rules.into_iter().chain([age, expired_keys, finished_replays]).collect(),
         }
     }
 

@@ -372,11 +372,28 @@ pub struct DlqConfig {
     pub index_group: String,
     /// A record replayed this many times is not replayed again.
     pub max_replays: u32,
+    /// Replay jobs: the rate (records per second) of a job created without one.
+    pub replay_default_rate: u32,
+    /// Replay jobs: the highest rate a job may ask for.
+    pub replay_max_rate: u32,
+    /// Replay jobs: dead letters read per page (a page is also at most one second's worth
+    /// at the job's rate); a crash replays at most one page again.
+    pub replay_page_size: u32,
+    /// Replay jobs: a synchronous filtered replay (`POST /admin/dead-letters/replay`) refuses
+    /// a set larger than this and points to the jobs.
+    pub replay_sync_limit: u32,
 }
 
 impl Default for DlqConfig {
     fn default() -> Self {
-        DlqConfig { index_group: "conveyor-dlq-index".into(), max_replays: 3 }
+        DlqConfig {
+            index_group: "conveyor-dlq-index".into(),
+            max_replays: 3,
+            replay_default_rate: 100,
+            replay_max_rate: 10_000,
+            replay_page_size: 500,
+            replay_sync_limit: 100,
+        }
     }
 }
 
@@ -558,6 +575,19 @@ impl Config {
         self.webhooks.validate()?;
         self.workflows.validate()?;
         self.retention.validate(self.webhooks.dedup_window_secs)?;
+        let d = &self.dlq;
+        if d.replay_max_rate == 0 {
+            return Err(invalid("dlq.replay_max_rate", "must be at least 1"));
+        }
+        if d.replay_default_rate == 0 || d.replay_default_rate > d.replay_max_rate {
+            return Err(invalid("dlq.replay_default_rate", "must be from 1 to dlq.replay_max_rate"));
+        }
+        if d.replay_page_size == 0 || d.replay_page_size > 10_000 {
+            return Err(invalid("dlq.replay_page_size", "must be from 1 to 10000"));
+        }
+        if d.replay_sync_limit == 0 || d.replay_sync_limit > 1_000 {
+            return Err(invalid("dlq.replay_sync_limit", "must be from 1 to 1000"));
+        }
         if self.loyalty.welcome_bonus < 0 {
             return Err(invalid("loyalty.welcome_bonus", "must not be negative"));
         }

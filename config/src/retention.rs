@@ -40,6 +40,9 @@ pub struct RetentionConfig {
     /// Idempotency keys this long after their window (`ingest.idempotency_window_secs`)
     /// ended; an expired key replays and refuses nothing, so this only delays the sweep.
     pub idempotency_keys_secs: u64,
+    /// Finished dead-letter replay jobs (completed, cancelled, failed), this long after they
+    /// finished. Running and paused jobs are never purged.
+    pub finished_replays_secs: u64,
 }
 
 impl Default for RetentionConfig {
@@ -56,6 +59,7 @@ impl Default for RetentionConfig {
             dead_letters_secs: 30 * DAY,
             expired_tokens_secs: 3_600,
             idempotency_keys_secs: 3_600,
+            finished_replays_secs: 7 * DAY,
         }
     }
 }
@@ -115,6 +119,10 @@ impl RetentionConfig {
     }
     pub fn idempotency_keys(&self) -> Option<Duration> {
         rule(self.idempotency_keys_secs)
+    }
+
+    pub fn finished_replays(&self) -> Option<Duration> {
+        rule(self.finished_replays_secs)
     }
 }
 

@@ -1,6 +1,7 @@
-//! `conveyor dlq list|show|replay|purge`: the dead-letter admin API from the command line.
-//! It talks to the running daemon (so it works with the embedded log, which one process
-//! owns) with a short-lived admin token signed by the configured key.
+//! `conveyor dlq list|show|replay|jobs|pause|resume|cancel|purge`: the dead-letter admin API
+//! from the command line. It talks to the running daemon (so it works with the embedded log,
+//! which one process owns) with a short-lived admin token signed by the configured key.
+//! Replaying a set of dead letters starts a replay job on the daemon ([`crate::dlq_jobs`]).
 
 use std::time::Duration;
 
@@ -44,12 +45,20 @@ enum DlqCommand {
     List(Filter),
     /// Show one dead letter with its payload and headers.
     Show { id: i64 },
-    /// Replay one dead letter (by id) or every one matching the filters to its source topic.
-    Replay {
-        id: Option<i64>,
-        #[command(flatten)]
-        filter: Filter,
+    /// Replay one dead letter (by id), or start a replay job for every one matching the
+    /// filters and follow its progress until it ends.
+    Replay(crate::dlq_jobs::ReplayArgs),
+    /// Recent replay jobs, newest first.
+    Jobs {
+        #[arg(long)]
+        limit: Option<u32>,
     },
+    /// Pause a running replay job.
+    Pause { job: i64 },
+    /// Resume a paused replay job.
+    Resume { job: i64 },
+    /// Cancel a replay job.
+    Cancel { job: i64 },
     /// Remove one dead letter (by id) or every one matching the filters from the index.
     Purge {
         id: Option<i64>,
@@ -91,36 +100,83 @@ fn base_url(config: &Config, url: Option<String>) -> String {
         .to_string()
 }
 
+/// The daemon's admin API with a short-lived admin token.
+pub(crate) struct Admin {
+    base: String,
+    token: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Admin {
+    fn new(config: &Config, url: Option<String>) -> anyhow::Result<Self> {
+        let keys = conveyor_identity::tokens::keys_for(config)?;
+        // Long enough to follow a replay job of a few hours.
+        let token = keys.mint("conveyor-cli", &["admin".to_string()], Duration::from_secs(24 * 3600))?;
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Ok(Admin { base: base_url(config, url), token, client })
+    }
+
+    /// One request; the status and the body (JSON when it is JSON, else a string).
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
+        let base = &self.base;
+        let bytes = body.map(|b| serde_json::to_vec(&b)).transpose()?.unwrap_or_default();
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(bytes)))?;
+        let response =
+            self.client.request(request).await.with_context(|| format!("is the daemon running at {base}?"))?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        let value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+        Ok((status, value))
+    }
+
+    /// [`Admin::call`], printing the body; an error status is an error.
+    pub(crate) async fn print(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let (status, value) = self.call(method, path, body).await?;
+        print_json(&value);
+        if !status.is_success() {
+            bail!("{method} {path}: {status}");
+        }
+        Ok(value)
+    }
+}
+
+pub(crate) fn print_json(value: &serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => println!("{text}"),
+        other => println!("{}", serde_json::to_string_pretty(other).unwrap_or_default()),
+    }
+}
+
 pub async fn run(config: Config, args: DlqArgs) -> anyhow::Result<()> {
-    let keys = conveyor_identity::tokens::keys_for(&config)?;
-    let token = keys.mint("conveyor-cli", &["admin".to_string()], Duration::from_secs(300))?;
-    let base = base_url(&config, args.url);
+    let admin = Admin::new(&config, args.url)?;
     let (method, path, body) = match args.command {
         DlqCommand::List(f) => ("GET", format!("/admin/dead-letters?{}", f.query()), None),
         DlqCommand::Show { id } => ("GET", format!("/admin/dead-letters/{id}"), None),
-        DlqCommand::Replay { id: Some(id), .. } => ("POST", format!("/admin/dead-letters/{id}/replay"), None),
-        DlqCommand::Replay { id: None, filter } => ("POST", "/admin/dead-letters/replay".into(), Some(filter.body())),
+        DlqCommand::Replay(replay) => return crate::dlq_jobs::replay(&admin, replay).await,
+        DlqCommand::Jobs { limit } => {
+            ("GET", format!("/admin/replays{}", limit.map(|l| format!("?limit={l}")).unwrap_or_default()), None)
+        }
+        DlqCommand::Pause { job } => ("POST", format!("/admin/replays/{job}/pause"), None),
+        DlqCommand::Resume { job } => ("POST", format!("/admin/replays/{job}/resume"), None),
+        DlqCommand::Cancel { job } => ("POST", format!("/admin/replays/{job}/cancel"), None),
         DlqCommand::Purge { id: Some(id), .. } => ("DELETE", format!("/admin/dead-letters/{id}"), None),
         DlqCommand::Purge { id: None, filter } => ("POST", "/admin/dead-letters/purge".into(), Some(filter.body())),
     };
-    let bytes = body.map(|b| serde_json::to_vec(&b)).transpose()?.unwrap_or_default();
-    let request = http::Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(bytes)))?;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let response = client.request(request).await.with_context(|| format!("is the daemon running at {base}?"))?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    let pretty = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    println!("{pretty}");
-    if !status.is_success() {
-        bail!("{method} {path}: {status}");
-    }
-    Ok(())
+    admin.print(method, &path, body).await.map(drop)
 }

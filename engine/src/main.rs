@@ -2,6 +2,7 @@
 
 mod dlq_cli;
 mod listen_cli;
+mod dlq_jobs;
 mod migrations;
 mod otel_env;
 mod serve;
@@ -100,7 +101,7 @@ enum TokenCommand {
     },
 }
 
-fn parse_ttl(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_ttl(text: &str) -> Result<Duration, String> {
     let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = digits.parse().map_err(|_| format!("{text:?}: expected a number with s, m, h or d"))?;
     let secs = match unit {

@@ -52,6 +52,8 @@ pub struct Conveyor {
     pub producer: Arc<dyn Producer>,
     pub resources: Resources,
     pub dead_letters: DeadLetterAdmin,
+    /// Dead-letter replay jobs.
+    pub replays: conveyor_actors::replay::Replays,
     pub store: Store,
     /// The outbox backlog (status page).
     pub(crate) identity_store: IdentityStore,
@@ -308,6 +310,22 @@ impl Conveyor {
                 log: log.clone(),
                 rules,
             });
+        let admin = DeadLetterAdmin {
+            store: store.clone(),
+            producer: producer.clone(),
+            max_replays: config.dlq.max_replays,
+            timeout: Duration::from_millis(config.log.produce_timeout_ms),
+        };
+        let d = &config.dlq;
+        let (replays, replay_service) = conveyor_actors::replay::service(
+            admin.clone(),
+            conveyor_actors::replay::ReplaySettings {
+                default_rate: d.replay_default_rate,
+                max_rate: d.replay_max_rate,
+                page_size: d.replay_page_size,
+                poll: Duration::from_secs(1),
+            },
+        );
         let args = RootArgs {
             log: log.clone(),
             services: vec![
@@ -316,6 +334,7 @@ impl Conveyor {
                 Arc::new(dispatcher_service),
                 runs_service,
                 Arc::new(retention_service),
+                Arc::new(replay_service),
             ],
             groups: vec![devices, loyalty, identity_saga, fanout, commands, index],
             policy: RetryPolicy::from(&config.retry),
@@ -330,12 +349,6 @@ impl Conveyor {
             store: devices_store.clone(),
             cache: cache.clone(),
             ttl: Duration::from_secs(config.cache.resource_ttl_secs),
-        };
-        let dead_letters = DeadLetterAdmin {
-            store: store.clone(),
-            producer: producer.clone(),
-            max_replays: config.dlq.max_replays,
-            timeout: Duration::from_millis(config.log.produce_timeout_ms),
         };
         let log_breaker = Breaker::new("log", config.breaker.clone());
         let lag = Arc::new(Lag::default());
@@ -353,7 +366,8 @@ impl Conveyor {
             config,
             producer,
             resources,
-            dead_letters,
+            dead_letters: admin,
+            replays,
             store,
             identity_store,
             cache,
@@ -480,6 +494,7 @@ impl Conveyor {
             ),
             resources: self.resources.clone(),
             dead_letters: self.dead_letters.clone(),
+            replays: self.replays.clone(),
             identity: self.identity.clone(),
             ledger: self.ledger.clone(),
             loyalty: LoyaltyReads::new(self.identity_store.clone()),

@@ -12,6 +12,7 @@ use conveyor_actors::config::Config;
 use conveyor_actors::dlq::DeadLetterAdmin;
 use conveyor_actors::lag::Lag;
 use conveyor_actors::readiness::Readiness;
+use conveyor_actors::replay::Replays;
 use conveyor_actors::status::SystemStatus;
 use conveyor_actors::store::idempotency::IdempotencyKeys;
 use conveyor_devices::{Ingest, Resources};
@@ -41,6 +42,8 @@ pub struct Facades {
     /// `GET /resource/{id}`: cache, then store.
     pub resources: Resources,
     pub dead_letters: DeadLetterAdmin,
+    /// Dead-letter replay jobs.
+    pub replays: Replays,
     /// Users, tokens, revocation.
     pub identity: Identity,
     /// Loyalty changes, one account actor each.

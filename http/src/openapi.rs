@@ -35,7 +35,7 @@ use crate::routes;
         (name = "loyalty", description = "Loyalty ledger and the registration saga"),
         (name = "webhooks", description = "Notifications fanned out to webhook endpoints, signed per Standard Webhooks"),
         (name = "workflows", description = "User-defined workflows: triggers and steps, run durably"),
-        (name = "admin", description = "Dead letters (admin role)"),
+        (name = "admin", description = "Dead letters and their replay jobs, the status page (admin role)"),
         (name = "probes", description = "Health, readiness, metrics"),
     )
 )]
@@ -175,7 +175,8 @@ mod tests {
             operations +=
                 [&item.get, &item.post, &item.put, &item.patch, &item.delete].iter().filter(|o| o.is_some()).count();
         }
-        assert_eq!(operations, 49);
+        // 49, plus the six replay-job operations under /admin/replays.
+        assert_eq!(operations, 55);
         for (alias, target) in [("/auth/ready", "/ready"), ("/auth/healthz", "/health"), ("/loyalty/ready", "/ready")] {
             let json = |p: &str| serde_json::to_value(&doc.paths.paths[p]).unwrap_or_default();
             assert_eq!(json(alias), json(target), "{alias}");

@@ -154,7 +154,7 @@ pub async fn inject(d: &mut Daemon, payload: &'static [u8]) {
 }
 
 /// The test's own client of the daemon's log (Kafka directly, or the embedded files).
-async fn open_log(names: &Names, data_dir: Option<&std::path::Path>) -> std::sync::Arc<dyn LogBackend> {
+pub(crate) async fn open_log(names: &Names, data_dir: Option<&std::path::Path>) -> std::sync::Arc<dyn LogBackend> {
     let mut config = conveyor_actors::config::Config::default();
     match data_dir {
         Some(dir) if Backend::from_env() == Backend::Embedded => config.data_dir = dir.to_path_buf(),

@@ -23,6 +23,7 @@ mod otlp;
 mod packaging;
 mod probes;
 mod quickstart;
+mod replays;
 mod resilience;
 mod retention;
 mod saga;

@@ -10,13 +10,14 @@ use serde_json::json;
 use crate::harness::{Daemon, eventually, token};
 use crate::sink::Sink;
 
-const SERVICES: [&str; 5] = ["ledger", "outbox-relay", "webhook-dispatcher", "workflow-runs", "retention"];
+const SERVICES: [&str; 6] =
+    ["ledger", "outbox-relay", "webhook-dispatcher", "workflow-runs", "retention", "dead-letter-replay"];
 
 /// Panics `service` and waits until `/ready` names it down (503, or 200 `degraded` for
-/// retention, which the daemon does its job without), then until it is back.
+/// retention and dead-letter replay, which the daemon does its job without), then until it is back.
 async fn panic_and_recover(d: &Daemon, admin: &str, service: &str) {
     let (expected, verdict) = match service {
-        "retention" => (StatusCode::OK, "degraded"),
+        "retention" | "dead-letter-replay" => (StatusCode::OK, "degraded"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
     let (s, v) = d.post(&format!("/admin/faults/{service}/panic"), Some(admin), &json!({})).await;
@@ -54,7 +55,7 @@ async fn every_service_restarts_after_a_panic_and_works_again() {
         assert_eq!(node.map(|n| n["state"].clone()), Some(json!("running")));
     }
     let restarts = crate::harness::metric_sum(&d.metrics().await, "conveyor_actor_restarts_total", "");
-    assert!(restarts >= 5.0, "restarts counted: {restarts}");
+    assert!(restarts >= 6.0, "restarts counted: {restarts}");
 
     // Ledger and outbox relay: a registration saga goes through both.
     let user = crate::saga::register(&d).await;

@@ -98,8 +98,8 @@ async fn a_round_drains_every_rule_in_batches_until_one_comes_back_short() {
     assert_eq!((report.of("parents"), report.of("children")), (7, 14));
     assert_eq!(report.of(DEAD_LETTERS), 1, "the runtime's own age rule runs after the owned ones");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    // parents: 3 + 3 + 1; others: one empty batch; dead letters by age and expired
-    // idempotency keys: one short batch each.
+    // parents: 3 + 3 + 1; others: one empty batch; dead letters by age, expired idempotency
+    // keys and finished replay jobs: one short batch each.
     assert_eq!(report.batches, 3 + 1 + 1 + 1, "{report:?}");
     assert_eq!(left.load(Ordering::Acquire), 0);
     assert_eq!(report.to_string(), "children=14 dead_letters=1 parents=7");

@@ -2,11 +2,12 @@
 
 mod idempotency;
 mod indexes;
+mod replay_jobs;
 
 use crate::store::schema::prelude::*;
 pub use indexes::Indexes;
 
-/// The runtime's own tables: the dead-letter index and the idempotency keys. The engine lists these with every
+/// The runtime's own tables: the dead-letter index, the idempotency keys and the replay jobs. The engine lists these with every
 /// domain's migrations (names are what a database records, so the order across crates
 /// only matters within one crate).
 pub fn migrations() -> Vec<Box<dyn Migration>> {
@@ -18,6 +19,7 @@ pub fn migrations() -> Vec<Box<dyn Migration>> {
             indexes: &[("dead_letters_created", "dead_letters", &["created_at"])],
         }),
         Box::new(idempotency::CreateIdempotencyKeys),
+        Box::new(replay_jobs::CreateReplayJobs),
     ]
 }
 

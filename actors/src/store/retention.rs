@@ -52,6 +52,8 @@ fn txn_err(e: sea_orm::TransactionError<sea_orm::DbErr>) -> sea_orm::DbErr {
 pub const DEAD_LETTERS: &str = "dead_letters";
 /// The idempotency keys' table label.
 pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
+/// The replay jobs' table label.
+pub const REPLAY_JOBS: &str = "replay_jobs";
 
 impl Store {
     /// Deletes up to `limit` rows of one table matching `condition`, in one statement
@@ -143,6 +145,14 @@ impl Store {
         use idempotency::{Column, Entity};
         let old = Condition::all().add(Column::ExpiresAt.lt(cutoff));
         self.purge_where::<Entity>("purge_idempotency_keys", IDEMPOTENCY_KEYS, Column::Id, old, limit).await
+    }
+
+    /// Replay jobs that completed, failed or were cancelled before `cutoff`.
+    pub async fn purge_finished_replays_before(&self, cutoff: DateTime<Utc>, limit: u64) -> Result<Batch, Error> {
+        use super::replay_job::{Column, Entity, ReplayStatus};
+        let finished =
+            Condition::all().add(Column::Status.is_in(ReplayStatus::FINAL)).add(Column::FinishedAt.lt(cutoff));
+        self.purge_where::<Entity>("purge_replay_jobs", REPLAY_JOBS, Column::Id, finished, limit).await
     }
 
     /// The dead-letter topics the index holds entries of.

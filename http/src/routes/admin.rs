@@ -1,5 +1,5 @@
-//! `/admin/dead-letters`: list with filters, show one, replay one or a filtered set to
-//! its source topic, purge. Role `admin` only.
+//! `/admin/dead-letters`: list with filters, show one, replay one or a small filtered set
+//! to its source topic (larger sets: replay jobs, `routes::replays`), purge. Role `admin` only.
 
 use axum::extract::{Request, State};
 use conveyor_actors::dlq::{DeadLetterFilter, DeadLetterView, ReplayOutcome};
@@ -14,7 +14,7 @@ use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::extract::RawPath;
 use crate::{App, AppState, Response, json_response};
 
-async fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) async fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     state.authenticate(headers).await?.require(&[roles::ADMIN])
 }
 
@@ -159,13 +159,17 @@ pub async fn replay(State(state): App, RawPath(id): RawPath<String>, req: Reques
     }
 }
 
-/// Replays every dead letter matching the filter.
+/// Replays every dead letter matching the filter, at once, when they are at most
+/// `dlq.replay_sync_limit` (100); a larger set is refused with a 422: start a replay job
+/// (`POST /admin/replays`) for it, which paces, reports progress and survives a restart.
 #[utoipa::path(post, path = "/admin/dead-letters/replay", tag = "admin", request_body(content = Option<DeadLetterFilter>, description = "Empty: all"),
-    responses((status = 200, body = ReplayedMany)))]
+    responses((status = 200, body = ReplayedMany),
+        (status = 422, body = ErrorBody, description = "More dead letters match than `dlq.replay_sync_limit` (field `filter`): use POST /admin/replays")))]
 pub async fn replay_matching(State(state): App, req: Request) -> Result<Response, ApiError> {
     admin(&state, req.headers()).await?;
     let filter = body_filter(req).await?;
-    let results = state.conveyor.dead_letters.replay_matching(&filter).await.map_err(replay_error)?;
+    let limit = state.conveyor.config.dlq.replay_sync_limit;
+    let results = state.conveyor.dead_letters.replay_matching(&filter, limit).await.map_err(replay_error)?;
     let replayed = results.iter().filter(|r| matches!(r, ReplayOutcome::Replayed { .. })).count();
     Ok(json_response(StatusCode::OK, &json!(ReplayedMany { replayed, results })))
 }
@@ -186,7 +190,7 @@ fn replay_error(e: conveyor_actors::Error) -> ApiError {
         conveyor_actors::Error::LogUnavailable { .. } | conveyor_actors::Error::Kafka { .. } => {
             ApiError::unavailable("event log", e)
         }
-        conveyor_actors::Error::LogFull { .. } => ApiError::from(e),
+        conveyor_actors::Error::LogFull { .. } | conveyor_actors::Error::InvalidInput { .. } => ApiError::from(e),
         other => store_error(other),
     }
 }

@@ -8,6 +8,7 @@ pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod loyalty;
 pub(crate) mod notifications;
+pub(crate) mod replays;
 pub(crate) mod resources;
 pub(crate) mod webhooks;
 pub(crate) mod workflows;
@@ -66,6 +67,11 @@ pub(crate) fn api() -> OpenApiRouter<S> {
         .routes(on(Api, routes!(admin::replay)))
         .routes(on(Api, routes!(admin::replay_matching)))
         .routes(on(Api, routes!(admin::purge)))
+        .routes(on(Api, routes!(replays::list, replays::create)))
+        .routes(on(Api, routes!(replays::show)))
+        .routes(on(Api, routes!(replays::pause)))
+        .routes(on(Api, routes!(replays::resume)))
+        .routes(on(Api, routes!(replays::cancel)))
         .routes(on(Exempt, routes!(admin::status_page)))
         .routes(on(Api, routes!(admin::status)))
         .routes(on(Auth, routes!(auth::register)))
