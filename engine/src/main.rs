@@ -1,8 +1,8 @@
 //! `conveyor`: the daemon and its tools.
 
 mod dlq_cli;
-mod listen_cli;
 mod dlq_jobs;
+mod listen_cli;
 mod migrations;
 mod otel_env;
 mod serve;
