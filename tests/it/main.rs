@@ -24,6 +24,7 @@ mod resilience;
 mod retention;
 mod saga;
 mod sink;
+mod stuck_keys;
 mod supervision;
 mod webhooks;
 mod workflows;

@@ -68,6 +68,7 @@ pub(crate) fn api() -> OpenApiRouter<S> {
         .routes(on(Api, routes!(admin::purge)))
         .routes(on(Exempt, routes!(admin::status_page)))
         .routes(on(Api, routes!(admin::status)))
+        .routes(on(Api, routes!(admin::stuck_keys)))
         .routes(on(Auth, routes!(auth::register)))
         .routes(on(Auth, routes!(auth::login)))
         .routes(on(Auth, routes!(auth::logout)))
@@ -107,4 +108,6 @@ pub(crate) fn api() -> OpenApiRouter<S> {
         // Test-only fault hooks (`faults.allow_panic_injection`).
         .route("/admin/faults/{subsystem}/panic", spends(Api, post(admin::inject_panic)))
         .route("/admin/faults/http/panic", spends(Api, post(admin::panic_in_handler)))
+        .route("/admin/faults/keys/{key}/fail", spends(Api, post(admin::fail_key)))
+        .route("/admin/faults/keys/{key}/heal", spends(Api, post(admin::heal_key)))
 }
