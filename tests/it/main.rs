@@ -27,6 +27,7 @@ mod sink;
 mod stuck_keys;
 mod supervision;
 mod webhooks;
+mod workflow_cancel;
 mod workflows;
 
 // Services of one test's own, from the test kit.

@@ -93,6 +93,7 @@ pub(crate) fn api() -> OpenApiRouter<S> {
         .routes(on(Api, routes!(workflows::get, workflows::replace, workflows::delete)))
         .routes(on(Api, routes!(workflows::start, workflows::runs)))
         .routes(on(Api, routes!(workflows::run)))
+        .routes(on(Api, routes!(workflows::cancel)))
         .routes(on(Api, routes!(workflows::dashboard)));
     // What every operation shares (security, front-end errors) goes in before the aliases
     // copy their targets, so that an alias documents exactly what its target does.
