@@ -8,6 +8,7 @@
 mod broker_restart;
 mod browser;
 mod cluster;
+mod console;
 mod crash;
 mod dead_letters;
 mod devices;
@@ -26,6 +27,7 @@ mod saga;
 mod sink;
 mod stuck_keys;
 mod supervision;
+mod webdriver;
 mod webhooks;
 mod workflow_cancel;
 mod workflows;

@@ -219,12 +219,15 @@ mod tests {
     }
 }
 
-/// The status page: an HTML shell with no data (it fetches `/admin/status.json` with the
-/// admin token it is given in `#token=…`), so it is served without authentication.
+/// The operator console: the live status (supervision tree, partitions, breakers), the
+/// stuck keys, dead letters to browse and replay, webhook attempts to resend, workflow runs
+/// to cancel. An HTML shell with no data: it calls the JSON API with the admin token it is
+/// given (typed in, or `#token=…`), so it is served without authentication. Also at
+/// `/admin/console`.
 #[utoipa::path(get, path = "/admin/status", tag = "admin", security(()),
     responses((status = 200, content_type = "text/html", body = String, description = "Refreshes itself from /admin/status.json")))]
 pub async fn status_page() -> Response {
-    let mut response = Response::new(axum::body::Body::from(include_str!("../status.html")));
+    let mut response = Response::new(axum::body::Body::from(include_str!("../console.html")));
     response
         .headers_mut()
         .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));

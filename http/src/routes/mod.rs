@@ -101,6 +101,7 @@ pub(crate) fn api() -> OpenApiRouter<S> {
     let router = alias(router, "/auth/ready", "/ready", Exempt, get(health::ready));
     let router = alias(router, "/auth/healthz", "/health", Exempt, get(health::health));
     let router = alias(router, "/loyalty/ready", "/ready", Exempt, get(health::ready));
+    let router = alias(router, "/admin/console", "/admin/status", Exempt, get(admin::status_page));
     router
         .route("/openapi.json", spends(Exempt, get(openapi::openapi_json)))
         .route("/docs", spends(Exempt, get(openapi::docs_redirect)))
