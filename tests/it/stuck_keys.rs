@@ -87,7 +87,8 @@ async fn a_key_held_in_backoff_is_listed_with_its_last_error_until_it_succeeds()
     assert_eq!(row["stuck_keys"], 1, "{row}");
     let filtered = d.get(&format!("/admin/stuck-keys?topic={}-nope&limit=5", d.names.id), Some(&admin)).await.1;
     assert_eq!(filtered["total"], 0, "another topic has none: {filtered}");
-    let gauge = |text: &str| metric_sum(text, "conveyor_partition_keys_stuck", &format!("topic=\"{}\"", d.names.topic_in));
+    let gauge =
+        |text: &str| metric_sum(text, "conveyor_partition_keys_stuck", &format!("topic=\"{}\"", d.names.topic_in));
     assert_eq!(gauge(&d.metrics().await), 1.0);
 
     // Healed: the next attempt succeeds, and the key leaves the list.

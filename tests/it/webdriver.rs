@@ -98,7 +98,8 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
         }}});
-        let session = browser.call(Method::POST, "/session", Some(caps)).await.unwrap_or_else(|e| panic!("new session: {e}"));
+        let session =
+            browser.call(Method::POST, "/session", Some(caps)).await.unwrap_or_else(|e| panic!("new session: {e}"));
         browser.session = session["sessionId"].as_str().unwrap_or_default().to_string();
         assert!(!browser.session.is_empty(), "no session id in {session}");
         browser
@@ -145,12 +146,6 @@ impl Browser {
         found.ok().and_then(|v| v[ELEMENT].as_str().map(|id| Element(id.to_string())))
     }
 
-    /// Every element matching `css`, now.
-    pub async fn find_all(&self, css: &str) -> Vec<Element> {
-        let found = self.command(Method::POST, "/elements", Some(json!({"using": "css selector", "value": css}))).await;
-        found.as_array().into_iter().flatten().filter_map(|v| v[ELEMENT].as_str()).map(|id| Element(id.to_string())).collect()
-    }
-
     /// Waits until an element matches `css`.
     pub async fn wait_for(&self, css: &str) -> Element {
         let started = Instant::now();
@@ -160,7 +155,11 @@ impl Browser {
             }
             if started.elapsed() >= WAIT {
                 let shot = self.screenshot("webdriver-failure").await;
-                panic!("no element matches {css} after {WAIT:?} (see {}); the page:\n{}", shot.display(), self.body_text().await);
+                panic!(
+                    "no element matches {css} after {WAIT:?} (see {}); the page:\n{}",
+                    shot.display(),
+                    self.body_text().await
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -198,11 +197,6 @@ impl Browser {
         self.click(&e).await;
     }
 
-    /// Types `text` into an input.
-    pub async fn type_into(&self, e: &Element, text: &str) {
-        self.command(Method::POST, &format!("/element/{}/value", e.0), Some(json!({"text": text}))).await;
-    }
-
     async fn try_text(&self, e: &Element) -> Result<String, String> {
         let path = format!("/session/{}/element/{}/text", self.session, e.0);
         self.call(Method::GET, &path, None).await.map(|v| v.as_str().unwrap_or_default().to_string())
@@ -211,11 +205,6 @@ impl Browser {
     /// The element's rendered text.
     pub async fn text(&self, e: &Element) -> String {
         self.try_text(e).await.unwrap_or_else(|err| panic!("webdriver {err}"))
-    }
-
-    pub async fn attribute(&self, e: &Element, name: &str) -> Option<String> {
-        let v = self.command(Method::GET, &format!("/element/{}/attribute/{name}", e.0), None).await;
-        v.as_str().map(str::to_string)
     }
 
     /// The page's visible text (for failure messages).

@@ -27,10 +27,14 @@ pub async fn runs_executing(d: &Daemon, admin: &str) -> Option<u64> {
 
 /// A manual workflow: a request, a long delay, another request.
 pub async fn delayed_workflow(d: &Daemon, user: &str, sink: &Sink) -> String {
-    create(d, user, json!({"name": "cancellable", "trigger": {"type": "manual"}, "steps": [
+    create(
+        d,
+        user,
+        json!({"name": "cancellable", "trigger": {"type": "manual"}, "steps": [
         {"type": "http", "name": "a", "url": sink.url("/a")},
         {"type": "delay", "name": "wait", "seconds": 20},
-        {"type": "http", "name": "b", "url": sink.url("/b")}]}))
+        {"type": "http", "name": "b", "url": sink.url("/b")}]}),
+    )
     .await
 }
 
@@ -106,8 +110,12 @@ async fn a_finished_run_cannot_be_cancelled() {
     let d = Daemon::start(crate::workflows::opts()).await;
     let sink = Sink::start().await;
     let user = token("alice", &["user"]);
-    let wf = create(&d, &user, json!({"name": "quick", "trigger": {"type": "manual"}, "steps": [
-        {"type": "http", "name": "a", "url": sink.url("/a")}]}))
+    let wf = create(
+        &d,
+        &user,
+        json!({"name": "quick", "trigger": {"type": "manual"}, "steps": [
+        {"type": "http", "name": "a", "url": sink.url("/a")}]}),
+    )
     .await;
     let run_id = start(&d, &user, &wf, json!({})).await;
     assert_eq!(finished(&d, &user, &wf, &run_id).await["status"], "succeeded");
