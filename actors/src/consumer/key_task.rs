@@ -197,7 +197,8 @@ async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<Hand
                 );
                 m.retries.add(1, &[kv(ERROR_CLASS, class)]);
                 let next_attempt_ms = Some(now + delay.as_millis() as i64);
-                let stuck = Stuck { reason: StuckReason::Backoff, since_ms, attempts: attempt, error: &err, next_attempt_ms };
+                let stuck =
+                    Stuck { reason: StuckReason::Backoff, since_ms, attempts: attempt, error: &err, next_attempt_ms };
                 mark_stuck(ctx, key, record, stuck);
                 if !wait(ctx, delay).await {
                     return false;

@@ -142,9 +142,7 @@ impl StuckKeys {
 
 /// Longest stuck first; ties by topic, partition and key so that pages are stable.
 pub fn sort(keys: &mut [StuckKey]) {
-    keys.sort_by(|a, b| {
-        (a.since_ms, &a.topic, a.partition, &a.key).cmp(&(b.since_ms, &b.topic, b.partition, &b.key))
-    });
+    keys.sort_by(|a, b| (a.since_ms, &a.topic, a.partition, &a.key).cmp(&(b.since_ms, &b.topic, b.partition, &b.key)));
 }
 
 #[cfg(test)]
@@ -198,8 +196,8 @@ mod tests {
 
     #[test]
     fn reasons_and_classes_serialize_in_snake_case() {
-        let json = serde_json::to_value(StuckKey { reason: StuckReason::BreakerOpen, ..entry("a", 1) })
-            .unwrap_or_default();
+        let json =
+            serde_json::to_value(StuckKey { reason: StuckReason::BreakerOpen, ..entry("a", 1) }).unwrap_or_default();
         assert_eq!(json["reason"], "breaker_open");
         assert_eq!(json["error_class"], "retryable");
     }

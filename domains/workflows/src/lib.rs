@@ -248,7 +248,10 @@ impl Workflows {
         };
         let finished = |status: states::RunStatus| Error::Conflict {
             code: "run_finished",
-            message: format!("the run has already finished ({}); only pending or running runs can be cancelled", status.as_str()),
+            message: format!(
+                "the run has already finished ({}); only pending or running runs can be cancelled",
+                status.as_str()
+            ),
         };
         if run.status.is_final() {
             return Err(finished(run.status));
@@ -258,7 +261,9 @@ impl Workflows {
             let status = self.store.get_run(run_id).await?.map_or(run.status, |r| r.status);
             return Err(finished(status));
         }
-        metrics::metrics().workflow_runs.add(1, &[conveyor_actors::metrics::kv(conveyor_actors::metrics::OUTCOME, "cancelled")]);
+        metrics::metrics()
+            .workflow_runs
+            .add(1, &[conveyor_actors::metrics::kv(conveyor_actors::metrics::OUTCOME, "cancelled")]);
         self.runs.cancel(run_id.to_string());
         self.finished.notify_waiters();
         let run = self.store.get_run(run_id).await?.ok_or(Error::NotFound { what: "run" })?;
