@@ -175,8 +175,14 @@ mod tests {
             operations +=
                 [&item.get, &item.post, &item.put, &item.patch, &item.delete].iter().filter(|o| o.is_some()).count();
         }
-        assert_eq!(operations, 49);
-        for (alias, target) in [("/auth/ready", "/ready"), ("/auth/healthz", "/health"), ("/loyalty/ready", "/ready")] {
+        // 49, plus GET /admin/stuck-keys, POST …/runs/{run_id}/cancel and the /admin/console alias.
+        assert_eq!(operations, 52);
+        for (alias, target) in [
+            ("/auth/ready", "/ready"),
+            ("/auth/healthz", "/health"),
+            ("/loyalty/ready", "/ready"),
+            ("/admin/console", "/admin/status"),
+        ] {
             let json = |p: &str| serde_json::to_value(&doc.paths.paths[p]).unwrap_or_default();
             assert_eq!(json(alias), json(target), "{alias}");
         }
@@ -240,6 +246,7 @@ mod tests {
         }
         public.sort();
         let expected = [
+            "/admin/console",
             "/admin/status",
             "/auth/healthz",
             "/auth/login",
