@@ -40,9 +40,10 @@ STANDARDWEBHOOKS_LOG="$CACHE_DIR/standardwebhooks-$STANDARDWEBHOOKS_VERSION.inst
 # What compiling nisshi (and this workspace) needs; installed before nisshi starts.
 BUILD_PKGS=(build-essential pkg-config libssl-dev zlib1g-dev cmake python3)
 # Servers and tools for the tests; installed while nisshi compiles.
-# chromium: headless page checks (scripts/chromium.sh); openssl: the throwaway CA and server
-# certificate scripts/services.sh makes for the TLS listeners.
-RUNTIME_PKGS=(postgresql redis-server redis-tools wrk chromium openssl)
+# chromium: headless page checks (scripts/chromium.sh); chromium-driver: ChromeDriver, which the
+# console tests drive over the WebDriver protocol (tests/it/webdriver.rs); openssl: the
+# throwaway CA and server certificate scripts/services.sh makes for the TLS listeners.
+RUNTIME_PKGS=(postgresql redis-server redis-tools wrk chromium chromium-driver openssl)
 
 log() { printf '[install-deps] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

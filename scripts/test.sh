@@ -169,14 +169,21 @@ if wanted embedded; then
     begin embedded "integration suite on embedded backends"
     for v in "${BACKEND_VARS[@]}"; do unset "$v"; done
     export_webhooks_python
-    # The status page test writes it; an old file proves nothing.
-    rm -f target/screenshots/admin-status.png
+    # The status page and console tests write them; an old file proves nothing.
+    rm -f target/screenshots/admin-status.png target/screenshots/console-*.png
     run_integration embedded
     if [[ -s target/screenshots/admin-status.png ]]; then
         say "status page screenshot (headless Chromium): $ROOT/target/screenshots/admin-status.png"
     elif ((${#EXTRA_ARGS[@]} == 0)); then
         die "the status page test produced no screenshot (target/screenshots/admin-status.png)"
     fi
+    for page in status stuck-keys dead-letters webhooks workflows; do
+        if [[ -s target/screenshots/console-$page.png ]]; then
+            say "console screenshot (WebDriver): $ROOT/target/screenshots/console-$page.png"
+        elif ((${#EXTRA_ARGS[@]} == 0)); then
+            die "the console test produced no screenshot (target/screenshots/console-$page.png)"
+        fi
+    done
     end
 else skip embedded; fi
 

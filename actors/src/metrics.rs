@@ -29,6 +29,7 @@ pub const BREAKER_TRANSITIONS: &str = "conveyor.breaker.transitions";
 pub const BREAKER_STATE: &str = "conveyor.breaker.state";
 pub const DOWNSTREAM_WAITS: &str = "conveyor.handler.downstream_waits";
 pub const RETENTION_PURGED: &str = "conveyor.retention.purged";
+pub const STUCK_KEYS: &str = "conveyor.partition.keys.stuck";
 
 /// Label keys.
 pub const TOPIC: &str = "topic";
@@ -40,6 +41,8 @@ pub const ACTOR: &str = "actor";
 pub const DOWNSTREAM: &str = "downstream";
 pub const STATE: &str = "state";
 pub const REASON: &str = "reason";
+/// The handler serving a topic (`KeyHandler::name`, a fixed set).
+pub const HANDLER: &str = "handler";
 /// A store table (retention), from a fixed set.
 pub const TABLE: &str = "table";
 
@@ -63,6 +66,7 @@ pub struct Metrics {
     pub breaker_transitions: Counter<u64>,
     pub downstream_waits: Counter<u64>,
     pub retention_purged: Counter<u64>,
+    pub stuck_keys: UpDownCounter<i64>,
 }
 
 /// Seconds buckets for every duration histogram (shared with the domains' instruments).
@@ -157,6 +161,13 @@ impl Metrics {
                 .u64_counter(RETENTION_PURGED)
                 .with_unit("{row}")
                 .with_description("Rows deleted by retention, by table")
+                .build(),
+            stuck_keys: meter
+                .i64_up_down_counter(STUCK_KEYS)
+                .with_unit("{key}")
+                .with_description(
+                    "Keys not advancing (in backoff, behind an open breaker or a failing dead-letter write), by topic and handler",
+                )
                 .build(),
         }
     }

@@ -1,11 +1,20 @@
 //! The status page's snapshot of the running system.
 
 use conveyor_actors::metrics::restarts_of;
-use conveyor_actors::status::{BreakerRow, DeadLetterCounts, OutboxStatus, PartitionRow, SystemStatus, node};
+use conveyor_actors::status::{
+    BreakerRow, DeadLetterCounts, OutboxStatus, PartitionRow, STATUS_STUCK_KEYS, StuckKeyList, SystemStatus, node,
+};
 
 use crate::system::Conveyor;
 
 impl Conveyor {
+    /// Keys not advancing in any consumer group (optionally of one topic), longest stuck
+    /// first, at most `limit`, with the exact total.
+    pub async fn stuck_keys(&self, topic: Option<&str>, limit: usize) -> StuckKeyList {
+        let groups = self.groups().await;
+        conveyor_actors::status::stuck_keys(groups.iter().flat_map(|g| &g.partitions), topic, limit)
+    }
+
     /// A snapshot for the status page; each part that cannot be read is left out, not fatal.
     pub async fn status(&self) -> SystemStatus {
         // One report from the root serves the tree and the readiness verdict alike.
@@ -32,10 +41,13 @@ impl Conveyor {
                     running_keys: p.running_keys,
                     paused: p.paused,
                     committed: p.committed,
+                    stuck_keys: p.stuck_total,
                 });
             }
             root.children.push(group);
         }
+        let stuck_keys =
+            conveyor_actors::status::stuck_keys(groups.iter().flat_map(|g| &g.partitions), None, STATUS_STUCK_KEYS);
         // The services hang under the root too; the detail names their on-demand children
         // and how often those failed (a fresh child starts with the next piece of work).
         let mut nodes = Vec::new();
@@ -89,6 +101,7 @@ impl Conveyor {
                 .iter()
                 .map(|b| BreakerRow { name: b.name().to_string(), state: b.state().as_str().to_string() })
                 .collect(),
+            stuck_keys,
             dead_letters,
             outbox,
         }

@@ -527,6 +527,10 @@ impl Operations for Conveyor {
         Conveyor::inject_panic(self, subsystem).await
     }
 
+    async fn stuck_keys(&self, topic: Option<&str>, limit: usize) -> conveyor_actors::status::StuckKeyList {
+        Conveyor::stuck_keys(self, topic, limit).await
+    }
+
     fn breakers(&self) -> Vec<Arc<Breaker>> {
         Conveyor::breakers(self)
     }

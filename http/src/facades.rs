@@ -28,6 +28,8 @@ pub trait Operations: Send + Sync {
     async fn readiness(&self) -> Readiness;
     /// The status page's snapshot.
     async fn status(&self) -> SystemStatus;
+    /// Keys not advancing (optionally of one topic), longest stuck first, at most `limit`.
+    async fn stuck_keys(&self, topic: Option<&str>, limit: usize) -> conveyor_actors::status::StuckKeyList;
     /// Test-only fault hook: makes the named service panic (`faults.allow_panic_injection`).
     async fn inject_panic(&self, subsystem: &str) -> Result<(), Error>;
     /// Every downstream's circuit breaker.

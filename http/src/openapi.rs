@@ -175,9 +175,15 @@ mod tests {
             operations +=
                 [&item.get, &item.post, &item.put, &item.patch, &item.delete].iter().filter(|o| o.is_some()).count();
         }
-        // 49, plus the six replay-job operations under /admin/replays.
-        assert_eq!(operations, 55);
-        for (alias, target) in [("/auth/ready", "/ready"), ("/auth/healthz", "/health"), ("/loyalty/ready", "/ready")] {
+        // 49, the six replay-job operations under /admin/replays, GET /admin/stuck-keys,
+        // POST …/runs/{run_id}/cancel and the /admin/console alias.
+        assert_eq!(operations, 58);
+        for (alias, target) in [
+            ("/auth/ready", "/ready"),
+            ("/auth/healthz", "/health"),
+            ("/loyalty/ready", "/ready"),
+            ("/admin/console", "/admin/status"),
+        ] {
             let json = |p: &str| serde_json::to_value(&doc.paths.paths[p]).unwrap_or_default();
             assert_eq!(json(alias), json(target), "{alias}");
         }
@@ -251,6 +257,7 @@ mod tests {
         }
         public.sort();
         let expected = [
+            "/admin/console",
             "/admin/status",
             "/auth/healthz",
             "/auth/login",

@@ -456,6 +456,7 @@ async fn every_route_but_the_public_ones_needs_a_token() {
     assert_eq!(
         public,
         [
+            "GET /admin/console",
             "GET /admin/status",
             "GET /auth/healthz",
             "GET /auth/ready",

@@ -8,6 +8,7 @@
 mod broker_restart;
 mod browser;
 mod cluster;
+mod console;
 mod crash;
 mod dead_letters;
 mod devices;
@@ -28,9 +29,12 @@ mod resilience;
 mod retention;
 mod saga;
 mod sink;
+mod stuck_keys;
 mod supervision;
 mod tls;
+mod webdriver;
 mod webhooks;
+mod workflow_cancel;
 mod workflows;
 
 // Services of one test's own, from the test kit.

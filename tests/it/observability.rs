@@ -195,7 +195,7 @@ async fn status_page_shows_the_running_system_in_headless_chromium() {
     .unwrap_or_default();
     // Without an admin token the page is an empty shell asking for one.
     assert!(locked.contains("An admin token is required.") && !locked.contains("data-testid=\"partition-row\""));
-    assert!(dom.contains("<title>Conveyor status</title>"));
+    assert!(dom.contains("<title>Conveyor console</title>"));
     assert_eq!(dom.matches("data-testid=\"partition-row\"").count(), 24, "partition rows in:\n{dom}");
     assert_eq!(dom.matches("data-kind=\"ConsumerSupervisor\"").count(), 6);
     assert!(dom.contains("data-kind=\"RunSupervisor\""));

@@ -298,5 +298,5 @@ async fn definitions_are_validated_owned_and_counted() {
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("workflow_inactive")));
     let (_, dash) = d.get("/dashboard", Some(&user)).await;
     assert_eq!(dash["workflows"], 2, "{dash}");
-    assert_eq!(dash["runs"], json!({"succeeded": 0, "failed": 0, "pending": 0}));
+    assert_eq!(dash["runs"], json!({"succeeded": 0, "failed": 0, "pending": 0, "cancelled": 0}));
 }

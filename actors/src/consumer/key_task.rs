@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::KeyHandler;
 use super::dead_letter::{DeadLetters, Failure};
+use super::stuck::{StuckKey, StuckKeys, StuckReason};
 use crate::breaker::{Breaker, BreakerState};
 use crate::log::Record;
 use crate::metrics::{self, ERROR_CLASS, OUTCOME, kv, metrics};
@@ -27,6 +28,8 @@ pub(super) struct KeyCtx {
     pub labels: [KeyValue; 2],
     /// The handler's downstreams: while one is not closed, failures cost no attempt.
     pub breakers: Vec<Arc<Breaker>>,
+    /// Keys of this partition that are not advancing, for the operator.
+    pub stuck: StuckKeys,
 }
 
 /// Labels of `conveyor.partition.records.processed`: topic, partition, outcome.
@@ -48,6 +51,9 @@ fn now_ms() -> i64 {
 
 /// A handler call that turns a panic into a permanent failure instead of a stuck key.
 async fn call(ctx: &KeyCtx, key: &str, records: &[Record]) -> Result<(), HandlerError> {
+    if let Some(err) = super::faults::injected(key) {
+        return Err(err);
+    }
     match AssertUnwindSafe(ctx.handler.handle(key, records)).catch_unwind().await {
         Ok(result) => result,
         Err(_) => Err(HandlerError::permanent(std::io::Error::other("handler panicked"))),
@@ -111,9 +117,36 @@ async fn run_records(ctx: Arc<KeyCtx>, key: String, records: Vec<Record>) -> Key
             KeyOutcome { done, abandoned }
         }
     };
+    // The key's turn is over (done, dead-lettered or given back): it is stuck no longer.
+    ctx.stuck.clear(&key);
     let m = metrics();
     m.processing_duration.record(started.elapsed().as_secs_f64(), &ctx.labels);
     outcome
+}
+
+/// What the operator sees of a key that is not advancing.
+struct Stuck<'a> {
+    reason: StuckReason,
+    since_ms: i64,
+    attempts: u32,
+    error: &'a HandlerError,
+    next_attempt_ms: Option<i64>,
+}
+
+fn mark_stuck(ctx: &KeyCtx, key: &str, record: &Record, s: Stuck<'_>) {
+    ctx.stuck.set(StuckKey {
+        topic: record.tp.topic.clone(),
+        partition: record.tp.partition,
+        key: key.to_string(),
+        handler: ctx.handler.name().to_string(),
+        offset: record.offset,
+        reason: s.reason,
+        since_ms: s.since_ms,
+        attempts: s.attempts,
+        error_class: s.error.class.into(),
+        error: s.error.describe(),
+        next_attempt_ms: s.next_attempt_ms,
+    });
 }
 
 /// One record through the retry policy; `false` if the partition started draining first.
@@ -121,6 +154,8 @@ async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<Hand
     let m = metrics();
     let mut attempt = 0u32;
     let mut first_failure_ms = None;
+    // When this record stopped advancing (a breaker wait counts, unlike for the dead letter).
+    let mut stuck_since = None;
     loop {
         let result = match known.take() {
             Some(err) => Err(err),
@@ -128,9 +163,11 @@ async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<Hand
         };
         attempt += 1;
         let Err(err) = result else {
+            ctx.stuck.clear(key);
             m.records_processed.add(1, &processed(ctx, "ok"));
             return true;
         };
+        let since_ms = *stuck_since.get_or_insert_with(now_ms);
         // A downstream outage is not this record's fault: wait for the breaker, spend
         // no attempt, and never dead-letter because of it.
         let downstream_down = err.class == ErrorClass::Unavailable
@@ -138,6 +175,9 @@ async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<Hand
         if downstream_down {
             attempt -= 1;
             m.downstream_waits.add(1, &[]);
+            let reason = StuckReason::BreakerOpen;
+            let stuck = Stuck { reason, since_ms, attempts: attempt, error: &err, next_attempt_ms: None };
+            mark_stuck(ctx, key, record, stuck);
             if !wait_for_downstream(ctx).await {
                 return false;
             }
@@ -156,20 +196,24 @@ async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<Hand
                     "handler failed, retrying after backoff"
                 );
                 m.retries.add(1, &[kv(ERROR_CLASS, class)]);
+                let next_attempt_ms = Some(now + delay.as_millis() as i64);
+                let stuck =
+                    Stuck { reason: StuckReason::Backoff, since_ms, attempts: attempt, error: &err, next_attempt_ms };
+                mark_stuck(ctx, key, record, stuck);
                 if !wait(ctx, delay).await {
                     return false;
                 }
             }
             None => {
                 let failure = Failure { error: &err, attempts: attempt, first_failure_ms: first, last_failure_ms: now };
-                return dead_letter(ctx, record, &failure).await;
+                return dead_letter(ctx, key, record, &failure, since_ms).await;
             }
         }
     }
 }
 
 /// Writes the dead letter, retrying until it lands: the record is not done before that.
-async fn dead_letter(ctx: &KeyCtx, record: &Record, failure: &Failure<'_>) -> bool {
+async fn dead_letter(ctx: &KeyCtx, key: &str, record: &Record, failure: &Failure<'_>, since_ms: i64) -> bool {
     let class = failure.error.class;
     let mut attempt = 0u32;
     loop {
@@ -184,6 +228,7 @@ async fn dead_letter(ctx: &KeyCtx, record: &Record, failure: &Failure<'_>) -> bo
                 let labels = [kv(ERROR_CLASS, class.dlq_reason()), kv(metrics::TOPIC, record.tp.topic.clone())];
                 metrics().dead_letters.add(1, &labels);
                 metrics().records_processed.add(1, &processed(ctx, "dead_lettered"));
+                ctx.stuck.clear(key);
                 return true;
             }
             Err(err) => {
@@ -193,6 +238,11 @@ async fn dead_letter(ctx: &KeyCtx, record: &Record, failure: &Failure<'_>) -> bo
                     dlq = %ctx.dead_letters.topic, attempt, delay_ms = delay.as_millis() as u64,
                     error = &err as &dyn std::error::Error, "dead-letter write failed; record held"
                 );
+                let next_attempt_ms = Some(now_ms() + delay.as_millis() as i64);
+                let reason = StuckReason::DeadLetterWrite;
+                let attempts = failure.attempts;
+                let stuck = Stuck { reason, since_ms, attempts, error: failure.error, next_attempt_ms };
+                mark_stuck(ctx, key, record, stuck);
                 if !wait(ctx, delay).await {
                     return false;
                 }

@@ -2,9 +2,11 @@
 //! and the per-key work inside it.
 
 mod dead_letter;
+pub mod faults;
 mod key_task;
 mod offsets;
 mod partition;
+mod stuck;
 mod supervisor;
 #[cfg(test)]
 mod tests;
@@ -16,6 +18,7 @@ use async_trait::async_trait;
 pub use dead_letter::{DeadLetterMeta, DeadLetters, dlq_headers, headers as dlq_header};
 pub use offsets::OffsetTracker;
 pub use partition::{PartitionActor, PartitionArgs, PartitionMsg, PartitionState, PartitionStatus};
+pub use stuck::{StuckErrorClass, StuckKey, StuckKeys, StuckReason, sort as sort_stuck};
 pub use supervisor::{ConsumerArgs, ConsumerSupervisor, ConsumerSupervisorHandle, SupervisorMsg};
 
 use crate::breaker::Breaker;

@@ -19,6 +19,7 @@ use super::KeyHandler;
 use super::dead_letter::DeadLetters;
 use super::key_task::{self, KeyCtx, KeyOutcome};
 use super::offsets::OffsetTracker;
+use super::stuck::{StuckKey, StuckKeys};
 use crate::breaker::BreakerState;
 use crate::config::ProcessingConfig;
 use crate::log::{ConsumerControl, Record, TopicPartition};
@@ -47,7 +48,14 @@ pub struct PartitionStatus {
     pub running_keys: usize,
     pub paused: bool,
     pub committed: Option<i64>,
+    /// Keys not advancing, longest stuck first, at most [`STUCK_PER_PARTITION`].
+    pub stuck: Vec<StuckKey>,
+    /// How many keys are not advancing in all.
+    pub stuck_total: usize,
 }
+
+/// At most this many stuck keys per partition in a status snapshot (the count is exact).
+pub const STUCK_PER_PARTITION: usize = 200;
 
 /// Messages a partition actor handles.
 pub enum PartitionMsg {
@@ -129,6 +137,7 @@ impl Actor for PartitionActor {
             cancel: CancellationToken::new(),
             labels,
             breakers,
+            stuck: StuckKeys::new(&args.tp, args.handler.name()),
         });
         let ticker = myself.send_interval(args.processing.commit_interval(), || PartitionMsg::CommitTick);
         tracing::info!(partition = %args.tp, handler = args.handler.name(), "partition actor started");
@@ -196,6 +205,7 @@ impl Actor for PartitionActor {
         state: &mut PartitionState,
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.cancel.cancel();
+        state.ctx.stuck.clear_all();
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
@@ -296,7 +306,10 @@ impl PartitionState {
     }
 
     fn status(&self) -> PartitionStatus {
+        let (stuck, stuck_total) = self.ctx.stuck.snapshot(STUCK_PER_PARTITION);
         PartitionStatus {
+            stuck,
+            stuck_total,
             tp: self.args.tp.clone(),
             in_flight: self.offsets.in_flight(),
             active_keys: self.keys.len(),

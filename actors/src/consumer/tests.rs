@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -416,4 +416,74 @@ async fn a_key_refused_before_half_open_probes_by_itself() {
     until(|| control.last_commit() == Some(1)).await;
     assert_eq!(breaker.state(), crate::breaker::BreakerState::Closed);
     assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_key_in_backoff_is_listed_as_stuck_until_it_succeeds() {
+    let recorder = Recorder::default();
+    recorder.retryable_failures_for_flaky.store(3, Ordering::SeqCst);
+    let handler = Arc::new(recorder);
+    // Long enough a backoff to look at; 4 attempts, so the 3 failures never dead-letter.
+    let policy = RetryPolicy { base: Duration::from_millis(300), cap: Duration::from_millis(300), max_attempts: 4 };
+    let (actor, control, dlq) = spawn(handler.clone(), policy, processing()).await;
+    actor.cast(PartitionMsg::Record(record(0, "flaky", b"{}"))).unwrap();
+    actor.cast(PartitionMsg::Record(record(1, "steady", b"{}"))).unwrap();
+    let mut seen = None;
+    for _ in 0..500 {
+        let s = status(&actor).await;
+        if s.stuck_total == 1 {
+            seen = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let s = seen.expect("the failing key is listed as stuck");
+    let stuck = &s.stuck[0];
+    assert_eq!((stuck.key.as_str(), stuck.topic.as_str(), stuck.partition, stuck.offset), ("flaky", "t", 0, 0));
+    assert_eq!(stuck.handler, "recorder");
+    assert_eq!(stuck.reason, StuckReason::Backoff);
+    assert_eq!(stuck.error_class, StuckErrorClass::Retryable);
+    assert_eq!(stuck.error, "store busy");
+    assert!(stuck.attempts >= 1);
+    assert!(stuck.next_attempt_ms.is_some_and(|n| n >= stuck.since_ms));
+    until(|| control.last_commit() == Some(2)).await;
+    let s = status(&actor).await;
+    assert_eq!((s.stuck_total, s.stuck.len()), (0, 0), "the key left the list once it succeeded");
+    assert!(dlq.sent.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_dead_lettered_key_is_no_longer_stuck() {
+    let recorder = Recorder::default();
+    recorder.retryable_failures_for_flaky.store(100, Ordering::SeqCst);
+    let f = start(recorder, processing()).await;
+    f.actor.cast(PartitionMsg::Record(record(0, "flaky", b"{}"))).unwrap();
+    until(|| f.control.last_commit() == Some(1)).await;
+    assert_eq!(f.dlq.sent.lock().unwrap().len(), 1, "exhausted and dead-lettered");
+    assert_eq!(status(&f.actor).await.stuck_total, 0);
+}
+
+#[tokio::test]
+async fn a_key_behind_an_open_breaker_is_stuck_without_a_next_attempt() {
+    let breaker = crate::breaker::Breaker::new(
+        "store",
+        crate::breaker::BreakerConfig { cool_down_ms: 60_000, ..crate::breaker::BreakerConfig::default() },
+    );
+    let store = Arc::new(FlakyStore { breaker: breaker.clone(), down: true.into(), done: Mutex::default() });
+    let policy = RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 };
+    let (actor, control, _dlq) = spawn(store.clone(), policy, processing()).await;
+    for offset in 0..10 {
+        actor.cast(PartitionMsg::Record(record(offset, ["a", "b", "c"][offset as usize % 3], b"{}"))).unwrap();
+    }
+    until(|| control.events().contains(&"pause".to_string())).await;
+    let mut waiting = Vec::new();
+    for _ in 0..500 {
+        waiting = status(&actor).await.stuck;
+        if waiting.len() == 3 && waiting.iter().all(|k| k.reason == StuckReason::BreakerOpen) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(waiting.iter().map(|k| k.key.as_str()).collect::<HashSet<_>>(), HashSet::from(["a", "b", "c"]));
+    assert!(waiting.iter().all(|k| k.reason == StuckReason::BreakerOpen && k.next_attempt_ms.is_none()), "{waiting:?}");
 }

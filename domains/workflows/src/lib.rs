@@ -237,6 +237,40 @@ impl Workflows {
         }
     }
 
+    /// Cancels a pending or running run: it stops before its next step (a request in
+    /// flight may finish, a delay is cut short), is stored as `cancelled` and never resumes.
+    /// A finished run is a conflict (`run_finished`).
+    pub async fn cancel(&self, caller: &Caller, id: &str, run_id: &str) -> Result<RunView, Error> {
+        self.visible(caller, id).await?;
+        let run = match self.store.get_run(run_id).await? {
+            Some(run) if run.workflow_id == id => run,
+            _ => return Err(Error::NotFound { what: "run" }),
+        };
+        let finished = |status: states::RunStatus| Error::Conflict {
+            code: "run_finished",
+            message: format!(
+                "the run has already finished ({}); only pending or running runs can be cancelled",
+                status.as_str()
+            ),
+        };
+        if run.status.is_final() {
+            return Err(finished(run.status));
+        }
+        if !self.store.cancel_run(run_id, Utc::now()).await? {
+            // It finished between the read and the cancel.
+            let status = self.store.get_run(run_id).await?.map_or(run.status, |r| r.status);
+            return Err(finished(status));
+        }
+        metrics::metrics()
+            .workflow_runs
+            .add(1, &[conveyor_actors::metrics::kv(conveyor_actors::metrics::OUTCOME, "cancelled")]);
+        self.runs.cancel(run_id.to_string());
+        self.finished.notify_waiters();
+        let run = self.store.get_run(run_id).await?.ok_or(Error::NotFound { what: "run" })?;
+        let steps = self.store.run_steps(run_id).await?;
+        Ok(RunView::new(run, steps))
+    }
+
     pub async fn dashboard(&self, caller: &Caller) -> Result<Dashboard, Error> {
         let owner = (!caller.admin).then_some(caller.user_id.as_str());
         let workflows = self.store.list_workflows(owner).await?.len() as u64;
@@ -244,7 +278,7 @@ impl Workflows {
         let recent = self.store.recent_runs(owner, 10).await?.into_iter().map(RunSummary::from).collect();
         Ok(Dashboard {
             workflows,
-            runs: RunCounts { succeeded: c.succeeded, failed: c.failed, pending: c.pending },
+            runs: RunCounts { succeeded: c.succeeded, failed: c.failed, pending: c.pending, cancelled: c.cancelled },
             recent,
         })
     }

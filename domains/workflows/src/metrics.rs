@@ -20,7 +20,7 @@ impl Metrics {
             workflow_runs: meter
                 .u64_counter(WORKFLOW_RUNS)
                 .with_unit("{run}")
-                .with_description("Workflow runs by outcome (started, succeeded, failed, resumed)")
+                .with_description("Workflow runs by outcome (started, succeeded, failed, cancelled, resumed)")
                 .build(),
             workflow_step_attempts: meter
                 .u64_counter(WORKFLOW_STEP_ATTEMPTS)

@@ -5,6 +5,11 @@
 //! a target can recognise the one request a crash may have cut off before its checkpoint.
 //! A graceful shutdown stops the actor the same way, between two checkpoints; its
 //! supervisor then hands the lease back.
+//!
+//! A cancelled run (`POST /workflows/{id}/runs/{run_id}/cancel`) stops before its next
+//! step: the store refuses to move a cancelled run on, a delay or a backoff is cut short by
+//! the run's cancel token (set by this daemon's supervisor, or by the heartbeat when the
+//! lease can no longer be renewed), and a request in flight is let finish.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +38,8 @@ pub struct RunArgs {
     pub ctx: Arc<RunContext>,
     /// Cancelled on shutdown: the step in progress is abandoned and the actor stops.
     pub stop: CancellationToken,
+    /// Cancelled when the run is: waits end at once and no further step starts.
+    pub cancel: CancellationToken,
 }
 
 /// One executing run.
@@ -42,6 +49,9 @@ pub struct RunState {
     steps: Vec<step::Model>,
     ctx: Arc<RunContext>,
     stop: CancellationToken,
+    cancel: CancellationToken,
+    /// The store said the run was cancelled: no further step, nothing more written.
+    cancelled: bool,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
@@ -59,6 +69,8 @@ enum Flow {
     Release(chrono::DateTime<Utc>),
     /// The run ended.
     Finish { failed: bool, error: Option<String> },
+    /// The run was cancelled: stop before the next step.
+    Cancelled,
 }
 
 impl Actor for RunActor {
@@ -67,7 +79,7 @@ impl Actor for RunActor {
     type Arguments = RunArgs;
 
     async fn pre_start(&self, myself: ActorRef<RunMsg>, args: RunArgs) -> Result<RunState, ActorProcessingErr> {
-        let RunArgs { mut run, ctx, stop } = args;
+        let RunArgs { mut run, ctx, stop, cancel } = args;
         let spec: WorkflowSpec = serde_json::from_str(&run.spec)?;
         let steps = ctx.store.run_steps(&run.id).await?;
         let now = Utc::now();
@@ -81,10 +93,11 @@ impl Actor for RunActor {
         run.status = RunStatus::Running;
         run.started_at.get_or_insert(now);
         run.updated_at = now;
-        ctx.store.save_run(run.clone(), false).await?;
-        let heartbeat = tokio::spawn(renew_lease(ctx.clone(), run.id.clone(), stop.child_token()));
+        // Cancelled between its lease and now: the first Advance stops the actor.
+        let cancelled = !ctx.store.save_run(run.clone(), false).await?;
+        let heartbeat = tokio::spawn(renew_lease(ctx.clone(), run.id.clone(), stop.child_token(), cancel.clone()));
         myself.cast(RunMsg::Advance)?;
-        Ok(RunState { run, spec, steps, ctx, stop, heartbeat })
+        Ok(RunState { run, spec, steps, ctx, stop, cancel, cancelled, heartbeat })
     }
 
     async fn handle(
@@ -105,8 +118,14 @@ impl Actor for RunActor {
             myself.stop(Some("shutdown".into()));
             return Ok(());
         };
+        // Cancelled while the step ran: the step's outcome is recorded, the next one never starts.
+        let flow = if state.cancelled || state.cancel.is_cancelled() { Flow::Cancelled } else { flow };
         match flow {
             Flow::Continue => myself.cast(RunMsg::Advance)?,
+            Flow::Cancelled => {
+                tracing::info!(run = %state.run.id, "workflow run cancelled; stopped before its next step");
+                myself.stop(Some("cancelled".into()));
+            }
             Flow::Release(at) => {
                 state.run.next_at = at;
                 state.run.lease_until = None;
@@ -135,7 +154,9 @@ impl Actor for RunActor {
 
 /// Keeps the lease while the actor lives; if renewal fails the lease lapses and another
 /// daemon resumes the run from its last checkpoint.
-async fn renew_lease(ctx: Arc<RunContext>, run_id: String, stop: CancellationToken) {
+/// A lease that cannot be renewed (the run was cancelled, or another daemon has it now)
+/// cancels the run here: a wait in progress ends at once.
+async fn renew_lease(ctx: Arc<RunContext>, run_id: String, stop: CancellationToken, cancel: CancellationToken) {
     let lease = Duration::from_millis(ctx.config.lease_ms);
     loop {
         tokio::select! {
@@ -146,7 +167,10 @@ async fn renew_lease(ctx: Arc<RunContext>, run_id: String, stop: CancellationTok
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         match ctx.store.lease_run(&run_id, now, until, true).await {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => {
+                cancel.cancel();
+                return;
+            }
             Err(err) => tracing::warn!(error = %err, "renewing a run's lease"),
         }
     }
@@ -193,13 +217,16 @@ impl RunState {
     }
 
     /// Writes a step's row (and, with `next`, the run's new position) in one transaction.
+    /// A cancelled run's step row is still written (the step ran) but the run stays put.
     async fn checkpoint(&mut self, row: step::Model, next: Option<usize>) -> Result<(), conveyor_actors::Error> {
         let run_row = next.map(|n| {
             self.run.step_index = n as i32;
             self.run.updated_at = Utc::now();
             self.run.clone()
         });
-        self.ctx.store.checkpoint(row.clone(), run_row).await?;
+        if !self.ctx.store.checkpoint(row.clone(), run_row).await? {
+            self.cancelled = true;
+        }
         match self.steps.iter_mut().find(|s| s.idx == row.idx) {
             Some(existing) => *existing = row,
             None => self.steps.push(row),
@@ -207,7 +234,18 @@ impl RunState {
         Ok(())
     }
 
+    /// Sleeps `delay` unless the run is cancelled first; `false` when it was.
+    async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.cancel.cancelled() => false,
+        }
+    }
+
     async fn advance(&mut self) -> Result<Flow, conveyor_actors::Error> {
+        if self.cancelled || self.cancel.is_cancelled() {
+            return Ok(Flow::Cancelled);
+        }
         let idx = self.run.step_index.max(0) as usize;
         let Some(step) = self.spec.steps.get(idx).cloned() else {
             return Ok(Flow::Finish { failed: false, error: None });
@@ -246,7 +284,9 @@ impl RunState {
                 if left > Duration::from_millis(self.ctx.config.lease_ms / 2) {
                     return Ok(Flow::Release(until));
                 }
-                tokio::time::sleep(left).await;
+                if !self.pause(left).await {
+                    return Ok(Flow::Cancelled);
+                }
                 self.succeed(&mut row, json!({"waited_secs": seconds}), None);
                 self.checkpoint(row, Some(idx + 1)).await?;
                 Ok(Flow::Continue)
@@ -330,7 +370,9 @@ impl RunState {
                 Ok(p) => p,
                 Err(_) => {
                     // An open breaker costs no attempt: wait for it to let a probe through.
-                    tokio::time::sleep(Duration::from_millis(self.ctx.config.breaker_open_ms.min(5_000))).await;
+                    if !self.pause(Duration::from_millis(self.ctx.config.breaker_open_ms.min(5_000))).await {
+                        return Ok(Flow::Cancelled);
+                    }
                     continue;
                 }
             };
@@ -369,7 +411,9 @@ impl RunState {
                 }
                 Next::Retry(delay) => {
                     self.checkpoint(row.clone(), None).await?;
-                    tokio::time::sleep(delay).await;
+                    if !self.pause(delay).await {
+                        return Ok(Flow::Cancelled);
+                    }
                 }
                 Next::Fail => {
                     let error = match (response.status, &response.error) {
@@ -393,7 +437,10 @@ impl RunState {
         self.run.finished_at = Some(now);
         self.run.lease_until = None;
         self.run.updated_at = now;
-        self.ctx.store.save_run(self.run.clone(), true).await?;
+        if !self.ctx.store.save_run(self.run.clone(), true).await? {
+            // Cancelled after its last step: it stays cancelled, and is not dead-lettered.
+            return Ok(());
+        }
         metrics().workflow_runs.add(1, &[kv(OUTCOME, self.run.status.as_str())]);
         if failed {
             let attempts = self.steps.iter().map(|s| s.attempts).max().unwrap_or(0);

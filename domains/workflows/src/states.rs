@@ -17,13 +17,15 @@ pub enum RunStatus {
     Succeeded,
     /// A step failed for good; a replay of its dead letter resumes it.
     Failed,
+    /// An operator cancelled it: it stopped before its next step and never runs again.
+    Cancelled,
 }
 
 impl RunStatus {
     /// States a runner may pick up.
     pub const LIVE: [RunStatus; 2] = [RunStatus::Pending, RunStatus::Running];
     /// States after which no runner holds the run.
-    pub const FINAL: [RunStatus; 2] = [RunStatus::Succeeded, RunStatus::Failed];
+    pub const FINAL: [RunStatus; 3] = [RunStatus::Succeeded, RunStatus::Failed, RunStatus::Cancelled];
 
     pub fn is_final(self) -> bool {
         Self::FINAL.contains(&self)
@@ -36,6 +38,7 @@ impl RunStatus {
             RunStatus::Running => "running",
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -70,4 +73,18 @@ pub enum TriggerKind {
     Event,
     Schedule,
     Manual,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_run_is_final_and_stored_as_cancelled() {
+        assert!(RunStatus::Cancelled.is_final());
+        assert!(!RunStatus::LIVE.contains(&RunStatus::Cancelled));
+        assert_eq!(serde_json::to_value(RunStatus::Cancelled).unwrap_or_default(), "cancelled");
+        assert_eq!(RunStatus::Cancelled.as_str(), "cancelled");
+        assert_eq!(sea_orm::ActiveEnum::to_value(&RunStatus::Cancelled), "cancelled");
+    }
 }

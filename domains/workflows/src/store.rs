@@ -133,6 +133,7 @@ pub struct RunCounts {
     pub succeeded: u64,
     pub failed: u64,
     pub pending: u64,
+    pub cancelled: u64,
 }
 
 #[derive(FromQueryResult)]
@@ -278,16 +279,33 @@ impl WorkflowStore {
 
     /// Writes the run's row as the runner holds it (status, step index, times, error). The
     /// lease is the heartbeat's to extend: it is written only when `release` lets it go.
-    pub async fn save_run(&self, row: run::Model, release: bool) -> Result<(), Error> {
-        self.guarded("save_run", run::Entity::update(run_update(row, release)).exec(self.connection()))
-            .await
-            .map(|_| ())
+    /// Writes the run's row unless it was cancelled meanwhile (a cancel is never
+    /// overwritten); `false` when it was (or the run is gone).
+    pub async fn save_run(&self, row: run::Model, release: bool) -> Result<bool, Error> {
+        let q = unless_cancelled(row, release).exec(self.connection());
+        Ok(self.guarded("save_run", q).await?.rows_affected == 1)
+    }
+
+    /// Cancels a pending or running run: `cancelled`, finished now, its lease cleared, so no
+    /// daemon picks it up again. `false` if it was not live (finished, cancelled or unknown).
+    pub async fn cancel_run(&self, id: &str, now: DateTime<Utc>) -> Result<bool, Error> {
+        use run::Column;
+        let q = run::Entity::update_many()
+            .col_expr(Column::Status, Expr::value(RunStatus::Cancelled))
+            .col_expr(Column::FinishedAt, Expr::value(now))
+            .col_expr(Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+            .col_expr(Column::UpdatedAt, Expr::value(now))
+            .filter(Column::Id.eq(id))
+            .filter(Column::Status.is_in(RunStatus::LIVE))
+            .exec(self.connection());
+        Ok(self.guarded("cancel_run", q).await?.rows_affected == 1)
     }
 
     /// A step's checkpoint and the run's position, in one transaction: after a crash the
-    /// run is either before the step or after it, never half way.
-    pub async fn checkpoint(&self, step_row: step::Model, run_row: Option<run::Model>) -> Result<(), Error> {
-        let work = self.connection().transaction::<_, (), sea_orm::DbErr>(|txn| {
+    /// run is either before the step or after it, never half way. `false` when the run was
+    /// cancelled meanwhile: the step's row is kept (it ran), the run does not move on.
+    pub async fn checkpoint(&self, step_row: step::Model, run_row: Option<run::Model>) -> Result<bool, Error> {
+        let work = self.connection().transaction::<_, bool, sea_orm::DbErr>(|txn| {
             Box::pin(async move {
                 let active: step::ActiveModel = step_row.into();
                 step::Entity::insert(active)
@@ -307,10 +325,10 @@ impl WorkflowStore {
                     )
                     .exec_without_returning(txn)
                     .await?;
-                if let Some(run_row) = run_row {
-                    run::Entity::update(run_update(run_row, false)).exec(txn).await?;
+                match run_row {
+                    Some(run_row) => Ok(unless_cancelled(run_row, false).exec(txn).await?.rows_affected == 1),
+                    None => Ok(true),
                 }
-                Ok(())
             })
         });
         self.guarded("checkpoint", async {
@@ -388,23 +406,34 @@ impl WorkflowStore {
                 RunStatus::Succeeded => counts.succeeded += n,
                 RunStatus::Failed => counts.failed += n,
                 RunStatus::Pending | RunStatus::Running => counts.pending += n,
+                RunStatus::Cancelled => counts.cancelled += n,
             }
         }
         Ok(counts)
     }
 }
 
-/// Every column but the lease (unless `release`, which clears it).
-fn run_update(row: run::Model, release: bool) -> run::ActiveModel {
+/// Every column but the lease (unless `release`, which clears it), of a run that was not
+/// cancelled.
+fn unless_cancelled(row: run::Model, release: bool) -> sea_orm::UpdateMany<run::Entity> {
+    let id = row.id.clone();
     let mut active = sea_orm::IntoActiveModel::into_active_model(row).reset_all();
+    active.id = sea_orm::ActiveValue::NotSet;
     if release {
         active.lease_until = sea_orm::ActiveValue::Set(None);
     } else {
         active.lease_until = sea_orm::ActiveValue::NotSet;
     }
-    active
+    run::Entity::update_many()
+        .set(active)
+        .filter(run::Column::Id.eq(id))
+        .filter(run::Column::Status.ne(RunStatus::Cancelled))
 }
 
 fn name_taken() -> Error {
     Error::Conflict { code: "workflow_name_taken", message: "you already have a workflow with this name".into() }
 }
+
+#[cfg(test)]
+#[path = "store_cancel_tests.rs"]
+mod cancel_tests;

@@ -8,6 +8,7 @@
 //! clears the leases it held, so that the next daemon resumes the runs at once instead of
 //! waiting for the leases to expire.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct RunSupervisorState {
     running: Children<RunMsg, String>,
     /// Cancelled on shutdown: every run actor stops where it stands.
     stop: CancellationToken,
+    /// Run id → the cancel token of its executing actor.
+    cancels: HashMap<String, CancellationToken>,
 }
 
 /// Everything the run supervisor is told.
@@ -47,6 +50,9 @@ pub enum RunSupervisorMsg {
     Poll,
     /// How many run actors are executing.
     Running { reply: RpcReplyPort<usize> },
+    /// The run was cancelled in the store: if its actor runs here, end its wait and let it
+    /// stop before its next step.
+    Cancel { run_id: String },
     /// Test-only fault hook ([`conveyor_actors::supervision::Service::inject_panic`]).
     InjectPanic,
     /// Graceful shutdown: stop every run actor, clear the leases they held, start nothing
@@ -66,7 +72,12 @@ impl Actor for RunSupervisor {
     ) -> Result<RunSupervisorState, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(args.ctx.config.poll_interval_ms), || RunSupervisorMsg::Poll);
         let _ = myself.cast(RunSupervisorMsg::Poll);
-        Ok(RunSupervisorState { ctx: args.ctx, running: Children::new("workflow-run"), stop: CancellationToken::new() })
+        Ok(RunSupervisorState {
+            ctx: args.ctx,
+            running: Children::new("workflow-run"),
+            stop: CancellationToken::new(),
+            cancels: HashMap::new(),
+        })
     }
 
     async fn handle(
@@ -95,6 +106,11 @@ impl Actor for RunSupervisor {
             RunSupervisorMsg::Running { reply } => {
                 let _ = reply.send(state.running.len());
             }
+            RunSupervisorMsg::Cancel { run_id } => {
+                if let Some(cancel) = state.cancels.get(&run_id) {
+                    cancel.cancel();
+                }
+            }
             RunSupervisorMsg::InjectPanic => panic!("injected fault in the run supervisor"),
             RunSupervisorMsg::Shutdown { within, reply } => {
                 let released = state.shutdown(within).await;
@@ -113,6 +129,8 @@ impl Actor for RunSupervisor {
         // A run actor that failed leaves its lease to expire; the poll resumes the run from
         // its last checkpoint.
         state.running.on_event(&event);
+        let running = &state.running;
+        state.cancels.retain(|id, _| running.contains(id));
         Ok(())
     }
 }
@@ -137,9 +155,15 @@ impl RunSupervisorState {
             }
         }
         let (id, owner) = (run.id.clone(), run.owner.clone());
-        let args = || (RunActor, RunArgs { run, ctx: self.ctx.clone(), stop: self.stop.child_token() }, owner);
-        if let Err(err) = self.running.get_or_spawn(&id, myself.get_cell(), args).await {
-            tracing::error!(error = %err, "starting a workflow run actor; its lease will expire");
+        let cancel = CancellationToken::new();
+        let ctx = self.ctx.clone();
+        let (stop, token) = (self.stop.child_token(), cancel.clone());
+        let args = || (RunActor, RunArgs { run, ctx, stop, cancel: token }, owner);
+        match self.running.get_or_spawn(&id, myself.get_cell(), args).await {
+            Ok(_) => {
+                self.cancels.insert(id, cancel);
+            }
+            Err(err) => tracing::error!(error = %err, "starting a workflow run actor; its lease will expire"),
         }
     }
 
@@ -147,6 +171,7 @@ impl RunSupervisorState {
     /// stopped; a run whose actor did not stop in time keeps its lease, which then expires.
     async fn shutdown(&mut self, within: Duration) -> usize {
         self.stop.cancel();
+        self.cancels.clear();
         let deadline = tokio::time::Instant::now() + within;
         let mut stopped = Vec::with_capacity(self.running.len());
         for (id, actor, _) in self.running.drain() {
@@ -195,6 +220,12 @@ impl Runs {
 
     pub fn wake(&self, run_id: String) {
         self.slot.cast(RunSupervisorMsg::Start { run_id });
+    }
+
+    /// The run was cancelled in the store: stop its actor here, if it runs here, before its
+    /// next step (another daemon's actor notices through its lease within `lease_ms / 3`).
+    pub fn cancel(&self, run_id: String) {
+        self.slot.cast(RunSupervisorMsg::Cancel { run_id });
     }
 
     pub async fn running(&self) -> usize {

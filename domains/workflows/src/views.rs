@@ -156,6 +156,8 @@ pub struct RunCounts {
     pub failed: u64,
     /// Pending or running.
     pub pending: u64,
+    /// Cancelled by an operator.
+    pub cancelled: u64,
 }
 
 /// `GET /dashboard`: a user's workflow and run totals.

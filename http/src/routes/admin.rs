@@ -210,14 +210,28 @@ mod tests {
         };
         assert_eq!(fields, vec!["limit", "colour"]);
     }
+
+    #[test]
+    fn stuck_key_queries_default_to_100_and_name_bad_parameters() {
+        assert!(stuck_query(None).is_ok_and(|q| q == (None, 100)));
+        assert!(stuck_query(Some("topic=t&limit=5")).is_ok_and(|q| q == (Some("t".into()), 5)));
+        let fields: Vec<String> = match stuck_query(Some("limit=0&key=x")).err() {
+            Some(ApiError::Validation(f)) => f.into_iter().map(|f| f.field.into_owned()).collect(),
+            _ => vec![],
+        };
+        assert_eq!(fields, vec!["limit", "key"]);
+    }
 }
 
-/// The status page: an HTML shell with no data (it fetches `/admin/status.json` with the
-/// admin token it is given in `#token=…`), so it is served without authentication.
+/// The operator console: the live status (supervision tree, partitions, breakers), the
+/// stuck keys, dead letters to browse and replay, webhook attempts to resend, workflow runs
+/// to cancel. An HTML shell with no data: it calls the JSON API with the admin token it is
+/// given (typed in, or `#token=…`), so it is served without authentication. Also at
+/// `/admin/console`.
 #[utoipa::path(get, path = "/admin/status", tag = "admin", security(()),
     responses((status = 200, content_type = "text/html", body = String, description = "Refreshes itself from /admin/status.json")))]
 pub async fn status_page() -> Response {
-    let mut response = Response::new(axum::body::Body::from(include_str!("../status.html")));
+    let mut response = Response::new(axum::body::Body::from(include_str!("../console.html")));
     response
         .headers_mut()
         .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
@@ -230,6 +244,35 @@ pub async fn status_page() -> Response {
 pub async fn status(State(state): App, req: Request) -> Result<Response, ApiError> {
     admin(&state, req.headers()).await?;
     Ok(json_response(StatusCode::OK, &json!(state.conveyor.ops.status().await)))
+}
+
+/// `GET /admin/stuck-keys` query: `topic`, `limit` (1 to 1000, default 100).
+fn stuck_query(query: Option<&str>) -> Result<(Option<String>, usize), ApiError> {
+    let (mut topic, mut limit, mut errors) = (None, 100usize, Vec::new());
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "topic" => topic = Some(v.to_string()),
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => limit = n,
+                _ => errors.push(FieldError::new("limit", "must be an integer from 1 to 1000")),
+            },
+            other => errors.push(FieldError::new(other.to_string(), "unknown parameter")),
+        }
+    }
+    if errors.is_empty() { Ok((topic, limit)) } else { Err(ApiError::Validation(errors)) }
+}
+
+/// Keys that are not advancing: waiting out a backoff after a failure, behind an open
+/// downstream breaker, or held by a failing dead-letter write. Longest stuck first; `total`
+/// counts them all. A key leaves the list as soon as it succeeds or is dead-lettered.
+#[utoipa::path(get, path = "/admin/stuck-keys", tag = "admin", params(
+    ("topic" = Option<String>, Query, description = "Only keys of this source topic"),
+    ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many keys (default 100)"),
+), responses((status = 200, body = conveyor_actors::status::StuckKeyList)))]
+pub async fn stuck_keys(State(state): App, req: Request) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
+    let (topic, limit) = stuck_query(req.uri().query())?;
+    Ok(json_response(StatusCode::OK, &json!(state.conveyor.ops.stuck_keys(topic.as_deref(), limit).await)))
 }
 
 /// Test-only fault hook (`faults.allow_panic_injection`): makes a service's actor panic so
@@ -252,4 +295,26 @@ pub async fn panic_in_handler(State(state): App, req: Request) -> Result<Respons
         return Err(ApiError::ResourceNotFound("fault hook"));
     }
     panic!("injected by POST /admin/faults/http/panic");
+}
+
+/// Test-only fault hook (`faults.allow_panic_injection`): every handler call for this key
+/// fails retryably until healed, so a drill can hold a key in backoff and see it among the
+/// stuck keys. Not in the OpenAPI document.
+pub async fn fail_key(State(state): App, RawPath(key): RawPath<String>, req: Request) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
+    if !state.conveyor.config.faults.allow_panic_injection {
+        return Err(ApiError::ResourceNotFound("fault hook"));
+    }
+    conveyor_actors::consumer::faults::fail_key(&key);
+    Ok(json_response(StatusCode::ACCEPTED, &json!({"key": key, "injected": "retryable failure"})))
+}
+
+/// Test-only fault hook: ends [`fail_key`] for this key.
+pub async fn heal_key(State(state): App, RawPath(key): RawPath<String>, req: Request) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
+    if !state.conveyor.config.faults.allow_panic_injection {
+        return Err(ApiError::ResourceNotFound("fault hook"));
+    }
+    let healed = conveyor_actors::consumer::faults::heal_key(&key);
+    Ok(json_response(StatusCode::OK, &json!({"key": key, "healed": healed})))
 }

@@ -74,6 +74,7 @@ pub(crate) fn api() -> OpenApiRouter<S> {
         .routes(on(Api, routes!(replays::cancel)))
         .routes(on(Exempt, routes!(admin::status_page)))
         .routes(on(Api, routes!(admin::status)))
+        .routes(on(Api, routes!(admin::stuck_keys)))
         .routes(on(Auth, routes!(auth::register)))
         .routes(on(Auth, routes!(auth::login)))
         .routes(on(Auth, routes!(auth::logout)))
@@ -98,6 +99,7 @@ pub(crate) fn api() -> OpenApiRouter<S> {
         .routes(on(Api, routes!(workflows::get, workflows::replace, workflows::delete)))
         .routes(on(Api, routes!(workflows::start, workflows::runs)))
         .routes(on(Api, routes!(workflows::run)))
+        .routes(on(Api, routes!(workflows::cancel)))
         .routes(on(Api, routes!(workflows::dashboard)));
     // What every operation shares (security, front-end errors) goes in before the aliases
     // copy their targets, so that an alias documents exactly what its target does.
@@ -105,6 +107,7 @@ pub(crate) fn api() -> OpenApiRouter<S> {
     let router = alias(router, "/auth/ready", "/ready", Exempt, get(health::ready));
     let router = alias(router, "/auth/healthz", "/health", Exempt, get(health::health));
     let router = alias(router, "/loyalty/ready", "/ready", Exempt, get(health::ready));
+    let router = alias(router, "/admin/console", "/admin/status", Exempt, get(admin::status_page));
     router
         .route("/openapi.json", spends(Exempt, get(openapi::openapi_json)))
         .route("/docs", spends(Exempt, get(openapi::docs_redirect)))
@@ -113,4 +116,6 @@ pub(crate) fn api() -> OpenApiRouter<S> {
         // Test-only fault hooks (`faults.allow_panic_injection`).
         .route("/admin/faults/{subsystem}/panic", spends(Api, post(admin::inject_panic)))
         .route("/admin/faults/http/panic", spends(Api, post(admin::panic_in_handler)))
+        .route("/admin/faults/keys/{key}/fail", spends(Api, post(admin::fail_key)))
+        .route("/admin/faults/keys/{key}/heal", spends(Api, post(admin::heal_key)))
 }

@@ -150,6 +150,22 @@ pub async fn run(
     Ok(ok(StatusCode::OK, state.conveyor.workflows.run(&caller, &id, &run_id, wait).await?))
 }
 
+/// Cancels a pending or running run: it stops before its next step (a request already in
+/// flight may finish; a delay is cut short), its status becomes `cancelled`, and it is not
+/// resumed after a restart.
+#[utoipa::path(post, path = "/workflows/{id}/runs/{run_id}/cancel", tag = "workflows",
+    params(("id" = String, Path), ("run_id" = String, Path)),
+    responses((status = 200, body = RunView, description = "The run, now `cancelled`"), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`run_finished`: the run has already finished")))]
+pub async fn cancel(
+    State(state): App,
+    RawPath((id, run_id)): RawPath<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let caller = caller(&state, req.headers()).await?;
+    Ok(ok(StatusCode::OK, state.conveyor.workflows.cancel(&caller, &id, &run_id).await?))
+}
+
 /// The caller's totals: workflows, runs succeeded, failed and pending, the latest runs.
 #[utoipa::path(get, path = "/dashboard", tag = "workflows", responses((status = 200, body = Dashboard)))]
 pub async fn dashboard(State(state): App, req: Request) -> Result<Response, ApiError> {

@@ -1,0 +1,62 @@
+//! Test-only fault hook for drills (`faults.allow_panic_injection`): makes every handler call
+//! for chosen keys fail as a retryable error, so a drill can hold a key in backoff and watch
+//! it in the operator's stuck-key list, then heal it. Empty (and one atomic load per call)
+//! unless `POST /admin/faults/keys/{key}/fail` was called.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, RwLock};
+
+use crate::retry::HandlerError;
+
+static ANY: AtomicBool = AtomicBool::new(false);
+static FAILING: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(RwLock::default);
+
+/// The error a failing key's handler calls get.
+#[derive(Debug, thiserror::Error)]
+#[error("fault injected for key {key} (POST /admin/faults/keys/{{key}}/fail)")]
+pub struct InjectedFault {
+    pub key: String,
+}
+
+/// From now on, every handler call for `key` fails retryably.
+pub fn fail_key(key: &str) {
+    let mut set = FAILING.write().unwrap_or_else(|e| e.into_inner());
+    set.insert(key.to_string());
+    ANY.store(true, Ordering::SeqCst);
+}
+
+/// Handler calls for `key` run normally again; `false` if it was not failing.
+pub fn heal_key(key: &str) -> bool {
+    let mut set = FAILING.write().unwrap_or_else(|e| e.into_inner());
+    let removed = set.remove(key);
+    ANY.store(!set.is_empty(), Ordering::SeqCst);
+    removed
+}
+
+/// The injected failure for `key`, if it is failing.
+pub(super) fn injected(key: &str) -> Option<HandlerError> {
+    if !ANY.load(Ordering::Relaxed) {
+        return None;
+    }
+    let failing = FAILING.read().unwrap_or_else(|e| e.into_inner()).contains(key);
+    failing.then(|| HandlerError::retryable(InjectedFault { key: key.to_string() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_key_fails_retryably_until_healed() {
+        assert!(injected("faults-test-a").is_none());
+        fail_key("faults-test-a");
+        let err = injected("faults-test-a");
+        assert!(err.as_ref().is_some_and(|e| e.class == crate::retry::ErrorClass::Retryable));
+        assert!(err.is_some_and(|e| e.describe().contains("fault injected for key faults-test-a")));
+        assert!(injected("faults-test-b").is_none(), "other keys are untouched");
+        assert!(heal_key("faults-test-a"));
+        assert!(!heal_key("faults-test-a"));
+        assert!(injected("faults-test-a").is_none());
+    }
+}
