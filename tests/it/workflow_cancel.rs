@@ -32,7 +32,7 @@ pub async fn delayed_workflow(d: &Daemon, user: &str, sink: &Sink) -> String {
         user,
         json!({"name": "cancellable", "trigger": {"type": "manual"}, "steps": [
         {"type": "http", "name": "a", "url": sink.url("/a")},
-        {"type": "delay", "name": "wait", "seconds": 20},
+        {"type": "delay", "name": "wait", "seconds": 600},
         {"type": "http", "name": "b", "url": sink.url("/b")}]}),
     )
     .await
