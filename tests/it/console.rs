@@ -49,8 +49,9 @@ async fn the_console_resends_replays_cancels_and_shows_stuck_keys() {
     assert!(failed, "{records}");
     let delivery = records["deliveries"][0]["id"].as_str().unwrap_or_default().to_string();
 
-    // A workflow run waiting in a delay.
-    let wf = crate::workflow_cancel::delayed_workflow(&d, &admin, &sink).await;
+    // A workflow run waiting in a delay, long enough that a slow machine cannot finish the
+    // run before the test clicks cancel.
+    let wf = crate::workflow_cancel::delayed_workflow(&d, &admin, &sink, 3600).await;
     let run_id = crate::workflows::start(&d, &admin, &wf, json!({})).await;
     assert!(crate::workflow_cancel::in_delay(&d, &admin, &wf, &run_id).await, "{}", d.log_tail(20));
 

@@ -26,13 +26,13 @@ pub async fn runs_executing(d: &Daemon, admin: &str) -> Option<u64> {
 }
 
 /// A manual workflow: a request, a long delay, another request.
-pub async fn delayed_workflow(d: &Daemon, user: &str, sink: &Sink) -> String {
+pub async fn delayed_workflow(d: &Daemon, user: &str, sink: &Sink, delay_secs: u64) -> String {
     create(
         d,
         user,
         json!({"name": "cancellable", "trigger": {"type": "manual"}, "steps": [
         {"type": "http", "name": "a", "url": sink.url("/a")},
-        {"type": "delay", "name": "wait", "seconds": 600},
+        {"type": "delay", "name": "wait", "seconds": delay_secs},
         {"type": "http", "name": "b", "url": sink.url("/b")}]}),
     )
     .await
@@ -57,7 +57,8 @@ async fn a_cancelled_run_stops_in_its_delay_and_is_not_resumed_after_a_restart()
     let sink = Sink::start().await;
     let user = token("alice", &["user"]);
     let admin = token("ops", &["admin"]);
-    let wf = delayed_workflow(&d, &user, &sink).await;
+    // 20 s: under half the run lease, so the run actor stays in its delay (longer ones let go).
+    let wf = delayed_workflow(&d, &user, &sink, 20).await;
     let run_id = start(&d, &user, &wf, json!({})).await;
     assert!(in_delay(&d, &user, &wf, &run_id).await, "the run reached its delay:\n{}", d.log_tail(20));
     assert_eq!(runs_executing(&d, &admin).await, Some(1));
