@@ -365,6 +365,10 @@ impl Default for RetryConfig {
     }
 }
 
+/// The highest rate (records per second) a replay job may ask for. A constant, not a key:
+/// the API's schema states it, so a valid request is never refused by a deployment's setting.
+pub const REPLAY_MAX_RATE: u32 = 10_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DlqConfig {
@@ -374,8 +378,6 @@ pub struct DlqConfig {
     pub max_replays: u32,
     /// Replay jobs: the rate (records per second) of a job created without one.
     pub replay_default_rate: u32,
-    /// Replay jobs: the highest rate a job may ask for.
-    pub replay_max_rate: u32,
     /// Replay jobs: dead letters read per page (a page is also at most one second's worth
     /// at the job's rate); a crash replays at most one page again.
     pub replay_page_size: u32,
@@ -390,7 +392,6 @@ impl Default for DlqConfig {
             index_group: "conveyor-dlq-index".into(),
             max_replays: 3,
             replay_default_rate: 100,
-            replay_max_rate: 10_000,
             replay_page_size: 500,
             replay_sync_limit: 100,
         }
@@ -576,11 +577,8 @@ impl Config {
         self.workflows.validate()?;
         self.retention.validate(self.webhooks.dedup_window_secs)?;
         let d = &self.dlq;
-        if d.replay_max_rate == 0 {
-            return Err(invalid("dlq.replay_max_rate", "must be at least 1"));
-        }
-        if d.replay_default_rate == 0 || d.replay_default_rate > d.replay_max_rate {
-            return Err(invalid("dlq.replay_default_rate", "must be from 1 to dlq.replay_max_rate"));
+        if d.replay_default_rate == 0 || d.replay_default_rate > REPLAY_MAX_RATE {
+            return Err(invalid("dlq.replay_default_rate", format!("must be from 1 to {REPLAY_MAX_RATE}")));
         }
         if d.replay_page_size == 0 || d.replay_page_size > 10_000 {
             return Err(invalid("dlq.replay_page_size", "must be from 1 to 10000"));

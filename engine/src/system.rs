@@ -321,7 +321,6 @@ impl Conveyor {
             admin.clone(),
             conveyor_actors::replay::ReplaySettings {
                 default_rate: d.replay_default_rate,
-                max_rate: d.replay_max_rate,
                 page_size: d.replay_page_size,
                 poll: Duration::from_secs(1),
             },

@@ -199,6 +199,16 @@ mod tests {
         }
     }
 
+    /// A replay job's rate: the schema states the same bound the runtime enforces, so a
+    /// request the document calls valid is never refused for its rate.
+    #[test]
+    fn the_replay_rate_bound_is_the_runtimes() {
+        let json = serde_json::to_value(document()).unwrap_or_default();
+        let rate = &json["components"]["schemas"]["ReplayRequest"]["properties"]["rate"];
+        assert_eq!(rate["maximum"], conveyor_actors::config::REPLAY_MAX_RATE, "{rate}");
+        assert_eq!(rate["minimum"], 1, "{rate}");
+    }
+
     #[test]
     fn it_is_openapi_3_1_with_auth_and_error_bodies() {
         let json = serde_json::to_value(document()).unwrap_or_default();

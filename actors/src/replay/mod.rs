@@ -23,6 +23,7 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 use serde::Serialize;
 
 use crate::Error;
+use crate::config::REPLAY_MAX_RATE;
 use crate::dlq::{DeadLetterAdmin, DeadLetterFilter};
 use crate::error::FieldError;
 use crate::store::replay_job::{self, Column, Entity, ReplayStatus};
@@ -218,27 +219,22 @@ pub struct Replays {
     slot: Slot<ReplayMsg>,
     interrupts: Interrupts,
     default_rate: u32,
-    max_rate: u32,
 }
 
 /// How many jobs `list` shows at most.
 pub const MAX_LIST: u64 = 1_000;
 
 impl Replays {
-    /// Checks a new job: the rate within `[1, dlq.replay_max_rate]`, a time range that is not
-    /// empty, filter strings that are not blank. Errors name the field.
+    /// Checks a new job: the rate within `[1, REPLAY_MAX_RATE]`, filter strings that are not blank. Errors name the field.
     pub fn validate(&self, new: &NewReplay) -> Result<u32, Error> {
         let mut fields = Vec::new();
         let rate = new.rate.unwrap_or(self.default_rate);
-        if rate == 0 || rate > self.max_rate {
-            fields.push(FieldError::new("rate", format!("must be from 1 to {} records per second", self.max_rate)));
+        if rate == 0 || rate > REPLAY_MAX_RATE {
+            fields.push(FieldError::new("rate", format!("must be from 1 to {REPLAY_MAX_RATE} records per second")));
         }
         let f = &new.filter;
-        if let (Some(since), Some(until)) = (f.since_ms, f.until_ms)
-            && since >= until
-        {
-            fields.push(FieldError::new("until_ms", "must be later than since_ms"));
-        }
+        // An empty time range (until at or before since) is a job that matches nothing and
+        // completes at once, as the same filter lists nothing: not an error the schema could state.
         for (name, value) in [("source_topic", &f.source_topic), ("error_class", &f.error_class)] {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 fields.push(FieldError::new(name, "must not be blank (leave it out to match any)"));
@@ -352,9 +348,8 @@ async fn load(admin: &DeadLetterAdmin, id: i64) -> Result<Option<replay_job::Mod
 /// What the runner is configured with besides the dead-letter admin.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplaySettings {
-    /// `dlq.replay_default_rate`, `dlq.replay_max_rate`.
+    /// `dlq.replay_default_rate`.
     pub default_rate: u32,
-    pub max_rate: u32,
     /// `dlq.replay_page_size`.
     pub page_size: u32,
     /// How often an idle runner looks for running jobs (a new or resumed job wakes it at once).
@@ -376,7 +371,7 @@ pub fn service(admin: DeadLetterAdmin, settings: ReplaySettings) -> (Replays, Ac
         ActorService::new("ReplayActor", slot.clone(), || ReplayMsg::InjectPanic, move || (ReplayActor, args.clone()))
             // Replays wait while it restarts; nothing the daemon serves depends on it.
             .non_essential();
-    let replays = Replays { admin, slot, interrupts, default_rate: settings.default_rate, max_rate: settings.max_rate };
+    let replays = Replays { admin, slot, interrupts, default_rate: settings.default_rate };
     (replays, service)
 }
 

@@ -19,8 +19,7 @@ fn admin(store: &Store, log: &EmbeddedLog) -> DeadLetterAdmin {
     DeadLetterAdmin { store: store.clone(), producer: log.producer(), max_replays: 2, timeout: Duration::from_secs(5) }
 }
 
-const SETTINGS: ReplaySettings =
-    ReplaySettings { default_rate: 100, max_rate: 10_000, page_size: 3, poll: Duration::from_millis(20) };
+const SETTINGS: ReplaySettings = ReplaySettings { default_rate: 100, page_size: 3, poll: Duration::from_millis(20) };
 
 /// `n` dead letters of topic "in" (in dead-letter partition `partition`), the ones in
 /// `exhausted` replayed to the limit.
@@ -109,7 +108,7 @@ async fn bad_rates_and_ranges_are_refused_naming_the_field() {
     assert_eq!(fields(NewReplay { rate: Some(0), ..NewReplay::default() }), vec!["rate"]);
     assert_eq!(fields(NewReplay { rate: Some(10_001), ..NewReplay::default() }), vec!["rate"]);
     let backwards = DeadLetterFilter { since_ms: Some(10), until_ms: Some(5), ..DeadLetterFilter::default() };
-    assert_eq!(fields(NewReplay { filter: backwards, rate: None }), vec!["until_ms"]);
+    assert!(replays.validate(&NewReplay { filter: backwards, rate: None }).is_ok(), "an empty range matches nothing");
     let blank = DeadLetterFilter { source_topic: Some(" ".into()), ..DeadLetterFilter::default() };
     assert_eq!(fields(NewReplay { filter: blank, rate: None }), vec!["source_topic"]);
     assert_eq!(replays.validate(&NewReplay::default()).unwrap(), 100, "the default rate");

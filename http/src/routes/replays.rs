@@ -17,20 +17,25 @@ use crate::{App, Response, json_response};
 
 /// A replay job to start. Every field may be left out: an empty body replays every dead
 /// letter at the default rate (`dlq.replay_default_rate`).
-#[derive(ToSchema)]
+// Deserialize only for `deny_unknown_fields`, which tells the document what the handler
+// does: an unknown field is a 422 naming it (additionalProperties: false).
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"source_topic": "events-input", "error_class": "permanent", "since_ms": 1764720000000i64, "rate": 500}))]
 #[allow(dead_code)] // Documents the body; the handler reads it field by field to name bad ones.
 pub struct ReplayRequest {
     /// Only dead letters from this topic.
+    #[schema(pattern = r"\S")]
     source_topic: Option<String>,
     /// Only this error class: `retryable`, `permanent`, `unavailable`, …
+    #[schema(pattern = r"\S")]
     error_class: Option<String>,
     /// Last failure at or after this time (ms since the epoch).
     since_ms: Option<i64>,
     /// Last failure before this time (ms since the epoch).
     until_ms: Option<i64>,
-    /// Records per second, 1 to `dlq.replay_max_rate`.
-    #[schema(minimum = 1)]
+    /// Records per second, 1 to 10000 (default `dlq.replay_default_rate`).
+    #[schema(minimum = 1, maximum = 10000)]
     rate: Option<u32>,
     /// Only count what would be replayed (200 with the counts; nothing is created).
     dry_run: Option<bool>,
