@@ -194,7 +194,7 @@ async fn replay_jobs_dry_run_pause_resume_cancel_and_refusals() {
         (json!({"rate": 0}), "rate"),
         (json!({"rate": "fast"}), "rate"),
         (json!({"rate": 1_000_000}), "rate"),
-        (json!({"since_ms": 10, "until_ms": 5}), "until_ms"),
+        (json!({"source_topic": " "}), "source_topic"),
         (json!({"since_ms": "yesterday"}), "since_ms"),
         (json!({"colour": "red"}), "colour"),
     ] {
