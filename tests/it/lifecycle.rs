@@ -22,7 +22,8 @@ async fn sigterm_drains_commits_and_exits_zero_within_the_grace_period() {
 
     // Restarted on the same log and group: all events are there, nothing is lost.
     let d = Daemon::start(Opts::restart_of(&mut d)).await;
-    assert!(await_final_state(&d, &t, &expected, Duration::from_secs(60)).await.is_empty());
+    let missing = await_final_state(&d, &t, &expected, Duration::from_secs(60)).await;
+    assert!(missing.is_empty(), "not in their final state: {missing:?}\nlog:\n{}", d.log_tail(60));
 }
 
 #[test]
