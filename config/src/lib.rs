@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod breaker;
+mod dlq;
 mod embedded_log;
 mod identity;
 mod retention;
@@ -21,6 +22,7 @@ mod webhooks;
 mod workflows;
 
 pub use breaker::BreakerConfig;
+pub use dlq::{DlqConfig, REPLAY_MAX_RATE};
 pub use embedded_log::{EmbeddedLogConfig, TopicLogOverrides, TopicLogPolicy};
 pub use identity::{AuthConfig, ExternalKey, HmacKey, PasswordConfig, Quota, RateLimitConfig};
 pub use retention::RetentionConfig;
@@ -365,39 +367,6 @@ impl Default for RetryConfig {
     }
 }
 
-/// The highest rate (records per second) a replay job may ask for. A constant, not a key:
-/// the API's schema states it, so a valid request is never refused by a deployment's setting.
-pub const REPLAY_MAX_RATE: u32 = 10_000;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DlqConfig {
-    /// Consumer group that indexes dead-letter topics for the admin API.
-    pub index_group: String,
-    /// A record replayed this many times is not replayed again.
-    pub max_replays: u32,
-    /// Replay jobs: the rate (records per second) of a job created without one.
-    pub replay_default_rate: u32,
-    /// Replay jobs: dead letters read per page (a page is also at most one second's worth
-    /// at the job's rate); a crash replays at most one page again.
-    pub replay_page_size: u32,
-    /// Replay jobs: a synchronous filtered replay (`POST /admin/dead-letters/replay`) refuses
-    /// a set larger than this and points to the jobs.
-    pub replay_sync_limit: u32,
-}
-
-impl Default for DlqConfig {
-    fn default() -> Self {
-        DlqConfig {
-            index_group: "conveyor-dlq-index".into(),
-            max_replays: 3,
-            replay_default_rate: 100,
-            replay_page_size: 500,
-            replay_sync_limit: 100,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -576,16 +545,7 @@ impl Config {
         self.webhooks.validate()?;
         self.workflows.validate()?;
         self.retention.validate(self.webhooks.dedup_window_secs)?;
-        let d = &self.dlq;
-        if d.replay_default_rate == 0 || d.replay_default_rate > REPLAY_MAX_RATE {
-            return Err(invalid("dlq.replay_default_rate", format!("must be from 1 to {REPLAY_MAX_RATE}")));
-        }
-        if d.replay_page_size == 0 || d.replay_page_size > 10_000 {
-            return Err(invalid("dlq.replay_page_size", "must be from 1 to 10000"));
-        }
-        if d.replay_sync_limit == 0 || d.replay_sync_limit > 1_000 {
-            return Err(invalid("dlq.replay_sync_limit", "must be from 1 to 1000"));
-        }
+        self.dlq.validate()?;
         if self.loyalty.welcome_bonus < 0 {
             return Err(invalid("loyalty.welcome_bonus", "must not be negative"));
         }
