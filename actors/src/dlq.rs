@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::breaker::Breaker;
-use crate::consumer::{KeyHandler, dlq_header};
+use crate::consumer::{KeyHandler, dlq_header, park_header};
 use crate::log::{Header, OutgoingRecord, Producer, Record};
 use crate::retry::HandlerError;
 use crate::store::Store;
@@ -30,7 +30,7 @@ fn header_num<T: std::str::FromStr>(record: &Record, name: &str) -> Option<T> {
 }
 
 /// Headers as stored: text when UTF-8, else base64 under `value_base64`.
-fn headers_json(headers: &[Header]) -> serde_json::Value {
+pub(crate) fn headers_json(headers: &[Header]) -> serde_json::Value {
     let b64 = base64::engine::general_purpose::STANDARD;
     headers
         .iter()
@@ -42,7 +42,7 @@ fn headers_json(headers: &[Header]) -> serde_json::Value {
         .collect()
 }
 
-fn headers_from_json(value: &serde_json::Value) -> Vec<Header> {
+pub(crate) fn headers_from_json(value: &serde_json::Value) -> Vec<Header> {
     let b64 = base64::engine::general_purpose::STANDARD;
     value
         .as_array()
@@ -261,7 +261,7 @@ impl DeadLetterAdmin {
         self.replay_row(row).await
     }
 
-    async fn replay_row(&self, row: dead_letter::Model) -> Result<ReplayOutcome, Error> {
+    pub(crate) async fn replay_row(&self, row: dead_letter::Model) -> Result<ReplayOutcome, Error> {
         let (id, topic) = (row.id, row.source_topic.clone());
         let (record, count) = match self.prepare(row) {
             Ok(prepared) => prepared,
@@ -282,8 +282,14 @@ impl DeadLetterAdmin {
         }
         let count = row.replay_count + 1;
         let mut headers = headers_from_json(&row.headers);
-        headers.retain(|h| h.name != REPLAY_COUNT_HEADER);
+        let replay_headers = [REPLAY_COUNT_HEADER, park_header::REPLAY_SOURCE_PARTITION, park_header::REPLAY_SOURCE_OFFSET];
+        headers.retain(|h| !replay_headers.contains(&h.name.as_str()));
         headers.push(Header { name: REPLAY_COUNT_HEADER.into(), value: count.to_string().into_bytes() });
+        // Which record it replays: a parked key is released by the replay of its own dead letter.
+        let source_partition = row.source_partition.to_string().into_bytes();
+        headers.push(Header { name: park_header::REPLAY_SOURCE_PARTITION.into(), value: source_partition });
+        let source_offset = row.source_offset.to_string().into_bytes();
+        headers.push(Header { name: park_header::REPLAY_SOURCE_OFFSET.into(), value: source_offset });
         let record =
             OutgoingRecord { topic: row.source_topic, key: row.key, payload: bytes::Bytes::from(row.payload), headers };
         Ok((record, count))
@@ -308,6 +314,29 @@ impl DeadLetterAdmin {
         crate::metrics::metrics()
             .dead_letters_replayed
             .add(n, &[crate::metrics::kv(crate::metrics::TOPIC, topic.to_string())]);
+    }
+
+    /// The newest dead letter of each of the source records `(topic, partition, offset)`.
+    pub async fn newest_of(
+        &self,
+        sources: &[(String, i32, i64)],
+    ) -> Result<std::collections::HashMap<(String, i32, i64), dead_letter::Model>, Error> {
+        if sources.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut any = Condition::any();
+        for (topic, partition, offset) in sources {
+            any = any.add(
+                Condition::all()
+                    .add(Column::SourceTopic.eq(topic.clone()))
+                    .add(Column::SourcePartition.eq(*partition))
+                    .add(Column::SourceOffset.eq(*offset)),
+            );
+        }
+        let query = Entity::find().filter(any).order_by_asc(Column::Id).all(self.store.connection());
+        let rows = self.store.guarded("find_dead_letters", query).await?;
+        // In id order, so the newest of each source wins.
+        Ok(rows.into_iter().map(|m| ((m.source_topic.clone(), m.source_partition, m.source_offset), m)).collect())
     }
 
     /// The newest dead-letter id (0 with none).

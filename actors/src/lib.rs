@@ -66,6 +66,7 @@ pub mod json;
 pub mod lag;
 pub mod log;
 pub mod metrics;
+pub mod parked;
 pub mod readiness;
 pub mod recent;
 pub mod replay;

@@ -30,6 +30,15 @@ pub const BREAKER_STATE: &str = "conveyor.breaker.state";
 pub const DOWNSTREAM_WAITS: &str = "conveyor.handler.downstream_waits";
 pub const RETENTION_PURGED: &str = "conveyor.retention.purged";
 pub const STUCK_KEYS: &str = "conveyor.partition.keys.stuck";
+/// Keys held behind a dead letter (`processing.on_dead_letter = "park"`), by topic and handler.
+pub const PARKED_KEYS: &str = "conveyor.partition.keys.parked";
+/// Records held behind a parked key, by topic.
+pub const RECORDS_PARKED: &str = "conveyor.partition.records.parked";
+/// Held records handed to the handler when their key was released, by topic.
+pub const RECORDS_RELEASED: &str = "conveyor.partition.records.released";
+/// Parking refused or ignored something, by topic and reason (park_limit, parked_overflow,
+/// control_ignored).
+pub const PARK_REFUSALS: &str = "conveyor.partition.park.refusals";
 
 /// Label keys.
 pub const TOPIC: &str = "topic";
@@ -67,6 +76,10 @@ pub struct Metrics {
     pub downstream_waits: Counter<u64>,
     pub retention_purged: Counter<u64>,
     pub stuck_keys: UpDownCounter<i64>,
+    pub parked_keys: UpDownCounter<i64>,
+    pub records_parked: Counter<u64>,
+    pub records_released: Counter<u64>,
+    pub park_refusals: Counter<u64>,
 }
 
 /// Seconds buckets for every duration histogram (shared with the domains' instruments).
@@ -167,6 +180,28 @@ impl Metrics {
                 .with_unit("{key}")
                 .with_description(
                     "Keys not advancing (in backoff, behind an open breaker or a failing dead-letter write), by topic and handler",
+                )
+                .build(),
+            parked_keys: meter
+                .i64_up_down_counter(PARKED_KEYS)
+                .with_unit("{key}")
+                .with_description("Keys held behind a dead letter until it is replayed or skipped, by topic and handler")
+                .build(),
+            records_parked: meter
+                .u64_counter(RECORDS_PARKED)
+                .with_unit("{record}")
+                .with_description("Records held behind a parked key, by topic")
+                .build(),
+            records_released: meter
+                .u64_counter(RECORDS_RELEASED)
+                .with_unit("{record}")
+                .with_description("Held records handed to the handler when their key was released, by topic")
+                .build(),
+            park_refusals: meter
+                .u64_counter(PARK_REFUSALS)
+                .with_unit("{record}")
+                .with_description(
+                    "Records parking refused (park_limit, parked_overflow: dead-lettered) or ignored (control_ignored), by topic and reason",
                 )
                 .build(),
         }

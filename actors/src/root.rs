@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::config::ProcessingConfig;
-use crate::consumer::{ConsumerSupervisorHandle, DeadLetters, KeyHandler, PartitionStatus};
+use crate::consumer::{ConsumerSupervisorHandle, DeadLetters, KeyHandler, ParkSpec, PartitionStatus};
 use crate::log::{ConsumerHandle, GroupListener, LogBackend};
 use crate::metrics;
 use crate::retry::RetryPolicy;
@@ -29,6 +29,8 @@ pub struct GroupSpec {
     pub topic: String,
     pub handler: Arc<dyn KeyHandler>,
     pub dead_letters: DeadLetters,
+    /// Set when the topic's `processing.on_dead_letter` is `park`.
+    pub park: Option<ParkSpec>,
 }
 
 /// What the root supervisor is started with.
@@ -329,6 +331,7 @@ impl RootState {
             spec.dead_letters,
             self.args.policy,
             self.args.processing.clone(),
+            spec.park,
             Some(myself.get_cell()),
         )
         .await?;
@@ -422,6 +425,7 @@ mod tests {
                     topic: "dlq".into(),
                     timeout: Duration::from_secs(1),
                 },
+                park: None,
             }],
             services: vec![],
             policy: RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 },

@@ -242,6 +242,7 @@ async fn run_one(args: &KeysArgs, keys: usize) -> anyhow::Result<KeysRun> {
         policy,
         processing,
         None,
+        None,
     )
     .await?;
 

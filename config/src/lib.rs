@@ -14,6 +14,7 @@ mod breaker;
 mod dlq;
 mod embedded_log;
 mod identity;
+mod processing;
 mod retention;
 mod saga;
 mod secret;
@@ -25,6 +26,7 @@ pub use breaker::BreakerConfig;
 pub use dlq::{DlqConfig, REPLAY_MAX_RATE};
 pub use embedded_log::{EmbeddedLogConfig, TopicLogOverrides, TopicLogPolicy};
 pub use identity::{AuthConfig, ExternalKey, HmacKey, PasswordConfig, Quota, RateLimitConfig};
+pub use processing::{DeadLetterPolicy, LOGICAL_TOPICS, TopicProcessing};
 pub use retention::RetentionConfig;
 pub use saga::{FaultsConfig, LoyaltyConfig, OutboxConfig};
 use secret::mask_url_password;
@@ -337,6 +339,17 @@ pub struct ProcessingConfig {
     pub batch_max_rows: usize,
     /// Group-commit statements in flight at once (each holds one store connection).
     pub batch_writers: usize,
+    /// What a key's later records do once one of its records is dead-lettered (`continue`
+    /// or `park`), unless its topic says otherwise in `topics`.
+    pub on_dead_letter: DeadLetterPolicy,
+    /// Per topic, by its logical name as in `[log.topics]` (e.g. `events_input`).
+    pub topics: std::collections::BTreeMap<String, TopicProcessing>,
+    /// `park`: at most this many parked keys per partition; past it a poison record is
+    /// dead-lettered and its key continues (counted, reason `park_limit`).
+    pub max_parked_keys_per_partition: usize,
+    /// `park`: at most this many records held per parked key; past it a record is
+    /// dead-lettered with error class `parked_overflow` and the key stays parked.
+    pub max_parked_records_per_key: usize,
 }
 
 impl Default for ProcessingConfig {
@@ -349,6 +362,10 @@ impl Default for ProcessingConfig {
             drain_timeout_ms: 10_000,
             batch_max_rows: 500,
             batch_writers: 3,
+            on_dead_letter: DeadLetterPolicy::Continue,
+            topics: std::collections::BTreeMap::new(),
+            max_parked_keys_per_partition: 10_000,
+            max_parked_records_per_key: 100_000,
         }
     }
 }
@@ -516,6 +533,7 @@ impl Config {
         if p.max_coalesce == 0 {
             return Err(invalid("processing.max_coalesce", "must be at least 1"));
         }
+        processing::validate(&p.topics, p.max_parked_keys_per_partition, p.max_parked_records_per_key)?;
         if self.retry.base_ms == 0 || self.retry.base_ms > self.retry.cap_ms {
             return Err(invalid("retry.base_ms", "must be at least 1 and at most retry.cap_ms"));
         }
@@ -591,6 +609,10 @@ impl ProcessingConfig {
     }
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+    /// The dead-letter policy of the topic with this logical name (see [`LOGICAL_TOPICS`]).
+    pub fn on_dead_letter_for(&self, logical: &str) -> DeadLetterPolicy {
+        self.topics.get(logical).and_then(|t| t.on_dead_letter).unwrap_or(self.on_dead_letter)
     }
 }
 

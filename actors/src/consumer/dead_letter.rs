@@ -97,6 +97,32 @@ impl DeadLetters {
     }
 }
 
+impl DeadLetters {
+    /// Writes a dead letter that parking refused to hold (`reason` is its error class).
+    pub async fn write_refused(
+        &self,
+        record: &Record,
+        reason: super::ParkRefusal,
+        error: &str,
+    ) -> Result<(), crate::Error> {
+        let mut headers = record.headers.clone();
+        let now = chrono::Utc::now().timestamp_millis();
+        DeadLetterMeta {
+            source_topic: &record.tp.topic,
+            source_partition: record.tp.partition,
+            source_offset: record.offset,
+            error_class: reason.as_str(),
+            error,
+            attempts: 0,
+            first_failure_ms: now,
+            last_failure_ms: now,
+        }
+        .append_to(&mut headers);
+        let out = OutgoingRecord { topic: self.topic.clone(), key: record.key.clone(), payload: record.payload.clone(), headers };
+        self.producer.send(out, self.timeout).await.map(|_| ())
+    }
+}
+
 impl ErrorClass {
     /// Dead letters written because of this class (a bounded metric label).
     pub fn dlq_reason(self) -> &'static str {

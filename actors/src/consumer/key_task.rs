@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::KeyHandler;
 use super::dead_letter::{DeadLetters, Failure};
+use super::key_run::KeyRun;
+use super::parking::Parking;
 use super::stuck::{StuckKey, StuckKeys, StuckReason};
 use crate::breaker::{Breaker, BreakerState};
 use crate::log::Record;
@@ -30,10 +32,14 @@ pub(super) struct KeyCtx {
     pub breakers: Vec<Arc<Breaker>>,
     /// Keys of this partition that are not advancing, for the operator.
     pub stuck: StuckKeys,
+    /// The partition's parked keys, on a topic whose policy is `park`.
+    pub parking: Option<Arc<Parking>>,
+    /// `processing.max_coalesce`: also the page size of a release.
+    pub max_coalesce: usize,
 }
 
 /// Labels of `conveyor.partition.records.processed`: topic, partition, outcome.
-fn processed(ctx: &KeyCtx, outcome: &'static str) -> [KeyValue; 3] {
+pub(super) fn processed(ctx: &KeyCtx, outcome: &'static str) -> [KeyValue; 3] {
     [ctx.labels[0].clone(), ctx.labels[1].clone(), kv(OUTCOME, outcome)]
 }
 
@@ -45,12 +51,12 @@ pub(super) struct KeyOutcome {
     pub abandoned: bool,
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
 /// A handler call that turns a panic into a permanent failure instead of a stuck key.
-async fn call(ctx: &KeyCtx, key: &str, records: &[Record]) -> Result<(), HandlerError> {
+pub(super) async fn call(ctx: &KeyCtx, key: &str, records: &[Record]) -> Result<(), HandlerError> {
     if let Some(err) = super::faults::injected(key) {
         return Err(err);
     }
@@ -88,52 +94,26 @@ pub(super) async fn run(ctx: Arc<KeyCtx>, key: String, records: Vec<Record>) -> 
 
 async fn run_records(ctx: Arc<KeyCtx>, key: String, records: Vec<Record>) -> KeyOutcome {
     let started = Instant::now();
-    let outcome = match call(&ctx, &key, &records).await {
-        Ok(()) => {
-            metrics().records_processed.add(records.len() as u64, &processed(&ctx, "ok"));
-            for r in &records {
-                // The request's trace id, read back from the record: one trace across the log.
-                tracing::debug!(
-                    handler = ctx.handler.name(), topic = %r.tp.topic, partition = r.tp.partition, offset = r.offset,
-                    trace_id = crate::trace::record_trace_id(r), "record processed"
-                );
-            }
-            KeyOutcome { done: records.iter().map(|r| r.offset).collect(), abandoned: false }
-        }
-        // A coalesced batch failed: find out record by record which one, so one bad
-        // record never takes its neighbours to the dead-letter topic.
-        Err(first) => {
-            let mut done = Vec::with_capacity(records.len());
-            let mut first = (records.len() == 1).then_some(first);
-            let mut abandoned = false;
-            for record in &records {
-                if single(&ctx, &key, record, first.take()).await {
-                    done.push(record.offset);
-                } else {
-                    abandoned = true;
-                    break;
-                }
-            }
-            KeyOutcome { done, abandoned }
-        }
-    };
+    let mut run = KeyRun { ctx: &ctx, key: &key, done: Vec::with_capacity(records.len()) };
+    let abandoned = !run.all(records).await;
+    let done = run.done;
     // The key's turn is over (done, dead-lettered or given back): it is stuck no longer.
     ctx.stuck.clear(&key);
     let m = metrics();
     m.processing_duration.record(started.elapsed().as_secs_f64(), &ctx.labels);
-    outcome
+    KeyOutcome { done, abandoned }
 }
 
 /// What the operator sees of a key that is not advancing.
-struct Stuck<'a> {
-    reason: StuckReason,
-    since_ms: i64,
-    attempts: u32,
-    error: &'a HandlerError,
-    next_attempt_ms: Option<i64>,
+pub(super) struct Stuck<'a> {
+    pub reason: StuckReason,
+    pub since_ms: i64,
+    pub attempts: u32,
+    pub error: &'a HandlerError,
+    pub next_attempt_ms: Option<i64>,
 }
 
-fn mark_stuck(ctx: &KeyCtx, key: &str, record: &Record, s: Stuck<'_>) {
+pub(super) fn mark_stuck(ctx: &KeyCtx, key: &str, record: &Record, s: Stuck<'_>) {
     ctx.stuck.set(StuckKey {
         topic: record.tp.topic.clone(),
         partition: record.tp.partition,
@@ -149,8 +129,17 @@ fn mark_stuck(ctx: &KeyCtx, key: &str, record: &Record, s: Stuck<'_>) {
     });
 }
 
-/// One record through the retry policy; `false` if the partition started draining first.
-async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<HandlerError>) -> bool {
+/// How one record went through the retry policy.
+pub(super) enum Single {
+    Processed,
+    /// Written to the dead-letter topic, for this error.
+    DeadLettered(HandlerError),
+    /// The partition started draining first.
+    Abandoned,
+}
+
+/// One record through the retry policy.
+pub(super) async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<HandlerError>) -> Single {
     let m = metrics();
     let mut attempt = 0u32;
     let mut first_failure_ms = None;
@@ -165,7 +154,7 @@ async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<Hand
         let Err(err) = result else {
             ctx.stuck.clear(key);
             m.records_processed.add(1, &processed(ctx, "ok"));
-            return true;
+            return Single::Processed;
         };
         let since_ms = *stuck_since.get_or_insert_with(now_ms);
         // A downstream outage is not this record's fault: wait for the breaker, spend
@@ -179,7 +168,7 @@ async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<Hand
             let stuck = Stuck { reason, since_ms, attempts: attempt, error: &err, next_attempt_ms: None };
             mark_stuck(ctx, key, record, stuck);
             if !wait_for_downstream(ctx).await {
-                return false;
+                return Single::Abandoned;
             }
             continue;
         }
@@ -201,12 +190,15 @@ async fn single(ctx: &KeyCtx, key: &str, record: &Record, mut known: Option<Hand
                     Stuck { reason: StuckReason::Backoff, since_ms, attempts: attempt, error: &err, next_attempt_ms };
                 mark_stuck(ctx, key, record, stuck);
                 if !wait(ctx, delay).await {
-                    return false;
+                    return Single::Abandoned;
                 }
             }
             None => {
                 let failure = Failure { error: &err, attempts: attempt, first_failure_ms: first, last_failure_ms: now };
-                return dead_letter(ctx, key, record, &failure, since_ms).await;
+                if !dead_letter(ctx, key, record, &failure, since_ms).await {
+                    return Single::Abandoned;
+                }
+                return Single::DeadLettered(err);
             }
         }
     }
@@ -273,7 +265,7 @@ async fn wait_for_downstream(ctx: &KeyCtx) -> bool {
 }
 
 /// Sleeps unless the partition drains first; `false` when it did.
-async fn wait(ctx: &KeyCtx, delay: Duration) -> bool {
+pub(super) async fn wait(ctx: &KeyCtx, delay: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(delay) => true,
         _ = ctx.cancel.cancelled() => false,

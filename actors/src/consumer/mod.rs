@@ -3,8 +3,10 @@
 
 mod dead_letter;
 pub mod faults;
+mod key_run;
 mod key_task;
 mod offsets;
+mod parking;
 mod partition;
 mod stuck;
 mod supervisor;
@@ -17,6 +19,7 @@ use async_trait::async_trait;
 
 pub use dead_letter::{DeadLetterMeta, DeadLetters, dlq_headers, headers as dlq_header};
 pub use offsets::OffsetTracker;
+pub use parking::{ParkRefusal, ParkSpec, headers as park_header};
 pub use partition::{PartitionActor, PartitionArgs, PartitionMsg, PartitionState, PartitionStatus};
 pub use stuck::{StuckErrorClass, StuckKey, StuckKeys, StuckReason, sort as sort_stuck};
 pub use supervisor::{ConsumerArgs, ConsumerSupervisor, ConsumerSupervisorHandle, SupervisorMsg};

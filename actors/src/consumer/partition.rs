@@ -19,6 +19,7 @@ use super::KeyHandler;
 use super::dead_letter::DeadLetters;
 use super::key_task::{self, KeyCtx, KeyOutcome};
 use super::offsets::OffsetTracker;
+use super::parking::{ParkSpec, Parking};
 use super::stuck::{StuckKey, StuckKeys};
 use crate::breaker::BreakerState;
 use crate::config::ProcessingConfig;
@@ -37,6 +38,8 @@ pub struct PartitionArgs {
     pub dead_letters: DeadLetters,
     pub policy: RetryPolicy,
     pub processing: ProcessingConfig,
+    /// Set when the topic's `on_dead_letter` is `park`.
+    pub park: Option<ParkSpec>,
 }
 
 /// A snapshot for the status page and tests.
@@ -72,6 +75,8 @@ pub enum PartitionMsg {
     Status { reply: RpcReplyPort<PartitionStatus> },
     /// A downstream's circuit breaker changed state (open pauses the partition).
     Downstream { name: &'static str, state: BreakerState },
+    /// The partition's parked keys are loaded: records may be handled now.
+    ParkedLoaded,
 }
 
 /// A finished key task's result, as carried in [`PartitionMsg::KeyDone`].
@@ -100,6 +105,8 @@ pub struct PartitionState {
     draining: Option<RpcReplyPort<Option<i64>>>,
     ticker: Option<JoinHandle<()>>,
     watchers: Vec<JoinHandle<()>>,
+    /// On a parking topic, no record is handled before the parked keys are known.
+    parked_loaded: bool,
 }
 
 impl Actor for PartitionActor {
@@ -130,6 +137,7 @@ impl Actor for PartitionActor {
                 }
             }));
         }
+        let parking = args.park.clone().map(|spec| Arc::new(Parking::new(spec, &args.tp, args.handler.name())));
         let ctx = Arc::new(KeyCtx {
             handler: args.handler.clone(),
             dead_letters: args.dead_letters.clone(),
@@ -138,7 +146,12 @@ impl Actor for PartitionActor {
             labels,
             breakers,
             stuck: StuckKeys::new(&args.tp, args.handler.name()),
+            parking: parking.clone(),
+            max_coalesce: args.processing.max_coalesce,
         });
+        if let Some(parking) = &parking {
+            watchers.push(load_parked(parking.clone(), args.tp.clone(), args.policy, myself.clone()));
+        }
         let ticker = myself.send_interval(args.processing.commit_interval(), || PartitionMsg::CommitTick);
         tracing::info!(partition = %args.tp, handler = args.handler.name(), "partition actor started");
         let mut state = PartitionState {
@@ -155,6 +168,7 @@ impl Actor for PartitionActor {
             draining: None,
             ticker: Some(ticker),
             watchers,
+            parked_loaded: parking.is_none(),
         };
         state.apply_pause();
         Ok(state)
@@ -186,6 +200,10 @@ impl Actor for PartitionActor {
                 }
                 state.apply_pause();
             }
+            PartitionMsg::ParkedLoaded => {
+                state.parked_loaded = true;
+                state.start_ready(&myself);
+            }
         }
         if state.draining.is_some() && state.running == 0 {
             // Everything started has finished or given its records back; what was
@@ -206,6 +224,9 @@ impl Actor for PartitionActor {
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.cancel.cancel();
         state.ctx.stuck.clear_all();
+        if let Some(parking) = &state.ctx.parking {
+            parking.clear_all();
+        }
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
@@ -276,7 +297,7 @@ impl PartitionState {
     /// Starts queued keys while concurrency slots are free (never while draining).
     fn start_ready(&mut self, myself: &ActorRef<PartitionMsg>) {
         let cap = self.args.processing.max_concurrent_keys;
-        while self.draining.is_none() && self.running < cap {
+        while self.parked_loaded && self.draining.is_none() && self.running < cap {
             let Some(key) = self.ready.pop_front() else { break };
             let Some(entry) = self.keys.get_mut(&key) else { continue };
             if entry.running || entry.queued.is_empty() {
@@ -302,7 +323,26 @@ impl PartitionState {
         {
             self.args.control.commit(&self.args.tp, position);
             self.committed = Some(position);
+            self.forget_released(position);
         }
+    }
+
+    /// Released keys whose releasing record is committed: a redelivery can no longer come,
+    /// so their rows go (best effort: a row left over is forgotten after the next load).
+    fn forget_released(&self, position: i64) {
+        let Some(parking) = &self.ctx.parking else { return };
+        let gone = parking.committed(position);
+        if gone.is_empty() {
+            return;
+        }
+        let (store, topic) = (parking.spec.store.clone(), self.args.tp.topic.clone());
+        tokio::spawn(async move {
+            for (key, by) in gone {
+                if let Err(err) = store.forget(&topic, &key, by).await {
+                    tracing::warn!(topic, key, error = &err as &dyn std::error::Error, "released parked key not forgotten yet");
+                }
+            }
+        });
     }
 
     fn status(&self) -> PartitionStatus {
@@ -318,4 +358,37 @@ impl PartitionState {
             committed: self.committed,
         }
     }
+}
+
+/// Loads the partition's parked keys, retrying with backoff while the store is down, then
+/// tells the actor (which handles nothing before).
+fn load_parked(
+    parking: Arc<Parking>,
+    tp: crate::log::TopicPartition,
+    policy: RetryPolicy,
+    me: ActorRef<PartitionMsg>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut attempt = 0u32;
+        loop {
+            match parking.spec.store.load(&tp).await {
+                Ok(keys) => {
+                    let n = keys.len();
+                    parking.load(keys);
+                    tracing::info!(partition = %tp, keys = n, parked = parking.parked(), "parked keys loaded");
+                    let _ = me.cast(PartitionMsg::ParkedLoaded);
+                    return;
+                }
+                Err(err) => {
+                    attempt += 1;
+                    let delay = policy.ceiling(attempt);
+                    tracing::error!(
+                        partition = %tp, attempt, delay_ms = delay.as_millis() as u64,
+                        error = &err as &dyn std::error::Error, "loading parked keys failed; partition waits"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    })
 }

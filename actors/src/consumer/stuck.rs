@@ -27,6 +27,8 @@ pub enum StuckReason {
     BreakerOpen,
     /// The record exhausted its attempts but the dead-letter write is failing; it is held.
     DeadLetterWrite,
+    /// A parked key's store write (parking it, holding or releasing its records) is failing.
+    ParkWrite,
 }
 
 /// How the last failure of a stuck key was classified (serialized like the dead letters'

@@ -10,6 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 
 use super::KeyHandler;
 use super::dead_letter::DeadLetters;
+use super::parking::ParkSpec;
 use super::partition::{PartitionActor, PartitionArgs, PartitionMsg, PartitionStatus};
 use crate::config::ProcessingConfig;
 use crate::log::{ConsumerControl, GroupListener, Record, TopicPartition};
@@ -28,6 +29,8 @@ pub struct ConsumerArgs {
     pub dead_letters: DeadLetters,
     pub policy: RetryPolicy,
     pub processing: ProcessingConfig,
+    /// Set when the topic's `on_dead_letter` is `park`.
+    pub park: Option<ParkSpec>,
     /// Shared with the [`ConsumerSupervisorHandle`] so records skip the supervisor's mailbox.
     pub routes: Routes,
 }
@@ -157,6 +160,7 @@ impl SupervisorState {
             dead_letters: self.args.dead_letters.clone(),
             policy: self.args.policy,
             processing: self.args.processing.clone(),
+            park: self.args.park.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, PartitionActor, args, myself.get_cell()).await?;
         if let Ok(mut routes) = self.args.routes.write() {
@@ -221,11 +225,19 @@ impl ConsumerSupervisorHandle {
         dead_letters: DeadLetters,
         policy: RetryPolicy,
         processing: ProcessingConfig,
+        park: Option<ParkSpec>,
         supervisor: Option<ractor::ActorCell>,
     ) -> Result<Self, crate::Error> {
         let routes: Routes = Arc::default();
-        let args =
-            ConsumerArgs { group: group.clone(), handler, dead_letters, policy, processing, routes: routes.clone() };
+        let args = ConsumerArgs {
+            group: group.clone(),
+            handler,
+            dead_letters,
+            policy,
+            processing,
+            park,
+            routes: routes.clone(),
+        };
         let spawned = match supervisor {
             Some(sup) => Actor::spawn_linked(None, ConsumerSupervisor, args, sup).await,
             None => Actor::spawn(None, ConsumerSupervisor, args).await,

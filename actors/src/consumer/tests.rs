@@ -137,6 +137,7 @@ async fn spawn(
         dead_letters: DeadLetters { producer: dlq.clone(), topic: "t-dlq".into(), timeout: Duration::from_secs(1) },
         policy,
         processing,
+        park: None,
     };
     let (actor, _) = Actor::spawn(None, PartitionActor, args).await.unwrap();
     (actor, control, dlq)

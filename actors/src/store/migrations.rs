@@ -2,12 +2,13 @@
 
 mod idempotency;
 mod indexes;
+mod parked;
 mod replay_jobs;
 
 use crate::store::schema::prelude::*;
 pub use indexes::Indexes;
 
-/// The runtime's own tables: the dead-letter index, the idempotency keys and the replay jobs. The engine lists these with every
+/// The runtime's own tables: the dead-letter index, the idempotency keys, the replay jobs and the parked keys. The engine lists these with every
 /// domain's migrations (names are what a database records, so the order across crates
 /// only matters within one crate).
 pub fn migrations() -> Vec<Box<dyn Migration>> {
@@ -20,6 +21,7 @@ pub fn migrations() -> Vec<Box<dyn Migration>> {
         }),
         Box::new(idempotency::CreateIdempotencyKeys),
         Box::new(replay_jobs::CreateReplayJobs),
+        Box::new(parked::CreateParked),
     ]
 }
 

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod dead_letter;
 pub mod idempotency;
 pub mod migrations;
+pub mod parked;
 pub mod replay_job;
 pub mod retention;
 pub mod schema;

@@ -334,6 +334,7 @@ mod tests {
                 max_attempts: 3,
             },
             processing: conveyor_actors::config::ProcessingConfig::default(),
+            park: None,
         };
         let (actor, _) = ractor::Actor::spawn(None, PartitionActor, args).await.unwrap();
         let records = [
