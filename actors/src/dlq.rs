@@ -78,6 +78,11 @@ impl KeyHandler for DeadLetterIndexer {
         vec![self.store.breaker().clone()]
     }
 
+    /// A drill that fails a key still wants that key's dead letters indexed.
+    fn fault_injectable(&self) -> bool {
+        false
+    }
+
     async fn handle(&self, _key: &str, records: &[Record]) -> Result<(), HandlerError> {
         for record in records {
             let row = dead_letter::ActiveModel {

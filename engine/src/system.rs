@@ -10,9 +10,12 @@ use ractor::{Actor, ActorRef};
 use conveyor_actors::Error;
 use conveyor_actors::breaker::Breaker;
 use conveyor_actors::cache::Cache;
-use conveyor_actors::config::Config;
+use conveyor_actors::config::{Config, DeadLetterPolicy};
 use conveyor_actors::consumer::DeadLetters;
+use conveyor_actors::consumer::ParkSpec;
 use conveyor_actors::dlq::{DeadLetterAdmin, DeadLetterIndexer};
+use conveyor_actors::parked::ParkedKeysAdmin;
+use conveyor_actors::store::parked::ParkedStore;
 use conveyor_actors::lag::Lag;
 use conveyor_actors::log::Producer;
 use conveyor_actors::readiness::{CHECK_TIMEOUT, Component, Readiness, bounded};
@@ -52,6 +55,8 @@ pub struct Conveyor {
     pub producer: Arc<dyn Producer>,
     pub resources: Resources,
     pub dead_letters: DeadLetterAdmin,
+    /// Keys parked behind a dead letter (`processing.on_dead_letter = "park"`).
+    pub parked: ParkedKeysAdmin,
     /// Dead-letter replay jobs.
     pub replays: conveyor_actors::replay::Replays,
     pub store: Store,
@@ -178,6 +183,16 @@ impl Conveyor {
             timeout: Duration::from_millis(config.log.produce_timeout_ms),
         };
         let produce_timeout = Duration::from_millis(config.log.produce_timeout_ms);
+        let parked_store = ParkedStore { store: store.clone() };
+        // `processing.on_dead_letter` of the topic with this logical name.
+        let park = |logical: &str| {
+            let p = &config.processing;
+            (p.on_dead_letter_for(logical) == DeadLetterPolicy::Park).then(|| ParkSpec {
+                store: parked_store.clone(),
+                max_keys: p.max_parked_keys_per_partition,
+                max_records: p.max_parked_records_per_key,
+            })
+        };
         let directory = Directory::new(webhook_store.clone());
         let domain = DomainEventPublisher::new(
             producer.clone(),
@@ -227,6 +242,7 @@ impl Conveyor {
                 payloads,
             }),
             dead_letters: dead_letters.clone(),
+            park: park("notifications"),
         };
         let commands = GroupSpec {
             group: config.log.groups.workflows.clone(),
@@ -237,6 +253,7 @@ impl Conveyor {
                 runs: workflows.runs_handle(),
             }),
             dead_letters: dead_letters.clone(),
+            park: park("workflows_command"),
         };
         let devices = GroupSpec {
             group: config.log.groups.events.clone(),
@@ -249,6 +266,7 @@ impl Conveyor {
                 &config.processing,
             )),
             dead_letters: dead_letters.clone(),
+            park: park("events_input"),
         };
         // The dead-letter topic is consumed like any other: into the admin index.
         let index = GroupSpec {
@@ -259,6 +277,7 @@ impl Conveyor {
                 topic: format!("{}.unindexable", config.log.topics.events_dlq),
                 ..dead_letters.clone()
             },
+            park: park("events_dlq"),
         };
         let (ledger, ledger_service) = Ledger::service(conveyor_identity::loyalty::LedgerArgs {
             store: identity_store.clone(),
@@ -285,6 +304,7 @@ impl Conveyor {
                 fail_permanently: config.faults.loyalty_credit_permanent,
             }),
             dead_letters: dead_letters.clone(),
+            park: park("registration"),
         };
         let identity_saga = GroupSpec {
             group: config.log.groups.identity.clone(),
@@ -295,6 +315,7 @@ impl Conveyor {
                 domain: Some(Arc::new(domain)),
             }),
             dead_letters: dead_letters.clone(),
+            park: park("loyalty"),
         };
         // `[retention]`'s rules, each from the crate that owns its tables.
         let r = &config.retention;
@@ -363,6 +384,12 @@ impl Conveyor {
         let lag_monitor = lag.spawn_monitor(log.clone(), root.clone(), topics, t.events_input.clone());
         let conveyor = Conveyor {
             config,
+            parked: ParkedKeysAdmin {
+                parked: parked_store,
+                dead_letters: admin.clone(),
+                producer: producer.clone(),
+                timeout: produce_timeout,
+            },
             producer,
             resources,
             dead_letters: admin,
@@ -493,6 +520,7 @@ impl Conveyor {
             ),
             resources: self.resources.clone(),
             dead_letters: self.dead_letters.clone(),
+            parked: self.parked.clone(),
             replays: self.replays.clone(),
             identity: self.identity.clone(),
             ledger: self.ledger.clone(),

@@ -11,6 +11,7 @@ use conveyor_actors::breaker::Breaker;
 use conveyor_actors::config::Config;
 use conveyor_actors::dlq::DeadLetterAdmin;
 use conveyor_actors::lag::Lag;
+use conveyor_actors::parked::ParkedKeysAdmin;
 use conveyor_actors::readiness::Readiness;
 use conveyor_actors::replay::Replays;
 use conveyor_actors::status::SystemStatus;
@@ -44,6 +45,8 @@ pub struct Facades {
     /// `GET /resource/{id}`: cache, then store.
     pub resources: Resources,
     pub dead_letters: DeadLetterAdmin,
+    /// Keys parked behind a dead letter.
+    pub parked: ParkedKeysAdmin,
     /// Dead-letter replay jobs.
     pub replays: Replays,
     /// Users, tokens, revocation.

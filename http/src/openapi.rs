@@ -176,8 +176,9 @@ mod tests {
                 [&item.get, &item.post, &item.put, &item.patch, &item.delete].iter().filter(|o| o.is_some()).count();
         }
         // 49, the six replay-job operations under /admin/replays, GET /admin/stuck-keys,
-        // POST …/runs/{run_id}/cancel and the /admin/console alias.
-        assert_eq!(operations, 58);
+        // POST …/runs/{run_id}/cancel, the /admin/console alias and the three
+        // /admin/parked-keys operations.
+        assert_eq!(operations, 61);
         for (alias, target) in [
             ("/auth/ready", "/ready"),
             ("/auth/healthz", "/health"),

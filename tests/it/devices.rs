@@ -197,14 +197,14 @@ async fn kill_9_loses_no_accepted_event() {
 
 /// The daemon's log, for the test's own writes. The embedded log belongs to one process, so
 /// there the daemon is stopped first; [`resume`] starts it again.
-async fn raw_log(d: &mut Daemon) -> std::sync::Arc<dyn LogBackend> {
+pub(crate) async fn raw_log(d: &mut Daemon) -> std::sync::Arc<dyn LogBackend> {
     if d.backend() == Backend::Embedded {
         assert!(d.terminate(Duration::from_secs(20)).await.success());
     }
     open_log(&d.names, Some(&d.data_dir)).await
 }
 
-async fn resume(d: &mut Daemon, log: std::sync::Arc<dyn LogBackend>) {
+pub(crate) async fn resume(d: &mut Daemon, log: std::sync::Arc<dyn LogBackend>) {
     drop(log);
     if d.backend() == Backend::Embedded {
         *d = Daemon::start(Opts::restart_of(d)).await;

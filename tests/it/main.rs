@@ -22,6 +22,7 @@ mod lifecycle;
 mod observability;
 mod otlp;
 mod packaging;
+mod parked;
 mod probes;
 mod quickstart;
 mod replays;

@@ -57,7 +57,7 @@ pub(super) fn now_ms() -> i64 {
 
 /// A handler call that turns a panic into a permanent failure instead of a stuck key.
 pub(super) async fn call(ctx: &KeyCtx, key: &str, records: &[Record]) -> Result<(), HandlerError> {
-    if let Some(err) = super::faults::injected(key) {
+    if let Some(err) = ctx.handler.fault_injectable().then(|| super::faults::injected(key)).flatten() {
         return Err(err);
     }
     match AssertUnwindSafe(ctx.handler.handle(key, records)).catch_unwind().await {

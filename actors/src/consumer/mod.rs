@@ -41,6 +41,11 @@ pub trait KeyHandler: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether the test-only per-key fault hook (`faults.rs`) applies to this handler.
+    fn fault_injectable(&self) -> bool {
+        true
+    }
+
     /// Handles `records` (one or more, same key, ascending offsets). Several records arrive
     /// together only when they queued up behind a running call; a handler may coalesce them.
     /// Must be idempotent: after a crash or rebalance a record can be handled again.

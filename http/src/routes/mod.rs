@@ -8,6 +8,7 @@ pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod loyalty;
 pub(crate) mod notifications;
+pub(crate) mod parked;
 pub(crate) mod replays;
 pub(crate) mod resources;
 pub(crate) mod webhooks;
@@ -75,6 +76,9 @@ pub(crate) fn api() -> OpenApiRouter<S> {
         .routes(on(Exempt, routes!(admin::status_page)))
         .routes(on(Api, routes!(admin::status)))
         .routes(on(Api, routes!(admin::stuck_keys)))
+        .routes(on(Api, routes!(parked::list)))
+        .routes(on(Api, routes!(parked::replay)))
+        .routes(on(Api, routes!(parked::skip)))
         .routes(on(Auth, routes!(auth::register)))
         .routes(on(Auth, routes!(auth::login)))
         .routes(on(Auth, routes!(auth::logout)))
