@@ -6,6 +6,8 @@ pub mod faults;
 mod key_run;
 mod key_task;
 mod offsets;
+#[cfg(test)]
+mod park_tests;
 mod parking;
 mod partition;
 mod stuck;
