@@ -79,6 +79,9 @@ pub struct SystemStatus {
     pub breakers: Vec<BreakerRow>,
     /// Keys not advancing, longest stuck first (at most 50 listed).
     pub stuck_keys: StuckKeyList,
+    /// Keys parked behind a dead letter, oldest first (at most 50 listed; `GET
+    /// /admin/parked-keys` pages further). Null when the store cannot be read.
+    pub parked_keys: Option<Vec<crate::parked::ParkedKeyView>>,
     /// Null when the store cannot be read.
     pub dead_letters: Option<DeadLetterCounts>,
     pub outbox: Option<OutboxStatus>,

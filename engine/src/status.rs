@@ -86,6 +86,7 @@ impl Conveyor {
             .await
             .ok()
             .map(|by_error_class| DeadLetterCounts { total: by_error_class.values().sum(), by_error_class });
+        let parked_keys = self.parked.list(None, 0, STATUS_STUCK_KEYS as u64).await.ok();
         let outbox = self.identity_store.outbox_backlog().await.ok().map(|backlog| OutboxStatus { backlog });
         SystemStatus {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -102,6 +103,7 @@ impl Conveyor {
                 .map(|b| BreakerRow { name: b.name().to_string(), state: b.state().as_str().to_string() })
                 .collect(),
             stuck_keys,
+            parked_keys,
             dead_letters,
             outbox,
         }

@@ -131,3 +131,36 @@ async fn the_console_resends_replays_cancels_and_shows_stuck_keys() {
     browser.screenshot("console-workflows").await;
     browser.quit().await;
 }
+
+/// A parked key in the console: listed with its dead letter and held count, and released
+/// by Skip (two clicks) — its held events then apply.
+#[tokio::test]
+async fn the_console_lists_a_parked_key_and_skips_it() {
+    use crate::parked::{ctx, park_d1, parked_entry, parked_with, post, reaches};
+    let d = Daemon::start(crate::parked::opts()).await;
+    let c = ctx(&d);
+    park_d1(&d, &c).await;
+    post(&d, &c, &c.d1, 2..=3).await;
+    parked_with(&d, &c, &c.d1, 2).await;
+    crate::stuck_keys::fail_key(&d, &c.admin, &c.d1, true).await;
+    let (_, status) = d.get("/admin/status.json", Some(&c.admin)).await;
+    let listed = status["parked_keys"].as_array().into_iter().flatten().any(|k| k["key"] == c.d1.as_str());
+    assert!(listed, "the status page's JSON carries the parked key: {}", status["parked_keys"]);
+
+    let browser = Browser::start().await;
+    browser.navigate(&format!("{}/admin/console#token={}&tab=parked", d.base, c.admin)).await;
+    let row = format!("tr[data-testid=parked-row][data-key=\"{}\"]", c.d1);
+    browser.wait_text(&format!("{row} [data-testid=parked-held]"), |t| t == "2").await;
+    let letter = browser.wait_text(&format!("{row} [data-testid=parked-dead-letter]"), |t| t.contains("fault injected")).await;
+    assert!(letter.contains("retryable"), "{letter}");
+    browser.wait_text("[data-testid=parked-count]", |t| t == "1").await;
+    browser.screenshot("console-parked-keys").await;
+    let skip = browser.wait_for(&format!("{row} [data-testid=parked-skip]")).await;
+    browser.click(&skip).await;
+    assert_eq!(browser.text(&skip).await, "Confirm skip", "the first click only arms the button");
+    assert!(parked_entry(&d, &c, &c.d1).await.is_some(), "not released by one click");
+    browser.click(&skip).await;
+    browser.wait_text("[data-testid=toast]", |t| t.contains("Skipped")).await;
+    assert!(reaches(&d, &c, &c.d1, 3).await, "the held events applied after the skip");
+    browser.quit().await;
+}

@@ -20,21 +20,21 @@ use crate::stuck_keys::fail_key;
 const WITHIN: Duration = Duration::from_secs(60);
 
 /// Parking on the device topic (by its logical name), fault hooks on, quick dead letters.
-fn opts() -> Opts {
+pub(crate) fn opts() -> Opts {
     Opts::new()
         .env("CONVEYOR_PROCESSING__TOPICS__EVENTS_INPUT__ON_DEAD_LETTER", "park")
         .env("CONVEYOR_FAULTS__ALLOW_PANIC_INJECTION", "true")
         .env("CONVEYOR_RETRY__MAX_ATTEMPTS", "2")
 }
 
-struct Ctx {
-    admin: String,
-    device: String,
-    d1: String,
-    d2: String,
+pub(crate) struct Ctx {
+    pub admin: String,
+    pub device: String,
+    pub d1: String,
+    pub d2: String,
 }
 
-fn ctx(d: &Daemon) -> Ctx {
+pub(crate) fn ctx(d: &Daemon) -> Ctx {
     Ctx {
         admin: token("ops", &["admin"]),
         device: token("gw", &["device"]),
@@ -43,7 +43,7 @@ fn ctx(d: &Daemon) -> Ctx {
     }
 }
 
-async fn post(d: &Daemon, c: &Ctx, device: &str, seqs: std::ops::RangeInclusive<u64>) {
+pub(crate) async fn post(d: &Daemon, c: &Ctx, device: &str, seqs: std::ops::RangeInclusive<u64>) {
     for seq in seqs {
         let (s, body) = d.post("/events", Some(&c.device), &json!({"device_id": device, "payload": {"seq": seq}})).await;
         assert_eq!(s, StatusCode::ACCEPTED, "{body}");
@@ -55,7 +55,7 @@ async fn seq_of(d: &Daemon, c: &Ctx, device: &str) -> Option<u64> {
     if s == StatusCode::OK { body["value"]["seq"].as_u64() } else { None }
 }
 
-async fn reaches(d: &Daemon, c: &Ctx, device: &str, seq: u64) -> bool {
+pub(crate) async fn reaches(d: &Daemon, c: &Ctx, device: &str, seq: u64) -> bool {
     eventually(WITHIN, || async { seq_of(d, c, device).await == Some(seq) }).await
 }
 
@@ -65,12 +65,12 @@ async fn parked_list(d: &Daemon, c: &Ctx) -> Vec<Value> {
     body["items"].as_array().cloned().unwrap_or_default()
 }
 
-async fn parked_entry(d: &Daemon, c: &Ctx, key: &str) -> Option<Value> {
+pub(crate) async fn parked_entry(d: &Daemon, c: &Ctx, key: &str) -> Option<Value> {
     parked_list(d, c).await.into_iter().find(|e| e["key"] == key)
 }
 
 /// Waits until `key` is listed with its dead letter indexed and `held` records behind it.
-async fn parked_with(d: &Daemon, c: &Ctx, key: &str, held: u64) -> Value {
+pub(crate) async fn parked_with(d: &Daemon, c: &Ctx, key: &str, held: u64) -> Value {
     let listed = eventually(WITHIN, || async {
         parked_entry(d, c, key).await.is_some_and(|e| !e["dead_letter"].is_null() && e["parked_records"] == held)
     })
@@ -81,7 +81,7 @@ async fn parked_with(d: &Daemon, c: &Ctx, key: &str, held: u64) -> Value {
 }
 
 /// d1's first event applied, then its second dead-lettered (the fault hook): d1 is parked.
-async fn park_d1(d: &Daemon, c: &Ctx) -> Value {
+pub(crate) async fn park_d1(d: &Daemon, c: &Ctx) -> Value {
     post(d, c, &c.d1, 0..=0).await;
     assert!(reaches(d, c, &c.d1, 0).await, "d1's first event applies");
     fail_key(d, &c.admin, &c.d1, false).await;
