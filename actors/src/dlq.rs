@@ -287,7 +287,8 @@ impl DeadLetterAdmin {
         }
         let count = row.replay_count + 1;
         let mut headers = headers_from_json(&row.headers);
-        let replay_headers = [REPLAY_COUNT_HEADER, park_header::REPLAY_SOURCE_PARTITION, park_header::REPLAY_SOURCE_OFFSET];
+        let replay_headers =
+            [REPLAY_COUNT_HEADER, park_header::REPLAY_SOURCE_PARTITION, park_header::REPLAY_SOURCE_OFFSET];
         headers.retain(|h| !replay_headers.contains(&h.name.as_str()));
         headers.push(Header { name: REPLAY_COUNT_HEADER.into(), value: count.to_string().into_bytes() });
         // Which record it replays: a parked key is released by the replay of its own dead letter.

@@ -108,7 +108,10 @@ impl ParkedKeysAdmin {
         let Some(letter) = letter else {
             return Err(Error::Conflict {
                 code: "dead_letter_not_indexed",
-                message: format!("the dead letter of {topic}/{} offset {} is not indexed yet", parked.partition, parked.origin_offset),
+                message: format!(
+                    "the dead letter of {topic}/{} offset {} is not indexed yet",
+                    parked.partition, parked.origin_offset
+                ),
             });
         };
         self.dead_letters.replay_row(letter).await

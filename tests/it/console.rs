@@ -151,7 +151,8 @@ async fn the_console_lists_a_parked_key_and_skips_it() {
     browser.navigate(&format!("{}/admin/console#token={}&tab=parked", d.base, c.admin)).await;
     let row = format!("tr[data-testid=parked-row][data-key=\"{}\"]", c.d1);
     browser.wait_text(&format!("{row} [data-testid=parked-held]"), |t| t == "2").await;
-    let letter = browser.wait_text(&format!("{row} [data-testid=parked-dead-letter]"), |t| t.contains("fault injected")).await;
+    let letter =
+        browser.wait_text(&format!("{row} [data-testid=parked-dead-letter]"), |t| t.contains("fault injected")).await;
     assert!(letter.contains("retryable"), "{letter}");
     browser.wait_text("[data-testid=parked-count]", |t| t == "1").await;
     browser.screenshot("console-parked-keys").await;

@@ -45,7 +45,8 @@ pub(crate) fn ctx(d: &Daemon) -> Ctx {
 
 pub(crate) async fn post(d: &Daemon, c: &Ctx, device: &str, seqs: std::ops::RangeInclusive<u64>) {
     for seq in seqs {
-        let (s, body) = d.post("/events", Some(&c.device), &json!({"device_id": device, "payload": {"seq": seq}})).await;
+        let (s, body) =
+            d.post("/events", Some(&c.device), &json!({"device_id": device, "payload": {"seq": seq}})).await;
         assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     }
 }

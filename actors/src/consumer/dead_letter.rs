@@ -118,7 +118,12 @@ impl DeadLetters {
             last_failure_ms: now,
         }
         .append_to(&mut headers);
-        let out = OutgoingRecord { topic: self.topic.clone(), key: record.key.clone(), payload: record.payload.clone(), headers };
+        let out = OutgoingRecord {
+            topic: self.topic.clone(),
+            key: record.key.clone(),
+            payload: record.payload.clone(),
+            headers,
+        };
         self.producer.send(out, self.timeout).await.map(|_| ())
     }
 }

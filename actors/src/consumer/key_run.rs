@@ -22,7 +22,8 @@ pub(super) struct KeyRun<'a> {
 impl KeyRun<'_> {
     /// Runs `records` in order; `false` if the partition started draining first.
     pub async fn all(&mut self, records: Vec<Record>) -> bool {
-        let plain = self.ctx.parking.is_none() && records.iter().all(|r| r.header(super::parking::headers::CONTROL).is_none());
+        let plain =
+            self.ctx.parking.is_none() && records.iter().all(|r| r.header(super::parking::headers::CONTROL).is_none());
         if plain {
             return self.handle(records).await;
         }
@@ -164,7 +165,8 @@ impl KeyRun<'_> {
                 self.key
             );
             let err = HandlerError::permanent(std::io::Error::other(message.clone()));
-            let written = self.retry_store(record, &err, || self.ctx.dead_letters.write_refused(record, reason, &message));
+            let written =
+                self.retry_store(record, &err, || self.ctx.dead_letters.write_refused(record, reason, &message));
             if written.await.is_none() {
                 return false;
             }
@@ -304,8 +306,13 @@ impl KeyRun<'_> {
                         error = &err as &dyn std::error::Error, "parked-key write failed; record held"
                     );
                     let next_attempt_ms = Some(now_ms() + delay.as_millis() as i64);
-                    let stuck =
-                        Stuck { reason: StuckReason::ParkWrite, since_ms, attempts: attempt, error: cause, next_attempt_ms };
+                    let stuck = Stuck {
+                        reason: StuckReason::ParkWrite,
+                        since_ms,
+                        attempts: attempt,
+                        error: cause,
+                        next_attempt_ms,
+                    };
                     mark_stuck(self.ctx, self.key, record, stuck);
                     if !wait(self.ctx, delay).await {
                         return None;

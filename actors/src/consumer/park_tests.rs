@@ -101,7 +101,8 @@ async fn a_parked_key_is_held_then_released_in_order_with_its_original_offsets()
     let store = Store::connect(&Config { data_dir: dir.path().to_path_buf(), ..Config::default() }).await.unwrap();
     store.migrate(crate::store::migrations::migrations()).await.unwrap();
     let parked = ParkedStore { store };
-    let (handler, control, dlq) = (Arc::new(Applier::default()), Arc::new(Commits::default()), Arc::new(Dlq::default()));
+    let (handler, control, dlq) =
+        (Arc::new(Applier::default()), Arc::new(Commits::default()), Arc::new(Dlq::default()));
     let args = PartitionArgs {
         tp: TopicPartition::new("t", 0),
         handler: handler.clone(),
@@ -114,9 +115,14 @@ async fn a_parked_key_is_held_then_released_in_order_with_its_original_offsets()
     let (actor, _) = Actor::spawn(None, PartitionActor, args).await.unwrap();
     let committed = || *control.0.lock().unwrap();
     let applied = |key: &str| handler.applied.lock().unwrap().get(key).cloned().unwrap_or_default();
-    for (offset, key, payload) in
-        [(0, "k", b"a" as &'static [u8]), (1, "k", b"poison"), (2, "k", b"b"), (3, "k", b"c"), (4, "o", b"x"), (5, "k", b"d")]
-    {
+    for (offset, key, payload) in [
+        (0, "k", b"a" as &'static [u8]),
+        (1, "k", b"poison"),
+        (2, "k", b"b"),
+        (3, "k", b"c"),
+        (4, "o", b"x"),
+        (5, "k", b"d"),
+    ] {
         actor.cast(PartitionMsg::Record(record(offset, key, payload, vec![]))).unwrap();
     }
     actor.cast(PartitionMsg::Record(record(6, "k", b"e", vec![]))).unwrap();
@@ -124,7 +130,8 @@ async fn a_parked_key_is_held_then_released_in_order_with_its_original_offsets()
     assert_eq!(applied("k"), vec![(0, "a".into())], "nothing after the dead letter is applied");
     assert_eq!(applied("o"), vec![(4, "x".into())], "another key flows");
     let sent = dlq.0.lock().unwrap().clone();
-    let class = |r: &OutgoingRecord| r.headers.iter().find(|h| h.name == dlq_header::ERROR_CLASS).map(|h| h.value.clone());
+    let class =
+        |r: &OutgoingRecord| r.headers.iter().find(|h| h.name == dlq_header::ERROR_CLASS).map(|h| h.value.clone());
     assert_eq!(sent.len(), 2, "the poison record, and the one past max_records");
     assert_eq!(class(&sent[0]), Some(b"permanent".to_vec()));
     assert_eq!(class(&sent[1]), Some(b"parked_overflow".to_vec()));
@@ -133,10 +140,12 @@ async fn a_parked_key_is_held_then_released_in_order_with_its_original_offsets()
     assert_eq!((loaded[0].origin_offset, loaded[0].held, loaded[0].release_offset), (1, 3, None));
 
     // A control record for nobody, then the fixed dead letter replayed.
-    let skip_other = vec![header(park_header::CONTROL, park_header::SKIP), header(park_header::REPLAY_SOURCE_OFFSET, "99")];
+    let skip_other =
+        vec![header(park_header::CONTROL, park_header::SKIP), header(park_header::REPLAY_SOURCE_OFFSET, "99")];
     actor.cast(PartitionMsg::Record(record(7, "k", b"", skip_other))).unwrap();
     handler.healed.store(true, Ordering::SeqCst);
-    let replay = vec![header(park_header::REPLAY_SOURCE_PARTITION, "0"), header(park_header::REPLAY_SOURCE_OFFSET, "1")];
+    let replay =
+        vec![header(park_header::REPLAY_SOURCE_PARTITION, "0"), header(park_header::REPLAY_SOURCE_OFFSET, "1")];
     actor.cast(PartitionMsg::Record(record(8, "k", b"poison", replay))).unwrap();
     actor.cast(PartitionMsg::Record(record(9, "k", b"f", vec![]))).unwrap();
     until(|| committed() == Some(10)).await;

@@ -74,7 +74,10 @@ pub(super) enum Route {
     /// The key is parked: hold it.
     Park,
     /// Release the parked key: with the replayed dead letter first (`replay`) or without it (a skip).
-    Release { origin: i64, replay: bool },
+    Release {
+        origin: i64,
+        replay: bool,
+    },
     /// Nothing to do (handled before this delivery, or a control record for nobody).
     Done,
     /// A control record that matches no parked key.

@@ -339,7 +339,12 @@ impl PartitionState {
         tokio::spawn(async move {
             for (key, by) in gone {
                 if let Err(err) = store.forget(&topic, &key, by).await {
-                    tracing::warn!(topic, key, error = &err as &dyn std::error::Error, "released parked key not forgotten yet");
+                    tracing::warn!(
+                        topic,
+                        key,
+                        error = &err as &dyn std::error::Error,
+                        "released parked key not forgotten yet"
+                    );
                 }
             }
         });

@@ -57,7 +57,8 @@ impl ParkedStore {
             .group_by(record::Column::Key)
             .into_tuple::<(String, i64)>()
             .all(db);
-        let counts: HashMap<String, i64> = self.store.guarded("count_parked_records", counts).await?.into_iter().collect();
+        let counts: HashMap<String, i64> =
+            self.store.guarded("count_parked_records", counts).await?.into_iter().collect();
         Ok(keys
             .into_iter()
             .map(|k| LoadedKey {
@@ -160,8 +161,9 @@ impl ParkedStore {
         if ids.is_empty() {
             return Ok(());
         }
-        let delete =
-            record::Entity::delete_many().filter(record::Column::Id.is_in(ids.iter().copied())).exec(self.store.connection());
+        let delete = record::Entity::delete_many()
+            .filter(record::Column::Id.is_in(ids.iter().copied()))
+            .exec(self.store.connection());
         self.store.guarded("release_parked_records", delete).await.map(drop)
     }
 
