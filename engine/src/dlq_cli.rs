@@ -59,6 +59,20 @@ enum DlqCommand {
     Resume { job: i64 },
     /// Cancel a replay job.
     Cancel { job: i64 },
+    /// Keys parked behind a dead letter (`processing.on_dead_letter = "park"`).
+    Parked {
+        /// Only keys of this source topic.
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long)]
+        after_id: Option<i64>,
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Release a parked key by replaying its dead letter (applied first, then the held records).
+    Release { topic: String, key: String },
+    /// Release a parked key without its dead letter (the held records are applied).
+    Skip { topic: String, key: String },
     /// Remove one dead letter (by id) or every one matching the filters from the index.
     Purge {
         id: Option<i64>,
@@ -175,6 +189,26 @@ pub async fn run(config: Config, args: DlqArgs) -> anyhow::Result<()> {
         DlqCommand::Pause { job } => ("POST", format!("/admin/replays/{job}/pause"), None),
         DlqCommand::Resume { job } => ("POST", format!("/admin/replays/{job}/resume"), None),
         DlqCommand::Cancel { job } => ("POST", format!("/admin/replays/{job}/cancel"), None),
+        DlqCommand::Parked { topic, after_id, limit } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            let pairs = [
+                ("topic", topic),
+                ("after_id", after_id.map(|v| v.to_string())),
+                ("limit", limit.map(|v| v.to_string())),
+            ];
+            for (k, v) in pairs {
+                if let Some(v) = v {
+                    q.append_pair(k, &v);
+                }
+            }
+            ("GET", format!("/admin/parked-keys?{}", q.finish()), None)
+        }
+        DlqCommand::Release { topic, key } => {
+            ("POST", "/admin/parked-keys/replay".into(), Some(serde_json::json!({"topic": topic, "key": key})))
+        }
+        DlqCommand::Skip { topic, key } => {
+            ("POST", "/admin/parked-keys/skip".into(), Some(serde_json::json!({"topic": topic, "key": key})))
+        }
         DlqCommand::Purge { id: Some(id), .. } => ("DELETE", format!("/admin/dead-letters/{id}"), None),
         DlqCommand::Purge { id: None, filter } => ("POST", "/admin/dead-letters/purge".into(), Some(filter.body())),
     };

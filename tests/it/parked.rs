@@ -14,7 +14,7 @@ use conveyor_actors::store::Store;
 use conveyor_devices::DeviceStore;
 
 use crate::devices::{raw_log, resume};
-use crate::harness::{Backend, Daemon, Opts, eventually, metric_sum, token};
+use crate::harness::{Backend, Daemon, Opts, command, eventually, metric_sum, token};
 use crate::stuck_keys::fail_key;
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -162,9 +162,17 @@ async fn skipping_a_parked_key_releases_its_events_without_the_dead_letter() {
     post(&d, &c, &c.d1, 2..=3).await;
     parked_with(&d, &c, &c.d1, 2).await;
     fail_key(&d, &c.admin, &c.d1, true).await;
+    // Through the CLI, which calls the running daemon's admin API.
+    let cli = |args: &[&str]| {
+        let out = command(&Opts::new(), &d.data_dir).args(["dlq", "--url", &d.base]).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let listed = cli(&["parked", "--topic", &d.names.topic_in]);
+    assert_eq!(listed["items"][0]["key"], c.d1.as_str(), "{listed}");
+    let skipped = cli(&["skip", &d.names.topic_in, &c.d1]);
+    assert_eq!(skipped["key"], c.d1.as_str(), "{skipped}");
     let body = json!({"topic": d.names.topic_in, "key": c.d1});
-    let (s, skipped) = d.post("/admin/parked-keys/skip", Some(&c.admin), &body).await;
-    assert_eq!(s, StatusCode::OK, "{skipped}");
     assert!(reaches(&d, &c, &c.d1, 3).await, "d1 ends at its last held event\n{}", d.log_tail(30));
     let gone = eventually(WITHIN, || async { parked_entry(&d, &c, &c.d1).await.is_none() }).await;
     assert!(gone, "d1 is no longer parked");
