@@ -127,7 +127,10 @@ impl KeyRun<'_> {
     /// partition's bound). `held` is set when the key is parked again during a release.
     async fn park_behind(&mut self, record: &Record, error: &HandlerError, held: Option<u64>) -> bool {
         let Some(parking) = self.ctx.parking.clone() else { return true };
-        if held.is_none() && parking.parked() >= parking.spec.max_keys {
+        // Parked again during a release: the key holds its place within the bound.
+        let max = if held.is_some() { usize::MAX } else { parking.spec.max_keys };
+        let before = parking.get(self.key);
+        if !parking.try_park(self.key, record.offset, held.unwrap_or(0), max) {
             tracing::warn!(
                 handler = self.ctx.handler.name(), topic = %record.tp.topic, partition = record.tp.partition,
                 offset = record.offset, key = self.key, max = parking.spec.max_keys,
@@ -144,9 +147,9 @@ impl KeyRun<'_> {
         };
         let store = &parking.spec.store;
         if self.retry_store(record, error, || store.park(&record.tp, self.key, &cause)).await.is_none() {
+            parking.restore(self.key, before);
             return false;
         }
-        parking.set(self.key, KeyPark::Parked { origin: record.offset, held: held.unwrap_or(0) });
         tracing::warn!(
             handler = self.ctx.handler.name(), topic = %record.tp.topic, partition = record.tp.partition,
             offset = record.offset, key = self.key, "key parked behind its dead letter"

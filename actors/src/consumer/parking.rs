@@ -160,6 +160,31 @@ impl Parking {
         }
     }
 
+    /// Parks `key` behind `origin` unless that would pass `max` parked keys (checked and
+    /// set at once: keys of a partition park concurrently). `false` when refused.
+    pub fn try_park(&self, key: &str, origin: i64, held: u64, max: usize) -> bool {
+        let before = {
+            let mut map = self.lock();
+            let parked = map.iter().filter(|(k, s)| k.as_str() != key && matches!(s, KeyPark::Parked { .. })).count();
+            if parked >= max {
+                return false;
+            }
+            map.insert(key.to_string(), KeyPark::Parked { origin, held })
+        };
+        self.count(before, Some(KeyPark::Parked { origin, held }));
+        true
+    }
+
+    /// Puts back `key`'s state from before a [`Parking::try_park`] whose store write never
+    /// landed (the partition drains).
+    pub fn restore(&self, key: &str, state: Option<KeyPark>) {
+        let before = match state {
+            Some(s) => self.lock().insert(key.to_string(), s),
+            None => self.lock().remove(key),
+        };
+        self.count(before, state);
+    }
+
     /// How many keys are parked now.
     pub fn parked(&self) -> usize {
         self.lock().values().filter(|s| matches!(s, KeyPark::Parked { .. })).count()
