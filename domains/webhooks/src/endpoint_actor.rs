@@ -18,6 +18,7 @@
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{AttemptClass, Request, Response};
 use super::context::DeliveryContext;
 use super::endpoints::signing_secrets;
-use crate::store::{delivery, endpoint};
+use crate::store::{OrderedLease, delivery, endpoint};
 use conveyor_actors::breaker::{Breaker, BreakerConfig, Permit};
 
 mod outcomes;
@@ -261,16 +262,29 @@ impl EndpointState {
         self.send_held(myself).await;
     }
 
-    /// Starts the lease statement; its answer comes back as [`EndpointMsg::Leased`].
+    /// Starts the lease statement; its answer comes back as [`EndpointMsg::Leased`]. An
+    /// ordered endpoint leases only each key's head (`store::ordered`).
     fn lease(&mut self, myself: &ActorRef<EndpointMsg>) {
         self.leasing = true;
         self.more = false;
         let now = Utc::now();
         let until = now + self.lease_span();
         let limit = self.ctx.config.lease_batch_size as u64;
+        let ordered = self.endpoint.as_ref().is_some_and(|e| e.ordering_key.is_some()).then(|| OrderedLease {
+            stale_after: chrono::Duration::from_std(self.ctx.produce_timeout * 2).unwrap_or(chrono::Duration::MAX),
+            settle: chrono::Duration::milliseconds(self.ctx.config.ordering_settle_ms as i64),
+        });
         let (store, id, reply) = (self.ctx.store.clone(), self.id.clone(), myself.clone());
         tokio::spawn(async move {
-            let result = store.lease_due(&id, now, until, limit).await;
+            let result = match ordered {
+                None => store.lease_due(&id, now, until, limit).await,
+                Some(policy) => store.lease_heads(&id, now, until, limit, policy).await.map(|leased| {
+                    if let Some(since) = leased.overdue_since {
+                        warn_overdue(since);
+                    }
+                    leased.rows
+                }),
+            };
             let _ = reply.cast(EndpointMsg::Leased(result));
         });
     }
@@ -394,6 +408,22 @@ impl EndpointState {
                 let _ = me.cast(EndpointMsg::Reload);
             });
         }
+    }
+}
+
+/// A notification accepted longer than `webhooks.ordering_settle_ms` ago is still not
+/// fanned out: ordered deliveries accepted after it no longer wait for it. Said at most
+/// once a minute per daemon (every ordered endpoint's lease sees it).
+fn warn_overdue(since: chrono::DateTime<Utc>) {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = Utc::now().timestamp();
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last >= 60 && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        tracing::warn!(
+            accepted_at = %since,
+            "a notification is not fanned out after webhooks.ordering_settle_ms; ordered deliveries accepted \
+             after it go without waiting for it, so its own may arrive out of order"
+        );
     }
 }
 

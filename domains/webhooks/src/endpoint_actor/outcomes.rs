@@ -104,6 +104,9 @@ impl EndpointState {
             );
             return;
         }
+        // A key's next delivery may go only now that this one's outcome is written: lease
+        // again at once, or one key's deliveries would each wait for the poll.
+        self.more |= batch.iter().any(|f| f.delivery.ordering_key.is_some());
         let m = metrics();
         for Finished { delivery, attempt_no, update, response } in batch {
             match update.status {

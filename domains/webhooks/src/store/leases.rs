@@ -2,11 +2,14 @@
 //! rows at once, an endpoint actor leases many due deliveries in one statement and writes
 //! the outcomes of many attempts in one statement, instead of a round trip per delivery.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict, Order, Query};
 use sea_orm::{
-    ActiveEnum, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement, Value,
+    ActiveEnum, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter,
+    QueryTrait, Statement, Value,
 };
 
 use super::{DeliveryUpdate, WebhookStore, delivery, notification};
@@ -87,31 +90,60 @@ impl WebhookStore {
     }
 }
 
+/// A delivery the fan-out creates (unless one exists for its notification and endpoint).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    pub notification_id: String,
+    pub endpoint_id: String,
+    /// On an ordered endpoint, the notification's key (as stored: hashed when long).
+    pub ordering_key: Option<String>,
+    pub accepted_at: DateTime<Utc>,
+}
+
+#[derive(FromQueryResult)]
+struct Received {
+    id: String,
+    received_at: DateTime<Utc>,
+}
+
 impl WebhookStore {
-    /// Stores notifications unless stored already (a posted one was, by the ingest), in
-    /// one statement per [`ROWS_PER_STATEMENT`] rows.
-    pub async fn record_notifications(&self, rows: Vec<notification::Model>) -> Result<(), Error> {
+    /// Stores notifications unless stored already (a posted one was, by the ingest) and
+    /// marks them fanned out, in one statement per [`ROWS_PER_STATEMENT`] rows. Answers
+    /// each one's acceptance time as stored: a posted notification's is its claim's.
+    pub async fn record_notifications(
+        &self,
+        rows: Vec<notification::Model>,
+    ) -> Result<HashMap<String, DateTime<Utc>>, Error> {
         use notification::{Column, Entity};
+        let mut accepted = HashMap::with_capacity(rows.len());
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let active = chunk.iter().cloned().map(notification::ActiveModel::from);
-            let q = Entity::insert_many(active)
-                .on_conflict(OnConflict::column(Column::Id).do_nothing().to_owned())
-                .exec_without_returning(self.connection());
-            self.guarded("record_notifications", q).await?;
+            let active = chunk.iter().cloned().map(|mut row| {
+                row.fanned_out = true;
+                notification::ActiveModel::from(row)
+            });
+            let mut insert = Entity::insert_many(active)
+                .on_conflict(OnConflict::column(Column::Id).update_column(Column::FannedOut).to_owned())
+                .into_query();
+            insert.returning(Query::returning().columns([Column::Id, Column::ReceivedAt]));
+            let stmt = self.backend().build(&insert);
+            let q = Received::find_by_statement(stmt).all(self.connection());
+            for row in self.guarded("record_notifications", q).await? {
+                accepted.insert(row.id, row.received_at);
+            }
         }
-        Ok(())
+        Ok(accepted)
     }
 
-    /// Creates one pending delivery, due now, per `(notification_id, endpoint_id)`; existing
-    /// ones are left alone. One statement per [`ROWS_PER_STATEMENT`] rows.
-    pub async fn create_deliveries_for(&self, pairs: &[(String, String)]) -> Result<(), Error> {
+    /// Creates one pending delivery, due now, per `(notification, endpoint)`; existing ones
+    /// are left alone. One statement per [`ROWS_PER_STATEMENT`] rows.
+    pub async fn create_deliveries(&self, new: &[NewDelivery]) -> Result<(), Error> {
         use delivery::{Column, Entity};
         let now = Utc::now();
-        for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
-            let rows = chunk.iter().map(|(notification_id, endpoint_id)| delivery::ActiveModel {
+        for chunk in new.chunks(ROWS_PER_STATEMENT) {
+            let rows = chunk.iter().map(|d| delivery::ActiveModel {
                 id: Set(uuid::Uuid::now_v7().to_string()),
-                notification_id: Set(notification_id.clone()),
-                endpoint_id: Set(endpoint_id.clone()),
+                notification_id: Set(d.notification_id.clone()),
+                endpoint_id: Set(d.endpoint_id.clone()),
                 status: Set(DeliveryStatus::Pending),
                 attempts: Set(0),
                 next_attempt_at: Set(now),
@@ -120,6 +152,8 @@ impl WebhookStore {
                 last_error: Set(None),
                 created_at: Set(now),
                 updated_at: Set(now),
+                ordering_key: Set(d.ordering_key.clone()),
+                accepted_at: Set(Some(d.accepted_at)),
             });
             let q = Entity::insert_many(rows)
                 .on_conflict(OnConflict::columns([Column::NotificationId, Column::EndpointId]).do_nothing().to_owned())
@@ -165,4 +199,4 @@ fn finish_statement(backend: DbBackend, rows: &[(String, DeliveryUpdate)], now: 
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
