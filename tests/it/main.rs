@@ -34,6 +34,7 @@ mod supervision;
 mod tls;
 mod webdriver;
 mod webhooks;
+mod webhooks_ordered;
 mod workflow_cancel;
 mod workflows;
 
