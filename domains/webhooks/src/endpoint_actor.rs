@@ -278,12 +278,14 @@ impl EndpointState {
         tokio::spawn(async move {
             let result = match ordered {
                 None => store.lease_due(&id, now, until, limit).await,
-                Some(policy) => store.lease_heads(&id, now, until, limit, policy).await.map(|leased| {
-                    if let Some(since) = leased.overdue_since {
+                Some(policy) => {
+                    if overdue_check_due(now)
+                        && let Ok(Some(since)) = store.overdue_fan_out(now, policy).await
+                    {
                         warn_overdue(since);
                     }
-                    leased.rows
-                }),
+                    store.lease_heads(&id, now, until, limit, policy).await
+                }
             };
             let _ = reply.cast(EndpointMsg::Leased(result));
         });
@@ -411,9 +413,17 @@ impl EndpointState {
     }
 }
 
+/// Whether an ordered lease should look for overdue fan-outs too: once every 10 s per
+/// daemon, not with every lease.
+fn overdue_check_due(now: chrono::DateTime<Utc>) -> bool {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let (now, last) = (now.timestamp(), LAST.load(Ordering::Relaxed));
+    now - last >= 10 && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+}
+
 /// A notification accepted longer than `webhooks.ordering_settle_ms` ago is still not
 /// fanned out: ordered deliveries accepted after it no longer wait for it. Said at most
-/// once a minute per daemon (every ordered endpoint's lease sees it).
+/// once a minute per daemon.
 fn warn_overdue(since: chrono::DateTime<Utc>) {
     static LAST: AtomicI64 = AtomicI64::new(0);
     let now = Utc::now().timestamp();

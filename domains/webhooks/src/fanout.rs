@@ -12,7 +12,7 @@ use super::dispatcher::Dispatcher;
 use super::envelope;
 use super::ordering::OrderingKey;
 use crate::metrics::metrics;
-use crate::store::{NewDelivery, WebhookStore};
+use crate::store::WebhookStore;
 use crate::store::notification;
 use conveyor_actors::breaker::Breaker;
 use conveyor_actors::consumer::KeyHandler;
@@ -41,21 +41,7 @@ impl WholeWrite for FanoutWriter {
     }
 
     async fn write_all(&self, rows: &[FanoutRows]) -> Result<(), conveyor_actors::Error> {
-        let accepted = self.0.record_notifications(rows.iter().map(|(n, _)| n.clone()).collect()).await?;
-        let deliveries: Vec<NewDelivery> = rows
-            .iter()
-            .flat_map(|(n, endpoints)| {
-                // A posted notification's acceptance is its claim, stored before it was produced.
-                let accepted_at = accepted.get(&n.id).copied().unwrap_or(n.received_at);
-                endpoints.iter().map(move |(endpoint_id, ordering_key)| NewDelivery {
-                    notification_id: n.id.clone(),
-                    endpoint_id: endpoint_id.clone(),
-                    ordering_key: ordering_key.clone(),
-                    accepted_at,
-                })
-            })
-            .collect();
-        self.0.create_deliveries(&deliveries).await
+        self.0.fan_out(rows).await
     }
 }
 

@@ -17,7 +17,7 @@ mod leases;
 mod ordered;
 
 pub use leases::NewDelivery;
-pub use ordered::{OrderedLease, OrderedLeased};
+pub use ordered::OrderedLease;
 
 /// The store, with webhook delivery's tables; cheap to clone.
 #[derive(Clone)]

@@ -31,18 +31,8 @@ pub struct OrderedLease {
     pub settle: Duration,
 }
 
-/// What an ordered lease found.
-#[derive(Debug, Default)]
-pub struct OrderedLeased {
-    pub rows: Vec<delivery::Model>,
-    /// The oldest notification accepted longer than `settle` ago and still not fanned out,
-    /// which no longer holds anything back: worth a warning.
-    pub overdue_since: Option<DateTime<Utc>>,
-}
-
 #[derive(FromQueryResult)]
-struct Watermark {
-    holding: Option<DateTime<Utc>>,
+struct Overdue {
     overdue: Option<DateTime<Utc>>,
 }
 
@@ -80,44 +70,41 @@ impl WebhookStore {
         lease_until: DateTime<Utc>,
         limit: u64,
         policy: OrderedLease,
-    ) -> Result<OrderedLeased, Error> {
-        let mark = self.watermark(now, policy).await?;
-        // Nothing unfanned: every accepted notification has its deliveries.
-        let watermark = mark.holding.unwrap_or(now + Duration::days(1));
-        let stmt = heads_statement(self.backend(), endpoint_id, now, lease_until, watermark, limit);
+    ) -> Result<Vec<delivery::Model>, Error> {
+        let stmt = heads_statement(self.backend(), endpoint_id, now, lease_until, policy, limit);
         let q = delivery::Entity::find().from_raw_sql(stmt).all(self.connection());
         let mut rows = self.guarded("lease_heads", q).await?;
         rows.sort_by(|a, b| (a.next_attempt_at, &a.id).cmp(&(b.next_attempt_at, &b.id)));
-        Ok(OrderedLeased { rows, overdue_since: mark.overdue })
+        Ok(rows)
     }
 
-    /// The oldest notification the fan-out has not done yet, within the settle time, and
-    /// the oldest beyond it (through the small `notifications_unfanned` index).
-    async fn watermark(&self, now: DateTime<Utc>, policy: OrderedLease) -> Result<Watermark, Error> {
+    /// The oldest notification accepted longer than `settle` ago and still not fanned out
+    /// (it no longer holds ordered deliveries back: worth a warning), through the small
+    /// `notifications_unfanned` index.
+    pub async fn overdue_fan_out(&self, now: DateTime<Utc>, policy: OrderedLease) -> Result<Option<DateTime<Utc>>, Error> {
         let mut p = Params::new(self.backend());
         let settle = p.bind(now - policy.settle);
-        let settle_again = p.bind(now - policy.settle);
-        let stale = p.bind(now - policy.stale_after);
         let sql = format!(
-            "SELECT MIN(CASE WHEN received_at >= {settle} THEN received_at END) AS holding, \
-             MIN(CASE WHEN received_at < {settle_again} AND accepted = TRUE THEN received_at END) AS overdue \
-             FROM notifications WHERE fanned_out = FALSE AND (accepted = TRUE OR received_at >= {stale})"
+            "SELECT MIN(received_at) AS overdue FROM notifications \
+             WHERE fanned_out = FALSE AND accepted = TRUE AND received_at < {settle}"
         );
-        let q = Watermark::find_by_statement(p.statement(sql)).one(self.connection());
-        Ok(self.guarded("ordering_watermark", q).await?.unwrap_or(Watermark { holding: None, overdue: None }))
+        let q = Overdue::find_by_statement(p.statement(sql)).one(self.connection());
+        Ok(self.guarded("ordering_overdue", q).await?.and_then(|row| row.overdue))
     }
 }
 
 /// The head-of-key lease: the keys with pending deliveries (a skip scan), each one's head,
 /// the unkeyed due ones; of those, the due and unleased ones whose key has nothing leased
-/// and which were accepted before the watermark. `FOR UPDATE … SKIP LOCKED` on PostgreSQL
-/// as in the unordered lease; SQLite has one writer.
+/// and which were accepted before the watermark. The watermark is read in the same
+/// statement (one snapshot): read apart, a notification claimed meanwhile could be missed
+/// while a later one of its key, fanned out meanwhile too, went first. `FOR UPDATE … SKIP
+/// LOCKED` on PostgreSQL as in the unordered lease; SQLite has one writer.
 fn heads_statement(
     backend: DbBackend,
     endpoint_id: &str,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
-    watermark: DateTime<Utc>,
+    policy: OrderedLease,
     limit: u64,
 ) -> Statement {
     let mut p = Params::new(backend);
@@ -128,7 +115,10 @@ fn heads_statement(
     let (ep3, st3) = (p.bind(ep()), p.bind(pending.clone()));
     let (ep4, st4, now4, lim4) = (p.bind(ep()), p.bind(pending.clone()), p.bind(now), p.bind(limit as i64));
     let until = p.bind(lease_until);
-    let (st5, now5, now6, mark) = (p.bind(pending), p.bind(now), p.bind(now), p.bind(watermark));
+    let (st5, now5, now6) = (p.bind(pending), p.bind(now), p.bind(now));
+    let (settle, stale) = (p.bind(now - policy.settle), p.bind(now - policy.stale_after));
+    // Nothing unfanned: every accepted notification has its deliveries.
+    let none = p.bind(now + Duration::days(1));
     let (ep7, now7, lim7) = (p.bind(ep()), p.bind(now), p.bind(limit as i64));
     let lock = if backend == DbBackend::Postgres { " FOR UPDATE OF d SKIP LOCKED" } else { "" };
     let sql = format!(
@@ -153,7 +143,9 @@ fn heads_statement(
            SELECT d.id FROM webhook_deliveries d \
             WHERE d.id IN (SELECT id FROM heads) AND d.status = {st5} AND d.next_attempt_at <= {now5} \
               AND (d.lease_until IS NULL OR d.lease_until < {now6}) \
-              AND (d.ordering_key IS NULL OR (d.accepted_at < {mark} AND NOT EXISTS ( \
+              AND (d.ordering_key IS NULL OR (d.accepted_at < COALESCE((SELECT MIN(received_at) \
+                FROM notifications WHERE fanned_out = FALSE AND received_at >= {settle} \
+                AND (accepted = TRUE OR received_at >= {stale})), {none}) AND NOT EXISTS ( \
                 SELECT 1 FROM webhook_deliveries l WHERE l.endpoint_id = {ep7} \
                    AND l.ordering_key = d.ordering_key AND l.lease_until >= {now7}))) \
             ORDER BY d.next_attempt_at, d.id LIMIT {lim7}{lock} \
