@@ -83,8 +83,13 @@ pub enum EndpointMsg {
     Attempted(Box<Attempted>),
     /// The lease statement answered (sent by its task).
     Leased(Result<Vec<delivery::Model>, conveyor_actors::Error>),
-    /// An outcome write answered (sent by its task): what it wrote now counts as done.
-    Written { batch: Vec<Finished>, result: Result<(), conveyor_actors::Error> },
+    /// An outcome write answered (sent by its task): what it wrote now counts as done. On
+    /// an ordered endpoint the task then leased those keys' next deliveries (`successors`).
+    Written {
+        batch: Vec<Finished>,
+        result: Result<(), conveyor_actors::Error>,
+        successors: Option<Result<Vec<delivery::Model>, conveyor_actors::Error>>,
+    },
     /// The endpoint changed in the store (edited, enabled, disabled, deleted): read it again.
     Reload,
     /// Stop if idle for a while (a timer sends it).
@@ -165,9 +170,10 @@ impl Actor for EndpointActor {
                 state.finished(*done).await;
             }
             EndpointMsg::Leased(result) => state.leased(result).await,
-            EndpointMsg::Written { batch, result } => {
+            EndpointMsg::Written { batch, result, successors } => {
                 state.writing = false;
                 state.written(batch, result).await;
+                state.successors(successors).await;
             }
             EndpointMsg::Reload => {
                 state.endpoint = None;
@@ -270,10 +276,7 @@ impl EndpointState {
         let now = Utc::now();
         let until = now + self.lease_span();
         let limit = self.ctx.config.lease_batch_size as u64;
-        let ordered = self.endpoint.as_ref().is_some_and(|e| e.ordering_key.is_some()).then(|| OrderedLease {
-            stale_after: chrono::Duration::from_std(self.ctx.produce_timeout * 2).unwrap_or(chrono::Duration::MAX),
-            settle: chrono::Duration::milliseconds(self.ctx.config.ordering_settle_ms as i64),
-        });
+        let ordered = self.ordered();
         let (store, id, reply) = (self.ctx.store.clone(), self.id.clone(), myself.clone());
         tokio::spawn(async move {
             let result = match ordered {
@@ -289,6 +292,14 @@ impl EndpointState {
             };
             let _ = reply.cast(EndpointMsg::Leased(result));
         });
+    }
+
+    /// How an ordered endpoint's deliveries wait for the fan-out; `None` when unordered.
+    fn ordered(&self) -> Option<OrderedLease> {
+        self.endpoint.as_ref().is_some_and(|e| e.ordering_key.is_some()).then(|| OrderedLease {
+            stale_after: chrono::Duration::from_std(self.ctx.produce_timeout * 2).unwrap_or(chrono::Duration::MAX),
+            settle: chrono::Duration::milliseconds(self.ctx.config.ordering_settle_ms as i64),
+        })
     }
 
     /// How long a lease lasts: the request's timeout and 30 s to wait for room and record it.
@@ -312,6 +323,22 @@ impl EndpointState {
             self.released += self.hand_back(rows.into_iter().map(|d| d.id).collect()).await;
         } else {
             self.held.extend(rows);
+        }
+    }
+
+    /// The next deliveries of keys whose outcomes were just written: they wait with the
+    /// rest. Had that lease failed, a full one follows at once.
+    async fn successors(&mut self, leased: Option<Result<Vec<delivery::Model>, conveyor_actors::Error>>) {
+        match leased {
+            None => {}
+            Some(Ok(rows)) if self.stop.is_cancelled() => {
+                self.released += self.hand_back(rows.into_iter().map(|d| d.id).collect()).await;
+            }
+            Some(Ok(rows)) => self.held.extend(rows),
+            Some(Err(err)) => {
+                tracing::debug!(error = %err, "leasing the next deliveries of ordered keys; a full lease follows");
+                self.more = true;
+            }
         }
     }
 

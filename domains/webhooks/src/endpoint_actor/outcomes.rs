@@ -87,10 +87,23 @@ impl EndpointState {
         let batch = std::mem::take(&mut self.outcomes);
         let rows: Vec<(String, DeliveryUpdate)> =
             batch.iter().map(|f| (f.delivery.id.clone(), f.update.clone())).collect();
-        let (ctx, reply) = (self.ctx.clone(), myself.clone());
+        // A key's next delivery may go only once this outcome is written: lease it right
+        // after, in the same task, rather than wait for the endpoint's next full lease.
+        let mut keys: Vec<String> = batch.iter().filter_map(|f| f.delivery.ordering_key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let ordered = self.ordered().filter(|_| !keys.is_empty());
+        let (ctx, reply, id, span) = (self.ctx.clone(), myself.clone(), self.id.clone(), self.lease_span());
         tokio::spawn(async move {
             let result = ctx.outcomes.submit(rows).await;
-            let _ = reply.cast(EndpointMsg::Written { batch, result });
+            let successors = match (&result, ordered) {
+                (Ok(()), Some(policy)) => {
+                    let now = Utc::now();
+                    Some(ctx.store.lease_successors(&id, &keys, now, now + span, policy).await)
+                }
+                _ => None,
+            };
+            let _ = reply.cast(EndpointMsg::Written { batch, result, successors });
         });
     }
 
@@ -104,9 +117,6 @@ impl EndpointState {
             );
             return;
         }
-        // A key's next delivery may go only now that this one's outcome is written: lease
-        // again at once, or one key's deliveries would each wait for the poll.
-        self.more |= batch.iter().any(|f| f.delivery.ordering_key.is_some());
         let m = metrics();
         for Finished { delivery, attempt_no, update, response } in batch {
             match update.status {

@@ -71,11 +71,31 @@ impl WebhookStore {
         limit: u64,
         policy: OrderedLease,
     ) -> Result<Vec<delivery::Model>, Error> {
-        let stmt = heads_statement(self.backend(), endpoint_id, now, lease_until, policy, limit);
+        let stmt = heads_statement(self.backend(), endpoint_id, None, now, lease_until, policy, limit);
         let q = delivery::Entity::find().from_raw_sql(stmt).all(self.connection());
         let mut rows = self.guarded("lease_heads", q).await?;
         rows.sort_by(|a, b| (a.next_attempt_at, &a.id).cmp(&(b.next_attempt_at, &b.id)));
         Ok(rows)
+    }
+
+    /// Leases the heads of these keys only, as [`Self::lease_heads`] would: right after
+    /// their predecessors' outcomes are written, so that a key's next delivery does not wait
+    /// for the endpoint's next full lease.
+    pub async fn lease_successors(
+        &self,
+        endpoint_id: &str,
+        keys: &[String],
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        policy: OrderedLease,
+    ) -> Result<Vec<delivery::Model>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = keys.len() as u64;
+        let stmt = heads_statement(self.backend(), endpoint_id, Some(keys), now, lease_until, policy, limit);
+        let q = delivery::Entity::find().from_raw_sql(stmt).all(self.connection());
+        self.guarded("lease_successors", q).await
     }
 
     /// The oldest notification accepted longer than `settle` ago and still not fanned out
@@ -102,6 +122,7 @@ impl WebhookStore {
 fn heads_statement(
     backend: DbBackend,
     endpoint_id: &str,
+    only: Option<&[String]>,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
     policy: OrderedLease,
@@ -110,10 +131,37 @@ fn heads_statement(
     let mut p = Params::new(backend);
     let pending: String = DeliveryStatus::Pending.to_value();
     let ep = || endpoint_id.to_string();
-    let (ep1, st1) = (p.bind(ep()), p.bind(pending.clone()));
-    let (ep2, st2) = (p.bind(ep()), p.bind(pending.clone()));
+    // The keys with pending deliveries, walked one by one (or the ones given).
+    let keys = match only {
+        Some(keys) => {
+            let values: Vec<String> = keys.iter().map(|k| format!("({})", p.bind(k.clone()))).collect();
+            format!("VALUES {}", values.join(", "))
+        }
+        None => {
+            let (ep1, st1) = (p.bind(ep()), p.bind(pending.clone()));
+            let (ep2, st2) = (p.bind(ep()), p.bind(pending.clone()));
+            format!(
+                "SELECT MIN(ordering_key) FROM webhook_deliveries \
+                  WHERE endpoint_id = {ep1} AND status = {st1} AND ordering_key IS NOT NULL \
+                 UNION ALL \
+                 SELECT (SELECT MIN(n.ordering_key) FROM webhook_deliveries n \
+                          WHERE n.endpoint_id = {ep2} AND n.status = {st2} AND n.ordering_key > keys.k) \
+                   FROM keys WHERE keys.k IS NOT NULL"
+            )
+        }
+    };
     let (ep3, st3) = (p.bind(ep()), p.bind(pending.clone()));
-    let (ep4, st4, now4, lim4) = (p.bind(ep()), p.bind(pending.clone()), p.bind(now), p.bind(limit as i64));
+    let unkeyed = match only {
+        Some(_) => String::new(),
+        None => {
+            let (ep4, st4, now4, lim4) = (p.bind(ep()), p.bind(pending.clone()), p.bind(now), p.bind(limit as i64));
+            format!(
+                "UNION ALL SELECT id FROM (SELECT u.id FROM webhook_deliveries u \
+                  WHERE u.endpoint_id = {ep4} AND u.status = {st4} AND u.ordering_key IS NULL \
+                    AND u.next_attempt_at <= {now4} LIMIT {lim4}) unkeyed"
+            )
+        }
+    };
     let until = p.bind(lease_until);
     let (st5, now5, now6) = (p.bind(pending), p.bind(now), p.bind(now));
     let (settle, stale) = (p.bind(now - policy.settle), p.bind(now - policy.stale_after));
@@ -122,22 +170,11 @@ fn heads_statement(
     let (ep7, now7, lim7) = (p.bind(ep()), p.bind(now), p.bind(limit as i64));
     let lock = if backend == DbBackend::Postgres { " FOR UPDATE OF d SKIP LOCKED" } else { "" };
     let sql = format!(
-        "WITH RECURSIVE keys (k) AS ( \
-           SELECT MIN(ordering_key) FROM webhook_deliveries \
-            WHERE endpoint_id = {ep1} AND status = {st1} AND ordering_key IS NOT NULL \
-           UNION ALL \
-           SELECT (SELECT MIN(n.ordering_key) FROM webhook_deliveries n \
-                    WHERE n.endpoint_id = {ep2} AND n.status = {st2} AND n.ordering_key > keys.k) \
-             FROM keys WHERE keys.k IS NOT NULL \
-         ), heads (id) AS ( \
+        "WITH RECURSIVE keys (k) AS ({keys}), heads (id) AS ( \
            SELECT (SELECT h.id FROM webhook_deliveries h \
                     WHERE h.endpoint_id = {ep3} AND h.status = {st3} AND h.ordering_key = keys.k \
                     ORDER BY h.accepted_at, h.id LIMIT 1) \
-             FROM keys WHERE keys.k IS NOT NULL \
-           UNION ALL \
-           SELECT id FROM (SELECT u.id FROM webhook_deliveries u \
-                    WHERE u.endpoint_id = {ep4} AND u.status = {st4} AND u.ordering_key IS NULL \
-                      AND u.next_attempt_at <= {now4} LIMIT {lim4}) unkeyed \
+             FROM keys WHERE keys.k IS NOT NULL {unkeyed} \
          ) \
          UPDATE webhook_deliveries SET lease_until = {until} WHERE id IN ( \
            SELECT d.id FROM webhook_deliveries d \
