@@ -56,6 +56,9 @@ struct Sink {
     /// The highest sequence number delivered per ordered path and key.
     last: Arc<Mutex<HashMap<String, u64>>>,
     violations: Arc<AtomicU64>,
+    /// Per ordered path: when each key's last delivery arrived, and the gaps between a
+    /// key's deliveries (its cycle: the round trip plus what ordering adds).
+    gaps: Arc<Mutex<HashMap<String, (HashMap<String, Instant>, Vec<f64>)>>>,
 }
 
 async fn sink(rtt: Duration) -> anyhow::Result<Sink> {
@@ -66,6 +69,7 @@ async fn sink(rtt: Duration) -> anyhow::Result<Sink> {
         open: Arc::new(tokio::sync::watch::Sender::new(true)),
         last: Arc::default(),
         violations: Arc::default(),
+        gaps: Arc::default(),
     };
     let shared = sink.clone();
     tokio::spawn(async move {
@@ -89,6 +93,13 @@ async fn sink(rtt: Duration) -> anyhow::Result<Sink> {
                             shared.violations.fetch_add(1, Ordering::Relaxed);
                         }
                         *prev = (*prev).max(seq);
+                        if let Ok(mut gaps) = shared.gaps.lock() {
+                            let (last, gaps) = gaps.entry(path.clone()).or_default();
+                            let now = Instant::now();
+                            if let Some(before) = last.insert(key.to_string(), now) {
+                                gaps.push(now.duration_since(before).as_secs_f64() * 1000.0);
+                            }
+                        }
                     }
                     shared.count.fetch_add(1, Ordering::Relaxed);
                     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
@@ -98,6 +109,20 @@ async fn sink(rtt: Duration) -> anyhow::Result<Sink> {
         }
     });
     Ok(sink)
+}
+
+impl Sink {
+    /// p50, p99 and max of the gaps between one key's deliveries on `path`, in ms.
+    fn gap_percentiles(&self, path: &str) -> (f64, f64, f64) {
+        let mut gaps =
+            self.gaps.lock().map(|g| g.get(path).map(|(_, v)| v.clone()).unwrap_or_default()).unwrap_or_default();
+        if gaps.is_empty() {
+            return (0.0, 0.0, 0.0);
+        }
+        gaps.sort_by(f64::total_cmp);
+        let at = |q: f64| gaps[((gaps.len() - 1) as f64 * q) as usize];
+        (at(0.5), at(0.99), at(1.0))
+    }
 }
 
 #[derive(Clone)]
@@ -126,16 +151,17 @@ impl Api {
     }
 }
 
-/// Posts `n` notifications of type `kind`, notification i with key `k{i % keys}`: one
-/// poster per key group, each posting its keys' notifications in sequence (each waits for
-/// its 202), so a key's acceptance order is its sequence numbers' order.
+/// Posts `n` notifications of type `kind`, notification i with key `k{i % keys}`: up to 32
+/// posters, each with its own keys, posting them in sequence (each waits for its 202), so
+/// a key's acceptance order is its sequence numbers' order.
 async fn post(api: &Api, run: &str, kind: &str, n: usize, keys: usize) -> anyhow::Result<()> {
     let posters = keys.clamp(1, 32);
     let mut tasks = tokio::task::JoinSet::new();
     for p in 0..posters {
         let (api, run, kind) = (api.clone(), run.to_string(), kind.to_string());
         tasks.spawn(async move {
-            for i in (p..n).step_by(posters) {
+            // A key's notifications all come from one poster, in sequence.
+            for i in (0..n).filter(|i| (i % keys) % posters == p) {
                 let body = json!({"object": "event", "id": format!("{run}_{kind}_{i}"), "type": kind,
                     "source": "bench", "specversion": "1.0", "project": "bench", "subject": format!("k{}", i % keys),
                     "data": {"seq": i / keys + 1, "status": "active", "plan": {"price": 999}}});
@@ -230,7 +256,11 @@ async fn measure(args: &OrderedArgs, bin: &std::path::Path, backends: Backends) 
             let expected = (k as f64 / rtt.as_secs_f64()).min(unordered);
             let n = ((expected * args.seconds) as usize).max(2 * k).clamp(100, 8000);
             let rate = drain(&api, &sink, &run, &format!("k{k}"), n, Some(k)).await.with_context(|| format!("K={k}"))?;
-            println!("  {backend}: K={k}: {} deliveries/s ({n} notifications)", thousands(rate));
+            let (p50, p99, max) = sink.gap_percentiles(&format!("/k{k}"));
+            println!(
+                "  {backend}: K={k}: {} deliveries/s ({n} notifications); a key's cycle p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
+                thousands(rate)
+            );
             ordered.push((k, n, rate));
         }
         anyhow::Ok(Measured { backend, unordered, ordered, violations: sink.violations.load(Ordering::Relaxed) })
@@ -268,17 +298,23 @@ pub async fn run(args: OrderedArgs) -> anyhow::Result<()> {
                 format!("{:.3}", rate / best),
             ]);
             rows.push(summary::row(
-                &format!("ordered webhooks ({}): K = {k} keys, {} ms sink, vs min(K/RTT, unordered)", m.backend, args.rtt_ms),
+                &format!(
+                    "ordered webhooks ({}): K = {k} keys, {} ms sink, vs min(K/RTT, unordered)",
+                    m.backend, args.rtt_ms
+                ),
                 rate,
                 best,
                 Some(0.8),
                 "deliveries/s",
             ));
-            per_k.push(json!({"keys": k, "notifications": n, "per_sec": round(rate, 1), "best_per_sec": round(best, 1),
+            per_k
+                .push(json!({"keys": k, "notifications": n, "per_sec": round(rate, 1), "best_per_sec": round(best, 1),
                 "ratio": round(rate / best, 4)}));
         }
-        rows.push(json!({"name": format!("ordered webhooks ({}): deliveries after a later one of their key", m.backend),
-            "conveyor": m.violations, "baseline": null, "ratio": null, "target": 0, "unit": "count"}));
+        rows.push(
+            json!({"name": format!("ordered webhooks ({}): deliveries after a later one of their key", m.backend),
+            "conveyor": m.violations, "baseline": null, "ratio": null, "target": 0, "unit": "count"}),
+        );
         runs.push(json!({"backend": m.backend, "unordered_per_sec": round(m.unordered, 1), "ordered": per_k,
             "order_violations": m.violations}));
     }

@@ -193,8 +193,7 @@ async fn an_ordered_endpoint_gets_each_keys_deliveries_in_acceptance_order_and_k
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {v}");
         assert_eq!(v["error"]["details"][0]["field"], "ordering_key", "{v}");
     }
-    let (ordered, _) =
-        endpoint(&d, &user, json!({"url": sink.url("/ordered"), "ordering_key": "subject"})).await;
+    let (ordered, _) = endpoint(&d, &user, json!({"url": sink.url("/ordered"), "ordering_key": "subject"})).await;
     let (plain, _) = endpoint(&d, &user, json!({"url": sink.url("/plain")})).await;
     let (_, view) = d.get(&format!("/webhooks/endpoints/{ordered}"), Some(&user)).await;
     assert_eq!(view["ordering_key"], "subject", "{view}");
@@ -220,7 +219,8 @@ async fn an_ordered_endpoint_gets_each_keys_deliveries_in_acceptance_order_and_k
     // Turning ordering off.
     let body = serde_json::to_vec(&json!({"ordering_key": null})).unwrap();
     let path = format!("/webhooks/endpoints/{ordered}");
-    let (s, _, v) = d.request(http::Method::PATCH, &path, Some(&user), &[("content-type", "application/json")], body).await;
+    let (s, _, v) =
+        d.request(http::Method::PATCH, &path, Some(&user), &[("content-type", "application/json")], body).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["ordering_key"], Value::Null, "{v}");
 }

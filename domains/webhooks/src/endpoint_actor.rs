@@ -60,11 +60,14 @@ pub struct EndpointState {
     held: VecDeque<delivery::Model>,
     /// A lease statement is running (never two at once).
     leasing: bool,
+    /// Leases of ordered keys' next deliveries running (one per outcome write at most).
+    leasing_successors: usize,
     /// More may be due: woken since the last lease began, or the last lease came back full.
     more: bool,
     /// Attempts that finished and whose outcomes are not written yet.
     outcomes: Vec<Finished>,
-    /// An outcome write is running (never two at once).
+    /// An outcome write is running (never two at once: what finishes meanwhile goes with
+    /// the next one, which keeps an ordered endpoint's successor leases few and large).
     writing: bool,
     /// A wake-up is already scheduled (breaker cool-down); do not stack them.
     wake_pending: bool,
@@ -83,13 +86,11 @@ pub enum EndpointMsg {
     Attempted(Box<Attempted>),
     /// The lease statement answered (sent by its task).
     Leased(Result<Vec<delivery::Model>, conveyor_actors::Error>),
-    /// An outcome write answered (sent by its task): what it wrote now counts as done. On
-    /// an ordered endpoint the task then leased those keys' next deliveries (`successors`).
-    Written {
-        batch: Vec<Finished>,
-        result: Result<(), conveyor_actors::Error>,
-        successors: Option<Result<Vec<delivery::Model>, conveyor_actors::Error>>,
-    },
+    /// An outcome write answered (sent by its task): what it wrote now counts as done.
+    Written { batch: Vec<Finished>, result: Result<(), conveyor_actors::Error> },
+    /// On an ordered endpoint, the write's task then leased the next deliveries of the keys
+    /// it wrote outcomes for.
+    Successors(Result<Vec<delivery::Model>, conveyor_actors::Error>),
     /// The endpoint changed in the store (edited, enabled, disabled, deleted): read it again.
     Reload,
     /// Stop if idle for a while (a timer sends it).
@@ -142,6 +143,7 @@ impl Actor for EndpointActor {
             in_flight: 0,
             held: VecDeque::new(),
             leasing: false,
+            leasing_successors: 0,
             more: true,
             outcomes: Vec::new(),
             writing: false,
@@ -170,11 +172,11 @@ impl Actor for EndpointActor {
                 state.finished(*done).await;
             }
             EndpointMsg::Leased(result) => state.leased(result).await,
-            EndpointMsg::Written { batch, result, successors } => {
+            EndpointMsg::Written { batch, result } => {
                 state.writing = false;
                 state.written(batch, result).await;
-                state.successors(successors).await;
             }
+            EndpointMsg::Successors(result) => state.successors(result).await,
             EndpointMsg::Reload => {
                 state.endpoint = None;
                 state.wake_pending = false;
@@ -215,7 +217,12 @@ fn idle_after(ctx: &DeliveryContext) -> Duration {
 impl EndpointState {
     /// Nothing in flight, waiting, being leased or being written.
     fn idle(&self) -> bool {
-        self.in_flight == 0 && self.held.is_empty() && !self.leasing && !self.writing && self.outcomes.is_empty()
+        self.in_flight == 0
+            && self.held.is_empty()
+            && !self.leasing
+            && self.leasing_successors == 0
+            && !self.writing
+            && self.outcomes.is_empty()
     }
 
     /// Loads the endpoint (and its limiter) unless already loaded; false if it is gone.
@@ -328,14 +335,14 @@ impl EndpointState {
 
     /// The next deliveries of keys whose outcomes were just written: they wait with the
     /// rest. Had that lease failed, a full one follows at once.
-    async fn successors(&mut self, leased: Option<Result<Vec<delivery::Model>, conveyor_actors::Error>>) {
+    async fn successors(&mut self, leased: Result<Vec<delivery::Model>, conveyor_actors::Error>) {
+        self.leasing_successors -= 1;
         match leased {
-            None => {}
-            Some(Ok(rows)) if self.stop.is_cancelled() => {
+            Ok(rows) if self.stop.is_cancelled() => {
                 self.released += self.hand_back(rows.into_iter().map(|d| d.id).collect()).await;
             }
-            Some(Ok(rows)) => self.held.extend(rows),
-            Some(Err(err)) => {
+            Ok(rows) => self.held.extend(rows),
+            Err(err) => {
                 tracing::debug!(error = %err, "leasing the next deliveries of ordered keys; a full lease follows");
                 self.more = true;
             }

@@ -168,8 +168,12 @@ fn keyed(spec: &OrderingKey, envelope: &serde_json::Value, id: &str, endpoint_id
     let key = spec.extract(envelope).map(OrderingKey::stored);
     if key.is_none() {
         metrics().webhook_deliveries_unkeyed.add(1, &[]);
-        tracing::debug!(notification = id, endpoint = endpoint_id, ordering_key = spec.as_str(),
-            "the notification has no ordering key for this endpoint; delivered unordered");
+        tracing::debug!(
+            notification = id,
+            endpoint = endpoint_id,
+            ordering_key = spec.as_str(),
+            "the notification has no ordering key for this endpoint; delivered unordered"
+        );
     }
     key
 }

@@ -54,7 +54,9 @@ impl Metrics {
             webhook_deliveries_unkeyed: meter
                 .u64_counter(WEBHOOK_DELIVERIES_UNKEYED)
                 .with_unit("{delivery}")
-                .with_description("Deliveries to an ordered endpoint whose notification had no ordering key (sent unordered)")
+                .with_description(
+                    "Deliveries to an ordered endpoint whose notification had no ordering key (sent unordered)",
+                )
                 .build(),
         }
     }

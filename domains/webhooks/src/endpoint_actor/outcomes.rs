@@ -93,17 +93,23 @@ impl EndpointState {
         keys.sort();
         keys.dedup();
         let ordered = self.ordered().filter(|_| !keys.is_empty());
+        // Counted now, so the actor never looks idle while the successors are on their way.
+        self.leasing_successors += usize::from(ordered.is_some());
         let (ctx, reply, id, span) = (self.ctx.clone(), myself.clone(), self.id.clone(), self.lease_span());
         tokio::spawn(async move {
             let result = ctx.outcomes.submit(rows).await;
-            let successors = match (&result, ordered) {
-                (Ok(()), Some(policy)) => {
+            let written = result.is_ok();
+            // The next write may start while the successors are leased.
+            let _ = reply.cast(EndpointMsg::Written { batch, result });
+            if let Some(policy) = ordered {
+                let leased = if written {
                     let now = Utc::now();
-                    Some(ctx.store.lease_successors(&id, &keys, now, now + span, policy).await)
-                }
-                _ => None,
-            };
-            let _ = reply.cast(EndpointMsg::Written { batch, result, successors });
+                    ctx.store.lease_successors(&id, &keys, now, now + span, policy).await
+                } else {
+                    Ok(Vec::new())
+                };
+                let _ = reply.cast(EndpointMsg::Successors(leased));
+            }
         });
     }
 

@@ -50,7 +50,9 @@ impl Migration for AddOrdering {
                 ColumnDef::new(WebhookEndpoints::OrderingKey).string().null().to_owned(),
             ))
             .await?;
-        manager.alter_table(add(D::Table.into_iden(), ColumnDef::new(D::OrderingKey).string().null().to_owned())).await?;
+        manager
+            .alter_table(add(D::Table.into_iden(), ColumnDef::new(D::OrderingKey).string().null().to_owned()))
+            .await?;
         // Rows from before have none and stay unordered.
         manager
             .alter_table(add(

@@ -101,7 +101,11 @@ impl WebhookStore {
     /// The oldest notification accepted longer than `settle` ago and still not fanned out
     /// (it no longer holds ordered deliveries back: worth a warning), through the small
     /// `notifications_unfanned` index.
-    pub async fn overdue_fan_out(&self, now: DateTime<Utc>, policy: OrderedLease) -> Result<Option<DateTime<Utc>>, Error> {
+    pub async fn overdue_fan_out(
+        &self,
+        now: DateTime<Utc>,
+        policy: OrderedLease,
+    ) -> Result<Option<DateTime<Utc>>, Error> {
         let mut p = Params::new(self.backend());
         let settle = p.bind(now - policy.settle);
         let sql = format!(

@@ -33,7 +33,10 @@ async fn keyed(store: &WebhookStore, id: &str, key: Option<&str>, accepted: Date
         ordering_key: key.map(str::to_string),
         accepted_at: Some(accepted),
     };
-    delivery::Entity::insert(delivery::ActiveModel::from(row)).exec_without_returning(store.connection()).await.unwrap();
+    delivery::Entity::insert(delivery::ActiveModel::from(row))
+        .exec_without_returning(store.connection())
+        .await
+        .unwrap();
 }
 
 async fn lease(store: &WebhookStore, now: DateTime<Utc>) -> Vec<String> {
@@ -108,10 +111,14 @@ async fn keyed_deliveries_wait_for_notifications_accepted_before_them_to_be_fann
             .await
             .unwrap();
         // An abandoned claim (never accepted, beyond the stale limit) holds nothing.
-        notification::Entity::insert(notification::ActiveModel::from(claim("dead", now - Duration::seconds(20), false)))
-            .exec_without_returning(store.connection())
-            .await
-            .unwrap();
+        notification::Entity::insert(notification::ActiveModel::from(claim(
+            "dead",
+            now - Duration::seconds(20),
+            false,
+        )))
+        .exec_without_returning(store.connection())
+        .await
+        .unwrap();
         keyed(&store, "early", Some("a"), now - Duration::seconds(3)).await;
         keyed(&store, "late", Some("b"), now - Duration::seconds(1)).await;
         keyed(&store, "free", None, now - Duration::seconds(1)).await;
@@ -121,10 +128,14 @@ async fn keyed_deliveries_wait_for_notifications_accepted_before_them_to_be_fann
         store.record_notifications(vec![slow]).await.unwrap();
         assert_eq!(lease(&store, now).await, ["late"]);
         // Past the settle time an unfanned notification holds nothing back, and says so.
-        notification::Entity::insert(notification::ActiveModel::from(claim("stuck", now - Duration::seconds(40), true)))
-            .exec_without_returning(store.connection())
-            .await
-            .unwrap();
+        notification::Entity::insert(notification::ActiveModel::from(claim(
+            "stuck",
+            now - Duration::seconds(40),
+            true,
+        )))
+        .exec_without_returning(store.connection())
+        .await
+        .unwrap();
         keyed(&store, "after", Some("c"), now - Duration::seconds(1)).await;
         assert_eq!(lease(&store, now).await, ["after"]);
         assert!(store.overdue_fan_out(now, policy()).await.unwrap().is_some());
