@@ -58,8 +58,11 @@ struct Sink {
     violations: Arc<AtomicU64>,
     /// Per ordered path: when each key's last delivery arrived, and the gaps between a
     /// key's deliveries (its cycle: the round trip plus what ordering adds).
-    gaps: Arc<Mutex<HashMap<String, (HashMap<String, Instant>, Vec<f64>)>>>,
+    gaps: Arc<Mutex<HashMap<String, KeyGaps>>>,
 }
+
+/// Each key's last delivery and the gaps (ms) between one key's deliveries.
+type KeyGaps = (HashMap<String, Instant>, Vec<f64>);
 
 async fn sink(rtt: Duration) -> anyhow::Result<Sink> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -106,7 +106,7 @@ mod tests {
         for bad in ["", "a b", "x/y", "é", &"f".repeat(65), "/a~2", "/a~", &format!("/{}", "p".repeat(256))] {
             assert!(OrderingKey::parse(bad).is_err(), "{bad:?} is refused");
         }
-        assert_eq!(check(Some("no good")).unwrap_err().field, "ordering_key");
+        assert_eq!(check(Some("no good")).expect_err("refused").field, "ordering_key");
         assert!(check(None).is_ok());
     }
 
