@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Conveyor's benchmarks (not tests): build release, run, print the numbers, write JSON.
 #
-#   scripts/bench.sh [ingest|processing|keys|webhooks|soak|all] [ARGS...]
+#   scripts/bench.sh [ingest|processing|keys|webhooks|ordered|soak|all] [ARGS...]
 #
 #   keys        key-level concurrency inside one partition, in-process (embedded log)
 #   ingest      POST /events: the daemon vs a bare hyper server, both under wrk, and the p99 at
@@ -12,11 +12,13 @@
 #               state apart from start-up (starts the services with scripts/services.sh up)
 #   webhooks    signed deliveries/s to a local sink vs a raw hyper client posting the same
 #               body, then 9 healthy endpoints + 1 that never answers (embedded backends)
+#   ordered     per-key FIFO webhook delivery: K = 1, 10, 100, 1000 keys to a sink with a 20 ms
+#               round trip vs min(K / RTT, the unordered rate) (`--backend real|both`)
 #   soak        3 million events through the embedded daemon with small retention: RSS, open
 #               files, data directory size and row counts sampled; slope per million events
 #               (several minutes; not part of `all`)
-#   all         keys, ingest (both backends), processing (3 runs each, median ratio), webhooks
-#               (the default), then one summary table of every ratio (also into README.md)
+#   all         keys, ingest (both backends), processing (3 runs each, median ratio), webhooks,
+#               ordered (the default), then one summary table of every ratio (also into README.md)
 #   summary     only that table, from the JSON already in the results directory
 # ARGS go to the benchmark's subcommand (one benchmark only), e.g.
 #   scripts/bench.sh ingest --duration 10 --connections 64
@@ -33,15 +35,15 @@ cd "$ROOT"
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "bench.sh: ERROR: $*"; exit 2; }
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 
 WHAT=${1:-all}
 [[ $# -gt 0 ]] && shift
 EXTRA_ARGS=("$@")
 case $WHAT in
-    ingest|processing|keys|webhooks|soak) BENCHES=("$WHAT") ;;
+    ingest|processing|keys|webhooks|ordered|soak) BENCHES=("$WHAT") ;;
     summary) BENCHES=() ;;
-    all) BENCHES=(keys ingest processing webhooks)
+    all) BENCHES=(keys ingest processing webhooks ordered)
          [[ ${#EXTRA_ARGS[@]} -eq 0 ]] || die "extra arguments need a single benchmark, not 'all'" ;;
     -h|--help|help) usage; exit 0 ;;
     *) usage; die "unknown benchmark '$WHAT'" ;;

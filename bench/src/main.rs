@@ -7,6 +7,7 @@ mod fixed_rate;
 mod hello;
 mod ingest;
 mod keys;
+mod ordered;
 mod processing;
 mod raw_produce;
 mod report;
@@ -35,6 +36,9 @@ enum Cmd {
     Keys(keys::KeysArgs),
     /// Signed webhook deliveries/s against a raw hyper client, and with one endpoint dead.
     Webhooks(webhooks::WebhooksArgs),
+    /// Per-key FIFO webhook delivery: K = 1, 10, 100, 1000 keys against min(K / the sink's
+    /// round trip, the unordered rate).
+    Ordered(ordered::OrderedArgs),
     /// Millions of events through the embedded daemon with small retention: memory, open
     /// files, disk and row counts sampled, their slope per million events reported.
     Soak(soak::SoakArgs),
@@ -56,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Processing(args) => processing::run(args).await,
         Cmd::Keys(args) => keys::run(args).await,
         Cmd::Webhooks(args) => webhooks::run(args).await,
+        Cmd::Ordered(args) => ordered::run(args).await,
         Cmd::Soak(args) => soak::run(args).await,
         Cmd::Summary(args) => summary::run(args),
         Cmd::HelloServer { port } => hello::serve(port).await,

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::report::{self, thousands};
 
 /// The benchmarks, in the order `scripts/bench.sh all` runs them.
-const BENCHES: [&str; 4] = ["keys", "ingest", "processing", "webhooks"];
+const BENCHES: [&str; 5] = ["keys", "ingest", "processing", "webhooks", "ordered"];
 
 #[derive(Debug, Args)]
 pub struct SummaryArgs {

@@ -52,6 +52,9 @@ pub struct WebhooksConfig {
     pub attempts_batch_size: usize,
     /// …or after this long, whichever comes first.
     pub attempts_flush_ms: u64,
+    /// Ordered endpoints: a notification not fanned out yet holds back keyed deliveries
+    /// accepted after it at most this long; then they go anyway (with a warning).
+    pub ordering_settle_ms: u64,
 }
 
 impl Default for WebhooksConfig {
@@ -80,6 +83,7 @@ impl Default for WebhooksConfig {
             allow_private: false,
             attempts_batch_size: 100,
             attempts_flush_ms: 200,
+            ordering_settle_ms: 30_000,
         }
     }
 }

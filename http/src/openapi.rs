@@ -210,6 +210,16 @@ mod tests {
         assert_eq!(rate["minimum"], 1, "{rate}");
     }
 
+    /// Endpoints document their ordering key where they are created, changed and shown.
+    #[test]
+    fn endpoints_document_their_ordering_key() {
+        let json = serde_json::to_value(document()).unwrap_or_default();
+        for schema in ["NewEndpoint", "EndpointPatch", "EndpointView"] {
+            let key = &json["components"]["schemas"][schema]["properties"]["ordering_key"];
+            assert!(key.is_object(), "{schema}: {key}");
+        }
+    }
+
     #[test]
     fn it_is_openapi_3_1_with_auth_and_error_bodies() {
         let json = serde_json::to_value(document()).unwrap_or_default();

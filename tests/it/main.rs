@@ -35,6 +35,7 @@ mod supervision;
 mod tls;
 mod webdriver;
 mod webhooks;
+mod webhooks_ordered;
 mod workflow_cancel;
 mod workflows;
 

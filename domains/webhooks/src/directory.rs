@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use super::endpoints::filter_of;
+use super::endpoints::{filter_of, ordering_of};
 use super::filter::Filter;
+use super::ordering::OrderingKey;
 use crate::store::WebhookStore;
 use conveyor_actors::Error;
 use conveyor_actors::recent::Recent;
@@ -15,7 +16,7 @@ const TTL: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Directory {
     store: WebhookStore,
-    cached: Recent<Vec<(String, Filter)>>,
+    cached: Recent<Vec<(String, Filter, Option<OrderingKey>)>>,
 }
 
 impl Directory {
@@ -27,15 +28,24 @@ impl Directory {
         self.cached.invalidate();
     }
 
-    /// Ids of the enabled endpoints that want this notification.
-    pub async fn matching(&self, event_type: &str, project: Option<&str>) -> Result<Vec<String>, Error> {
+    /// The enabled endpoints that want this notification, with where an ordered one finds
+    /// the notification's key.
+    pub async fn matching(
+        &self,
+        event_type: &str,
+        project: Option<&str>,
+    ) -> Result<Vec<(String, Option<OrderingKey>)>, Error> {
         let snapshot = self
             .cached
             .get_or_load(|| async {
                 let rows = self.store.enabled_endpoints().await?;
-                Ok::<_, Error>(rows.iter().map(|r| (r.id.clone(), filter_of(r))).collect())
+                Ok::<_, Error>(rows.iter().map(|r| (r.id.clone(), filter_of(r), ordering_of(r))).collect())
             })
             .await?;
-        Ok(snapshot.iter().filter(|(_, f)| f.matches(event_type, project)).map(|(id, _)| id.clone()).collect())
+        Ok(snapshot
+            .iter()
+            .filter(|(_, f, _)| f.matches(event_type, project))
+            .map(|(id, _, ordering)| (id.clone(), ordering.clone()))
+            .collect())
     }
 }

@@ -18,6 +18,7 @@
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{AttemptClass, Request, Response};
 use super::context::DeliveryContext;
 use super::endpoints::signing_secrets;
-use crate::store::{delivery, endpoint};
+use crate::store::{OrderedLease, delivery, endpoint};
 use conveyor_actors::breaker::{Breaker, BreakerConfig, Permit};
 
 mod outcomes;
@@ -59,11 +60,14 @@ pub struct EndpointState {
     held: VecDeque<delivery::Model>,
     /// A lease statement is running (never two at once).
     leasing: bool,
+    /// Leases of ordered keys' next deliveries running (one per outcome write at most).
+    leasing_successors: usize,
     /// More may be due: woken since the last lease began, or the last lease came back full.
     more: bool,
     /// Attempts that finished and whose outcomes are not written yet.
     outcomes: Vec<Finished>,
-    /// An outcome write is running (never two at once).
+    /// An outcome write is running (never two at once: what finishes meanwhile goes with
+    /// the next one, which keeps an ordered endpoint's successor leases few and large).
     writing: bool,
     /// A wake-up is already scheduled (breaker cool-down); do not stack them.
     wake_pending: bool,
@@ -84,6 +88,9 @@ pub enum EndpointMsg {
     Leased(Result<Vec<delivery::Model>, conveyor_actors::Error>),
     /// An outcome write answered (sent by its task): what it wrote now counts as done.
     Written { batch: Vec<Finished>, result: Result<(), conveyor_actors::Error> },
+    /// On an ordered endpoint, the write's task then leased the next deliveries of the keys
+    /// it wrote outcomes for.
+    Successors(Result<Vec<delivery::Model>, conveyor_actors::Error>),
     /// The endpoint changed in the store (edited, enabled, disabled, deleted): read it again.
     Reload,
     /// Stop if idle for a while (a timer sends it).
@@ -136,6 +143,7 @@ impl Actor for EndpointActor {
             in_flight: 0,
             held: VecDeque::new(),
             leasing: false,
+            leasing_successors: 0,
             more: true,
             outcomes: Vec::new(),
             writing: false,
@@ -168,6 +176,7 @@ impl Actor for EndpointActor {
                 state.writing = false;
                 state.written(batch, result).await;
             }
+            EndpointMsg::Successors(result) => state.successors(result).await,
             EndpointMsg::Reload => {
                 state.endpoint = None;
                 state.wake_pending = false;
@@ -208,7 +217,12 @@ fn idle_after(ctx: &DeliveryContext) -> Duration {
 impl EndpointState {
     /// Nothing in flight, waiting, being leased or being written.
     fn idle(&self) -> bool {
-        self.in_flight == 0 && self.held.is_empty() && !self.leasing && !self.writing && self.outcomes.is_empty()
+        self.in_flight == 0
+            && self.held.is_empty()
+            && !self.leasing
+            && self.leasing_successors == 0
+            && !self.writing
+            && self.outcomes.is_empty()
     }
 
     /// Loads the endpoint (and its limiter) unless already loaded; false if it is gone.
@@ -261,18 +275,38 @@ impl EndpointState {
         self.send_held(myself).await;
     }
 
-    /// Starts the lease statement; its answer comes back as [`EndpointMsg::Leased`].
+    /// Starts the lease statement; its answer comes back as [`EndpointMsg::Leased`]. An
+    /// ordered endpoint leases only each key's head (`store::ordered`).
     fn lease(&mut self, myself: &ActorRef<EndpointMsg>) {
         self.leasing = true;
         self.more = false;
         let now = Utc::now();
         let until = now + self.lease_span();
         let limit = self.ctx.config.lease_batch_size as u64;
+        let ordered = self.ordered();
         let (store, id, reply) = (self.ctx.store.clone(), self.id.clone(), myself.clone());
         tokio::spawn(async move {
-            let result = store.lease_due(&id, now, until, limit).await;
+            let result = match ordered {
+                None => store.lease_due(&id, now, until, limit).await,
+                Some(policy) => {
+                    if overdue_check_due(now)
+                        && let Ok(Some(since)) = store.overdue_fan_out(now, policy).await
+                    {
+                        warn_overdue(since);
+                    }
+                    store.lease_heads(&id, now, until, limit, policy).await
+                }
+            };
             let _ = reply.cast(EndpointMsg::Leased(result));
         });
+    }
+
+    /// How an ordered endpoint's deliveries wait for the fan-out; `None` when unordered.
+    fn ordered(&self) -> Option<OrderedLease> {
+        self.endpoint.as_ref().is_some_and(|e| e.ordering_key.is_some()).then(|| OrderedLease {
+            stale_after: chrono::Duration::from_std(self.ctx.produce_timeout * 2).unwrap_or(chrono::Duration::MAX),
+            settle: chrono::Duration::milliseconds(self.ctx.config.ordering_settle_ms as i64),
+        })
     }
 
     /// How long a lease lasts: the request's timeout and 30 s to wait for room and record it.
@@ -296,6 +330,22 @@ impl EndpointState {
             self.released += self.hand_back(rows.into_iter().map(|d| d.id).collect()).await;
         } else {
             self.held.extend(rows);
+        }
+    }
+
+    /// The next deliveries of keys whose outcomes were just written: they wait with the
+    /// rest. Had that lease failed, a full one follows at once.
+    async fn successors(&mut self, leased: Result<Vec<delivery::Model>, conveyor_actors::Error>) {
+        self.leasing_successors -= 1;
+        match leased {
+            Ok(rows) if self.stop.is_cancelled() => {
+                self.released += self.hand_back(rows.into_iter().map(|d| d.id).collect()).await;
+            }
+            Ok(rows) => self.held.extend(rows),
+            Err(err) => {
+                tracing::debug!(error = %err, "leasing the next deliveries of ordered keys; a full lease follows");
+                self.more = true;
+            }
         }
     }
 
@@ -394,6 +444,30 @@ impl EndpointState {
                 let _ = me.cast(EndpointMsg::Reload);
             });
         }
+    }
+}
+
+/// Whether an ordered lease should look for overdue fan-outs too: once every 10 s per
+/// daemon, not with every lease.
+fn overdue_check_due(now: chrono::DateTime<Utc>) -> bool {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let (now, last) = (now.timestamp(), LAST.load(Ordering::Relaxed));
+    now - last >= 10 && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+}
+
+/// A notification accepted longer than `webhooks.ordering_settle_ms` ago is still not
+/// fanned out: ordered deliveries accepted after it no longer wait for it. Said at most
+/// once a minute per daemon.
+fn warn_overdue(since: chrono::DateTime<Utc>) {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = Utc::now().timestamp();
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last >= 60 && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        tracing::warn!(
+            accepted_at = %since,
+            "a notification is not fanned out after webhooks.ordering_settle_ms; ordered deliveries accepted \
+             after it go without waiting for it, so its own may arrive out of order"
+        );
     }
 }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::filter::{Filter, validate_patterns};
+use super::ordering::{self, OrderingKey};
 use super::signing;
 use super::target::TargetPolicy;
 use crate::store::endpoint;
@@ -88,6 +89,34 @@ pub struct NewEndpoint {
     /// Create it disabled.
     #[serde(default)]
     pub disabled: bool,
+    /// Per-key FIFO: deliveries whose notifications share this key reach the endpoint one
+    /// at a time, in the order they were accepted; different keys go concurrently. A
+    /// top-level envelope field (`subject`) or a JSON pointer into `data` (`/order/id`).
+    /// A notification without the key is delivered unordered. Absent = unordered.
+    #[serde(default)]
+    #[schema(value_type = Option<OrderingKeySpec>)]
+    pub ordering_key: Option<String>,
+}
+
+/// An endpoint's `ordering_key` (documentation only: the API reads a string).
+pub struct OrderingKeySpec;
+
+impl utoipa::PartialSchema for OrderingKeySpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(r"^([A-Za-z0-9_.-]{1,64}|/.{0,255})$"))
+            .max_length(Some(256))
+            .examples([serde_json::json!("subject"), serde_json::json!("/order/id")])
+            .into()
+    }
+}
+
+impl ToSchema for OrderingKeySpec {}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// `PATCH /webhooks/endpoints/{id}`: absent fields stay as they are.
@@ -109,6 +138,10 @@ pub struct EndpointPatch {
     #[serde(default, deserialize_with = "conveyor_actors::json::optional_u32")]
     #[schema(minimum = 0, maximum = 100000)]
     pub rate_limit_per_sec: Option<u32>,
+    /// A new ordering key; `null` turns ordering off (deliveries already made keep theirs).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<OrderingKeySpec>, nullable)]
+    pub ordering_key: Option<Option<String>>,
 }
 
 /// An endpoint as the API shows it (its secret only through the secret route).
@@ -126,6 +159,9 @@ pub struct EndpointView {
     pub disabled_reason: Option<crate::states::DisabledReason>,
     /// When the current run of failures began.
     pub failing_since: Option<DateTime<Utc>>,
+    /// Per-key FIFO delivery by this key; `null` = unordered.
+    #[schema(value_type = Option<OrderingKeySpec>)]
+    pub ordering_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -172,6 +208,14 @@ pub(crate) fn filter_of(row: &endpoint::Model) -> Filter {
     Filter { event_types: parse_list(&row.event_types), projects: parse_list(&row.projects), admin: row.owner_is_admin }
 }
 
+/// Where an ordered endpoint finds each notification's key; `None` when unordered.
+pub(crate) fn ordering_of(row: &endpoint::Model) -> Option<OrderingKey> {
+    let spec = row.ordering_key.as_deref()?;
+    OrderingKey::parse(spec)
+        .inspect_err(|reason| tracing::warn!(endpoint = %row.id, reason = %reason, "a stored ordering_key does not parse; delivering unordered"))
+        .ok()
+}
+
 pub(crate) fn view(row: &endpoint::Model) -> EndpointView {
     EndpointView {
         id: row.id.clone(),
@@ -184,6 +228,7 @@ pub(crate) fn view(row: &endpoint::Model) -> EndpointView {
         disabled: row.disabled,
         disabled_reason: row.disabled_reason,
         failing_since: row.failing_since,
+        ordering_key: row.ordering_key.clone(),
         created_at: row.created_at,
         updated_at: row.updated_at,
     }
@@ -250,6 +295,7 @@ pub(crate) fn new_row(caller: &Caller, spec: NewEndpoint, policy: &TargetPolicy)
         check_projects(&spec.projects),
         check_rate(spec.rate_limit_per_sec, false),
         check_secret(&spec.secret),
+        ordering::check(spec.ordering_key.as_deref()),
     ])?;
     let now = Utc::now();
     Ok(endpoint::Model {
@@ -267,6 +313,7 @@ pub(crate) fn new_row(caller: &Caller, spec: NewEndpoint, policy: &TargetPolicy)
         disabled: spec.disabled,
         disabled_reason: spec.disabled.then_some(crate::states::DisabledReason::Manual),
         failing_since: None,
+        ordering_key: spec.ordering_key,
         created_at: now,
         updated_at: now,
     })
@@ -280,7 +327,11 @@ pub(crate) fn patch_row(row: &mut endpoint::Model, patch: EndpointPatch, policy:
         patch.event_types.as_deref().map_or(Ok(()), |t| validate_patterns("event_types", t)),
         patch.projects.as_deref().map_or(Ok(()), check_projects),
         check_rate(patch.rate_limit_per_sec, true),
+        ordering::check(patch.ordering_key.as_ref().and_then(Option::as_deref)),
     ])?;
+    if let Some(ordering_key) = patch.ordering_key {
+        row.ordering_key = ordering_key;
+    }
     if let Some(url) = patch.url {
         row.url = url;
     }
@@ -338,6 +389,7 @@ mod tests {
             rate_limit_per_sec: None,
             secret: None,
             disabled: false,
+            ordering_key: None,
         }
     }
 
@@ -387,5 +439,24 @@ mod tests {
         )
         .expect("cleared");
         assert_eq!(row.rate_limit_per_sec, None);
+    }
+
+    #[test]
+    fn ordering_keys_are_checked_and_null_turns_ordering_off() {
+        let policy = TargetPolicy::default();
+        let ordered = NewEndpoint { ordering_key: Some("/order/id".into()), ..spec("https://example.com/h") };
+        let mut row = new_row(&caller(), ordered, &policy).expect("valid");
+        assert_eq!(ordering_of(&row), Some(OrderingKey::DataPointer("/order/id".into())));
+        let bad = NewEndpoint { ordering_key: Some("not a field".into()), ..spec("https://example.com/h") };
+        let Err(Error::InvalidInput { fields }) = new_row(&caller(), bad, &policy) else { panic!("refused") };
+        assert_eq!(fields[0].field, "ordering_key");
+        let absent: EndpointPatch = serde_json::from_str("{}").expect("parses");
+        patch_row(&mut row, absent, &policy).expect("patched");
+        assert_eq!(row.ordering_key.as_deref(), Some("/order/id"), "absent leaves it");
+        let off: EndpointPatch = serde_json::from_str(r#"{"ordering_key": null}"#).expect("parses");
+        patch_row(&mut row, off, &policy).expect("patched");
+        assert_eq!(row.ordering_key, None, "null turns it off");
+        let bad: EndpointPatch = serde_json::from_str(r#"{"ordering_key": "a b"}"#).expect("parses");
+        assert!(patch_row(&mut row, bad, &policy).is_err());
     }
 }

@@ -10,6 +10,8 @@ use super::context::ENDPOINT_HEADER;
 use super::directory::Directory;
 use super::dispatcher::Dispatcher;
 use super::envelope;
+use super::ordering::OrderingKey;
+use crate::metrics::metrics;
 use crate::store::WebhookStore;
 use crate::store::notification;
 use conveyor_actors::breaker::Breaker;
@@ -18,8 +20,9 @@ use conveyor_actors::log::Record;
 use conveyor_actors::retry::HandlerError;
 use conveyor_actors::store::batch::{Batcher, Grouped, WholeWrite};
 
-/// A notification and the endpoints it goes to.
-pub type FanoutRows = (notification::Model, Vec<String>);
+/// A notification and the endpoints it goes to, each with the notification's key when
+/// the endpoint is ordered (as stored: hashed when long).
+pub type FanoutRows = (notification::Model, Vec<(String, Option<String>)>);
 
 /// Notifications per fan-out write at most; more wait for the next one.
 const FANOUT_BATCH: usize = 500;
@@ -38,10 +41,7 @@ impl WholeWrite for FanoutWriter {
     }
 
     async fn write_all(&self, rows: &[FanoutRows]) -> Result<(), conveyor_actors::Error> {
-        let deliveries: Vec<(String, String)> =
-            rows.iter().flat_map(|(n, endpoints)| endpoints.iter().map(|e| (n.id.clone(), e.clone()))).collect();
-        self.0.record_notifications(rows.iter().map(|(n, _)| n.clone()).collect()).await?;
-        self.0.create_deliveries_for(&deliveries).await
+        self.0.fan_out(rows).await
     }
 }
 
@@ -124,17 +124,24 @@ impl FanoutHandler {
             payload: String::from_utf8_lossy(&record.payload).into_owned(),
             accepted: true,
             received_at: chrono::Utc::now(),
+            fanned_out: true,
         };
-        let endpoints = self
+        let endpoints: Vec<(String, Option<String>)> = self
             .directory
             .matching(&envelope.event_type, envelope.project.as_deref())
             .await
-            .map_err(HandlerError::retryable)?;
+            .map_err(HandlerError::retryable)?
+            .into_iter()
+            .map(|(endpoint_id, ordering)| {
+                let key = ordering.map(|spec| keyed(&spec, &value, &envelope.id, &endpoint_id));
+                (endpoint_id, key.flatten())
+            })
+            .collect();
         self.writer.submit(vec![(row, endpoints.clone())]).await.map_err(HandlerError::retryable)?;
         if !endpoints.is_empty() {
             self.payloads.insert(envelope.id.clone(), record.payload.clone()).await;
         }
-        for endpoint in endpoints {
+        for (endpoint, _) in endpoints {
             self.dispatcher.wake(endpoint);
         }
         if let Some(workflows) = &self.workflows {
@@ -153,4 +160,20 @@ impl FanoutHandler {
         }
         Ok(())
     }
+}
+
+/// The notification's key for an ordered endpoint, or `None` (then it goes unordered to
+/// that endpoint: counted and logged, never dropped).
+fn keyed(spec: &OrderingKey, envelope: &serde_json::Value, id: &str, endpoint_id: &str) -> Option<String> {
+    let key = spec.extract(envelope).map(OrderingKey::stored);
+    if key.is_none() {
+        metrics().webhook_deliveries_unkeyed.add(1, &[]);
+        tracing::debug!(
+            notification = id,
+            endpoint = endpoint_id,
+            ordering_key = spec.as_str(),
+            "the notification has no ordering key for this endpoint; delivered unordered"
+        );
+    }
+    key
 }

@@ -26,6 +26,7 @@ pub mod fanout;
 pub mod filter;
 pub mod metrics;
 pub mod migrations;
+pub mod ordering;
 pub mod records;
 pub mod retention;
 pub mod signing;
@@ -133,6 +134,7 @@ impl Webhooks {
             payload: String::from_utf8_lossy(&body).into_owned(),
             accepted: false,
             received_at: chrono::Utc::now(),
+            fanned_out: false,
         };
         let window = chrono::Duration::seconds(self.config.dedup_window_secs as i64);
         let stale = chrono::Duration::from_std(self.produce_timeout * 2).unwrap_or(chrono::Duration::MAX);

@@ -10,6 +10,7 @@ pub const WEBHOOK_ATTEMPTS: &str = "conveyor.webhook.attempts";
 pub const WEBHOOK_ATTEMPT_DURATION: &str = "conveyor.webhook.attempt.duration";
 pub const WEBHOOK_DELIVERIES: &str = "conveyor.webhook.deliveries";
 pub const WEBHOOK_ENDPOINTS_DISABLED: &str = "conveyor.webhook.endpoints.disabled";
+pub const WEBHOOK_DELIVERIES_UNKEYED: &str = "conveyor.webhook.deliveries.unkeyed";
 
 /// The crate's instruments.
 pub struct Metrics {
@@ -18,6 +19,7 @@ pub struct Metrics {
     pub webhook_attempt_duration: Histogram<f64>,
     pub webhook_deliveries: Counter<u64>,
     pub webhook_endpoints_disabled: Counter<u64>,
+    pub webhook_deliveries_unkeyed: Counter<u64>,
 }
 
 impl Metrics {
@@ -48,6 +50,13 @@ impl Metrics {
                 .u64_counter(WEBHOOK_ENDPOINTS_DISABLED)
                 .with_unit("{endpoint}")
                 .with_description("Endpoints disabled by delivery, by reason (gone, failing)")
+                .build(),
+            webhook_deliveries_unkeyed: meter
+                .u64_counter(WEBHOOK_DELIVERIES_UNKEYED)
+                .with_unit("{delivery}")
+                .with_description(
+                    "Deliveries to an ordered endpoint whose notification had no ordering key (sent unordered)",
+                )
                 .build(),
         }
     }

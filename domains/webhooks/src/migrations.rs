@@ -4,6 +4,8 @@
 use conveyor_actors::store::migrations::Indexes;
 use conveyor_actors::store::schema::prelude::*;
 
+mod ordering;
+
 /// This crate's migrations, in order (the engine lists every crate's).
 pub fn migrations() -> Vec<Box<dyn Migration>> {
     vec![
@@ -27,6 +29,7 @@ pub fn migrations() -> Vec<Box<dyn Migration>> {
                 &["endpoint_id", "status", "next_attempt_at", "id"],
             )],
         }),
+        Box::new(ordering::AddOrdering),
     ]
 }
 

@@ -14,6 +14,10 @@ use crate::states::{DeliveryStatus, DisabledReason};
 use conveyor_actors::store::Store;
 
 mod leases;
+mod ordered;
+
+pub use leases::NewDelivery;
+pub use ordered::OrderedLease;
 
 /// The store, with webhook delivery's tables; cheap to clone.
 #[derive(Clone)]
@@ -60,6 +64,9 @@ pub mod endpoint {
         pub disabled_reason: Option<crate::states::DisabledReason>,
         /// Set by the first failed attempt after a success; cleared by a success.
         pub failing_since: Option<ChronoDateTimeUtc>,
+        /// Where each notification's ordering key is ([`crate::ordering::OrderingKey`]);
+        /// `None` = unordered.
+        pub ordering_key: Option<String>,
         pub created_at: ChronoDateTimeUtc,
         pub updated_at: ChronoDateTimeUtc,
     }
@@ -85,6 +92,9 @@ pub mod notification {
         /// False while the log has not acknowledged it (the claim is released on failure).
         pub accepted: bool,
         pub received_at: ChronoDateTimeUtc,
+        /// False from the ingest's claim until the fan-out has made its deliveries: ordered
+        /// deliveries accepted later wait for it (the watermark, `store::ordered`).
+        pub fanned_out: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -111,6 +121,11 @@ pub mod delivery {
         pub last_error: Option<String>,
         pub created_at: ChronoDateTimeUtc,
         pub updated_at: ChronoDateTimeUtc,
+        /// Its key on an ordered endpoint (hashed when long); `None` = sent unordered.
+        pub ordering_key: Option<String>,
+        /// When its notification was accepted (the ingest's claim, or the fan-out for a
+        /// domain event): a key's deliveries go in this order.
+        pub accepted_at: Option<ChronoDateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

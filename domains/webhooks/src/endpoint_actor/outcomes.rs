@@ -87,10 +87,29 @@ impl EndpointState {
         let batch = std::mem::take(&mut self.outcomes);
         let rows: Vec<(String, DeliveryUpdate)> =
             batch.iter().map(|f| (f.delivery.id.clone(), f.update.clone())).collect();
-        let (ctx, reply) = (self.ctx.clone(), myself.clone());
+        // A key's next delivery may go only once this outcome is written: lease it right
+        // after, in the same task, rather than wait for the endpoint's next full lease.
+        let mut keys: Vec<String> = batch.iter().filter_map(|f| f.delivery.ordering_key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let ordered = self.ordered().filter(|_| !keys.is_empty());
+        // Counted now, so the actor never looks idle while the successors are on their way.
+        self.leasing_successors += usize::from(ordered.is_some());
+        let (ctx, reply, id, span) = (self.ctx.clone(), myself.clone(), self.id.clone(), self.lease_span());
         tokio::spawn(async move {
             let result = ctx.outcomes.submit(rows).await;
+            let written = result.is_ok();
+            // The next write may start while the successors are leased.
             let _ = reply.cast(EndpointMsg::Written { batch, result });
+            if let Some(policy) = ordered {
+                let leased = if written {
+                    let now = Utc::now();
+                    ctx.store.lease_successors(&id, &keys, now, now + span, policy).await
+                } else {
+                    Ok(Vec::new())
+                };
+                let _ = reply.cast(EndpointMsg::Successors(leased));
+            }
         });
     }
 

@@ -52,6 +52,8 @@ pub(crate) async fn delivery(
         last_error: None,
         created_at: updated,
         updated_at: updated,
+        ordering_key: None,
+        accepted_at: Some(updated),
     };
     delivery::Entity::insert(delivery::ActiveModel::from(row))
         .exec_without_returning(store.connection())
@@ -84,6 +86,7 @@ pub(crate) async fn notification(store: &WebhookStore, id: &str, received: DateT
         payload: "{}".into(),
         accepted: true,
         received_at: received,
+        fanned_out: true,
     };
     store.record_notification(row).await.unwrap();
 }

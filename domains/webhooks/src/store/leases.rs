@@ -2,14 +2,18 @@
 //! rows at once, an endpoint actor leases many due deliveries in one statement and writes
 //! the outcomes of many attempts in one statement, instead of a round trip per delivery.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict, Order, Query};
 use sea_orm::{
-    ActiveEnum, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement, Value,
+    ActiveEnum, ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
+    QueryTrait, Statement, Value,
 };
 
 use super::{DeliveryUpdate, WebhookStore, delivery, notification};
+use crate::fanout::FanoutRows;
 use crate::states::DeliveryStatus;
 use conveyor_actors::Error;
 
@@ -87,47 +91,118 @@ impl WebhookStore {
     }
 }
 
+/// A delivery the fan-out creates (unless one exists for its notification and endpoint).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    pub notification_id: String,
+    pub endpoint_id: String,
+    /// On an ordered endpoint, the notification's key (as stored: hashed when long).
+    pub ordering_key: Option<String>,
+    pub accepted_at: DateTime<Utc>,
+}
+
+#[derive(FromQueryResult)]
+struct Received {
+    id: String,
+    received_at: DateTime<Utc>,
+}
+
 impl WebhookStore {
-    /// Stores notifications unless stored already (a posted one was, by the ingest), in
-    /// one statement per [`ROWS_PER_STATEMENT`] rows.
-    pub async fn record_notifications(&self, rows: Vec<notification::Model>) -> Result<(), Error> {
-        use notification::{Column, Entity};
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let active = chunk.iter().cloned().map(notification::ActiveModel::from);
-            let q = Entity::insert_many(active)
-                .on_conflict(OnConflict::column(Column::Id).do_nothing().to_owned())
-                .exec_without_returning(self.connection());
-            self.guarded("record_notifications", q).await?;
-        }
-        Ok(())
+    /// The fan-out's write: stores the notifications (unless stored already: a posted one
+    /// was, by the ingest), marks them fanned out, and creates their deliveries, in one
+    /// transaction. Apart, an ordered lease could see a notification fanned out whose
+    /// deliveries do not exist yet, and send a later one of its key first.
+    pub async fn fan_out(&self, rows: &[FanoutRows]) -> Result<(), Error> {
+        use sea_orm::TransactionTrait;
+        let work = async {
+            let txn = self.connection().begin().await?;
+            let accepted = upsert_notifications(&txn, rows.iter().map(|(n, _)| n.clone()).collect()).await?;
+            let deliveries: Vec<NewDelivery> = rows
+                .iter()
+                .flat_map(|(n, endpoints)| {
+                    // A posted notification was accepted when the ingest claimed it.
+                    let accepted_at = accepted.get(&n.id).copied().unwrap_or(n.received_at);
+                    endpoints.iter().map(move |(endpoint_id, ordering_key)| NewDelivery {
+                        notification_id: n.id.clone(),
+                        endpoint_id: endpoint_id.clone(),
+                        ordering_key: ordering_key.clone(),
+                        accepted_at,
+                    })
+                })
+                .collect();
+            insert_deliveries(&txn, &deliveries).await?;
+            txn.commit().await
+        };
+        self.guarded("fan_out", work).await
     }
 
-    /// Creates one pending delivery, due now, per `(notification_id, endpoint_id)`; existing
-    /// ones are left alone. One statement per [`ROWS_PER_STATEMENT`] rows.
-    pub async fn create_deliveries_for(&self, pairs: &[(String, String)]) -> Result<(), Error> {
-        use delivery::{Column, Entity};
-        let now = Utc::now();
-        for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
-            let rows = chunk.iter().map(|(notification_id, endpoint_id)| delivery::ActiveModel {
-                id: Set(uuid::Uuid::now_v7().to_string()),
-                notification_id: Set(notification_id.clone()),
-                endpoint_id: Set(endpoint_id.clone()),
-                status: Set(DeliveryStatus::Pending),
-                attempts: Set(0),
-                next_attempt_at: Set(now),
-                lease_until: Set(None),
-                last_status_code: Set(None),
-                last_error: Set(None),
-                created_at: Set(now),
-                updated_at: Set(now),
-            });
-            let q = Entity::insert_many(rows)
-                .on_conflict(OnConflict::columns([Column::NotificationId, Column::EndpointId]).do_nothing().to_owned())
-                .exec_without_returning(self.connection());
-            self.guarded("create_deliveries", q).await?;
-        }
-        Ok(())
+    /// [`upsert_notifications`] on its own.
+    pub async fn record_notifications(
+        &self,
+        rows: Vec<notification::Model>,
+    ) -> Result<HashMap<String, DateTime<Utc>>, Error> {
+        self.guarded("record_notifications", upsert_notifications(self.connection(), rows)).await
     }
+
+    /// [`insert_deliveries`] on its own.
+    pub async fn create_deliveries(&self, new: &[NewDelivery]) -> Result<(), Error> {
+        self.guarded("create_deliveries", insert_deliveries(self.connection(), new)).await
+    }
+}
+
+/// Stores notifications unless stored already and marks them fanned out, one statement
+/// per [`ROWS_PER_STATEMENT`] rows. Answers each one's acceptance time as stored: a posted
+/// notification's is its claim's.
+async fn upsert_notifications(
+    db: &impl ConnectionTrait,
+    rows: Vec<notification::Model>,
+) -> Result<HashMap<String, DateTime<Utc>>, DbErr> {
+    use notification::{Column, Entity};
+    let mut accepted = HashMap::with_capacity(rows.len());
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let active = chunk.iter().cloned().map(|mut row| {
+            row.fanned_out = true;
+            notification::ActiveModel::from(row)
+        });
+        let mut insert = Entity::insert_many(active)
+            .on_conflict(OnConflict::column(Column::Id).update_column(Column::FannedOut).to_owned())
+            .into_query();
+        insert.returning(Query::returning().columns([Column::Id, Column::ReceivedAt]));
+        let stmt = db.get_database_backend().build(&insert);
+        for row in Received::find_by_statement(stmt).all(db).await? {
+            accepted.insert(row.id, row.received_at);
+        }
+    }
+    Ok(accepted)
+}
+
+/// Creates one pending delivery, due now, per `(notification, endpoint)`; existing ones
+/// are left alone. One statement per [`ROWS_PER_STATEMENT`] rows.
+async fn insert_deliveries(db: &impl ConnectionTrait, new: &[NewDelivery]) -> Result<(), DbErr> {
+    use delivery::{Column, Entity};
+    let now = Utc::now();
+    for chunk in new.chunks(ROWS_PER_STATEMENT) {
+        let rows = chunk.iter().map(|d| delivery::ActiveModel {
+            id: Set(uuid::Uuid::now_v7().to_string()),
+            notification_id: Set(d.notification_id.clone()),
+            endpoint_id: Set(d.endpoint_id.clone()),
+            status: Set(DeliveryStatus::Pending),
+            attempts: Set(0),
+            next_attempt_at: Set(now),
+            lease_until: Set(None),
+            last_status_code: Set(None),
+            last_error: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ordering_key: Set(d.ordering_key.clone()),
+            accepted_at: Set(Some(d.accepted_at)),
+        });
+        Entity::insert_many(rows)
+            .on_conflict(OnConflict::columns([Column::NotificationId, Column::EndpointId]).do_nothing().to_owned())
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
 }
 
 /// `WITH u(…) AS (VALUES (…), …) UPDATE webhook_deliveries … FROM u WHERE id = u.id`: the
@@ -165,4 +240,4 @@ fn finish_statement(backend: DbBackend, rows: &[(String, DeliveryUpdate)], now: 
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

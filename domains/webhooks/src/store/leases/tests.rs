@@ -10,7 +10,7 @@ use super::*;
 use conveyor_actors::config::Config;
 use conveyor_actors::store::Store;
 
-async fn stores(dir: &std::path::Path) -> Vec<WebhookStore> {
+pub(crate) async fn stores(dir: &std::path::Path) -> Vec<WebhookStore> {
     let mut configs = vec![Config { data_dir: dir.to_path_buf(), ..Config::default() }];
     if let Ok(url) = std::env::var("CONVEYOR_TEST_PG_URL") {
         let mut pg = Config { data_dir: dir.to_path_buf(), ..Config::default() };
@@ -41,6 +41,8 @@ async fn pending(store: &WebhookStore, id: &str, endpoint: &str, due: DateTime<U
         last_error: None,
         created_at: due,
         updated_at: due,
+        ordering_key: None,
+        accepted_at: Some(due),
     };
     delivery::Entity::insert(delivery::ActiveModel::from(row))
         .exec_without_returning(store.connection())
@@ -171,6 +173,7 @@ async fn fan_out_rows_of_many_notifications_go_in_once_each() {
             payload: format!("{{\"id\":\"{id}\"}}"),
             accepted: true,
             received_at: Utc::now(),
+            fanned_out: true,
         };
         store.record_notifications(vec![note("n1"), note("n2")]).await.unwrap();
         // A redelivered batch: nothing is stored twice, nothing fails.
@@ -178,10 +181,15 @@ async fn fan_out_rows_of_many_notifications_go_in_once_each() {
         for id in ["n1", "n2", "n3"] {
             assert!(store.get_notification(id).await.unwrap().is_some(), "{id}");
         }
-        let pair = |n: &str, e: &str| (n.to_string(), e.to_string());
-        store.create_deliveries_for(&[pair("n1", "ep-a"), pair("n1", "ep-b"), pair("n2", "ep-a")]).await.unwrap();
+        let pair = |n: &str, e: &str| NewDelivery {
+            notification_id: n.to_string(),
+            endpoint_id: e.to_string(),
+            ordering_key: None,
+            accepted_at: Utc::now(),
+        };
+        store.create_deliveries(&[pair("n1", "ep-a"), pair("n1", "ep-b"), pair("n2", "ep-a")]).await.unwrap();
         let first = store.find_delivery("n1", "ep-a").await.unwrap().unwrap();
-        store.create_deliveries_for(&[pair("n1", "ep-a"), pair("n3", "ep-b")]).await.unwrap();
+        store.create_deliveries(&[pair("n1", "ep-a"), pair("n3", "ep-b")]).await.unwrap();
         assert_eq!(store.find_delivery("n1", "ep-a").await.unwrap().unwrap().id, first.id, "left alone");
         let now = Utc::now() + Duration::seconds(1);
         let a = store.lease_due("ep-a", now, now + Duration::minutes(1), 10).await.unwrap();

@@ -1,0 +1,143 @@
+//! The head-of-key lease against SQLite, and PostgreSQL as well when
+//! `CONVEYOR_TEST_PG_URL` is set.
+
+#![allow(clippy::unwrap_used)]
+
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::EntityTrait;
+
+use super::super::leases::tests::stores;
+use super::*;
+use crate::store::{DeliveryUpdate, notification};
+
+const EP: &str = "ep-ordered";
+
+fn policy() -> OrderedLease {
+    OrderedLease { stale_after: Duration::seconds(10), settle: Duration::seconds(30) }
+}
+
+/// A pending delivery of `key` (or unkeyed), accepted at `accepted`, due at once.
+async fn keyed(store: &WebhookStore, id: &str, key: Option<&str>, accepted: DateTime<Utc>) {
+    let row = delivery::Model {
+        id: id.into(),
+        notification_id: format!("n-{id}"),
+        endpoint_id: EP.into(),
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        next_attempt_at: accepted,
+        lease_until: None,
+        last_status_code: None,
+        last_error: None,
+        created_at: accepted,
+        updated_at: accepted,
+        ordering_key: key.map(str::to_string),
+        accepted_at: Some(accepted),
+    };
+    delivery::Entity::insert(delivery::ActiveModel::from(row))
+        .exec_without_returning(store.connection())
+        .await
+        .unwrap();
+}
+
+async fn lease(store: &WebhookStore, now: DateTime<Utc>) -> Vec<String> {
+    let leased = store.lease_heads(EP, now, now + Duration::minutes(1), 100, policy()).await.unwrap();
+    let mut ids: Vec<String> = leased.into_iter().map(|r| r.id).collect();
+    ids.sort();
+    ids
+}
+
+async fn finish(store: &WebhookStore, id: &str, status: DeliveryStatus, next: DateTime<Utc>) {
+    let update = DeliveryUpdate { status, next_attempt_at: next, status_code: None, error: None };
+    store.finish_attempts(&[(id.to_string(), update)]).await.unwrap();
+}
+
+#[tokio::test]
+async fn only_each_keys_head_is_leased_and_a_retrying_head_holds_back_only_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path()).await {
+        let t = Utc::now() - Duration::seconds(5);
+        let ms = Duration::milliseconds;
+        // Inserted out of order: acceptance order decides, not ids or insertion.
+        keyed(&store, "a3", Some("a"), t + ms(3)).await;
+        keyed(&store, "a1", Some("a"), t + ms(1)).await;
+        keyed(&store, "a2", Some("a"), t + ms(2)).await;
+        keyed(&store, "b2", Some("b"), t + ms(5)).await;
+        keyed(&store, "b1", Some("b"), t + ms(4)).await;
+        keyed(&store, "u1", None, t + ms(6)).await;
+        keyed(&store, "u2", None, t + ms(7)).await;
+        let now = Utc::now();
+        assert_eq!(lease(&store, now).await, ["a1", "b1", "u1", "u2"]);
+        assert!(lease(&store, now).await.is_empty(), "a leased head holds its key");
+        finish(&store, "a1", DeliveryStatus::Succeeded, now).await;
+        // Right after an outcome, only the keys named: b1 is still leased, so a2 alone.
+        let keys = ["a".to_string(), "b".to_string()];
+        let next = store.lease_successors(EP, &keys, now, now + Duration::minutes(1), policy()).await.unwrap();
+        assert_eq!(next.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a2"]);
+        store.release_deliveries(&["a2".to_string()]).await.unwrap();
+        // b1 fails and retries in a minute: b waits, a goes on.
+        finish(&store, "b1", DeliveryStatus::Pending, now + Duration::minutes(1)).await;
+        assert_eq!(lease(&store, now).await, ["a2"]);
+        finish(&store, "a2", DeliveryStatus::Failed, now).await;
+        assert_eq!(lease(&store, now).await, ["a3"], "a dead head no longer holds its key");
+        // The dead a2 resent while a3 is leased: it waits for a3's outcome, then goes first.
+        assert!(store.resend_delivery("a2").await.unwrap());
+        assert!(lease(&store, now).await.is_empty());
+        finish(&store, "a3", DeliveryStatus::Pending, now).await;
+        // (The resend made it due at the wall clock's now.)
+        let later = Utc::now() + Duration::seconds(1);
+        assert_eq!(lease(&store, later).await, ["a2"], "the resent delivery is its key's head again");
+        // Past its backoff (and every other lease): b's head goes, a's resent head again.
+        assert_eq!(lease(&store, now + Duration::minutes(2)).await, ["a2", "b1", "u1", "u2"]);
+    }
+}
+
+#[tokio::test]
+async fn keyed_deliveries_wait_for_notifications_accepted_before_them_to_be_fanned_out() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path()).await {
+        let now = Utc::now();
+        let claim = |id: &str, at: DateTime<Utc>, accepted: bool| notification::Model {
+            id: id.into(),
+            event_type: "t".into(),
+            project: None,
+            payload: "{}".into(),
+            accepted,
+            received_at: at,
+            fanned_out: false,
+        };
+        // Accepted 2 s ago and not fanned out yet: later keyed deliveries wait.
+        notification::Entity::insert(notification::ActiveModel::from(claim("slow", now - Duration::seconds(2), true)))
+            .exec_without_returning(store.connection())
+            .await
+            .unwrap();
+        // An abandoned claim (never accepted, beyond the stale limit) holds nothing.
+        notification::Entity::insert(notification::ActiveModel::from(claim(
+            "dead",
+            now - Duration::seconds(20),
+            false,
+        )))
+        .exec_without_returning(store.connection())
+        .await
+        .unwrap();
+        keyed(&store, "early", Some("a"), now - Duration::seconds(3)).await;
+        keyed(&store, "late", Some("b"), now - Duration::seconds(1)).await;
+        keyed(&store, "free", None, now - Duration::seconds(1)).await;
+        assert_eq!(lease(&store, now).await, ["early", "free"]);
+        let mut slow = claim("slow", now - Duration::seconds(2), true);
+        slow.fanned_out = true;
+        store.record_notifications(vec![slow]).await.unwrap();
+        assert_eq!(lease(&store, now).await, ["late"]);
+        // Past the settle time an unfanned notification holds nothing back, and says so.
+        notification::Entity::insert(notification::ActiveModel::from(claim(
+            "stuck",
+            now - Duration::seconds(40),
+            true,
+        )))
+        .exec_without_returning(store.connection())
+        .await
+        .unwrap();
+        keyed(&store, "after", Some("c"), now - Duration::seconds(1)).await;
+        assert_eq!(lease(&store, now).await, ["after"]);
+        assert!(store.overdue_fan_out(now, policy()).await.unwrap().is_some());
+    }
+}
