@@ -12,6 +12,24 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+/// Serves HTTP/1 on `listener` in the background, each request answered by `answer`.
+pub fn serve<F, Fut>(listener: tokio::net::TcpListener, answer: F)
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            let service = service_fn(move |req| {
+                let answered = answer(req);
+                async move { Ok::<_, Infallible>(answered.await) }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+}
+
 /// How a path answers.
 #[derive(Debug, Clone)]
 pub enum Script {
@@ -58,17 +76,9 @@ impl Sink {
         let base = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
         let sink = Sink { base, ..Sink::default() };
         let server = sink.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let sink = server.clone();
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let sink = sink.clone();
-                    async move { Ok::<_, Infallible>(sink.answer(req).await) }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
-                );
-            }
+        serve(listener, move |req| {
+            let sink = server.clone();
+            async move { sink.answer(req).await }
         });
         sink
     }

@@ -4,15 +4,12 @@
 //! endpoint on the same notifications is unaffected.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::harness::{Daemon, Opts, eventually, token};
@@ -64,17 +61,9 @@ impl KeySink {
             released: Arc::default(),
         };
         let server = sink.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let sink = server.clone();
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let sink = sink.clone();
-                    async move { Ok::<_, Infallible>(sink.answer(req).await) }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
-                );
-            }
+        crate::sink::serve(listener, move |req| {
+            let sink = server.clone();
+            async move { sink.answer(req).await }
         });
         sink
     }
