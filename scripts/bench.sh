@@ -72,7 +72,7 @@ trap 'exit 143' TERM
 needs_services() { # bench
     case $1 in
         processing) return 0 ;;
-        ingest) [[ $WHAT == all || " ${EXTRA_ARGS[*]:-} " == *" --backend real "* || " ${EXTRA_ARGS[*]:-} " == *" --backend=real "* \
+        ingest|ordered) [[ $WHAT == all || " ${EXTRA_ARGS[*]:-} " == *" --backend real "* || " ${EXTRA_ARGS[*]:-} " == *" --backend=real "* \
                    || " ${EXTRA_ARGS[*]:-} " == *" --backend both "* || " ${EXTRA_ARGS[*]:-} " == *" --backend=both "* ]] ;;
         *) return 1 ;;
     esac
