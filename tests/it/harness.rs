@@ -157,6 +157,19 @@ fn daemon_bin() -> std::path::PathBuf {
 }
 
 impl Daemon {
+    /// The daemon's store, opened from the test (the daemon stopped or running): its data
+    /// directory, or its schema on the real PostgreSQL.
+    pub async fn open_store(&self) -> conveyor_actors::store::Store {
+        let mut config = conveyor_actors::config::Config { data_dir: self.data_dir.clone(), ..Default::default() };
+        if self.backend() == Backend::Real {
+            let backends = conveyor_testkit::Backends::real_from_env().unwrap_or_else(|e| panic!("{e}"));
+            let conveyor_testkit::Backends::Real { pg_url, .. } = backends else { unreachable!() };
+            config.store.url = pg_url;
+            config.store.schema = self.names.id.clone();
+        }
+        conveyor_actors::store::Store::connect(&config).await.unwrap_or_else(|e| panic!("opening the store: {e}"))
+    }
+
     pub async fn start(mut opts: Opts) -> Daemon {
         let (tmp, data_dir) = match &opts.data_dir {
             Some(dir) => (opts.keep.take(), dir.clone()),

@@ -8,11 +8,9 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use conveyor_actors::config::Config;
-use conveyor_actors::store::Store;
 use conveyor_actors::store::idempotency::{Begin, IdempotencyKeys, KeyedRequest};
 
-use crate::harness::{Backend, Daemon, Opts, eventually, metric_sum, token};
+use crate::harness::{Daemon, Opts, eventually, metric_sum, token};
 
 async fn send(d: &Daemon, t: &str, path: &str, key: &str, body: &Value) -> (StatusCode, http::HeaderMap, Value) {
     let bytes = serde_json::to_vec(body).unwrap();
@@ -91,14 +89,7 @@ async fn claim(d: &Daemon, subject: &str, key: &str, body: &Value) {
 
 /// The daemon's store, opened from the test (the daemon stopped or running).
 async fn keys_of(d: &Daemon) -> IdempotencyKeys {
-    let mut config = Config { data_dir: d.data_dir.clone(), ..Config::default() };
-    if d.backend() == Backend::Real {
-        let backends = conveyor_testkit::Backends::real_from_env().unwrap();
-        let conveyor_testkit::Backends::Real { pg_url, .. } = backends else { unreachable!() };
-        config.store.url = pg_url;
-        config.store.schema = d.names.id.clone();
-    }
-    let store = Store::connect(&config).await.unwrap();
+    let store = d.open_store().await;
     IdempotencyKeys::new(store, Duration::from_secs(3_600), Duration::from_secs(3_600))
 }
 

@@ -8,13 +8,11 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use conveyor_actors::config::Config;
 use conveyor_actors::log::{Header, OutgoingRecord};
-use conveyor_actors::store::Store;
 use conveyor_devices::DeviceStore;
 
 use crate::devices::{raw_log, resume};
-use crate::harness::{Backend, Daemon, Opts, command, eventually, metric_sum, token};
+use crate::harness::{Daemon, Opts, command, eventually, metric_sum, token};
 use crate::stuck_keys::fail_key;
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -92,14 +90,7 @@ pub(crate) async fn park_d1(d: &Daemon, c: &Ctx) -> Value {
 
 /// The row's source offset, read from the store.
 async fn last_offset(d: &Daemon, device: &str) -> i64 {
-    let mut config = Config { data_dir: d.data_dir.clone(), ..Config::default() };
-    if d.backend() == Backend::Real {
-        let backends = conveyor_testkit::Backends::real_from_env().unwrap();
-        let conveyor_testkit::Backends::Real { pg_url, .. } = backends else { unreachable!() };
-        config.store.url = pg_url;
-        config.store.schema = d.names.id.clone();
-    }
-    let store = Store::connect(&config).await.unwrap();
+    let store = d.open_store().await;
     DeviceStore::new(store).get_resource(device).await.unwrap().map(|r| r.last_offset).unwrap_or(-1)
 }
 

@@ -149,6 +149,12 @@ pub async fn delete(State(state): App, RawPath(id): RawPath<String>, req: Reques
 pub async fn replay(State(state): App, RawPath(id): RawPath<String>, req: Request) -> Result<Response, ApiError> {
     admin(&state, req.headers()).await?;
     let outcome = state.conveyor.dead_letters.replay(id_param(&id)?).await.map_err(replay_error)?;
+    replay_response(outcome)
+}
+
+/// One dead letter's replay as an answer: 200 with the outcome, 404 when it is gone, 409
+/// once it was replayed `dlq.max_replays` times.
+pub(super) fn replay_response(outcome: ReplayOutcome) -> Result<Response, ApiError> {
     match outcome {
         ReplayOutcome::Replayed { .. } => Ok(json_response(StatusCode::OK, &json!(outcome))),
         ReplayOutcome::NotFound { .. } => Err(ApiError::ResourceNotFound("Dead letter")),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::admin::admin;
+use super::admin::{admin, replay_response};
 use crate::body;
 use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::{App, Response, json_response};
@@ -81,14 +81,7 @@ pub async fn replay(State(state): App, req: Request) -> Result<Response, ApiErro
     admin(&state, req.headers()).await?;
     let r = key_ref(req).await?;
     let outcome = state.conveyor.parked.replay(&r.topic, &r.key).await.map_err(ApiError::from)?;
-    match outcome {
-        ReplayOutcome::Replayed { .. } => Ok(json_response(StatusCode::OK, &json!(outcome))),
-        ReplayOutcome::NotFound { .. } => Err(ApiError::ResourceNotFound("Dead letter")),
-        ReplayOutcome::TooManyReplays { replay_count, .. } => Err(ApiError::Conflict {
-            code: "too_many_replays",
-            message: format!("already replayed {replay_count} times (dlq.max_replays)"),
-        }),
-    }
+    replay_response(outcome)
 }
 
 /// Releases the parked key without its dead letter: the records held behind it are
