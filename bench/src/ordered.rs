@@ -16,15 +16,14 @@ use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use crate::daemon::{self, Backends, DaemonSpec};
+use crate::daemon::{self, Backends};
 use crate::ingest::BackendArg;
 use crate::report::{self, round, thousands};
 use crate::summary;
+use crate::webhooks::{Api, start_daemon};
 
 #[derive(Debug, Args)]
 pub struct OrderedArgs {
@@ -128,32 +127,6 @@ impl Sink {
     }
 }
 
-#[derive(Clone)]
-struct Api {
-    client: Client<HttpConnector, Full<Bytes>>,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    async fn call(&self, method: http::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let req = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .body(Full::new(bytes))?;
-        let resp = self.client.request(req).await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!("{path}: {status} {}", String::from_utf8_lossy(&body));
-        }
-        Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
-    }
-}
-
 /// Posts `n` notifications of type `kind`, notification i with key `k{i % keys}`: up to 32
 /// posters, each with its own keys, posting them in sequence (each waits for its 202), so
 /// a key's acceptance order is its sequence numbers' order.
@@ -228,24 +201,7 @@ async fn measure(args: &OrderedArgs, bin: &std::path::Path, backends: Backends) 
     let rtt = Duration::from_millis(args.rtt_ms);
     let sink = sink(rtt).await?;
     let backend = backends.name();
-    let spec = DaemonSpec {
-        bin: bin.to_path_buf(),
-        backends,
-        id: report::unique_id("bench"),
-        topic_in: None,
-        extra_env: vec![
-            ("CONVEYOR_WEBHOOKS__ALLOW_LOOPBACK".into(), "true".into()),
-            ("CONVEYOR_WEBHOOKS__MAX_IN_FLIGHT_PER_ENDPOINT".into(), args.in_flight.to_string()),
-            ("CONVEYOR_WEBHOOKS__REQUEST_TIMEOUT_MS".into(), "600000".into()),
-        ],
-    };
-    let mut daemon = spec.spawn()?;
-    daemon.wait_ready(Duration::from_secs(60)).await?;
-    let api = Api {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: daemon.base.clone(),
-        token: daemon::token("bench-admin", &["admin"])?,
-    };
+    let (mut daemon, api) = start_daemon(bin, backends, args.in_flight).await?;
     let run = report::unique_id("o");
     let result = async {
         // Warm-up, then the unordered rate: the ceiling with the endpoint's budget.

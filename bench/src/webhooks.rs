@@ -129,28 +129,64 @@ async fn raw_hyper(url: &str, n: usize, concurrency: usize) -> anyhow::Result<f6
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// The daemon's API as an admin.
+/// The daemon's API as an admin (the webhook benchmarks share it).
 #[derive(Clone)]
-struct Api {
+pub(crate) struct Api {
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     base: String,
     token: String,
 }
 
 impl Api {
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<()> {
-        let req = http::Request::post(format!("{}{path}", self.base))
+    /// One request; a status other than 2xx is an error naming the path and the body.
+    pub(crate) async fn call(&self, method: http::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))?;
+            .body(Full::new(bytes))?;
         let resp = self.client.request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
             bail!("{path}: {status} {}", String::from_utf8_lossy(&body));
         }
-        Ok(())
+        Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<()> {
+        self.call(http::Method::POST, path, Some(body)).await.map(drop)
+    }
+}
+
+/// A daemon for the webhook benchmarks, ready, and its API: loopback sinks allowed,
+/// `in_flight` requests per endpoint, requests never timed out by the daemon.
+pub(crate) async fn start_daemon(
+    bin: &std::path::Path,
+    backends: Backends,
+    in_flight: usize,
+) -> anyhow::Result<(daemon::Daemon, Api)> {
+    let spec = DaemonSpec {
+        bin: bin.to_path_buf(),
+        backends,
+        id: report::unique_id("bench"),
+        topic_in: None,
+        extra_env: vec![
+            ("CONVEYOR_WEBHOOKS__ALLOW_LOOPBACK".into(), "true".into()),
+            ("CONVEYOR_WEBHOOKS__MAX_IN_FLIGHT_PER_ENDPOINT".into(), in_flight.to_string()),
+            ("CONVEYOR_WEBHOOKS__REQUEST_TIMEOUT_MS".into(), "600000".into()),
+        ],
+    };
+    let daemon = spec.spawn()?;
+    daemon.wait_ready(Duration::from_secs(60)).await?;
+    let api = Api {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        base: daemon.base.clone(),
+        token: daemon::token("bench-admin", &["admin"])?,
+    };
+    Ok((daemon, api))
 }
 
 /// One phase of the run: `notifications` posted, every delivery to a healthy endpoint counted.
@@ -241,24 +277,7 @@ struct Runs {
 /// Starts a daemon, registers the endpoints and runs the phases.
 async fn conveyor(args: &WebhooksArgs, bin: &std::path::Path) -> anyhow::Result<Runs> {
     let sink = sink().await?;
-    let spec = DaemonSpec {
-        bin: bin.to_path_buf(),
-        backends: Backends::Embedded,
-        id: report::unique_id("bench"),
-        topic_in: None,
-        extra_env: vec![
-            ("CONVEYOR_WEBHOOKS__ALLOW_LOOPBACK".into(), "true".into()),
-            ("CONVEYOR_WEBHOOKS__MAX_IN_FLIGHT_PER_ENDPOINT".into(), args.in_flight.to_string()),
-            ("CONVEYOR_WEBHOOKS__REQUEST_TIMEOUT_MS".into(), "600000".into()),
-        ],
-    };
-    let mut daemon = spec.spawn()?;
-    daemon.wait_ready(Duration::from_secs(60)).await?;
-    let api = Api {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: daemon.base.clone(),
-        token: daemon::token("bench-admin", &["admin"])?,
-    };
+    let (mut daemon, api) = start_daemon(bin, Backends::Embedded, args.in_flight).await?;
     let paths: Vec<String> = (0..args.endpoints)
         .map(|i| if i + 1 == args.endpoints { DEAD_PATH.to_string() } else { format!("/ep{i}") })
         .collect();
