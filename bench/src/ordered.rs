@@ -43,6 +43,13 @@ pub struct OrderedArgs {
     pub keys: Vec<usize>,
     #[arg(long)]
     pub conveyor_bin: Option<std::path::PathBuf>,
+    /// More daemon settings, `CONVEYOR_SECTION__KEY=value` (repeatable), for experiments.
+    #[arg(long = "env", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 /// Answers 200 after `rtt` once open; counts deliveries per path and, per key, deliveries
@@ -152,9 +159,65 @@ async fn post(api: &Api, run: &str, kind: &str, n: usize, keys: usize) -> anyhow
     Ok(())
 }
 
+/// The store statements on a delivery's path, as the daemon times them
+/// (`conveyor.store.query.duration`, by operation).
+const PROFILED: [&str; 5] =
+    ["lease_heads", "finish_and_lease_successors", "lease_due", "finish_attempts", "insert_attempts"];
+
+/// Per statement kind while a backlog drained: how many ran and their mean duration.
+#[derive(Default)]
+struct StoreProfile(Vec<(&'static str, f64, f64)>);
+
+impl StoreProfile {
+    fn sample(text: &str) -> Vec<(f64, f64)> {
+        let op = |name: &str| format!("operation=\"{name}\"");
+        PROFILED
+            .iter()
+            .map(|name| {
+                let count = daemon::metric_sum(text, "conveyor_store_query_duration_seconds_count", &[&op(name)]);
+                let sum = daemon::metric_sum(text, "conveyor_store_query_duration_seconds_sum", &[&op(name)]);
+                (count.unwrap_or(0.0), sum.unwrap_or(0.0))
+            })
+            .collect()
+    }
+
+    fn between(before: &str, after: &str) -> Self {
+        let rows = Self::sample(before).into_iter().zip(Self::sample(after)).zip(PROFILED);
+        StoreProfile(
+            rows.filter(|(((c0, _), (c1, _)), _)| c1 > c0)
+                .map(|(((c0, s0), (c1, s1)), name)| (name, c1 - c0, (s1 - s0) * 1000.0 / (c1 - c0)))
+                .collect(),
+        )
+    }
+
+    fn line(&self) -> String {
+        let parts: Vec<String> =
+            self.0.iter().map(|(name, n, mean)| format!("{name} {} × {mean:.2} ms", thousands(*n))).collect();
+        parts.join(", ")
+    }
+
+    fn json(&self) -> Value {
+        let rows: serde_json::Map<String, Value> = self
+            .0
+            .iter()
+            .map(|(name, n, mean)| (name.to_string(), json!({"statements": n, "mean_ms": round(*mean, 3)})))
+            .collect();
+        Value::Object(rows)
+    }
+}
+
 /// Creates an endpoint for `kind` (ordered by `subject` or not), fills its backlog while
-/// the sink holds every request, opens the sink and answers deliveries/s until the last.
-async fn drain(api: &Api, sink: &Sink, run: &str, kind: &str, n: usize, keys: Option<usize>) -> anyhow::Result<f64> {
+/// the sink holds every request, opens the sink and answers deliveries/s until the last,
+/// with the store statements the drain ran.
+async fn drain(
+    api: &Api,
+    daemon: &daemon::Daemon,
+    sink: &Sink,
+    run: &str,
+    kind: &str,
+    n: usize,
+    keys: Option<usize>,
+) -> anyhow::Result<(f64, StoreProfile)> {
     let mut spec = json!({"url": format!("{}/{kind}", sink.base), "event_types": [kind]});
     if keys.is_some() {
         spec["ordering_key"] = json!("subject");
@@ -176,6 +239,7 @@ async fn drain(api: &Api, sink: &Sink, run: &str, kind: &str, n: usize, keys: Op
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let before = daemon.metrics().await;
     let opened = Instant::now();
     sink.open.send_replace(true);
     let deadline = opened + Duration::from_secs(600);
@@ -185,15 +249,16 @@ async fn drain(api: &Api, sink: &Sink, run: &str, kind: &str, n: usize, keys: Op
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(n as f64 / opened.elapsed().as_secs_f64())
+    let rate = n as f64 / opened.elapsed().as_secs_f64();
+    Ok((rate, StoreProfile::between(&before, &daemon.metrics().await)))
 }
 
 /// One backend's results.
 struct Measured {
     backend: &'static str,
     unordered: f64,
-    /// (K, notifications, deliveries/s)
-    ordered: Vec<(usize, usize, f64)>,
+    /// (K, notifications, deliveries/s, the store statements it took)
+    ordered: Vec<(usize, usize, f64, StoreProfile)>,
     violations: u64,
 }
 
@@ -201,26 +266,29 @@ async fn measure(args: &OrderedArgs, bin: &std::path::Path, backends: Backends) 
     let rtt = Duration::from_millis(args.rtt_ms);
     let sink = sink(rtt).await?;
     let backend = backends.name();
-    let (mut daemon, api) = start_daemon(bin, backends, args.in_flight).await?;
+    let (mut daemon, api) = start_daemon(bin, backends, args.in_flight, &args.env).await?;
     let run = report::unique_id("o");
     let result = async {
         // Warm-up, then the unordered rate: the ceiling with the endpoint's budget.
-        drain(&api, &sink, &run, "warm", 500, None).await.context("warm-up")?;
+        drain(&api, &daemon, &sink, &run, "warm", 500, None).await.context("warm-up")?;
         let best = args.in_flight as f64 / rtt.as_secs_f64();
         let n = ((best * args.seconds) as usize).clamp(500, 8000);
-        let unordered = drain(&api, &sink, &run, "plain", n, None).await.context("unordered")?;
-        println!("  {backend}: unordered {} deliveries/s ({n} notifications)", thousands(unordered));
+        let (unordered, profile) = drain(&api, &daemon, &sink, &run, "plain", n, None).await.context("unordered")?;
+        println!("  {backend}: unordered {} deliveries/s ({n} notifications); {}", thousands(unordered), profile.line());
         let mut ordered = Vec::new();
         for &k in &args.keys {
             let expected = (k as f64 / rtt.as_secs_f64()).min(unordered);
             let n = ((expected * args.seconds) as usize).max(2 * k).clamp(100, 8000);
-            let rate = drain(&api, &sink, &run, &format!("k{k}"), n, Some(k)).await.with_context(|| format!("K={k}"))?;
+            let (rate, profile) = drain(&api, &daemon, &sink, &run, &format!("k{k}"), n, Some(k))
+                .await
+                .with_context(|| format!("K={k}"))?;
             let (p50, p99, max) = sink.gap_percentiles(&format!("/k{k}"));
             println!(
                 "  {backend}: K={k}: {} deliveries/s ({n} notifications); a key's cycle p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
                 thousands(rate)
             );
-            ordered.push((k, n, rate));
+            println!("    store: {}", profile.line());
+            ordered.push((k, n, rate, profile));
         }
         anyhow::Ok(Measured { backend, unordered, ordered, violations: sink.violations.load(Ordering::Relaxed) })
     }
@@ -247,7 +315,8 @@ pub async fn run(args: OrderedArgs) -> anyhow::Result<()> {
         let m = measure(&args, &bin, backends).await?;
         table.push(vec![format!("{}: unordered", m.backend), "".into(), thousands(m.unordered), "".into(), "".into()]);
         let mut per_k = Vec::new();
-        for &(k, n, rate) in &m.ordered {
+        for (k, n, rate, profile) in &m.ordered {
+            let (k, n, rate) = (*k, *n, *rate);
             let best = (k as f64 / rtt).min(m.unordered);
             table.push(vec![
                 format!("{}: ordered, K = {k}", m.backend),
@@ -268,7 +337,7 @@ pub async fn run(args: OrderedArgs) -> anyhow::Result<()> {
             ));
             per_k
                 .push(json!({"keys": k, "notifications": n, "per_sec": round(rate, 1), "best_per_sec": round(best, 1),
-                "ratio": round(rate / best, 4)}));
+                "ratio": round(rate / best, 4), "store_statements": profile.json()}));
         }
         rows.push(
             json!({"name": format!("ordered webhooks ({}): deliveries after a later one of their key", m.backend),

@@ -167,17 +167,21 @@ pub(crate) async fn start_daemon(
     bin: &std::path::Path,
     backends: Backends,
     in_flight: usize,
+    env: &[(String, String)],
 ) -> anyhow::Result<(daemon::Daemon, Api)> {
     let spec = DaemonSpec {
         bin: bin.to_path_buf(),
         backends,
         id: report::unique_id("bench"),
         topic_in: None,
-        extra_env: vec![
+        extra_env: [
             ("CONVEYOR_WEBHOOKS__ALLOW_LOOPBACK".into(), "true".into()),
             ("CONVEYOR_WEBHOOKS__MAX_IN_FLIGHT_PER_ENDPOINT".into(), in_flight.to_string()),
             ("CONVEYOR_WEBHOOKS__REQUEST_TIMEOUT_MS".into(), "600000".into()),
-        ],
+        ]
+        .into_iter()
+        .chain(env.iter().cloned())
+        .collect(),
     };
     let daemon = spec.spawn()?;
     daemon.wait_ready(Duration::from_secs(60)).await?;
@@ -277,7 +281,7 @@ struct Runs {
 /// Starts a daemon, registers the endpoints and runs the phases.
 async fn conveyor(args: &WebhooksArgs, bin: &std::path::Path) -> anyhow::Result<Runs> {
     let sink = sink().await?;
-    let (mut daemon, api) = start_daemon(bin, Backends::Embedded, args.in_flight).await?;
+    let (mut daemon, api) = start_daemon(bin, Backends::Embedded, args.in_flight, &[]).await?;
     let paths: Vec<String> = (0..args.endpoints)
         .map(|i| if i + 1 == args.endpoints { DEAD_PATH.to_string() } else { format!("/ep{i}") })
         .collect();

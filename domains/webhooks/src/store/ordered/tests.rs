@@ -68,11 +68,17 @@ async fn only_each_keys_head_is_leased_and_a_retrying_head_holds_back_only_its_k
         let now = Utc::now();
         assert_eq!(lease(&store, now).await, ["a1", "b1", "u1", "u2"]);
         assert!(lease(&store, now).await.is_empty(), "a leased head holds its key");
-        finish(&store, "a1", DeliveryStatus::Succeeded, now).await;
-        // Right after an outcome, only the keys named: b1 is still leased, so a2 alone.
+        // a1's outcome and its key's next lease in one transaction; of the keys named, b1 is
+        // still leased, so a2 alone.
+        let update =
+            DeliveryUpdate { status: DeliveryStatus::Succeeded, next_attempt_at: now, status_code: None, error: None };
         let keys = ["a".to_string(), "b".to_string()];
-        let next = store.lease_successors(EP, &keys, now, now + Duration::minutes(1), policy()).await.unwrap();
+        let until = Utc::now() + Duration::minutes(1);
+        let next =
+            store.finish_and_lease_successors(EP, &[("a1".into(), update)], &keys, until, policy()).await.unwrap();
         assert_eq!(next.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a2"]);
+        let a1 = delivery::Entity::find_by_id("a1").one(store.connection()).await.unwrap().unwrap();
+        assert_eq!((a1.status, a1.attempts, a1.lease_until), (DeliveryStatus::Succeeded, 1, None));
         store.release_deliveries(&["a2".to_string()]).await.unwrap();
         // b1 fails and retries in a minute: b waits, a goes on.
         finish(&store, "b1", DeliveryStatus::Pending, now + Duration::minutes(1)).await;
@@ -139,5 +145,33 @@ async fn keyed_deliveries_wait_for_notifications_accepted_before_them_to_be_fann
         keyed(&store, "after", Some("c"), now - Duration::seconds(1)).await;
         assert_eq!(lease(&store, now).await, ["after"]);
         assert!(store.overdue_fan_out(now, policy()).await.unwrap().is_some());
+    }
+}
+
+/// SQLite's plan for both leases looks each head up by id: it never walks the pending
+/// deliveries by due time, whose number is the backlog's, not the keys'.
+#[tokio::test]
+async fn sqlite_finds_heads_by_id_not_by_walking_the_backlog() {
+    #[derive(sea_orm::FromQueryResult)]
+    struct Step {
+        detail: String,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = stores(dir.path()).await.remove(0);
+    let now = Utc::now();
+    let keys = ["a".to_string(), "b".to_string()];
+    for only in [None, Some(&keys[..])] {
+        let mut stmt = heads_statement(DbBackend::Sqlite, EP, only, now, now, policy(), 10);
+        stmt.sql = format!("EXPLAIN QUERY PLAN {}", stmt.sql);
+        let plan: Vec<String> = Step::find_by_statement(stmt)
+            .all(store.connection())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.detail)
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("SEARCH d USING INDEX sqlite_autoindex_webhook_deliveries_1 (id=?)"), "{plan}");
+        assert!(!plan.contains("webhook_deliveries_due"), "{plan}");
     }
 }
