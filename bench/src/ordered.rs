@@ -161,8 +161,7 @@ async fn post(api: &Api, run: &str, kind: &str, n: usize, keys: usize) -> anyhow
 
 /// The store statements on a delivery's path, as the daemon times them
 /// (`conveyor.store.query.duration`, by operation).
-const PROFILED: [&str; 5] =
-    ["lease_heads", "finish_and_lease_successors", "lease_due", "finish_attempts", "insert_attempts"];
+const PROFILED: [&str; 5] = ["lease_heads", "lease_successors", "lease_due", "finish_attempts", "insert_attempts"];
 
 /// Per statement kind while a backlog drained: how many ran and their mean duration.
 #[derive(Default)]

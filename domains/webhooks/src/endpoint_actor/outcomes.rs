@@ -87,8 +87,8 @@ impl EndpointState {
         let batch = std::mem::take(&mut self.outcomes);
         let rows: Vec<(String, DeliveryUpdate)> =
             batch.iter().map(|f| (f.delivery.id.clone(), f.update.clone())).collect();
-        // A key's next delivery may go only once this outcome is written: it is leased in
-        // the same transaction, rather than wait for the endpoint's next full lease.
+        // A key's next delivery may go only once this outcome is written: lease it right
+        // after, in the same task, rather than wait for the endpoint's next full lease.
         let mut keys: Vec<String> = batch.iter().filter_map(|f| f.delivery.ordering_key.clone()).collect();
         keys.sort();
         keys.dedup();
@@ -97,18 +97,19 @@ impl EndpointState {
         self.leasing_successors += usize::from(ordered.is_some());
         let (ctx, reply, id, span) = (self.ctx.clone(), myself.clone(), self.id.clone(), self.lease_span());
         tokio::spawn(async move {
-            let Some(policy) = ordered else {
-                let result = ctx.outcomes.submit(rows).await;
-                let _ = reply.cast(EndpointMsg::Written { batch, result });
-                return;
-            };
-            let until = Utc::now() + span;
-            let (result, leased) = match ctx.store.finish_and_lease_successors(&id, &rows, &keys, until, policy).await {
-                Ok(leased) => (Ok(()), leased),
-                Err(err) => (Err(err), Vec::new()),
-            };
+            let result = ctx.outcomes.submit(rows).await;
+            let written = result.is_ok();
+            // The next write may start while the successors are leased.
             let _ = reply.cast(EndpointMsg::Written { batch, result });
-            let _ = reply.cast(EndpointMsg::Successors(leased));
+            if let Some(policy) = ordered {
+                let leased = if written {
+                    let now = Utc::now();
+                    ctx.store.lease_successors(&id, &keys, now, now + span, policy).await
+                } else {
+                    Ok(Vec::new())
+                };
+                let _ = reply.cast(EndpointMsg::Successors(leased));
+            }
         });
     }
 

@@ -19,7 +19,7 @@ use conveyor_actors::Error;
 
 /// Rows per multi-row statement: at most 11 bind parameters each stays far below SQLite's limit of
 /// 32766 (and PostgreSQL's 65535).
-pub(super) const ROWS_PER_STATEMENT: usize = 1000;
+const ROWS_PER_STATEMENT: usize = 1000;
 
 impl WebhookStore {
     /// Leases up to `limit` due deliveries of one endpoint until `lease_until`, oldest due
@@ -207,7 +207,7 @@ async fn insert_deliveries(db: &impl ConnectionTrait, new: &[NewDelivery]) -> Re
 
 /// `WITH u(…) AS (VALUES (…), …) UPDATE webhook_deliveries … FROM u WHERE id = u.id`: the
 /// same text on both backends but for the placeholders (SQLite has UPDATE … FROM since 3.33).
-pub(super) fn finish_statement(backend: DbBackend, rows: &[(String, DeliveryUpdate)], now: DateTime<Utc>) -> Statement {
+fn finish_statement(backend: DbBackend, rows: &[(String, DeliveryUpdate)], now: DateTime<Utc>) -> Statement {
     let mut values: Vec<Value> = Vec::with_capacity(rows.len() * 5 + 1);
     let mut param = |v: Value| {
         values.push(v);

@@ -16,12 +16,9 @@
 //! anything older than `webhooks.ordering_settle_ms` stops holding deliveries back.
 
 use chrono::{DateTime, Duration, Utc};
-use sea_orm::{
-    ActiveEnum, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement, TransactionTrait, Value,
-};
+use sea_orm::{ActiveEnum, DbBackend, EntityTrait, FromQueryResult, Statement, Value};
 
-use super::leases::{ROWS_PER_STATEMENT, finish_statement};
-use super::{DeliveryUpdate, WebhookStore, delivery};
+use super::{WebhookStore, delivery};
 use crate::states::DeliveryStatus;
 use conveyor_actors::Error;
 
@@ -81,36 +78,24 @@ impl WebhookStore {
         Ok(rows)
     }
 
-    /// An ordered endpoint's outcome write: records `outcomes` as
-    /// [`Self::finish_attempts`] does and leases the next deliveries of their keys as
-    /// [`Self::lease_heads`] would, but for these keys only, in one transaction. A key's next
-    /// delivery then waits for one commit after its predecessor's answer, not for the
-    /// endpoint's next full lease.
-    pub async fn finish_and_lease_successors(
+    /// Leases the heads of these keys only, as [`Self::lease_heads`] would: right after
+    /// their predecessors' outcomes are written, so that a key's next delivery does not wait
+    /// for the endpoint's next full lease.
+    pub async fn lease_successors(
         &self,
         endpoint_id: &str,
-        outcomes: &[(String, DeliveryUpdate)],
         keys: &[String],
+        now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         policy: OrderedLease,
     ) -> Result<Vec<delivery::Model>, Error> {
-        let backend = self.backend();
-        let work = async {
-            let txn = self.connection().begin().await?;
-            let now = Utc::now();
-            for chunk in outcomes.chunks(ROWS_PER_STATEMENT) {
-                txn.execute_raw(finish_statement(backend, chunk, now)).await?;
-            }
-            let mut leased = Vec::new();
-            if !keys.is_empty() {
-                let limit = keys.len() as u64;
-                let stmt = heads_statement(backend, endpoint_id, Some(keys), now, lease_until, policy, limit);
-                leased = delivery::Entity::find().from_raw_sql(stmt).all(&txn).await?;
-            }
-            txn.commit().await?;
-            Ok(leased)
-        };
-        self.guarded("finish_and_lease_successors", work).await
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = keys.len() as u64;
+        let stmt = heads_statement(self.backend(), endpoint_id, Some(keys), now, lease_until, policy, limit);
+        let q = delivery::Entity::find().from_raw_sql(stmt).all(self.connection());
+        self.guarded("lease_successors", q).await
     }
 
     /// The oldest notification accepted longer than `settle` ago and still not fanned out
