@@ -120,9 +120,11 @@ impl WebhookStore {
 /// The head-of-key lease: the keys with pending deliveries (a skip scan), each one's head,
 /// the unkeyed due ones; of those, the due and unleased ones whose key has nothing leased
 /// and which were accepted before the watermark. The heads come first and each is looked up
-/// by id (`heads CROSS JOIN d`: SQLite keeps that join order): written as `d.id IN (heads)`,
+/// by id (on SQLite `heads CROSS JOIN d`, whose order it keeps): written as `d.id IN (heads)`,
 /// SQLite walked every pending due row of the table instead, so a lease cost grew with the
-/// backlog (3 ms at 8,000 pending, against 0.35 ms now). The watermark is read in the same
+/// backlog (3 ms at 8,000 pending, against 0.35 ms now). PostgreSQL keeps the semi-join: given
+/// the cross join, one benchmark run saw it take 10 s per full lease of 1,000 keys. The
+/// watermark is read in the same
 /// statement (one snapshot): read apart, a notification claimed meanwhile could be missed
 /// while a later one of its key, fanned out meanwhile too, went first. `FOR UPDATE … SKIP
 /// LOCKED` on PostgreSQL as in the unordered lease; SQLite has one writer.
@@ -176,6 +178,13 @@ fn heads_statement(
     let none = p.bind(now + Duration::days(1));
     let (ep7, now7, lim7) = (p.bind(ep()), p.bind(now), p.bind(limit as i64));
     let lock = if backend == DbBackend::Postgres { " FOR UPDATE OF d SKIP LOCKED" } else { "" };
+    // SQLite keeps a CROSS JOIN's order; PostgreSQL may put the (inlined) heads on the inner
+    // side of that join and compute them again per row, so it gets a semi-join.
+    let heads_then_d = if backend == DbBackend::Postgres {
+        "webhook_deliveries d WHERE d.id IN (SELECT id FROM heads)"
+    } else {
+        "heads CROSS JOIN webhook_deliveries d WHERE d.id = heads.id"
+    };
     let sql = format!(
         "WITH RECURSIVE keys (k) AS ({keys}), heads (id) AS ( \
            SELECT (SELECT h.id FROM webhook_deliveries h \
@@ -184,8 +193,8 @@ fn heads_statement(
              FROM keys WHERE keys.k IS NOT NULL {unkeyed} \
          ) \
          UPDATE webhook_deliveries SET lease_until = {until} WHERE id IN ( \
-           SELECT d.id FROM heads CROSS JOIN webhook_deliveries d \
-            WHERE d.id = heads.id AND d.status = {st5} AND d.next_attempt_at <= {now5} \
+           SELECT d.id FROM {heads_then_d} \
+            AND d.status = {st5} AND d.next_attempt_at <= {now5} \
               AND (d.lease_until IS NULL OR d.lease_until < {now6}) \
               AND (d.ordering_key IS NULL OR (d.accepted_at < COALESCE((SELECT MIN(received_at) \
                 FROM notifications WHERE fanned_out = FALSE AND received_at >= {settle} \
