@@ -164,7 +164,6 @@ async fn post(api: &Api, run: &str, kind: &str, n: usize, keys: usize) -> anyhow
 const PROFILED: [&str; 5] = ["lease_heads", "lease_successors", "lease_due", "finish_attempts", "insert_attempts"];
 
 /// Per statement kind while a backlog drained: how many ran and their mean duration.
-#[derive(Default)]
 struct StoreProfile(Vec<(&'static str, f64, f64)>);
 
 impl StoreProfile {
@@ -314,8 +313,7 @@ pub async fn run(args: OrderedArgs) -> anyhow::Result<()> {
         let m = measure(&args, &bin, backends).await?;
         table.push(vec![format!("{}: unordered", m.backend), "".into(), thousands(m.unordered), "".into(), "".into()]);
         let mut per_k = Vec::new();
-        for (k, n, rate, profile) in &m.ordered {
-            let (k, n, rate) = (*k, *n, *rate);
+        for &(k, n, rate, ref profile) in &m.ordered {
             let best = (k as f64 / rtt).min(m.unordered);
             table.push(vec![
                 format!("{}: ordered, K = {k}", m.backend),

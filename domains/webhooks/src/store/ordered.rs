@@ -123,9 +123,9 @@ impl WebhookStore {
 /// by id (on SQLite `heads CROSS JOIN d`, whose order it keeps): written as `d.id IN (heads)`,
 /// SQLite walked every pending due row of the table instead, so a lease cost grew with the
 /// backlog (3 ms at 8,000 pending, against 0.35 ms now). PostgreSQL keeps the semi-join: given
-/// the cross join, one benchmark run saw it take 10 s per full lease of 1,000 keys. The
-/// watermark is read in the same
-/// statement (one snapshot): read apart, a notification claimed meanwhile could be missed
+/// the cross join, it may put the inlined heads on the join's inner side and compute them again
+/// per row (one benchmark run: 10 s per full lease of 1,000 keys). The watermark is read in the
+/// same statement (one snapshot): read apart, a notification claimed meanwhile could be missed
 /// while a later one of its key, fanned out meanwhile too, went first. `FOR UPDATE … SKIP
 /// LOCKED` on PostgreSQL as in the unordered lease; SQLite has one writer.
 fn heads_statement(
@@ -178,8 +178,6 @@ fn heads_statement(
     let none = p.bind(now + Duration::days(1));
     let (ep7, now7, lim7) = (p.bind(ep()), p.bind(now), p.bind(limit as i64));
     let lock = if backend == DbBackend::Postgres { " FOR UPDATE OF d SKIP LOCKED" } else { "" };
-    // SQLite keeps a CROSS JOIN's order; PostgreSQL may put the (inlined) heads on the inner
-    // side of that join and compute them again per row, so it gets a semi-join.
     let heads_then_d = if backend == DbBackend::Postgres {
         "webhook_deliveries d WHERE d.id IN (SELECT id FROM heads)"
     } else {

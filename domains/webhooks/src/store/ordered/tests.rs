@@ -39,6 +39,14 @@ async fn keyed(store: &WebhookStore, id: &str, key: Option<&str>, accepted: Date
         .unwrap();
 }
 
+/// Inserts a notification row as given (no fan-out runs for it).
+async fn insert_notification(store: &WebhookStore, row: notification::Model) {
+    notification::Entity::insert(notification::ActiveModel::from(row))
+        .exec_without_returning(store.connection())
+        .await
+        .unwrap();
+}
+
 async fn lease(store: &WebhookStore, now: DateTime<Utc>) -> Vec<String> {
     let leased = store.lease_heads(EP, now, now + Duration::minutes(1), 100, policy()).await.unwrap();
     let mut ids: Vec<String> = leased.into_iter().map(|r| r.id).collect();
@@ -106,19 +114,9 @@ async fn keyed_deliveries_wait_for_notifications_accepted_before_them_to_be_fann
             fanned_out: false,
         };
         // Accepted 2 s ago and not fanned out yet: later keyed deliveries wait.
-        notification::Entity::insert(notification::ActiveModel::from(claim("slow", now - Duration::seconds(2), true)))
-            .exec_without_returning(store.connection())
-            .await
-            .unwrap();
+        insert_notification(&store, claim("slow", now - Duration::seconds(2), true)).await;
         // An abandoned claim (never accepted, beyond the stale limit) holds nothing.
-        notification::Entity::insert(notification::ActiveModel::from(claim(
-            "dead",
-            now - Duration::seconds(20),
-            false,
-        )))
-        .exec_without_returning(store.connection())
-        .await
-        .unwrap();
+        insert_notification(&store, claim("dead", now - Duration::seconds(20), false)).await;
         keyed(&store, "early", Some("a"), now - Duration::seconds(3)).await;
         keyed(&store, "late", Some("b"), now - Duration::seconds(1)).await;
         keyed(&store, "free", None, now - Duration::seconds(1)).await;
@@ -128,14 +126,7 @@ async fn keyed_deliveries_wait_for_notifications_accepted_before_them_to_be_fann
         store.record_notifications(vec![slow]).await.unwrap();
         assert_eq!(lease(&store, now).await, ["late"]);
         // Past the settle time an unfanned notification holds nothing back, and says so.
-        notification::Entity::insert(notification::ActiveModel::from(claim(
-            "stuck",
-            now - Duration::seconds(40),
-            true,
-        )))
-        .exec_without_returning(store.connection())
-        .await
-        .unwrap();
+        insert_notification(&store, claim("stuck", now - Duration::seconds(40), true)).await;
         keyed(&store, "after", Some("c"), now - Duration::seconds(1)).await;
         assert_eq!(lease(&store, now).await, ["after"]);
         assert!(store.overdue_fan_out(now, policy()).await.unwrap().is_some());
