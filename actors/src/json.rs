@@ -4,22 +4,27 @@
 use serde::{Deserialize, Deserializer, de::Error};
 
 fn integral<'de, D: Deserializer<'de>>(value: serde_json::Number) -> Result<i64, D::Error> {
-    if let Some(n) = value.as_i64() {
-        return Ok(n);
-    }
-    match value.as_f64() {
-        // Exclusive bounds: past ±2^63 an f64 cannot say which integer it was.
-        Some(f) if f.fract() == 0.0 && f > i64::MIN as f64 && f < i64::MAX as f64 => Ok(f as i64),
-        _ => Err(D::Error::custom(format!("{value} is not a 64-bit integer"))),
-    }
+    number_integer(&value).ok_or_else(|| D::Error::custom(format!("{value} is not a 64-bit integer")))
+}
+
+fn number_integer(value: &serde_json::Number) -> Option<i64> {
+    value.as_i64().or_else(|| value.as_f64().and_then(float_integer))
+}
+
+fn float_integer(f: f64) -> Option<i64> {
+    // Exclusive bounds: past ±2^63 an f64 cannot say which integer it was.
+    (f.is_finite() && f.fract() == 0.0 && f > i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
+}
+
+/// A JSON value read field by field (to name every bad one) as JSON Schema sees it:
+/// `8491.0` is an integer, `1.5` and `"3"` are not.
+pub fn value_integer(value: &serde_json::Value) -> Option<i64> {
+    value.as_number().and_then(number_integer)
 }
 
 /// A query-string integer as JSON Schema sees it: `42`, `42.0` and `-1e3` are integers.
 pub fn parse_integer(text: &str) -> Option<i64> {
-    text.parse::<i64>().ok().or_else(|| {
-        let f: f64 = text.parse().ok()?;
-        (f.is_finite() && f.fract() == 0.0 && f > i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
-    })
+    text.parse::<i64>().ok().or_else(|| float_integer(text.parse().ok()?))
 }
 
 /// A `u64` field that also accepts integral floats.
@@ -72,6 +77,16 @@ mod tests {
         assert_eq!(super::parse_integer("1.5"), None);
         assert_eq!(super::parse_integer("NaN"), None);
         assert_eq!(super::parse_integer("x"), None);
+    }
+
+    #[test]
+    fn value_integers() {
+        use serde_json::json;
+        assert_eq!(super::value_integer(&json!(8491.0)), Some(8491));
+        assert_eq!(super::value_integer(&json!(-3)), Some(-3));
+        assert_eq!(super::value_integer(&json!(1.5)), None);
+        assert_eq!(super::value_integer(&json!(1e300)), None);
+        assert_eq!(super::value_integer(&json!("3")), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use axum::extract::{Request, State};
 use conveyor_actors::dlq::ReplayOutcome;
+use conveyor_actors::json::parse_integer;
 use conveyor_actors::parked::{ParkedKeyView, Skipped};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -37,12 +38,12 @@ fn list_query(query: Option<&str>) -> Result<(Option<String>, i64, u64), ApiErro
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "topic" => topic = Some(v.to_string()),
-            "after_id" => match v.parse::<i64>() {
-                Ok(n) => after = n,
-                _ => errors.push(FieldError::new("after_id", "must be an integer")),
+            "after_id" => match parse_integer(&v) {
+                Some(n) => after = n,
+                None => errors.push(FieldError::new("after_id", "must be an integer")),
             },
-            "limit" => match v.parse::<u64>() {
-                Ok(n) if (1..=1000).contains(&n) => limit = n,
+            "limit" => match parse_integer(&v) {
+                Some(n) if (1..=1000).contains(&n) => limit = n as u64,
                 _ => errors.push(FieldError::new("limit", "must be an integer from 1 to 1000")),
             },
             other => errors.push(FieldError::new(other.to_string(), "unknown parameter")),
@@ -103,6 +104,7 @@ mod tests {
     fn list_queries_default_and_name_bad_parameters() {
         assert!(list_query(None).is_ok_and(|q| q == (None, 0, 100)));
         assert!(list_query(Some("topic=t&after_id=4&limit=5")).is_ok_and(|q| q == (Some("t".into()), 4, 5)));
+        assert!(list_query(Some("after_id=4.0&limit=5e1")).is_ok_and(|q| q == (None, 4, 50)));
         let fields: Vec<String> = match list_query(Some("limit=0&key=x")).err() {
             Some(ApiError::Validation(f)) => f.into_iter().map(|f| f.field.into_owned()).collect(),
             _ => vec![],

@@ -3,6 +3,7 @@
 
 use axum::extract::{Request, State};
 use conveyor_actors::dlq::DeadLetterFilter;
+use conveyor_actors::json::value_integer;
 use conveyor_actors::replay::{NewReplay, ReplayAction, ReplayDryRun, ReplayJobView};
 use http::StatusCode;
 use serde::Serialize;
@@ -68,7 +69,7 @@ fn parse(value: Value) -> Result<(NewReplay, bool), ApiError> {
                 None
             }
         };
-        let integer = |errors: &mut Vec<FieldError>| match v.as_i64() {
+        let integer = |errors: &mut Vec<FieldError>| match value_integer(&v) {
             Some(n) => Some(n),
             None => {
                 errors.push(FieldError::new(key.clone(), "must be an integer"));
@@ -80,8 +81,8 @@ fn parse(value: Value) -> Result<(NewReplay, bool), ApiError> {
             "error_class" => new.filter.error_class = text(&mut errors),
             "since_ms" => new.filter.since_ms = integer(&mut errors),
             "until_ms" => new.filter.until_ms = integer(&mut errors),
-            "rate" => match v.as_u64().map(u32::try_from) {
-                Some(Ok(rate)) => new.rate = Some(rate),
+            "rate" => match value_integer(&v).map(u32::try_from) {
+                Some(Ok(rate)) if rate > 0 => new.rate = Some(rate),
                 _ => errors.push(FieldError::new("rate", "must be a positive integer (records per second)")),
             },
             "dry_run" => match v.as_bool() {
@@ -201,6 +202,9 @@ mod tests {
             (Some("in"), Some(5), Some(300), true)
         );
         assert_eq!(parse(Value::Null).unwrap().0, NewReplay::default());
+        // JSON Schema's integers include integral floats; the document promises integers.
+        let (new, _) = parse(json!({"since_ms": 375468.0, "rate": 8491.0})).unwrap();
+        assert_eq!((new.filter.since_ms, new.rate), (Some(375_468), Some(8491)));
         assert_eq!(fields(json!({"rate": "fast", "since_ms": 1.5, "colour": 1})), vec!["colour", "rate", "since_ms"]);
         assert_eq!(fields(json!({"rate": -1})), vec!["rate"]);
         assert_eq!(fields(json!([1])), vec!["body"]);
