@@ -18,6 +18,11 @@ mod wrk;
 
 use clap::{Parser, Subcommand};
 
+// The daemon's allocator: the in-process benchmark (`keys`) runs the runtime as the daemon
+// does, and the baselines get the same allocator as what they are compared with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "conveyor-bench", about = "Conveyor benchmarks (see scripts/bench.sh)")]
 struct Cli {

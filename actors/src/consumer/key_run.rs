@@ -27,6 +27,13 @@ impl KeyRun<'_> {
         if plain {
             return self.handle(records).await;
         }
+        // Boxed, like every path off the happy one: a key task's future is allocated per
+        // turn, and inlining the store and dead-letter futures made it 22 KB.
+        Box::pin(self.routed(records)).await
+    }
+
+    /// [`KeyRun::all`] on a parking topic or with control records: each record routed.
+    async fn routed(&mut self, records: Vec<Record>) -> bool {
         let mut pending = Vec::new();
         for record in records {
             let state = self.parking().and_then(|p| p.get(self.key));
@@ -99,8 +106,12 @@ impl KeyRun<'_> {
             }
             Err(first) => first,
         };
-        // A coalesced batch failed: find out record by record which one, so one bad record
-        // never takes its neighbours to the dead-letter topic.
+        Box::pin(self.one_by_one(records, first)).await
+    }
+
+    /// After `records` failed together: finds out record by record which one, so one bad
+    /// record never takes its neighbours to the dead-letter topic.
+    async fn one_by_one(&mut self, records: Vec<Record>, first: HandlerError) -> bool {
         let mut first = (records.len() == 1).then_some(first);
         for record in &records {
             if self.is_parked() {

@@ -488,3 +488,30 @@ async fn a_key_behind_an_open_breaker_is_stuck_without_a_next_attempt() {
     assert_eq!(waiting.iter().map(|k| k.key.as_str()).collect::<HashSet<_>>(), HashSet::from(["a", "b", "c"]));
     assert!(waiting.iter().all(|k| k.reason == StuckReason::BreakerOpen && k.next_attempt_ms.is_none()), "{waiting:?}");
 }
+
+/// A key task is spawned per key turn, so its future is allocated and moved per turn: the
+/// retry, dead-letter and parking paths are boxed to keep it small (inlined, it was 22 KB,
+/// and allocating it was a measurable share of the `keys` benchmark).
+#[test]
+fn a_key_turn_future_stays_small() {
+    use tokio_util::sync::CancellationToken;
+    let tp = TopicPartition::new("t", 0);
+    let ctx = Arc::new(key_task::KeyCtx {
+        handler: Arc::new(Recorder::default()),
+        dead_letters: DeadLetters {
+            producer: Arc::new(Dlq::default()),
+            topic: "t-dlq".into(),
+            timeout: Duration::from_secs(1),
+        },
+        policy: RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(20), max_attempts: 3 },
+        cancel: CancellationToken::new(),
+        labels: [crate::metrics::kv("topic", "t"), crate::metrics::kv("partition", 0i64)],
+        breakers: vec![],
+        stuck: stuck::StuckKeys::new(&tp, "recorder"),
+        parking: None,
+        max_coalesce: 1,
+    });
+    let turn = key_task::run(ctx, "k".into(), vec![record(0, "k", b"{}")]);
+    let size = std::mem::size_of_val(&turn);
+    assert!(size <= 2048, "a key turn's future is {size} bytes");
+}
