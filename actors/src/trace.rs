@@ -39,10 +39,27 @@ pub fn record_trace_id(record: &Record) -> &str {
     trace_id(traceparent(record)).unwrap_or_default()
 }
 
-/// The OpenTelemetry context a record carries (its `traceparent`), for a consumer span.
-pub fn context_of(record: &Record) -> opentelemetry::Context {
-    let carrier = std::collections::HashMap::from([(TRACEPARENT.to_string(), traceparent(record).to_string())]);
-    opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
+/// The OpenTelemetry context a record carries (its `traceparent`), for a consumer span;
+/// `None` when it carries none.
+pub fn context_of(record: &Record) -> Option<opentelemetry::Context> {
+    let value = traceparent(record);
+    if value.is_empty() {
+        return None;
+    }
+    Some(opentelemetry::global::get_text_map_propagator(|p| p.extract(&Traceparent(value))))
+}
+
+/// Shows the propagator a record's `traceparent` and nothing else, without copying it (this
+/// runs once per key turn).
+struct Traceparent<'a>(&'a str);
+
+impl opentelemetry::propagation::Extractor for Traceparent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == TRACEPARENT).then_some(self.0)
+    }
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT]
+    }
 }
 
 /// The `traceparent` naming `cx`'s span, to write into a record; empty when `cx` has none.

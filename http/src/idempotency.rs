@@ -46,7 +46,9 @@ impl Idempotency {
             request_sha256: sha256_hex(body),
         };
         let now = Utc::now();
-        match keys.begin(&req, now).await.map_err(|e| ApiError::unavailable("idempotency key store", e))? {
+        // The store's futures are boxed here and below: a handler's future is allocated
+        // per request, and these would size every request for what only keyed ones do.
+        match Box::pin(keys.begin(&req, now)).await.map_err(|e| ApiError::unavailable("idempotency key store", e))? {
             keys::Begin::Started => Ok(Begin::Started(Guard { claim: Some((keys.clone(), req)), claimed: now })),
             keys::Begin::Replay(StoredAnswer { status, body }) => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -63,7 +65,7 @@ impl Guard {
     pub async fn complete(mut self, status: StatusCode, body: &serde_json::Value) {
         let Some((keys, req)) = self.claim.take() else { return };
         let answer = StoredAnswer { status: status.as_u16(), body: body.clone() };
-        match keys.complete(&req, self.claimed, &answer).await {
+        match Box::pin(keys.complete(&req, self.claimed, &answer)).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(key = req.key, "the idempotency claim lapsed before the answer was stored"),
             Err(err) => tracing::warn!(error = &err as &dyn std::error::Error, "could not store the idempotent answer"),
@@ -73,7 +75,7 @@ impl Guard {
     /// Releases the key so that a retry can succeed.
     pub async fn abandon(mut self) {
         if let Some((keys, req)) = self.claim.take() {
-            release(keys, req).await;
+            Box::pin(release(keys, req)).await;
         }
     }
 }

@@ -72,10 +72,15 @@ pub(super) async fn run(ctx: Arc<KeyCtx>, key: String, records: Vec<Record>) -> 
     use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
     // A consumer span under the producing request's trace (the first record's, when several
     // records of one key are handled together).
-    let parent = records.first().map(crate::trace::context_of).unwrap_or_default();
+    let parent = records.first().and_then(crate::trace::context_of);
     if !crate::trace::recording() {
-        return run_records(ctx, key, records).with_context(parent).await;
+        return match parent {
+            Some(parent) => run_records(ctx, key, records).with_context(parent).await,
+            // No trace to carry on: nothing to attach at every poll.
+            None => run_records(ctx, key, records).await,
+        };
     }
+    let parent = parent.unwrap_or_default();
     let tracer = opentelemetry::global::tracer("conveyor.actors");
     let span = tracer
         .span_builder(format!("process {}", ctx.handler.name()))
