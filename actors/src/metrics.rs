@@ -23,6 +23,10 @@ pub const CACHE_HITS: &str = "conveyor.cache.hits";
 pub const CACHE_MISSES: &str = "conveyor.cache.misses";
 pub const CACHE_ERRORS: &str = "conveyor.cache.errors";
 pub const STORE_DURATION: &str = "conveyor.store.query.duration";
+/// From a producer's send to the log's durable acknowledgement (embedded: the group
+/// commit's fdatasync; Kafka: acks=all), by topic and outcome (`ok`, `error`). What a 202
+/// waits for.
+pub const LOG_APPEND_DURATION: &str = "conveyor.log.append.duration";
 pub const STORE_BATCH_ROWS: &str = "conveyor.store.batch.rows";
 pub const ACTOR_RESTARTS: &str = "conveyor.actor.restarts";
 pub const BREAKER_TRANSITIONS: &str = "conveyor.breaker.transitions";
@@ -70,6 +74,7 @@ pub struct Metrics {
     pub cache_misses: Counter<u64>,
     pub cache_errors: Counter<u64>,
     pub store_duration: Histogram<f64>,
+    pub log_append_duration: Histogram<f64>,
     pub store_batch_rows: Histogram<u64>,
     pub actor_restarts: Counter<u64>,
     pub breaker_transitions: Counter<u64>,
@@ -132,6 +137,12 @@ impl Metrics {
             store_duration: meter
                 .f64_histogram(STORE_DURATION)
                 .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            log_append_duration: meter
+                .f64_histogram(LOG_APPEND_DURATION)
+                .with_unit("s")
+                .with_description("From send to the log's durable acknowledgement, by topic and outcome")
                 .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build(),
             store_batch_rows: meter

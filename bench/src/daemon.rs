@@ -122,3 +122,87 @@ pub fn metric_sum(text: &str, prefix: &str, filters: &[&str]) -> Option<f64> {
 pub fn token(sub: &str, roles: &[&str]) -> anyhow::Result<String> {
     Ok(conveyor_testkit::mint(SECRET, sub, roles, 3600)?)
 }
+
+/// One Prometheus histogram (the series whose line contains every filter, summed), as
+/// scraped: cumulative bucket counts by upper bound, the count and the sum.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    pub buckets: Vec<(f64, f64)>,
+    pub count: f64,
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// `family` without its suffix, e.g. `conveyor_log_append_duration_seconds`.
+    pub fn scrape(text: &str, family: &str, filters: &[&str]) -> Self {
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        let bucket = format!("{family}_bucket{{");
+        for line in text.lines().filter(|l| l.starts_with(&bucket) && filters.iter().all(|f| l.contains(f))) {
+            let le = line.split("le=\"").nth(1).and_then(|r| r.split('"').next());
+            let le = match le {
+                Some("+Inf") => f64::INFINITY,
+                Some(v) => match v.parse() {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                },
+                None => continue,
+            };
+            let Some(n) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else { continue };
+            match buckets.iter_mut().find(|(b, _)| *b == le) {
+                Some((_, total)) => *total += n,
+                None => buckets.push((le, n)),
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Histogram {
+            buckets,
+            count: metric_sum(text, &format!("{family}_count"), filters).unwrap_or(0.0),
+            sum: metric_sum(text, &format!("{family}_sum"), filters).unwrap_or(0.0),
+        }
+    }
+
+    /// What was observed between `before` and `self`.
+    pub fn since(&self, before: &Histogram) -> Histogram {
+        let earlier = |le: f64| before.buckets.iter().find(|(b, _)| *b == le).map_or(0.0, |(_, n)| *n);
+        Histogram {
+            buckets: self.buckets.iter().map(|(le, n)| (*le, n - earlier(*le))).collect(),
+            count: self.count - before.count,
+            sum: self.sum - before.sum,
+        }
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0.0).then(|| self.sum / self.count)
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (what a bucketed histogram can say).
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let wanted = q * self.count;
+        (self.count > 0.0).then(|| self.buckets.iter().find(|(_, n)| *n >= wanted).map_or(f64::INFINITY, |(le, _)| *le))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Histogram;
+
+    #[test]
+    fn histograms_scrape_subtract_and_bound_quantiles() {
+        let at = |a: u32, b: u32, c: u32, sum: f64| {
+            format!(
+                "x_seconds_bucket{{topic=\"in\",le=\"0.001\"}} {a}\nx_seconds_bucket{{topic=\"in\",le=\"0.01\"}} {b}\n\
+                 x_seconds_bucket{{topic=\"in\",le=\"+Inf\"}} {c}\nx_seconds_bucket{{topic=\"other\",le=\"0.001\"}} 7\n\
+                 x_seconds_count{{topic=\"in\"}} {c}\nx_seconds_sum{{topic=\"in\"}} {sum}\n"
+            )
+        };
+        let before = Histogram::scrape(&at(1, 2, 2, 0.004), "x_seconds", &["topic=\"in\""]);
+        let after = Histogram::scrape(&at(51, 150, 152, 0.804), "x_seconds", &["topic=\"in\""]);
+        let d = after.since(&before);
+        assert_eq!(d.count, 150.0);
+        assert!((d.mean().unwrap_or(0.0) - 0.8 / 150.0).abs() < 1e-12);
+        assert_eq!(d.quantile_bound(0.3), Some(0.001));
+        assert_eq!(d.quantile_bound(0.5), Some(0.01));
+        assert_eq!(d.quantile_bound(0.995), Some(f64::INFINITY));
+        assert_eq!(Histogram::default().quantile_bound(0.99), None);
+    }
+}

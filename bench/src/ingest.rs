@@ -9,7 +9,7 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::daemon::{self, Backends, DaemonSpec};
+use crate::daemon::{self, Backends, DaemonSpec, Histogram};
 use crate::fixed_rate::{self, FixedRateRun};
 use crate::raw_produce::{self, ProducerSettings, RawProduceRun};
 use crate::report::{self, CpuSample, TempDir, median, round, thousands};
@@ -93,8 +93,55 @@ struct BackendResult {
     backends: Backends,
     runs: Vec<RunPair>,
     half_rate: FixedRateRun,
+    /// Inside the daemon during the half-rate run: the request and what it waited for.
+    inside: Inside,
     metrics: Value,
     clean_exit: bool,
+}
+
+/// The daemon's own histograms over the half-rate run: `POST /events` answered 2xx, and
+/// the append each one waited for (send to durable acknowledgement). Means, and the upper
+/// bound of the bucket holding the p99.
+struct Inside {
+    request: Histogram,
+    append: Histogram,
+}
+
+impl Inside {
+    const REQUEST: &'static str = "http_server_request_duration_seconds";
+    const REQUEST_FILTERS: &'static [&'static str] = &["http_route=\"/events\"", "http_response_status_class=\"2xx\""];
+    const APPEND: &'static str = "conveyor_log_append_duration_seconds";
+    const APPEND_FILTERS: &'static [&'static str] = &["outcome=\"ok\""];
+
+    fn between(before: &str, after: &str) -> Self {
+        let h = |family, filters| {
+            Histogram::scrape(after, family, filters).since(&Histogram::scrape(before, family, filters))
+        };
+        Inside { request: h(Self::REQUEST, Self::REQUEST_FILTERS), append: h(Self::APPEND, Self::APPEND_FILTERS) }
+    }
+
+    fn line(&self) -> String {
+        let ms = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.2}", v * 1000.0));
+        format!(
+            "inside the daemon: POST /events mean {} ms (p99 ≤ {} ms), of which the log append mean {} ms (p99 ≤ {} ms)",
+            ms(self.request.mean()),
+            ms(self.request.quantile_bound(0.99)),
+            ms(self.append.mean()),
+            ms(self.append.quantile_bound(0.99)),
+        )
+    }
+
+    fn to_json(&self) -> Value {
+        let ms = |v: Option<f64>| v.map(|v| round(v * 1000.0, 3));
+        json!({
+            "requests": self.request.count,
+            "request_mean_ms": ms(self.request.mean()),
+            "request_p99_bucket_bound_ms": ms(self.request.quantile_bound(0.99)),
+            "appends": self.append.count,
+            "append_mean_ms": ms(self.append.mean()),
+            "append_p99_bucket_bound_ms": ms(self.append.quantile_bound(0.99)),
+        })
+    }
 }
 
 struct RunPair {
@@ -176,13 +223,15 @@ async fn measure_backend(
         let rate = (max / 2.0).max(1.0);
         eprintln!("  conveyor at a fixed {rate:.0} req/s (half the median maximum) for {}s", args.rate_seconds);
         let target = fixed_rate::Target::from_base(&daemon.base, token, args.devices);
+        let before = daemon.metrics().await;
         let half_rate = fixed_rate::run(&target, rate, args.connections, args.rate_seconds).await?;
-        anyhow::Ok((runs, half_rate))
+        let inside = Inside::between(&before, &daemon.metrics().await);
+        anyhow::Ok((runs, half_rate, inside))
     }
     .await;
     let metrics = daemon.metrics().await;
     let clean_exit = daemon.terminate(Duration::from_secs(30)).await;
-    let (runs, half_rate) = match measured {
+    let (runs, half_rate, inside) = match measured {
         Ok(r) => r,
         Err(e) => {
             eprintln!("daemon log tail:\n{}", daemon.log_tail(30));
@@ -195,7 +244,7 @@ async fn measure_backend(
         "store_upserts_incl_warmup":
             daemon::metric_sum(&metrics, "conveyor_store_batch_rows_sum", &["upsert_resources"]),
     });
-    Ok(BackendResult { backends, runs, half_rate, metrics, clean_exit })
+    Ok(BackendResult { backends, runs, half_rate, inside, metrics, clean_exit })
 }
 
 impl BackendResult {
@@ -242,6 +291,7 @@ impl BackendResult {
             h.max_ms,
             h.non_202
         );
+        println!("  {}", self.inside.line());
     }
 
     /// Rows for the bench's `"summary"`: the median ratios and the p99 at half rate.
@@ -308,6 +358,7 @@ impl BackendResult {
             "median_ratio_conveyor_over_hello": median_of(&self.runs, |r| Some(r.ratio_hello())).map(|x| round(x, 4)),
             "median_ratio_conveyor_over_raw_producer": median_of(&self.runs, RunPair::ratio_producer).map(|x| round(x, 4)),
             "half_max_rate": self.half_rate.to_json(),
+            "half_max_rate_inside_the_daemon": self.inside.to_json(),
             "metrics_after_run": self.metrics,
             "clean_shutdown": self.clean_exit,
             "durability": durability,

@@ -81,6 +81,15 @@ async fn scraped_counters_match_a_known_workload() {
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum();
     assert_eq!(posted, 20.0, "POST /events answered 2xx, by route template");
+    // What each 202 waited for: one acknowledged append per accepted event, none failed.
+    let appends = |outcome: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("conveyor_log_append_duration_seconds_count{") && l.contains(&input))
+            .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum::<f64>()
+    };
+    assert_eq!((appends("ok"), appends("error")), (20.0, 0.0), "{text}");
     // Labels come from bounded sets: no device id anywhere in the exposition.
     assert!(!text.contains("obs-0") && !text.contains("none-0"), "a device id leaked into a label");
 }

@@ -71,6 +71,14 @@ pub struct Record {
     pub timestamp_ms: i64,
 }
 
+/// Records how long an append waited for the log's durable acknowledgement.
+pub(crate) fn observe_append(topic: &str, started: std::time::Instant, result: &Result<Ack, Error>) {
+    use crate::metrics::{self, kv, metrics};
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    let labels = [kv(metrics::TOPIC, topic.to_string()), kv(metrics::OUTCOME, outcome)];
+    metrics().log_append_duration.record(started.elapsed().as_secs_f64(), &labels);
+}
+
 impl Record {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|h| h.name == name).map(|h| h.value.as_slice())

@@ -335,6 +335,7 @@ fn unavailable(op: &'static str, topic: &str, source: Option<Box<dyn std::error:
 #[async_trait]
 impl Producer for EmbeddedLog {
     async fn send(&self, record: OutgoingRecord, timeout: Duration) -> Result<Ack, Error> {
+        let started = std::time::Instant::now();
         let topic = self.inner.topic_or_create(&record.topic)?;
         let partition = topic.choose_partition(record.key.as_deref());
         let now = (self.inner.clock)();
@@ -345,10 +346,12 @@ impl Producer for EmbeddedLog {
             topic.appends.send(append).await.map_err(|_| unavailable("send", &record.topic, None))?;
             acked.await.map_err(|_| unavailable("send", &record.topic, None))?
         };
-        match tokio::time::timeout(timeout, wait).await {
+        let result = match tokio::time::timeout(timeout, wait).await {
             Ok(result) => result,
             Err(elapsed) => Err(unavailable("send", &record.topic, Some(Box::new(elapsed)))),
-        }
+        };
+        super::observe_append(&record.topic, started, &result);
+        result
     }
 
     async fn ping(&self, _timeout: Duration) -> Result<(), Error> {

@@ -81,11 +81,14 @@ impl Producer for KafkaProducer {
             topic: record.topic.clone(),
             source,
         };
-        match tokio::time::timeout(timeout, self.producer.send(out, Timeout::After(timeout))).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, self.producer.send(out, Timeout::After(timeout))).await {
             Ok(Ok(delivery)) => Ok(Ack { partition: delivery.partition, offset: delivery.offset }),
             Ok(Err((err, _))) => Err(unavailable(Some(Box::new(err)))),
             Err(_) => Err(unavailable(None)),
-        }
+        };
+        super::observe_append(&record.topic, started, &result);
+        result
     }
 
     async fn ping(&self, timeout: Duration) -> Result<(), Error> {
