@@ -124,10 +124,13 @@ impl Actor for PartitionActor {
         let mut open_downstreams = HashSet::new();
         let mut watchers = Vec::new();
         for breaker in &breakers {
-            if breaker.state() == BreakerState::Open {
-                open_downstreams.insert(breaker.name());
-            }
+            // Subscribed before the state is read: a change in between (the store's breaker
+            // closing while a restarted daemon catches up) would otherwise never be seen,
+            // and the partition would stay paused.
             let (name, mut rx, me) = (breaker.name(), breaker.subscribe(), myself.clone());
+            if *rx.borrow_and_update() == BreakerState::Open {
+                open_downstreams.insert(name);
+            }
             watchers.push(tokio::spawn(async move {
                 while rx.changed().await.is_ok() {
                     let state = *rx.borrow_and_update();
