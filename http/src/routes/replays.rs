@@ -82,7 +82,7 @@ fn parse(value: Value) -> Result<(NewReplay, bool), ApiError> {
             "since_ms" => new.filter.since_ms = integer(&mut errors),
             "until_ms" => new.filter.until_ms = integer(&mut errors),
             "rate" => match value_integer(&v).map(u32::try_from) {
-                Some(Ok(rate)) if rate > 0 => new.rate = Some(rate),
+                Some(Ok(rate)) => new.rate = Some(rate),
                 _ => errors.push(FieldError::new("rate", "must be a positive integer (records per second)")),
             },
             "dry_run" => match v.as_bool() {
