@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use crate::daemon::{self, Backends};
+use crate::daemon::{self, Backends, Histogram};
 use crate::ingest::BackendArg;
 use crate::report::{self, round, thousands};
 use crate::summary;
@@ -167,25 +167,14 @@ const PROFILED: [&str; 5] = ["lease_heads", "lease_successors", "lease_due", "fi
 struct StoreProfile(Vec<(&'static str, f64, f64)>);
 
 impl StoreProfile {
-    fn sample(text: &str) -> Vec<(f64, f64)> {
-        let op = |name: &str| format!("operation=\"{name}\"");
-        PROFILED
-            .iter()
-            .map(|name| {
-                let count = daemon::metric_sum(text, "conveyor_store_query_duration_seconds_count", &[&op(name)]);
-                let sum = daemon::metric_sum(text, "conveyor_store_query_duration_seconds_sum", &[&op(name)]);
-                (count.unwrap_or(0.0), sum.unwrap_or(0.0))
-            })
-            .collect()
-    }
-
     fn between(before: &str, after: &str) -> Self {
-        let rows = Self::sample(before).into_iter().zip(Self::sample(after)).zip(PROFILED);
-        StoreProfile(
-            rows.filter(|(((c0, _), (c1, _)), _)| c1 > c0)
-                .map(|(((c0, s0), (c1, s1)), name)| (name, c1 - c0, (s1 - s0) * 1000.0 / (c1 - c0)))
-                .collect(),
-        )
+        let profiled = PROFILED.iter().filter_map(|&name| {
+            let op = format!("operation=\"{name}\"");
+            let scrape = |text| Histogram::scrape(text, "conveyor_store_query_duration_seconds", &[&op]);
+            let ran = scrape(after).since(&scrape(before));
+            ran.mean().map(|mean| (name, ran.count, mean * 1000.0))
+        });
+        StoreProfile(profiled.collect())
     }
 
     fn line(&self) -> String {
