@@ -98,6 +98,25 @@ impl Daemon {
         self.process.metrics().await
     }
 
+    /// Waits until the daemon has processed every event its ingest accepted (records done on
+    /// `events-input` ≥ `conveyor.ingest.accepted`): a backlog left by a saturating run
+    /// would otherwise compete with whatever is measured next. Answers how long it took.
+    pub async fn wait_processed(&self, within: Duration) -> anyhow::Result<Duration> {
+        let started = std::time::Instant::now();
+        loop {
+            let text = self.metrics().await;
+            let accepted = metric_sum(&text, "conveyor_ingest_accepted", &[]).unwrap_or(0.0);
+            let done = metric_sum(&text, "conveyor_partition_records_processed", &["events-input\""]).unwrap_or(0.0);
+            if done >= accepted {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= within {
+                anyhow::bail!("the daemon processed {done} of {accepted} accepted events in {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
     }

@@ -95,6 +95,8 @@ struct BackendResult {
     half_rate: FixedRateRun,
     /// Inside the daemon during the half-rate run: the request and what it waited for.
     inside: Inside,
+    /// How long processing took to catch up with ingest before the half-rate run.
+    caught_up: Duration,
     metrics: Value,
     clean_exit: bool,
 }
@@ -221,17 +223,21 @@ async fn measure_backend(
         }
         let max = median_of(&runs, |r| Some(r.conveyor.requests_per_sec)).unwrap_or(0.0);
         let rate = (max / 2.0).max(1.0);
+        // Half the rate is measured in its steady state, not while the saturating runs'
+        // backlog is still being processed beside it.
+        let caught_up = daemon.wait_processed(Duration::from_secs(300)).await?;
+        eprintln!("  processing caught up with ingest {:.1} s after the last run", caught_up.as_secs_f64());
         eprintln!("  conveyor at a fixed {rate:.0} req/s (half the median maximum) for {}s", args.rate_seconds);
         let target = fixed_rate::Target::from_base(&daemon.base, token, args.devices);
         let before = daemon.metrics().await;
         let half_rate = fixed_rate::run(&target, rate, args.connections, args.rate_seconds).await?;
         let inside = Inside::between(&before, &daemon.metrics().await);
-        anyhow::Ok((runs, half_rate, inside))
+        anyhow::Ok((runs, half_rate, inside, caught_up))
     }
     .await;
     let metrics = daemon.metrics().await;
     let clean_exit = daemon.terminate(Duration::from_secs(30)).await;
-    let (runs, half_rate, inside) = match measured {
+    let (runs, half_rate, inside, caught_up) = match measured {
         Ok(r) => r,
         Err(e) => {
             eprintln!("daemon log tail:\n{}", daemon.log_tail(30));
@@ -244,7 +250,7 @@ async fn measure_backend(
         "store_upserts_incl_warmup":
             daemon::metric_sum(&metrics, "conveyor_store_batch_rows_sum", &["upsert_resources"]),
     });
-    Ok(BackendResult { backends, runs, half_rate, inside, metrics, clean_exit })
+    Ok(BackendResult { backends, runs, half_rate, inside, caught_up, metrics, clean_exit })
 }
 
 impl BackendResult {
@@ -359,6 +365,7 @@ impl BackendResult {
             "median_ratio_conveyor_over_raw_producer": median_of(&self.runs, RunPair::ratio_producer).map(|x| round(x, 4)),
             "half_max_rate": self.half_rate.to_json(),
             "half_max_rate_inside_the_daemon": self.inside.to_json(),
+            "processing_caught_up_secs_before_half_max_rate": round(self.caught_up.as_secs_f64(), 1),
             "metrics_after_run": self.metrics,
             "clean_shutdown": self.clean_exit,
             "durability": durability,
@@ -413,7 +420,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
              share the same cores.",
             "Latency percentiles of the wrk runs are wrk's (closed loop, --latency). half_max_rate is an open-loop \
              fixed-rate run (conveyor-bench's own hyper client, the same connection count) at half the median \
-             maximum req/s; each latency counts from when the schedule said to send the request, so a stall \
+             maximum req/s, started once processing has caught up with everything accepted before it \
+             (processing_caught_up_secs_before_half_max_rate); each latency counts from when the schedule said to send the request, so a stall \
              shows in every request scheduled during it (no coordinated omission).",
             "cpu_during_run: process_pct_of_one_core is the server process's user+system CPU during the \
              measured run (100 = one full core); machine_busy_pct is all cores, steal included.",
