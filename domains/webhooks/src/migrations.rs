@@ -4,6 +4,7 @@
 use conveyor_actors::store::migrations::Indexes;
 use conveyor_actors::store::schema::prelude::*;
 
+mod lease_indexes;
 mod ordering;
 
 /// This crate's migrations, in order (the engine lists every crate's).
@@ -30,6 +31,7 @@ pub fn migrations() -> Vec<Box<dyn Migration>> {
             )],
         }),
         Box::new(ordering::AddOrdering),
+        Box::new(lease_indexes::LeaseIndexes),
     ]
 }
 

@@ -122,9 +122,15 @@ impl WebhookStore {
 /// and which were accepted before the watermark. The heads come first and each is looked up
 /// by id (on SQLite `heads CROSS JOIN d`, whose order it keeps): written as `d.id IN (heads)`,
 /// SQLite walked every pending due row of the table instead, so a lease cost grew with the
-/// backlog (3 ms at 8,000 pending, against 0.35 ms now). PostgreSQL keeps the semi-join: given
-/// the cross join, it may put the inlined heads on the join's inner side and compute them again
-/// per row (one benchmark run: 10 s per full lease of 1,000 keys). The watermark is read in the
+/// backlog (3 ms at 8,000 pending, against 0.35 ms now). On PostgreSQL the heads are one array
+/// (`d.id = ANY(ARRAY(…))`, an init plan computed once, then primary-key lookups): given the
+/// cross join, it may put the inlined heads on the join's inner side and compute them again per
+/// row (one benchmark run: 10 s per full lease of 1,000 keys), and given `d.id IN (heads)`, with
+/// statistics that lag behind a table that just grew, it hashed the heads and walked every
+/// pending due row of every endpoint instead (200–800 ms a lease in a benchmark). The leased-key
+/// check says `l.ordering_key IS NOT NULL` although the join implies it: PostgreSQL may run it
+/// as one hashed subplan, where the join is gone and only the explicit condition lets it read
+/// the small leased-rows index (`migrations::lease_indexes`). The watermark is read in the
 /// same statement (one snapshot): read apart, a notification claimed meanwhile could be missed
 /// while a later one of its key, fanned out meanwhile too, went first. `FOR UPDATE … SKIP
 /// LOCKED` on PostgreSQL as in the unordered lease; SQLite has one writer.
@@ -150,11 +156,13 @@ fn heads_statement(
             let (ep1, st1) = (p.bind(ep()), p.bind(pending.clone()));
             let (ep2, st2) = (p.bind(ep()), p.bind(pending.clone()));
             format!(
-                "SELECT MIN(ordering_key) FROM webhook_deliveries \
-                  WHERE endpoint_id = {ep1} AND status = {st1} AND ordering_key IS NOT NULL \
+                "SELECT (SELECT f.ordering_key FROM webhook_deliveries f \
+                          WHERE f.endpoint_id = {ep1} AND f.status = {st1} AND f.ordering_key IS NOT NULL \
+                          ORDER BY f.ordering_key LIMIT 1) \
                  UNION ALL \
-                 SELECT (SELECT MIN(n.ordering_key) FROM webhook_deliveries n \
-                          WHERE n.endpoint_id = {ep2} AND n.status = {st2} AND n.ordering_key > keys.k) \
+                 SELECT (SELECT n.ordering_key FROM webhook_deliveries n \
+                          WHERE n.endpoint_id = {ep2} AND n.status = {st2} AND n.ordering_key > keys.k \
+                          ORDER BY n.ordering_key LIMIT 1) \
                    FROM keys WHERE keys.k IS NOT NULL"
             )
         }
@@ -177,11 +185,24 @@ fn heads_statement(
     // Nothing unfanned: every accepted notification has its deliveries.
     let none = p.bind(now + Duration::days(1));
     let (ep7, now7, lim7) = (p.bind(ep()), p.bind(now), p.bind(limit as i64));
-    let lock = if backend == DbBackend::Postgres { " FOR UPDATE OF d SKIP LOCKED" } else { "" };
+    // A head may go: due, not leased, accepted before the watermark, its key not leased.
+    let may_go = format!(
+        "d.status = {st5} AND d.next_attempt_at <= {now5} \
+           AND (d.lease_until IS NULL OR d.lease_until < {now6}) \
+           AND (d.ordering_key IS NULL OR (d.accepted_at < COALESCE((SELECT MIN(received_at) \
+             FROM notifications WHERE fanned_out = FALSE AND received_at >= {settle} \
+             AND (accepted = TRUE OR received_at >= {stale})), {none}) AND NOT EXISTS ( \
+             SELECT 1 FROM webhook_deliveries l WHERE l.endpoint_id = {ep7} \
+                AND l.ordering_key IS NOT NULL AND l.ordering_key = d.ordering_key \
+                AND l.lease_until >= {now7})))"
+    );
     let heads_then_d = if backend == DbBackend::Postgres {
-        "webhook_deliveries d WHERE d.id IN (SELECT id FROM heads)"
+        format!(
+            "heads CROSS JOIN LATERAL (SELECT d.id, d.next_attempt_at FROM webhook_deliveries d \
+               WHERE d.id = heads.id AND {may_go} FOR UPDATE OF d SKIP LOCKED) d"
+        )
     } else {
-        "heads CROSS JOIN webhook_deliveries d WHERE d.id = heads.id"
+        format!("heads CROSS JOIN webhook_deliveries d WHERE d.id = heads.id AND {may_go}")
     };
     let sql = format!(
         "WITH RECURSIVE keys (k) AS ({keys}), heads (id) AS ( \
@@ -191,15 +212,7 @@ fn heads_statement(
              FROM keys WHERE keys.k IS NOT NULL {unkeyed} \
          ) \
          UPDATE webhook_deliveries SET lease_until = {until} WHERE id IN ( \
-           SELECT d.id FROM {heads_then_d} \
-            AND d.status = {st5} AND d.next_attempt_at <= {now5} \
-              AND (d.lease_until IS NULL OR d.lease_until < {now6}) \
-              AND (d.ordering_key IS NULL OR (d.accepted_at < COALESCE((SELECT MIN(received_at) \
-                FROM notifications WHERE fanned_out = FALSE AND received_at >= {settle} \
-                AND (accepted = TRUE OR received_at >= {stale})), {none}) AND NOT EXISTS ( \
-                SELECT 1 FROM webhook_deliveries l WHERE l.endpoint_id = {ep7} \
-                   AND l.ordering_key = d.ordering_key AND l.lease_until >= {now7}))) \
-            ORDER BY d.next_attempt_at, d.id LIMIT {lim7}{lock} \
+           SELECT d.id FROM {heads_then_d} ORDER BY d.next_attempt_at, d.id LIMIT {lim7} \
          ) RETURNING *"
     );
     p.statement(sql)
