@@ -11,21 +11,14 @@
 use conveyor_actors::store::schema::prelude::*;
 use sea_orm::sea_query::{ConditionalStatement, IndexDropStatement};
 
+use super::ordering::WebhookDeliveries;
+
 pub struct LeaseIndexes;
 
 impl MigrationName for LeaseIndexes {
     fn name(&self) -> &str {
         "m20261204_000014_webhooks_lease_indexes"
     }
-}
-
-#[derive(DeriveIden)]
-enum WebhookDeliveries {
-    Table,
-    EndpointId,
-    Status,
-    OrderingKey,
-    LeaseUntil,
 }
 
 const ENDPOINT: &str = "webhook_deliveries_endpoint";

@@ -21,7 +21,7 @@ enum WebhookEndpoints {
 }
 
 #[derive(DeriveIden)]
-enum WebhookDeliveries {
+pub(super) enum WebhookDeliveries {
     Table,
     EndpointId,
     Status,
