@@ -28,8 +28,9 @@ fn drop(name: &str) -> IndexDropStatement {
     Index::drop().name(name).table(WebhookDeliveries::Table).if_exists().to_owned()
 }
 
-/// `webhook_deliveries_key_leased`, with or without the `lease_until IS NOT NULL` condition.
-fn key_leased(only_leased: bool) -> IndexCreateStatement {
+/// `webhook_deliveries_key_leased`, with or without the `lease_until IS NOT NULL` condition
+/// (without: as `ordering::AddOrdering` created it, so that statement must never change).
+pub(super) fn key_leased(only_leased: bool) -> IndexCreateStatement {
     use WebhookDeliveries as D;
     let mut index = Index::create();
     index

@@ -81,16 +81,7 @@ impl Migration for AddOrdering {
             .if_not_exists();
         manager.create_index(heads.to_owned()).await?;
         // Whether a key has a delivery leased right now; unordered rows stay out of it.
-        let mut leased = Index::create();
-        leased
-            .name("webhook_deliveries_key_leased")
-            .table(D::Table)
-            .col(D::EndpointId)
-            .col(D::OrderingKey)
-            .col(D::LeaseUntil)
-            .and_where(Expr::col(D::OrderingKey).is_not_null())
-            .if_not_exists();
-        manager.create_index(leased.to_owned()).await?;
+        manager.create_index(super::lease_indexes::key_leased(false)).await?;
         // The watermark: the oldest notification not fanned out yet (few rows at any time).
         let mut unfanned = Index::create();
         unfanned
