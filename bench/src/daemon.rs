@@ -49,6 +49,8 @@ pub struct Daemon {
     /// From spawn to the `conveyor listening on` line.
     pub startup: Duration,
     pub data_dir: TempDir,
+    /// The topic `POST /events` writes to and the device processors read.
+    topic_in: String,
 }
 
 impl DaemonSpec {
@@ -79,7 +81,8 @@ impl DaemonSpec {
         env.extend(self.extra_env.iter().cloned());
         let cmd = conveyor_testkit::command(&self.bin, data_dir.path(), &env);
         let process = conveyor_testkit::Daemon::spawn(cmd, &data_dir.path().join("daemon.log"))?;
-        Ok(Daemon { base: process.base.clone(), startup: process.startup, process, data_dir })
+        let topic_in = names.topic_in;
+        Ok(Daemon { base: process.base.clone(), startup: process.startup, process, data_dir, topic_in })
     }
 }
 
@@ -98,15 +101,26 @@ impl Daemon {
         self.process.metrics().await
     }
 
+    /// Records processed so far on the input topic, from a `GET /metrics` body.
+    fn processed_in(&self, text: &str) -> f64 {
+        let filter = format!("topic=\"{}\"", self.topic_in);
+        metric_sum(text, "conveyor_partition_records_processed_total{", &[&filter]).unwrap_or(0.0)
+    }
+
+    /// Records processed so far on the input topic.
+    pub async fn processed(&self) -> f64 {
+        self.processed_in(&self.metrics().await)
+    }
+
     /// Waits until the daemon has processed every event its ingest accepted (records done on
-    /// `events-input` ≥ `conveyor.ingest.accepted`): a backlog left by a saturating run
+    /// the input topic ≥ `conveyor.ingest.accepted`): a backlog left by a saturating run
     /// would otherwise compete with whatever is measured next. Answers how long it took.
     pub async fn wait_processed(&self, within: Duration) -> anyhow::Result<Duration> {
         let started = std::time::Instant::now();
         loop {
             let text = self.metrics().await;
             let accepted = metric_sum(&text, "conveyor_ingest_accepted", &[]).unwrap_or(0.0);
-            let done = metric_sum(&text, "conveyor_partition_records_processed", &["events-input\""]).unwrap_or(0.0);
+            let done = self.processed_in(&text);
             if done >= accepted {
                 return Ok(started.elapsed());
             }

@@ -28,13 +28,6 @@ pub struct ConveyorRun {
     pub cpu: CpuUsage,
 }
 
-/// Records processed so far on `topic`, from the daemon's metrics.
-async fn processed(daemon: &daemon::Daemon, topic: &str) -> f64 {
-    let text = daemon.metrics().await;
-    let filter = format!("topic=\"{topic}\"");
-    daemon::metric_sum(&text, "conveyor_partition_records_processed_total{", &[&filter]).unwrap_or(0.0)
-}
-
 /// The rate between the samples where 10% and 90% of `events` were processed.
 fn steady_rate(samples: &[(f64, f64)], events: f64) -> Option<f64> {
     let at = |share: f64| samples.iter().find(|(_, n)| *n >= share * events).copied();
@@ -69,7 +62,7 @@ pub async fn run(
     let limit = Duration::from_secs(args.timeout);
     let mut samples = Vec::new();
     let done = loop {
-        let n = processed(&daemon, topic).await;
+        let n = daemon.processed().await;
         samples.push((started.elapsed().as_secs_f64(), n));
         // The counter says when to look; the table says when it is done.
         if n >= events as f64 {

@@ -59,8 +59,6 @@ impl Migration for LeaseIndexes {
         use WebhookDeliveries as D;
         manager.drop_index(drop(KEY_LEASED)).await?;
         manager.create_index(key_leased(false)).await?;
-        let mut endpoint = Index::create();
-        endpoint.name(ENDPOINT).table(D::Table).col(D::EndpointId).col(D::Status).if_not_exists();
-        manager.create_index(endpoint.to_owned()).await
+        manager.create_index(super::index(ENDPOINT, D::Table, vec![D::EndpointId, D::Status])).await
     }
 }

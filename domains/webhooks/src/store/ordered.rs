@@ -122,18 +122,19 @@ impl WebhookStore {
 /// and which were accepted before the watermark. The heads come first and each is looked up
 /// by id (on SQLite `heads CROSS JOIN d`, whose order it keeps): written as `d.id IN (heads)`,
 /// SQLite walked every pending due row of the table instead, so a lease cost grew with the
-/// backlog (3 ms at 8,000 pending, against 0.35 ms now). On PostgreSQL the heads are one array
-/// (`d.id = ANY(ARRAY(…))`, an init plan computed once, then primary-key lookups): given the
-/// cross join, it may put the inlined heads on the join's inner side and compute them again per
-/// row (one benchmark run: 10 s per full lease of 1,000 keys), and given `d.id IN (heads)`, with
-/// statistics that lag behind a table that just grew, it hashed the heads and walked every
-/// pending due row of every endpoint instead (200–800 ms a lease in a benchmark). The leased-key
+/// backlog (3 ms at 8,000 pending, against 0.35 ms now). On PostgreSQL each head is looked up
+/// and locked in a `LATERAL` subquery by primary key, which the planner can neither move to a
+/// join's inner side (given the plain cross join it computed the inlined heads again per row:
+/// 10 s per full lease of 1,000 keys in one benchmark run) nor turn into a scan of the due rows
+/// (given `d.id IN (heads)` with statistics that lag behind a table that just grew, it hashed
+/// the heads and walked every pending due row of every endpoint: 200–800 ms a lease). The leased-key
 /// check says `l.ordering_key IS NOT NULL` although the join implies it: PostgreSQL may run it
 /// as one hashed subplan, where the join is gone and only the explicit condition lets it read
 /// the small leased-rows index (`migrations::lease_indexes`). The watermark is read in the
 /// same statement (one snapshot): read apart, a notification claimed meanwhile could be missed
 /// while a later one of its key, fanned out meanwhile too, went first. `FOR UPDATE … SKIP
-/// LOCKED` on PostgreSQL as in the unordered lease; SQLite has one writer.
+/// LOCKED` on PostgreSQL as in the unordered lease (each head that may go is locked, including
+/// those past the limit, for this one statement); SQLite has one writer.
 fn heads_statement(
     backend: DbBackend,
     endpoint_id: &str,
