@@ -3,7 +3,7 @@
 //! Senders encode their frame on their own task and queue it; the thread takes everything
 //! queued at that moment as one batch, writes each touched partition's frames with one
 //! positional write into its active segment (rolling it first when it is full or old),
-//! fsyncs each touched file once (concurrently, see [`sync_all`]), publishes the new frames to readers and only then answers
+//! fsyncs each touched file once (concurrently, see [`Syncers`]), publishes the new frames to readers and only then answers
 //! the waiters. Under load a batch grows while the previous fsync runs, so the cost of an
 //! fsync is shared by many records.
 //!
@@ -66,6 +66,7 @@ pub(crate) fn spawn(topic_dir: &Path, writer: Writer) -> Result<mpsc::Sender<App
 }
 
 fn run(mut rx: mpsc::Receiver<Append>, writer: &Writer) {
+    let mut syncers = Syncers::default();
     let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.frame.len();
@@ -79,7 +80,7 @@ fn run(mut rx: mpsc::Receiver<Append>, writer: &Writer) {
                 Err(_) => break,
             }
         }
-        commit(writer, &mut batch);
+        commit(writer, &mut batch, &mut syncers);
     }
 }
 
@@ -91,7 +92,7 @@ struct Pending<'a> {
     buf: Vec<u8>,
 }
 
-fn commit(writer: &Writer, batch: &mut Vec<Append>) {
+fn commit(writer: &Writer, batch: &mut Vec<Append>, syncers: &mut Syncers) {
     let partitions = &writer.partitions;
     let mut pending: Vec<Pending<'_>> = Vec::new();
     for append in batch.drain(..) {
@@ -150,7 +151,8 @@ fn commit(writer: &Writer, batch: &mut Vec<Append>) {
         // Full means a pass is already due; either way it runs soon.
         let _ = writer.retention.try_send(());
     }
-    let synced = sync_all(&written);
+    let segments: Vec<&Arc<Segment>> = written.iter().map(|(_, segment, _)| segment).collect();
+    let synced = syncers.sync_all(&segments);
     for ((entry, segment, start), synced) in written.into_iter().zip(synced) {
         if let Err(e) = synced {
             segment.discard_from(start);
@@ -166,25 +168,67 @@ fn commit(writer: &Writer, batch: &mut Vec<Append>) {
     }
 }
 
-/// Fsyncs every written segment, all at once when there are several: the filesystem's
-/// journal then commits them together, so a batch touching every partition waits about one
-/// fsync instead of one per partition in turn.
-fn sync_all(written: &[(Pending<'_>, Arc<Segment>, u64)]) -> Vec<io::Result<()>> {
-    if written.len() < 2 {
-        return written.iter().map(|(_, segment, _)| segment.sync()).collect();
-    }
-    std::thread::scope(|scope| {
-        let mut segments = written.iter().map(|(_, segment, _)| segment);
-        let first = segments.next();
-        let others: Vec<_> = segments.map(|segment| scope.spawn(move || segment.sync())).collect();
-        // This thread syncs the first file itself while the others sync theirs.
-        let mut results: Vec<io::Result<()>> = first.map(|segment| segment.sync()).into_iter().collect();
-        for handle in others {
-            // A sync that panicked is a failed sync: its waiters are told, nothing is published.
-            results.push(handle.join().unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked"))));
+/// Helper threads that fsync the other files of a batch while the writer thread fsyncs the
+/// first: the filesystem's journal then commits them together, so a batch touching every
+/// partition waits about one fsync instead of one per partition in turn. They live as long
+/// as the writer (a thread spawned per batch cost more than the fsync it saved: a stack
+/// mapped and faulted in, and a wake-up on a busy machine).
+#[derive(Default)]
+struct Syncers {
+    helpers: Vec<std::sync::mpsc::Sender<SyncJob>>,
+}
+
+/// One file to fsync and where its result goes (with its index in the batch).
+struct SyncJob {
+    index: usize,
+    segment: Arc<Segment>,
+    done: std::sync::mpsc::SyncSender<(usize, io::Result<()>)>,
+}
+
+impl Syncers {
+    /// Fsyncs every written segment: the first on this thread, the others on helpers.
+    fn sync_all(&mut self, segments: &[&Arc<Segment>]) -> Vec<io::Result<()>> {
+        if segments.len() < 2 {
+            return segments.iter().map(|segment| segment.sync()).collect();
         }
-        results
-    })
+        let (done, finished) = std::sync::mpsc::sync_channel(segments.len());
+        let mut results: Vec<Option<io::Result<()>>> = (0..segments.len()).map(|_| None).collect();
+        let mut outstanding = 0;
+        for (index, segment) in segments.iter().enumerate().skip(1) {
+            let job = SyncJob { index, segment: Arc::clone(segment), done: done.clone() };
+            match self.send(index - 1, job) {
+                Ok(()) => outstanding += 1,
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+        results[0] = Some(segments[0].sync());
+        drop(done);
+        for _ in 0..outstanding {
+            // A helper that died drops its job's sender; the file then counts as not synced.
+            let Ok((index, result)) = finished.recv() else { break };
+            results[index] = Some(result);
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(io::Error::other("fsync helper stopped")))).collect()
+    }
+
+    /// Hands `job` to the `i`th helper, starting helpers on first use. A helper that is gone
+    /// fails its job and is started again for the next batch.
+    fn send(&mut self, i: usize, job: SyncJob) -> io::Result<()> {
+        while self.helpers.len() <= i {
+            let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
+            std::thread::Builder::new().name("log-fsync".into()).spawn(move || {
+                for job in rx {
+                    let _ = job.done.send((job.index, job.segment.sync()));
+                }
+            })?;
+            self.helpers.push(tx);
+        }
+        self.helpers[i].send(job).map_err(|_| {
+            // Dropping the senders from i on ends those helpers; they start afresh.
+            self.helpers.truncate(i);
+            io::Error::other("fsync helper stopped")
+        })
+    }
 }
 
 /// Answers every waiter of a partition that would exceed the topic's budget.
@@ -207,5 +251,40 @@ fn fail(path: &Path, replies: Vec<oneshot::Sender<Result<Ack, Error>>>, error: i
     for reply in replies {
         let cause = io::Error::new(kind, Arc::clone(&shared));
         let _ = reply.send(Err(Error::io(path, cause)));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers_are_started_once_and_restarted_when_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments: Vec<Arc<Segment>> = (0..4)
+            .map(|p| {
+                let sub = dir.path().join(p.to_string());
+                std::fs::create_dir_all(&sub).unwrap();
+                Arc::new(Segment::create(&sub, 0).unwrap())
+            })
+            .collect();
+        let refs: Vec<&Arc<Segment>> = segments.iter().collect();
+        let mut syncers = Syncers::default();
+        for _ in 0..50 {
+            for segment in &segments {
+                segment.write(b"frame").unwrap();
+            }
+            assert!(syncers.sync_all(&refs).iter().all(Result::is_ok));
+        }
+        // One helper per file after the first, however many batches ran.
+        assert_eq!(syncers.helpers.len(), 3);
+        // A helper that is gone fails its own file only, and the next batch starts it again.
+        let (gone, _) = std::sync::mpsc::channel();
+        syncers.helpers[1] = gone;
+        let results = syncers.sync_all(&refs);
+        assert!(results[0].is_ok() && results[1].is_ok() && results[2].is_err());
+        assert!(syncers.sync_all(&refs).iter().all(Result::is_ok));
+        assert_eq!(syncers.helpers.len(), 3);
     }
 }
