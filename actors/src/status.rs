@@ -31,6 +31,8 @@ pub struct PartitionRow {
     pub committed: Option<i64>,
     /// Keys of this partition not advancing (in backoff or behind an open breaker).
     pub stuck_keys: usize,
+    /// Keys of this partition parked behind a dead letter (`GET /admin/parked-keys` lists them).
+    pub parked_keys: usize,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -142,6 +144,7 @@ mod tests {
             committed: None,
             stuck,
             stuck_total: total,
+            parked_keys: 0,
         }
     }
 

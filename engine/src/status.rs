@@ -28,7 +28,10 @@ impl Conveyor {
             let mut group = node(g.group.clone(), "ConsumerSupervisor", g.state.as_str(), g.restarts, Some(detail));
             for p in &g.partitions {
                 let state = if p.paused { "paused" } else { "running" };
-                let detail = format!("{} keys running, {} in flight", p.running_keys, p.in_flight);
+                let mut detail = format!("{} keys running, {} in flight", p.running_keys, p.in_flight);
+                if p.parked_keys > 0 {
+                    detail.push_str(&format!(", {} keys parked", p.parked_keys));
+                }
                 let name = p.tp.to_string();
                 let restarts = restarts_of(&name);
                 group.children.push(node(name, "PartitionActor", state, restarts, Some(detail)));
@@ -42,6 +45,7 @@ impl Conveyor {
                     paused: p.paused,
                     committed: p.committed,
                     stuck_keys: p.stuck_total,
+                    parked_keys: p.parked_keys,
                 });
             }
             root.children.push(group);

@@ -94,6 +94,14 @@ async fn last_offset(d: &Daemon, device: &str) -> i64 {
     DeviceStore::new(store).get_resource(device).await.unwrap().map(|r| r.last_offset).unwrap_or(-1)
 }
 
+/// Parked keys summed over the status page's rows for this test's input topic.
+async fn parked_in_status(d: &Daemon, c: &Ctx) -> u64 {
+    let (s, status) = d.get("/admin/status.json", Some(&c.admin)).await;
+    assert_eq!(s, StatusCode::OK, "{status}");
+    let rows = status["partitions"].as_array().cloned().unwrap_or_default();
+    rows.iter().filter(|r| r["topic"] == d.names.topic_in.as_str()).filter_map(|r| r["parked_keys"].as_u64()).sum()
+}
+
 fn gauge(d: &Daemon, text: &str) -> f64 {
     metric_sum(text, "conveyor_partition_keys_parked", &format!("topic=\"{}\"", d.names.topic_in))
 }
@@ -116,6 +124,7 @@ async fn a_parked_key_holds_its_events_until_its_dead_letter_is_replayed() {
     parked_with(&d, &c, &c.d1, 3).await;
     assert_eq!(seq_of(&d, &c, &c.d1).await, Some(0), "the parked device's row did not move");
     assert_eq!(gauge(&d, &d.metrics().await), 1.0);
+    assert_eq!(parked_in_status(&d, &c).await, 1, "the status page's partition rows count the parked key");
     let body = json!({"topic": d.names.topic_in, "key": c.d2});
     let (s, answer) = d.post("/admin/parked-keys/replay", Some(&c.admin), &body).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "d2 is not parked: {answer}");
@@ -138,6 +147,7 @@ async fn a_parked_key_holds_its_events_until_its_dead_letter_is_replayed() {
     let text = d.metrics().await;
     let topic = format!("topic=\"{}\"", d.names.topic_in);
     assert_eq!(gauge(&d, &text), 0.0);
+    assert_eq!(parked_in_status(&d, &c).await, 0, "released: no partition row counts it");
     assert_eq!(metric_sum(&text, "conveyor_partition_records_parked_total", &topic), 3.0, "{text}");
     assert_eq!(metric_sum(&text, "conveyor_partition_records_released_total", &topic), 3.0);
     // The next event of d1 flows as usual.

@@ -55,6 +55,8 @@ pub struct PartitionStatus {
     pub stuck: Vec<StuckKey>,
     /// How many keys are not advancing in all.
     pub stuck_total: usize,
+    /// Keys parked behind a dead letter (`on_dead_letter = "park"`; 0 on other topics).
+    pub parked_keys: usize,
 }
 
 /// At most this many stuck keys per partition in a status snapshot (the count is exact).
@@ -364,6 +366,7 @@ impl PartitionState {
             running_keys: self.running,
             paused: self.paused,
             committed: self.committed,
+            parked_keys: self.ctx.parking.as_ref().map_or(0, |p| p.parked()),
         }
     }
 }
