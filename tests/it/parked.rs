@@ -153,6 +153,14 @@ async fn a_parked_key_holds_its_events_until_its_dead_letter_is_replayed() {
     // The next event of d1 flows as usual.
     post(&d, &c, &c.d1, 5..=5).await;
     assert!(reaches(&d, &c, &c.d1, 5).await);
+    assert_eq!(stale_writes(&d).await, 0.0, "every write applied in order");
+}
+
+/// Device writes the offset guard refused (`conveyor.devices.stale_writes`). The final row
+/// alone cannot show the order held events applied in: applied out of order, the row still
+/// ends at the last one, but each earlier one after it is refused here.
+async fn stale_writes(d: &Daemon) -> f64 {
+    metric_sum(&d.metrics().await, "conveyor_devices_stale_writes_total", "")
 }
 
 #[tokio::test]
@@ -188,6 +196,7 @@ async fn skipping_a_parked_key_releases_its_events_without_the_dead_letter() {
     let text = d.metrics().await;
     let topic = format!("topic=\"{}\"", d.names.topic_in);
     assert_eq!(metric_sum(&text, "conveyor_partition_records_released_total", &topic), 2.0, "{text}");
+    assert_eq!(stale_writes(&d).await, 0.0, "the held events applied in order");
 }
 
 #[tokio::test]
@@ -203,8 +212,6 @@ async fn parked_keys_survive_restarts_and_release_in_order() {
     let mut d = Daemon::start(Opts::restart_of(&mut d)).await;
     assert_eq!(parked_entry(&d, &c, &c.d1).await.map(|e| e["parked_records"].clone()), Some(json!(2)));
     post(&d, &c, &c.d1, 4..=5).await;
-    post(&d, &c, &c.d2, 1..=1).await;
-    assert!(reaches(&d, &c, &c.d2, 1).await);
     parked_with(&d, &c, &c.d1, 4).await;
     assert_eq!(seq_of(&d, &c, &c.d1).await, Some(0), "still held after the restart");
 
@@ -214,6 +221,11 @@ async fn parked_keys_survive_restarts_and_release_in_order() {
     post(&d, &c, &c.d1, 6..=6).await;
     parked_with(&d, &c, &c.d1, 5).await;
     assert_eq!(seq_of(&d, &c, &c.d1).await, Some(0));
+    // Another device flows meanwhile. (Posted in this process, not before the kill: a
+    // record redelivered after a kill -9 is a stale write, and this daemon's count of those
+    // must stay 0 below.)
+    post(&d, &c, &c.d2, 1..=1).await;
+    assert!(reaches(&d, &c, &c.d2, 1).await);
     // The fault hook lives in the process: the restarted daemon handles d1 normally.
     let body = json!({"topic": d.names.topic_in, "key": c.d1});
     let (s, replayed) = d.post("/admin/parked-keys/replay", Some(&c.admin), &body).await;
@@ -227,6 +239,7 @@ async fn parked_keys_survive_restarts_and_release_in_order() {
     let text = d.metrics().await;
     let topic = format!("topic=\"{}\"", d.names.topic_in);
     assert_eq!(metric_sum(&text, "conveyor_partition_records_released_total", &topic), 5.0, "{text}");
+    assert_eq!(stale_writes(&d).await, 0.0, "the dead letter, then every held event, each applied in order");
 }
 
 /// A control record is the runtime's, never a handler's, on any topic: on a `continue`
