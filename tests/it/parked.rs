@@ -242,6 +242,42 @@ async fn parked_keys_survive_restarts_and_release_in_order() {
     assert_eq!(stale_writes(&d).await, 0.0, "the dead letter, then every held event, each applied in order");
 }
 
+/// `kill -9` right after a replay is accepted, while the release may be under way: the
+/// restarted daemon finishes it from the store and the log. Nothing is lost (the row ends at
+/// the last held event, by that event's own offset), nothing stays parked, and the key then
+/// flows as usual.
+#[tokio::test]
+async fn a_kill_9_during_a_release_loses_nothing() {
+    // One held event per page: the release takes 119 steps, each its own store write.
+    let mut d = Daemon::start(opts().env("CONVEYOR_PROCESSING__MAX_COALESCE", "1")).await;
+    let c = ctx(&d);
+    let origin = park_d1(&d, &c).await["origin_offset"].as_i64().unwrap();
+    post(&d, &c, &c.d1, 2..=120).await;
+    parked_with(&d, &c, &c.d1, 119).await;
+    fail_key(&d, &c.admin, &c.d1, true).await;
+    let body = json!({"topic": d.names.topic_in, "key": c.d1});
+    let (s, replayed) = d.post("/admin/parked-keys/replay", Some(&c.admin), &body).await;
+    assert_eq!(s, StatusCode::OK, "{replayed}");
+    let replay_offset = replayed["offset"].as_i64().unwrap();
+    // Killed once the release has begun (the dead letter applied first).
+    assert!(eventually(WITHIN, || async { seq_of(&d, &c, &c.d1).await.is_some_and(|s| s >= 1) }).await);
+    let at_kill = seq_of(&d, &c, &c.d1).await;
+    d.kill9();
+    eprintln!("killed with d1 at {at_kill:?} of 120");
+
+    let d = Daemon::start(Opts::restart_of(&mut d)).await;
+    assert!(reaches(&d, &c, &c.d1, 120).await, "every held event applied\n{}", d.log_tail(30));
+    let offset = last_offset(&d, &c.d1).await;
+    assert!(
+        origin < offset && offset < replay_offset,
+        "the last held event's own offset: {origin} < {offset} < {replay_offset}"
+    );
+    let gone = eventually(WITHIN, || async { parked_list(&d, &c).await.is_empty() }).await;
+    assert!(gone, "nothing parked any more: {:?}", parked_list(&d, &c).await);
+    post(&d, &c, &c.d1, 121..=121).await;
+    assert!(reaches(&d, &c, &c.d1, 121).await, "the key flows again");
+}
+
 /// A control record is the runtime's, never a handler's, on any topic: on a `continue`
 /// topic one for no parked key is counted and dropped with a log line.
 #[tokio::test]
