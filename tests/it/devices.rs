@@ -85,6 +85,30 @@ async fn ten_thousand_events_keep_per_device_order() {
     assert!(metric_sum(&text, "conveyor_partition_records_processed_total", "outcome=\"ok\"") >= 10_000.0);
 }
 
+/// One batch that carries a device's backlog (a gateway reconnecting): its events reach the
+/// log, and so the device, in the batch's order, while another device's events in the same
+/// batch go alongside. Sent all at once, they were appended in any order and the device
+/// ended at whichever event the log took last.
+#[tokio::test]
+async fn a_batch_keeps_each_devices_events_in_order() {
+    let d = Daemon::start(Opts::new()).await;
+    let t = token("gw", &["device", "user"]);
+    let (a, b) = (format!("{}-backlog-a", d.names.id), format!("{}-backlog-b", d.names.id));
+    let events: Vec<serde_json::Value> = (0..400)
+        .map(|i| {
+            let (device, seq) = if i % 4 == 3 { (&b, i / 4) } else { (&a, i - i / 4) };
+            json!({"device_id": device, "payload": {"seq": seq}})
+        })
+        .collect();
+    let (s, body) = d.post("/events/batch", Some(&t), &json!({"events": events})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let indexes: Vec<u64> = body["results"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(indexes, (0..400).collect::<Vec<u64>>(), "results come in the batch's order");
+    let expected = HashMap::from([(a.clone(), 299), (b.clone(), 99)]);
+    let laggards = await_final_state(&d, &t, &expected, Duration::from_secs(60)).await;
+    assert!(laggards.is_empty(), "each device ends at its last event in the batch: {laggards:?}");
+}
+
 /// A second consumer group replays the whole topic into the same store: every write is
 /// older than what is stored, so nothing changes and each one is counted as stale.
 #[tokio::test]

@@ -249,17 +249,10 @@ async fn parked_keys_survive_restarts_and_release_in_order() {
     assert_eq!(stale_writes(&d).await, 0.0, "the dead letter, then every held event, each applied in order");
 }
 
-/// `kill -9` in the middle of a release: the restarted daemon should finish it from the store
-/// and the log. Nothing lost (the row ends at the last held event, by that event's own
-/// offset), nothing left parked, and the key then flows as usual.
-///
-/// KNOWN BUG, reproduced by this test and not fixed yet: after such a restart the device row
-/// ends with the last held event's offset but an earlier event's value (seen: offset 2000 with
-/// seq 1756, 1770, 1872; the row was consistent at (2, seq 2) right after the kill). The test
-/// is ignored so the suite stays green while the bug is open; run it with
-/// `cargo nextest run --test it --run-ignored only -E 'test(a_kill_9_during_a_release)'`.
+/// `kill -9` in the middle of a release: the restarted daemon finishes it from the store and
+/// the log. Nothing is lost (the row ends at the last held event, by that event's own
+/// offset), nothing stays parked, and the key then flows as usual.
 #[tokio::test]
-#[ignore = "known bug: a kill -9 mid-release leaves the row with an older event's value"]
 async fn a_kill_9_during_a_release_loses_nothing() {
     const LAST: u64 = 2000;
     // One held event per page: the release takes LAST - 1 steps, each its own store write,

@@ -173,30 +173,56 @@ pub async fn post_batch(State(state): App, req: Request) -> Result<Response, Api
         Ok(guard) => guard,
         Err(replay) => return Ok(replay),
     };
-    let work = items.into_iter().enumerate().map(|(index, item)| {
+    // One device's events go to the log one after another, in the batch's order: sent
+    // together, they could be appended in any order (a send that has to wait lets the next
+    // one pass), and the log's order is the order they are processed in. Devices go
+    // concurrently.
+    let mut chains: Vec<Vec<(usize, Parsed)>> = Vec::new();
+    let mut chain_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let parsed = body::event(item, &format!("events[{index}]."));
+        let chain = match &parsed {
+            Ok(input) => *chain_of.entry(input.device_id.clone()).or_insert_with(|| {
+                chains.push(Vec::new());
+                chains.len() - 1
+            }),
+            Err(_) => {
+                chains.push(Vec::new());
+                chains.len() - 1
+            }
+        };
+        chains[chain].push((index, parsed));
+    }
+    let work = chains.into_iter().map(|chain| {
         let (state, principal, request_id) = (&*state, &principal, &request_id);
         async move {
-            let outcome = match body::event(item, &format!("events[{index}].")) {
-                Err(fields) => Err(ApiError::Validation(fields)),
-                Ok(input) => produce(state, principal, input, request_id).await,
-            };
-            match outcome {
-                Ok(request_id) => {
-                    let item =
-                        BatchItem { index, status: "accepted".into(), request_id: Some(request_id), error: None };
-                    (true, false, item)
-                }
-                Err(err) => {
-                    rejected(err.code());
-                    let unavailable = matches!(err, ApiError::Unavailable { .. });
-                    let item =
-                        BatchItem { index, status: "rejected".into(), request_id: None, error: Some(err.inner()) };
-                    (false, unavailable, item)
-                }
+            let mut results = Vec::with_capacity(chain.len());
+            for (index, parsed) in chain {
+                let outcome = match parsed {
+                    Err(fields) => Err(ApiError::Validation(fields)),
+                    Ok(input) => produce(state, principal, input, request_id).await,
+                };
+                results.push(match outcome {
+                    Ok(request_id) => {
+                        let item =
+                            BatchItem { index, status: "accepted".into(), request_id: Some(request_id), error: None };
+                        (true, false, item)
+                    }
+                    Err(err) => {
+                        rejected(err.code());
+                        let unavailable = matches!(err, ApiError::Unavailable { .. });
+                        let item =
+                            BatchItem { index, status: "rejected".into(), request_id: None, error: Some(err.inner()) };
+                        (false, unavailable, item)
+                    }
+                });
             }
+            results
         }
     });
-    let results = futures::future::join_all(work).await;
+    let mut results: Vec<(bool, bool, BatchItem)> =
+        futures::future::join_all(work).await.into_iter().flatten().collect();
+    results.sort_by_key(|(_, _, item)| item.index);
     let all_accepted = results.iter().all(|(ok, _, _)| *ok);
     let any_unavailable = results.iter().any(|(_, unavailable, _)| *unavailable);
     let accepted = results.iter().filter(|(ok, _, _)| *ok).count();
@@ -214,6 +240,9 @@ pub async fn post_batch(State(state): App, req: Request) -> Result<Response, Api
     }
     Ok(response)
 }
+
+/// A batch item, read: the event, or what is wrong with it.
+type Parsed = Result<EventInput, Vec<FieldError>>;
 
 /// Writes one event to the log and waits for its acknowledgement; returns its request id.
 async fn produce(
