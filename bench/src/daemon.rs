@@ -151,6 +151,35 @@ pub fn metric_sum(text: &str, prefix: &str, filters: &[&str]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// A histogram family's count and sum per value of `label`, between two scrapes: where a
+/// phase's time went (e.g. store query seconds per `operation`), largest total first.
+pub fn per_label(before: &str, after: &str, family: &str, label: &str) -> Vec<(String, f64, f64)> {
+    let values = |text: &str, suffix: &str| -> std::collections::BTreeMap<String, f64> {
+        let prefix = format!("{family}_{suffix}{{");
+        let key = format!("{label}=\"");
+        let mut out = std::collections::BTreeMap::new();
+        for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+            let Some(value) = line.split(&key).nth(1).and_then(|r| r.split('"').next()) else { continue };
+            let Some(n) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else { continue };
+            *out.entry(value.to_string()).or_insert(0.0) += n;
+        }
+        out
+    };
+    let (count0, sum0) = (values(before, "count"), values(before, "sum"));
+    let sum1 = values(after, "sum");
+    let mut rows: Vec<(String, f64, f64)> = values(after, "count")
+        .into_iter()
+        .map(|(k, c)| {
+            let count = c - count0.get(&k).copied().unwrap_or(0.0);
+            let sum = sum1.get(&k).copied().unwrap_or(0.0) - sum0.get(&k).copied().unwrap_or(0.0);
+            (k, count, sum)
+        })
+        .filter(|(_, count, _)| *count > 0.0)
+        .collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    rows
+}
+
 /// An HS256 token for `sub` with `roles`, valid for an hour, signed with [`SECRET`].
 pub fn token(sub: &str, roles: &[&str]) -> anyhow::Result<String> {
     Ok(conveyor_testkit::mint(SECRET, sub, roles, 3600)?)
@@ -237,5 +266,17 @@ mod tests {
         assert_eq!(d.quantile_bound(0.5), Some(0.01));
         assert_eq!(d.quantile_bound(0.995), Some(f64::INFINITY));
         assert_eq!(Histogram::default().quantile_bound(0.99), None);
+    }
+
+    #[test]
+    fn per_label_subtracts_and_orders_by_total() {
+        let before = "q_seconds_count{operation=\"a\"} 2\nq_seconds_sum{operation=\"a\"} 0.5\n";
+        let after = "q_seconds_count{operation=\"a\"} 4\nq_seconds_sum{operation=\"a\"} 0.7\n\
+                     q_seconds_count{operation=\"b\"} 1\nq_seconds_sum{operation=\"b\"} 0.9\n";
+        let rows = super::per_label(before, after, "q_seconds", "operation");
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].0.as_str(), rows[0].1), ("b", 1.0));
+        assert_eq!((rows[1].0.as_str(), rows[1].1), ("a", 2.0));
+        assert!((rows[1].2 - 0.2).abs() < 1e-9);
     }
 }

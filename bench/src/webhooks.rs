@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::daemon::{self, Backends, DaemonSpec};
+use crate::daemon::{self, Backends, DaemonSpec, Histogram};
 use crate::report::{self, round, thousands};
 
 #[derive(Debug, Args)]
@@ -276,6 +276,58 @@ struct Runs {
     drain_per_sec: f64,
     healthy: Phase,
     with_dead: Phase,
+    inside: Inside,
+}
+
+/// The daemon's own histograms over the all-healthy phase: what a `POST /notifications`
+/// took, the log append it waited for, and store time per operation.
+struct Inside {
+    request: Histogram,
+    append: Histogram,
+    /// (operation, queries, seconds), largest total first.
+    store: Vec<(String, f64, f64)>,
+}
+
+impl Inside {
+    fn between(before: &str, after: &str) -> Self {
+        let h = |family, filters: &[&str]| {
+            Histogram::scrape(after, family, filters).since(&Histogram::scrape(before, family, filters))
+        };
+        Inside {
+            request: h(
+                "http_server_request_duration_seconds",
+                &["http_route=\"/notifications\"", "http_response_status_class=\"2xx\""],
+            ),
+            append: h("conveyor_log_append_duration_seconds", &["outcome=\"ok\""]),
+            store: daemon::per_label(before, after, "conveyor_store_query_duration_seconds", "operation"),
+        }
+    }
+
+    fn print(&self) {
+        let ms = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.2}", v * 1000.0));
+        println!(
+            "  inside the daemon (all healthy): POST /notifications mean {} ms (p99 ≤ {} ms), log append mean {} ms",
+            ms(self.request.mean()),
+            ms(self.request.quantile_bound(0.99)),
+            ms(self.append.mean()),
+        );
+        for (op, count, seconds) in self.store.iter().take(10) {
+            println!("    store {op}: {count} queries, mean {:.2} ms, {seconds:.2} s in all", 1000.0 * seconds / count);
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let ms = |v: Option<f64>| v.map(|v| round(v * 1000.0, 3));
+        json!({
+            "notification_requests": self.request.count,
+            "notification_request_mean_ms": ms(self.request.mean()),
+            "notification_request_p99_bucket_bound_ms": ms(self.request.quantile_bound(0.99)),
+            "append_mean_ms": ms(self.append.mean()),
+            "store_operations": self.store.iter().map(|(op, count, seconds)| json!({
+                "operation": op, "queries": count, "mean_ms": round(1000.0 * seconds / count, 3), "seconds": round(*seconds, 3)
+            })).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// Starts a daemon, registers the endpoints and runs the phases.
@@ -291,11 +343,13 @@ async fn conveyor(args: &WebhooksArgs, bin: &std::path::Path) -> anyhow::Result<
     let n = args.notifications;
     let result = async {
         phase(&api, &sink, 0, n.div_ceil(5), &paths).await.context("warm-up")?;
+        let before = daemon.metrics().await;
         let healthy = phase(&api, &sink, n, n, &paths).await.context("all endpoints healthy")?;
+        let inside = Inside::between(&before, &daemon.metrics().await);
         let drain_per_sec = drain(&api, &sink, 2 * n, n, paths.len()).await.context("backlog drain")?;
         sink.dead_on.store(true, Ordering::Relaxed);
         let with_dead = phase(&api, &sink, 3 * n, n, &paths[..paths.len() - 1]).await.context("one endpoint dead")?;
-        anyhow::Ok(Runs { drain_per_sec, healthy, with_dead })
+        anyhow::Ok(Runs { drain_per_sec, healthy, with_dead, inside })
     }
     .await;
     if result.is_err() {
@@ -321,7 +375,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     let raw = raw_hyper(&format!("{}/raw", baseline_sink.base), requests, concurrency)
         .await
         .context("baseline: raw hyper client")?;
-    let Runs { drain_per_sec, healthy, with_dead } = conveyor(&args, &bin).await?;
+    let Runs { drain_per_sec, healthy, with_dead, inside } = conveyor(&args, &bin).await?;
     let ratio = healthy.per_sec / raw;
     // Each healthy endpoint's rate beside the dead one over its own rate when all were healthy.
     let kept: BTreeMap<&String, f64> = with_dead
@@ -357,6 +411,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         "  all healthy: the last POST /notifications was answered after {:.2} s of {:.2} s",
         healthy.posted_seconds, healthy.seconds
     );
+    inside.print();
     println!(
         "  delivery alone (a backlog of {} drained): {} deliveries/s, {:.3} of raw hyper",
         thousands(requests as f64),
@@ -381,6 +436,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         "one_dead": {"deliveries_to_healthy": with_dead.deliveries, "seconds": round(with_dead.seconds, 3), "posted_seconds": round(with_dead.posted_seconds, 3), "per_sec": round(with_dead.per_sec, 1),
             "per_endpoint_per_sec": rounded(&with_dead.per_endpoint)},
         "ratio_conveyor_over_raw_hyper": round(ratio, 4),
+        "inside_all_healthy": inside.to_json(),
         "backlog_drain": {"deliveries": requests, "per_sec": round(drain_per_sec, 1), "ratio_over_raw_hyper": round(drain_per_sec / raw, 4)},
         "isolation_fraction_per_healthy_endpoint": round(isolation, 4),
         "isolation_fraction_min_endpoint": round(kept_min, 4),

@@ -51,9 +51,8 @@ async fn scraped_counters_match_a_known_workload() {
     // interval: wait for a scrape in which every input partition shows 0, and check that
     // same scrape (a later one may catch a commit interval that began mid-processing).
     let input = format!("topic=\"{topic}\"");
-    let lag_series = |text: &str| {
-        text.lines().filter(|l| l.starts_with("conveyor_partition_lag{") && l.contains(&input)).count()
-    };
+    let lag_series =
+        |text: &str| text.lines().filter(|l| l.starts_with("conveyor_partition_lag{") && l.contains(&input)).count();
     let mut text = String::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < deadline {

@@ -14,6 +14,7 @@
 //! restart, and two daemons never send one delivery at once (a lease per delivery).
 
 pub mod attempts;
+pub mod claims;
 pub mod client;
 pub mod context;
 pub mod directory;
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use self::claims::Claims;
 use self::directory::Directory;
 use self::dispatcher::Dispatcher;
 use self::endpoints::{
@@ -66,6 +68,8 @@ pub struct Webhooks {
     policy: TargetPolicy,
     directory: Directory,
     dispatcher: Dispatcher,
+    /// Concurrent posts' dedup statements, written together.
+    claims: Claims,
 }
 
 /// Where an accepted notification landed.
@@ -86,6 +90,10 @@ impl Webhooks {
         dispatcher: Dispatcher,
     ) -> Self {
         let policy = TargetPolicy { allow_loopback: config.allow_loopback, allow_private: config.allow_private };
+        let window = chrono::Duration::seconds(config.dedup_window_secs as i64);
+        // A publisher that has not heard from the log in twice its timeout has died.
+        let stale = chrono::Duration::from_std(produce_timeout * 2).unwrap_or(chrono::Duration::MAX);
+        let claims = Claims::start(store.clone(), window, stale);
         Webhooks {
             store,
             producer,
@@ -95,6 +103,7 @@ impl Webhooks {
             policy,
             directory,
             dispatcher,
+            claims,
         }
     }
 
@@ -136,9 +145,7 @@ impl Webhooks {
             received_at: chrono::Utc::now(),
             fanned_out: false,
         };
-        let window = chrono::Duration::seconds(self.config.dedup_window_secs as i64);
-        let stale = chrono::Duration::from_std(self.produce_timeout * 2).unwrap_or(chrono::Duration::MAX);
-        if self.store.claim_notification(row, window, stale).await? == Claim::Duplicate {
+        if self.claims.claim.submit(row).await? == Claim::Duplicate {
             metrics().webhook_notifications.add(1, &[kv(OUTCOME, "duplicate")]);
             return Err(Error::Conflict {
                 code: "duplicate_notification",
@@ -149,10 +156,14 @@ impl Webhooks {
             OutgoingRecord { topic: self.topic.clone(), key: Some(envelope.id.clone()), payload: body, headers };
         match self.producer.send(record, self.produce_timeout).await {
             Ok(ack) => {
-                // Had this failed, the claim (unaccepted) would expire and a retry succeed.
-                if let Err(err) = self.store.accept_notification(&envelope.id).await {
-                    tracing::warn!(error = %err, "marking a notification accepted");
-                }
+                // Not awaited: until it is written the unaccepted claim refuses a repeat just
+                // the same, and the fan-out marks the notification accepted too.
+                let (accept, id) = (self.claims.accept.clone(), envelope.id.clone());
+                tokio::spawn(async move {
+                    if let Err(err) = accept.submit(vec![id]).await {
+                        tracing::warn!(error = %err, "marking a notification accepted");
+                    }
+                });
                 metrics().webhook_notifications.add(1, &[kv(OUTCOME, "accepted")]);
                 Ok(Published { id: envelope.id, ack })
             }

@@ -3,7 +3,7 @@
 //! lease so that two daemons never send the same delivery at once) and `webhook_attempts`.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
@@ -13,6 +13,7 @@ use conveyor_actors::Error;
 use crate::states::{DeliveryStatus, DisabledReason};
 use conveyor_actors::store::Store;
 
+mod claims;
 mod leases;
 mod ordered;
 
@@ -201,46 +202,6 @@ struct EndpointIdRow {
 }
 
 impl WebhookStore {
-    /// Records a notification id before it is published. A claim left unaccepted longer
-    /// than `stale_after` (its publisher died) is taken over; an accepted one is a duplicate
-    /// until `window` has passed.
-    pub async fn claim_notification(
-        &self,
-        row: notification::Model,
-        window: chrono::Duration,
-        stale_after: chrono::Duration,
-    ) -> Result<Claim, Error> {
-        use notification::{Column, Entity};
-        let now = row.received_at;
-        let id = row.id.clone();
-        let active: notification::ActiveModel = row.into();
-        let insert = Entity::insert(active.clone())
-            .on_conflict(OnConflict::column(Column::Id).do_nothing().to_owned())
-            .exec_without_returning(self.connection());
-        if self.guarded("claim_notification", insert).await? == 1 {
-            return Ok(Claim::New);
-        }
-        // Taken over only if the earlier one expired; the condition makes two racing
-        // takeovers resolve to one winner.
-        let expired = Condition::any()
-            .add(Column::Accepted.eq(true).and(Column::ReceivedAt.lt(now - window)))
-            .add(Column::Accepted.eq(false).and(Column::ReceivedAt.lt(now - stale_after)));
-        let takeover =
-            Entity::update_many().set(active).filter(Column::Id.eq(id)).filter(expired).exec(self.connection());
-        let taken = self.guarded("claim_notification", takeover).await?.rows_affected;
-        Ok(if taken == 1 { Claim::New } else { Claim::Duplicate })
-    }
-
-    /// The log acknowledged the notification: duplicates are refused from now on.
-    pub async fn accept_notification(&self, id: &str) -> Result<(), Error> {
-        use notification::{Column, Entity};
-        let q = Entity::update_many()
-            .col_expr(Column::Accepted, Expr::value(true))
-            .filter(Column::Id.eq(id))
-            .exec(self.connection());
-        self.guarded("accept_notification", q).await.map(|_| ())
-    }
-
     /// The log refused the notification: the client may post it again.
     pub async fn release_notification(&self, id: &str) -> Result<(), Error> {
         use notification::{Column, Entity};

@@ -160,12 +160,16 @@ async fn upsert_notifications(
     use notification::{Column, Entity};
     let mut accepted = HashMap::with_capacity(rows.len());
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        // In the log, so accepted: a posted one's acceptance may not be written yet.
         let active = chunk.iter().cloned().map(|mut row| {
             row.fanned_out = true;
+            row.accepted = true;
             notification::ActiveModel::from(row)
         });
         let mut insert = Entity::insert_many(active)
-            .on_conflict(OnConflict::column(Column::Id).update_column(Column::FannedOut).to_owned())
+            .on_conflict(
+                OnConflict::column(Column::Id).update_columns([Column::FannedOut, Column::Accepted]).to_owned(),
+            )
             .into_query();
         insert.returning(Query::returning().columns([Column::Id, Column::ReceivedAt]));
         let stmt = db.get_database_backend().build(&insert);
