@@ -53,15 +53,15 @@ async fn scraped_counters_match_a_known_workload() {
     let input = format!("topic=\"{topic}\"");
     let lag_series =
         |text: &str| text.lines().filter(|l| l.starts_with("conveyor_partition_lag{") && l.contains(&input)).count();
-    let mut text = String::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        text = d.metrics().await;
-        if lag_series(&text) == 4 && metric_sum(&text, "conveyor_partition_lag", &input) == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last = std::sync::Mutex::new(String::new());
+    eventually(Duration::from_secs(10), || async {
+        let text = d.metrics().await;
+        let settled = lag_series(&text) == 4 && metric_sum(&text, "conveyor_partition_lag", &input) == 0.0;
+        *last.lock().unwrap() = text;
+        settled
+    })
+    .await;
+    let text = last.into_inner().unwrap();
     assert_eq!(metric_sum(&text, "conveyor_ingest_accepted_total", ""), 20.0);
     assert_eq!(metric_sum(&text, "conveyor_ingest_rejected_total", "reason=\"validation_failed\""), 1.0);
     assert_eq!(metric_sum(&text, "conveyor_ingest_rejected_total", "reason=\"malformed_json\""), 1.0);

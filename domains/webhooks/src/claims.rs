@@ -8,6 +8,12 @@ use crate::store::{Claim, WebhookStore, notification};
 use conveyor_actors::Error;
 use conveyor_actors::store::batch::{BatchWrite, Batcher, Grouped, WholeWrite};
 
+/// How old an unaccepted claim is when its publisher has died: one that has not heard from
+/// the log in twice its timeout never will. Ordered leases stop waiting for it then too.
+pub fn stale_after(produce_timeout: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(produce_timeout * 2).unwrap_or(chrono::Duration::MAX)
+}
+
 /// Posts whose claims share one statement at most.
 const CLAIMS_PER_STATEMENT: usize = 256;
 

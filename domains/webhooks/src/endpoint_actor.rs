@@ -304,7 +304,7 @@ impl EndpointState {
     /// How an ordered endpoint's deliveries wait for the fan-out; `None` when unordered.
     fn ordered(&self) -> Option<OrderedLease> {
         self.endpoint.as_ref().is_some_and(|e| e.ordering_key.is_some()).then(|| OrderedLease {
-            stale_after: chrono::Duration::from_std(self.ctx.produce_timeout * 2).unwrap_or(chrono::Duration::MAX),
+            stale_after: crate::claims::stale_after(self.ctx.produce_timeout),
             settle: chrono::Duration::milliseconds(self.ctx.config.ordering_settle_ms as i64),
         })
     }

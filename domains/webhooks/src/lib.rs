@@ -91,9 +91,7 @@ impl Webhooks {
     ) -> Self {
         let policy = TargetPolicy { allow_loopback: config.allow_loopback, allow_private: config.allow_private };
         let window = chrono::Duration::seconds(config.dedup_window_secs as i64);
-        // A publisher that has not heard from the log in twice its timeout has died.
-        let stale = chrono::Duration::from_std(produce_timeout * 2).unwrap_or(chrono::Duration::MAX);
-        let claims = Claims::start(store.clone(), window, stale);
+        let claims = Claims::start(store.clone(), window, claims::stale_after(produce_timeout));
         Webhooks {
             store,
             producer,

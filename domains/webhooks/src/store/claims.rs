@@ -1,6 +1,6 @@
 //! The dedup record of `POST /notifications`, for many posts at once: concurrent posts'
 //! claims share one statement and their acceptances another, where one statement each per
-//! post kept SQLite's single writer busy (and its busy handler sleeping) under load.
+//! post made every store statement wait in the embedded store's writer queue under load.
 
 use std::collections::HashSet;
 
