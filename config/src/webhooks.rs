@@ -29,6 +29,8 @@ pub struct WebhooksConfig {
     pub max_in_flight_per_endpoint: usize,
     /// Due deliveries an endpoint's actor leases in one statement and holds until it has room.
     pub lease_batch_size: usize,
+    /// Bytes of notification bodies kept in memory for the deliveries about to send them.
+    pub payload_cache_bytes: u64,
     /// Requests per second for endpoints that set no limit of their own; 0 = unlimited.
     pub default_rate_limit_per_sec: u32,
     /// An endpoint whose deliveries failed without a success for this long is disabled.
@@ -72,6 +74,7 @@ impl Default for WebhooksConfig {
             response_excerpt_bytes: 1024,
             max_in_flight_per_endpoint: 4,
             lease_batch_size: 100,
+            payload_cache_bytes: 64 * 1024 * 1024,
             default_rate_limit_per_sec: 0,
             disable_after_failing_secs: 5 * 86_400,
             secret_rotation_overlap_secs: 86_400,

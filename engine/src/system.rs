@@ -40,6 +40,7 @@ use conveyor_webhooks::directory::Directory;
 use conveyor_webhooks::dispatcher::Dispatcher;
 use conveyor_webhooks::domain::DomainEventPublisher;
 use conveyor_webhooks::fanout::FanoutHandler;
+use conveyor_webhooks::intake::Intake;
 use conveyor_webhooks::store::WebhookStore;
 use conveyor_webhooks::target::TargetPolicy;
 use conveyor_workflows::Workflows;
@@ -215,10 +216,12 @@ impl Conveyor {
             notifications_topic: config.log.topics.notifications.clone(),
             produce_timeout,
             domain: domain.clone(),
-            payloads: DeliveryContext::payload_cache(),
+            payloads: DeliveryContext::payload_cache(&config.webhooks),
             outcomes: DeliveryContext::outcome_writer(webhook_store.clone()),
+            intake: Intake::default(),
         });
         let payloads = delivery.payloads.clone();
+        let intake = delivery.intake.clone();
         let (dispatcher, dispatcher_service) = Dispatcher::service(delivery);
         let webhooks = Webhooks::new(
             webhook_store.clone(),
@@ -235,9 +238,11 @@ impl Conveyor {
             topic: config.log.topics.notifications.clone(),
             handler: Arc::new(FanoutHandler {
                 store: webhook_store.clone(),
-                writer: conveyor_webhooks::fanout::writer(webhook_store.clone()),
+                writer: conveyor_webhooks::fanout::writer(webhook_store.clone(), dispatcher.clone()),
                 directory,
                 dispatcher,
+                intake,
+                lease_span: conveyor_webhooks::endpoint_actor::lease_span(&config.webhooks),
                 workflows: Some(Arc::new(triggers.clone())),
                 payloads,
             }),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{Daemon, Opts, eventually, token};
+use crate::harness::{Daemon, Opts, eventually, metric_sum, token};
 use crate::sink::{Hit, Script, Sink, verify_with_standardwebhooks};
 
 /// `admin:admin`, the daemons' configured publisher.
@@ -330,6 +330,30 @@ async fn a_dead_endpoint_does_not_hold_up_the_others() {
     // The dead one holds only its own in-flight budget (4 by default).
     let dead = sink.hits("/dead").len();
     assert!((1..=4).contains(&dead), "{dead} requests to the dead endpoint");
+}
+
+#[tokio::test]
+async fn an_endpoint_with_work_takes_new_deliveries_without_a_lease_statement() {
+    let d = Daemon::start(Opts::new()).await;
+    let sink = Sink::start().await;
+    endpoint(&d, &token("alice", &["user"]), json!({"url": sink.url("/taken")})).await;
+    let post = |i: usize| json!({"id": format!("evt_taken_{i}"), "type": "t.taken", "source": "it", "specversion": "1.0", "data": {}});
+    // The first wakes the endpoint's actor, which leases it; from then on it takes them.
+    assert_eq!(notify(&d, &post(0)).await.0, StatusCode::ACCEPTED);
+    wait_hits(&sink, "/taken", 1, Duration::from_secs(20)).await;
+    let leases =
+        |text: &str| metric_sum(text, "conveyor_store_query_duration_seconds_count", "operation=\"lease_due\"");
+    let before = leases(&d.metrics().await);
+    let n = 60;
+    for i in 1..=n {
+        assert_eq!(notify(&d, &post(i)).await.0, StatusCode::ACCEPTED);
+    }
+    let hits = wait_hits(&sink, "/taken", n + 1, Duration::from_secs(30)).await;
+    let ids: BTreeSet<String> = hits.iter().map(Hit::id).collect();
+    assert_eq!(ids.len(), n + 1, "each delivered once");
+    // One post at a time, so a wake per post would lease once per post.
+    let leased = leases(&d.metrics().await) - before;
+    assert!(leased < (n / 4) as f64, "{leased} lease statements for {n} deliveries handed over");
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use super::attempts::AttemptLog;
 use super::client::{Response, WebhookClient};
 use super::domain::DomainEventPublisher;
+use super::intake::Intake;
 use crate::store::{DeliveryUpdate, WebhookStore};
 use crate::store::{delivery, endpoint};
 use conveyor_actors::config::WebhooksConfig;
@@ -36,6 +37,8 @@ pub struct DeliveryContext {
     pub payloads: moka::future::Cache<String, Bytes>,
     /// Every endpoint actor's outcome writes, written together ([`Self::outcome_writer`]).
     pub outcomes: Batcher<Grouped<OutcomeWriter>>,
+    /// Which endpoint actors take new deliveries from the fan-out, leased at insert.
+    pub intake: Intake,
 }
 
 /// Endpoint actors' outcome batches per write at most.
@@ -58,8 +61,17 @@ impl WholeWrite for OutcomeWriter {
 }
 
 impl DeliveryContext {
-    pub fn payload_cache() -> moka::future::Cache<String, Bytes> {
-        moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build()
+    /// Bounded by bytes, not entries: a body may be as large as the HTTP body limit. Least
+    /// recently used goes first: under a steady load a frequency-based admission (moka's
+    /// default) keeps the bodies already delivered ten times and refuses the new ones, so
+    /// every delivery would read its body back from the store.
+    pub fn payload_cache(config: &WebhooksConfig) -> moka::future::Cache<String, Bytes> {
+        moka::future::Cache::builder()
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .weigher(|id: &String, body: &Bytes| u32::try_from(id.len() + body.len()).unwrap_or(u32::MAX))
+            .max_capacity(config.payload_cache_bytes)
+            .time_to_live(Duration::from_secs(60))
+            .build()
     }
 
     /// One statement (per 1,000 rows) for the outcomes every endpoint actor has ready:
@@ -122,5 +134,35 @@ impl DeliveryContext {
         if let Err(err) = self.domain.publish(super::domain::ENDPOINT_DISABLED, &id, data).await {
             tracing::warn!(error = %err, "announcing a disabled webhook endpoint");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn new_bodies_displace_old_ones_however_often_those_were_read() {
+        let config = WebhooksConfig { payload_cache_bytes: 10 * 1_000, ..WebhooksConfig::default() };
+        let cache = DeliveryContext::payload_cache(&config);
+        let body = Bytes::from(vec![b'x'; 990]);
+        // Ten bodies, each read by ten deliveries: the cache is full of popular entries.
+        for i in 0..10 {
+            cache.insert(format!("old-{i:02}"), body.clone()).await;
+        }
+        for _ in 0..10 {
+            for i in 0..10 {
+                cache.get(&format!("old-{i:02}")).await;
+            }
+        }
+        cache.run_pending_tasks().await;
+        for i in 0..10 {
+            cache.insert(format!("new-{i:02}"), body.clone()).await;
+            cache.run_pending_tasks().await;
+        }
+        for i in 0..10 {
+            assert!(cache.get(&format!("new-{i:02}")).await.is_some(), "new-{i:02} was refused");
+        }
+        assert!(cache.weighted_size() <= config.payload_cache_bytes);
     }
 }

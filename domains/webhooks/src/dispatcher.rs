@@ -1,6 +1,7 @@
 //! The delivery supervisor: starts an [`EndpointActor`] for each endpoint with work, wakes
-//! it when deliveries are created, and polls the store for retries that came due (they
-//! may wait hours, so they live in the store, not in timers).
+//! it when deliveries are created (or hands them over, leased already: [`crate::intake`]),
+//! and polls the store for retries that came due (they may wait hours, so they live in the
+//! store, not in timers).
 //!
 //! On a graceful shutdown each endpoint actor cuts off its requests in flight and hands
 //! their deliveries back, so the next daemon sends them at once rather than after the lease.
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::DeliveryContext;
 use super::endpoint_actor::{EndpointActor, EndpointArgs, EndpointMsg};
+use crate::store::delivery;
 use conveyor_actors::supervision::{ActorService, Children, Slot};
 
 /// Starts and wakes endpoint actors; a service of the root supervisor.
@@ -36,6 +38,9 @@ pub struct DispatcherState {
 pub enum DispatcherMsg {
     /// Deliveries may be due for this endpoint: start its actor if needed and wake it.
     Wake { endpoint_id: String },
+    /// The fan-out wrote these deliveries leased for this endpoint's actor: start it if
+    /// needed and hand them over; should that fail, they go back to the store, due.
+    Hand { endpoint_id: String, deliveries: Vec<delivery::Model> },
     /// The endpoint changed in the store: its actor (if running) reads it again.
     Reload { endpoint_id: String },
     /// Timer: wake the endpoints whose retries came due.
@@ -76,10 +81,21 @@ impl Actor for DispatcherActor {
         state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
         if state.stop.is_cancelled() && !matches!(msg, DispatcherMsg::Running { .. }) {
+            if let DispatcherMsg::Hand { deliveries, .. } = msg {
+                state.release(deliveries);
+            }
             return Ok(());
         }
         match msg {
-            DispatcherMsg::Wake { endpoint_id } => state.send(&myself, endpoint_id, EndpointMsg::Wake).await,
+            DispatcherMsg::Wake { endpoint_id } => {
+                state.send(&myself, endpoint_id, EndpointMsg::Wake).await;
+            }
+            DispatcherMsg::Hand { endpoint_id, deliveries } => {
+                let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
+                if !state.send(&myself, endpoint_id, EndpointMsg::Handed(deliveries)).await {
+                    state.release_ids(ids);
+                }
+            }
             DispatcherMsg::Reload { endpoint_id } => {
                 if let Some((actor, ())) = state.endpoints.get(&endpoint_id) {
                     let _ = actor.cast(EndpointMsg::Reload);
@@ -137,22 +153,44 @@ impl Actor for DispatcherActor {
 }
 
 impl DispatcherState {
-    async fn send(&mut self, myself: &ActorRef<DispatcherMsg>, endpoint_id: String, msg: EndpointMsg) {
+    /// Sends `msg` to the endpoint's actor, starting one if none runs; false if it could
+    /// not be delivered.
+    async fn send(&mut self, myself: &ActorRef<DispatcherMsg>, endpoint_id: String, msg: EndpointMsg) -> bool {
         let args = || {
             let args =
                 EndpointArgs { endpoint_id: endpoint_id.clone(), ctx: self.ctx.clone(), stop: self.stop.child_token() };
             (EndpointActor, args, ())
         };
         match self.endpoints.get_or_spawn(&endpoint_id, myself.get_cell(), args).await {
-            // A mailbox that is gone belongs to an actor that just stopped: the wake is
-            // dropped, and the next wake or poll starts a fresh one.
+            // A mailbox that is gone belongs to an actor that just stopped: a wake is
+            // dropped (the next wake or poll starts a fresh one), deliveries handed over
+            // go back to the store.
             Ok((actor, ())) => {
-                if actor.cast(msg).is_err() {
+                let sent = actor.cast(msg).is_ok();
+                if !sent {
                     self.endpoints.remove(&endpoint_id);
                 }
+                sent
             }
-            Err(err) => tracing::error!(error = %err, "starting a webhook endpoint actor"),
+            Err(err) => {
+                tracing::error!(error = %err, "starting a webhook endpoint actor");
+                false
+            }
         }
+    }
+
+    fn release(&self, deliveries: Vec<delivery::Model>) {
+        self.release_ids(deliveries.into_iter().map(|d| d.id).collect());
+    }
+
+    /// Gives deliveries nobody took back to the store, due at once, off the actor's turn.
+    fn release_ids(&self, ids: Vec<String>) {
+        let store = self.ctx.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.release_deliveries(&ids).await {
+                tracing::warn!(error = %err, "handing back webhook deliveries; their leases will expire");
+            }
+        });
     }
 }
 
@@ -179,6 +217,34 @@ impl Dispatcher {
 
     pub fn wake(&self, endpoint_id: String) {
         self.slot.cast(DispatcherMsg::Wake { endpoint_id });
+    }
+
+    /// Hands deliveries the fan-out wrote leased to their endpoints' actors; answers those
+    /// it could not (the dispatcher is down), for the caller to give back.
+    pub fn hand(&self, deliveries: Vec<delivery::Model>) -> Vec<delivery::Model> {
+        if deliveries.is_empty() {
+            return deliveries;
+        }
+        let Ok(actor) = self.slot.get() else { return deliveries };
+        let mut by_endpoint: std::collections::HashMap<String, Vec<delivery::Model>> = Default::default();
+        for d in deliveries {
+            by_endpoint.entry(d.endpoint_id.clone()).or_default().push(d);
+        }
+        let mut refused = Vec::new();
+        for (endpoint_id, deliveries) in by_endpoint {
+            let count = deliveries.len();
+            match actor.cast(DispatcherMsg::Hand { endpoint_id, deliveries }) {
+                Ok(()) => {}
+                Err(ractor::MessagingErr::SendErr(DispatcherMsg::Hand { deliveries, .. })) => {
+                    refused.extend(deliveries)
+                }
+                Err(_) => tracing::warn!(
+                    deliveries = count,
+                    "the webhook dispatcher took no deliveries handed over; their leases will expire"
+                ),
+            }
+        }
+        refused
     }
 
     pub fn reload(&self, endpoint_id: String) {

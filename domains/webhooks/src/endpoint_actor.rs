@@ -8,7 +8,9 @@
 //! and the outcomes of the attempts that finished meanwhile are written in one statement
 //! (one lease and one write in flight at a time; more work meanwhile makes the next batch
 //! bigger). A delivery counts as done only once its outcome is written; until then it stays
-//! leased, so if the daemon dies the lease expires and the delivery is sent again.
+//! leased, so if the daemon dies the lease expires and the delivery is sent again. While
+//! the actor has room and its breaker is closed, an unordered endpoint's new deliveries
+//! skip the lease: the fan-out writes them leased and hands them over ([`crate::intake`]).
 //!
 //! On a graceful shutdown the requests still in flight are cut off and their deliveries
 //! handed back (lease cleared, no attempt spent) with the ones still waiting: the next
@@ -30,7 +32,8 @@ use super::client::{AttemptClass, Request, Response};
 use super::context::DeliveryContext;
 use super::endpoints::signing_secrets;
 use crate::store::{OrderedLease, delivery, endpoint};
-use conveyor_actors::breaker::{Breaker, BreakerConfig, Permit};
+use conveyor_actors::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
+use conveyor_actors::config::WebhooksConfig;
 
 mod outcomes;
 
@@ -64,6 +67,8 @@ pub struct EndpointState {
     leasing_successors: usize,
     /// More may be due: woken since the last lease began, or the last lease came back full.
     more: bool,
+    /// What this actor last told the fan-out ([`crate::intake::Intake`]).
+    taking: bool,
     /// Attempts that finished and whose outcomes are not written yet.
     outcomes: Vec<Finished>,
     /// An outcome write is running (never two at once: what finishes meanwhile goes with
@@ -82,6 +87,8 @@ pub struct EndpointState {
 pub enum EndpointMsg {
     /// Deliveries may be due: lease a batch if the budget will soon have room, and send.
     Wake,
+    /// New deliveries the fan-out wrote leased for this actor: they wait with the rest.
+    Handed(Vec<delivery::Model>),
     /// One request finished (sent by its task); its outcome joins the next write.
     Attempted(Box<Attempted>),
     /// The lease statement answered (sent by its task).
@@ -145,6 +152,7 @@ impl Actor for EndpointActor {
             leasing: false,
             leasing_successors: 0,
             more: true,
+            taking: false,
             outcomes: Vec::new(),
             writing: false,
             wake_pending: false,
@@ -167,6 +175,7 @@ impl Actor for EndpointActor {
         }
         match msg {
             EndpointMsg::Wake => state.more = true,
+            EndpointMsg::Handed(rows) => state.handed(rows).await,
             EndpointMsg::Attempted(done) => {
                 state.in_flight -= 1;
                 state.finished(*done).await;
@@ -206,8 +215,29 @@ impl Actor for EndpointActor {
             let _ = reply.send(state.released);
             myself.stop(Some("shutdown".into()));
         }
+        state.tell_intake();
         Ok(())
     }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<EndpointMsg>,
+        state: &mut EndpointState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ctx.intake.set(&state.id, false);
+        Ok(())
+    }
+}
+
+/// How long a lease lasts: the request's timeout and 30 s to wait for room and record it.
+pub fn lease_span(config: &WebhooksConfig) -> chrono::Duration {
+    chrono::Duration::milliseconds(config.request_timeout_ms as i64 + 30_000)
+}
+
+/// Deliveries an actor holds in memory at most: what it leases stops at one batch, what the
+/// fan-out hands over beyond four goes back to the store.
+fn hold_limit(config: &WebhooksConfig) -> usize {
+    config.lease_batch_size.max(1) * 4
 }
 
 fn idle_after(ctx: &DeliveryContext) -> Duration {
@@ -309,9 +339,43 @@ impl EndpointState {
         })
     }
 
-    /// How long a lease lasts: the request's timeout and 30 s to wait for room and record it.
     fn lease_span(&self) -> chrono::Duration {
-        chrono::Duration::milliseconds(self.ctx.config.request_timeout_ms as i64 + 30_000)
+        lease_span(&self.ctx.config)
+    }
+
+    /// Whether new deliveries may come leased at insert: running, loaded, enabled,
+    /// unordered (ordered keys lease their heads), breaker closed, less than a batch waiting.
+    fn takes_new(&self) -> bool {
+        !self.stop.is_cancelled()
+            && self.endpoint.as_ref().is_some_and(|e| !e.disabled && e.ordering_key.is_none())
+            && self.breaker.state() == BreakerState::Closed
+            && self.held.len() < self.ctx.config.lease_batch_size
+    }
+
+    /// Tells the fan-out when [`Self::takes_new`] changed.
+    fn tell_intake(&mut self) {
+        let taking = self.takes_new();
+        if taking != self.taking {
+            self.taking = taking;
+            self.ctx.intake.set(&self.id, taking);
+        }
+    }
+
+    /// Deliveries the fan-out wrote leased for this actor join the waiting ones; beyond
+    /// [`hold_limit`], or while stopping, they go back to the store (lease cleared, due).
+    async fn handed(&mut self, mut rows: Vec<delivery::Model>) {
+        let room =
+            if self.stop.is_cancelled() { 0 } else { hold_limit(&self.ctx.config).saturating_sub(self.held.len()) };
+        if rows.len() > room {
+            let back: Vec<String> = rows.drain(room..).map(|d| d.id).collect();
+            let n = self.hand_back(back).await;
+            if self.stop.is_cancelled() {
+                self.released += n;
+            } else {
+                self.more = true;
+            }
+        }
+        self.held.extend(rows);
     }
 
     async fn leased(&mut self, result: Result<Vec<delivery::Model>, conveyor_actors::Error>) {

@@ -1,6 +1,8 @@
 //! The notifications topic's handler: each notification becomes one delivery per matching
 //! endpoint (written before the record counts as done, so none is lost; concurrent
-//! notifications' rows in one write), and each of those endpoints' actors is woken.
+//! notifications' rows in one write). An endpoint whose actor takes new deliveries
+//! ([`Intake`]) gets its rows written leased and handed over in memory; every other
+//! endpoint's actor is woken and leases them.
 
 use std::sync::Arc;
 
@@ -10,27 +12,42 @@ use super::context::ENDPOINT_HEADER;
 use super::directory::Directory;
 use super::dispatcher::Dispatcher;
 use super::envelope;
+use super::intake::Intake;
 use super::ordering::OrderingKey;
 use crate::metrics::metrics;
 use crate::store::WebhookStore;
-use crate::store::notification;
+use crate::store::{delivery, notification};
 use conveyor_actors::breaker::Breaker;
 use conveyor_actors::consumer::KeyHandler;
 use conveyor_actors::log::Record;
 use conveyor_actors::retry::HandlerError;
 use conveyor_actors::store::batch::{Batcher, Grouped, WholeWrite};
 
-/// A notification and the endpoints it goes to, each with the notification's key when
-/// the endpoint is ordered (as stored: hashed when long).
-pub type FanoutRows = (notification::Model, Vec<(String, Option<String>)>);
+/// A notification and the endpoints it goes to.
+pub type FanoutRows = (notification::Model, Vec<FanoutTarget>);
+
+/// One endpoint a notification goes to.
+#[derive(Debug, Clone)]
+pub struct FanoutTarget {
+    pub endpoint_id: String,
+    /// On an ordered endpoint, the notification's key (as stored: hashed when long).
+    pub ordering_key: Option<String>,
+    /// Written leased until then and handed to the endpoint's actor ([`Intake`]); `None`:
+    /// written due, and the actor is woken to lease it.
+    pub lease_until: Option<chrono::DateTime<chrono::Utc>>,
+}
 
 /// Notifications per fan-out write at most; more wait for the next one.
 const FANOUT_BATCH: usize = 500;
 
 /// The fan-out's writer: stores each notification (unless stored already: a posted one was,
 /// by the ingest) and one pending delivery per endpoint (unless created already), for every
-/// notification handled meanwhile in one statement each.
-pub struct FanoutWriter(pub WebhookStore);
+/// notification handled meanwhile in one statement each, then hands the deliveries it
+/// wrote leased to their endpoints' actors.
+pub struct FanoutWriter {
+    pub store: WebhookStore,
+    pub dispatcher: Dispatcher,
+}
 
 #[async_trait]
 impl WholeWrite for FanoutWriter {
@@ -41,13 +58,35 @@ impl WholeWrite for FanoutWriter {
     }
 
     async fn write_all(&self, rows: &[FanoutRows]) -> Result<(), conveyor_actors::Error> {
-        self.0.fan_out(rows).await
+        let leased = self.store.fan_out(rows).await?;
+        self.hand_over(leased).await;
+        Ok(())
+    }
+}
+
+impl FanoutWriter {
+    /// What the dispatcher could not take (it is restarting, or shutting down) goes back
+    /// at once, due for the next lease; should that fail too, the leases expire.
+    async fn hand_over(&self, leased: Vec<delivery::Model>) {
+        let refused = self.dispatcher.hand(leased);
+        if refused.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = refused.into_iter().map(|d| d.id).collect();
+        match self.store.release_deliveries(&ids).await {
+            Ok(n) => tracing::debug!(released = n, "deliveries no endpoint actor could take were handed back"),
+            Err(err) => tracing::warn!(
+                error = %err,
+                deliveries = ids.len(),
+                "handing back deliveries no endpoint actor could take; their leases will expire"
+            ),
+        }
     }
 }
 
 /// Starts the fan-out's writer task.
-pub fn writer(store: WebhookStore) -> Batcher<Grouped<FanoutWriter>> {
-    Batcher::spawn(Grouped(FanoutWriter(store)), FANOUT_BATCH, 1)
+pub fn writer(store: WebhookStore, dispatcher: Dispatcher) -> Batcher<Grouped<FanoutWriter>> {
+    Batcher::spawn(Grouped(FanoutWriter { store, dispatcher }), FANOUT_BATCH, 1)
 }
 
 pub struct FanoutHandler {
@@ -57,6 +96,10 @@ pub struct FanoutHandler {
     pub writer: Batcher<Grouped<FanoutWriter>>,
     pub directory: Directory,
     pub dispatcher: Dispatcher,
+    /// Endpoints whose actors take their deliveries leased at insert.
+    pub intake: Intake,
+    /// How long such a lease lasts ([`crate::endpoint_actor::lease_span`]).
+    pub lease_span: chrono::Duration,
     /// Workflows with event triggers start their runs here too.
     pub workflows: Option<Arc<dyn NotificationTriggers>>,
     /// The delivery path's payload cache ([`super::context::DeliveryContext::payloads`]):
@@ -126,22 +169,35 @@ impl FanoutHandler {
             received_at: chrono::Utc::now(),
             fanned_out: true,
         };
-        let endpoints: Vec<(String, Option<String>)> = self
+        let lease_until = chrono::Utc::now() + self.lease_span;
+        let targets: Vec<FanoutTarget> = self
             .directory
             .matching(&envelope.event_type, envelope.project.as_deref())
             .await
             .map_err(HandlerError::retryable)?
             .into_iter()
-            .map(|(endpoint_id, ordering)| {
-                let key = ordering.map(|spec| keyed(&spec, &value, &envelope.id, &endpoint_id));
-                (endpoint_id, key.flatten())
+            .map(|(endpoint_id, ordering)| match ordering {
+                // Ordered endpoints lease each key's head themselves (`store::ordered`).
+                Some(spec) => FanoutTarget {
+                    ordering_key: keyed(&spec, &value, &envelope.id, &endpoint_id),
+                    endpoint_id,
+                    lease_until: None,
+                },
+                None => FanoutTarget {
+                    lease_until: self.intake.takes(&endpoint_id).then_some(lease_until),
+                    endpoint_id,
+                    ordering_key: None,
+                },
             })
             .collect();
-        self.writer.submit(vec![(row, endpoints.clone())]).await.map_err(HandlerError::retryable)?;
-        if !endpoints.is_empty() {
+        // Before the write: a delivery handed over may be sent at once.
+        if !targets.is_empty() {
             self.payloads.insert(envelope.id.clone(), record.payload.clone()).await;
         }
-        for (endpoint, _) in endpoints {
+        let woken: Vec<String> =
+            targets.iter().filter(|t| t.lease_until.is_none()).map(|t| t.endpoint_id.clone()).collect();
+        self.writer.submit(vec![(row, targets)]).await.map_err(HandlerError::retryable)?;
+        for endpoint in woken {
             self.dispatcher.wake(endpoint);
         }
         if let Some(workflows) = &self.workflows {

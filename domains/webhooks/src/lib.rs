@@ -25,6 +25,7 @@ pub mod endpoints;
 pub mod envelope;
 pub mod fanout;
 pub mod filter;
+pub mod intake;
 pub mod metrics;
 pub mod migrations;
 pub mod ordering;

@@ -99,6 +99,9 @@ pub struct NewDelivery {
     /// On an ordered endpoint, the notification's key (as stored: hashed when long).
     pub ordering_key: Option<String>,
     pub accepted_at: DateTime<Utc>,
+    /// Leased at insert, until then, for the endpoint actor the fan-out hands it to;
+    /// `None`: due for whichever actor leases it.
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 #[derive(FromQueryResult)]
@@ -111,8 +114,9 @@ impl WebhookStore {
     /// The fan-out's write: stores the notifications (unless stored already: a posted one
     /// was, by the ingest), marks them fanned out, and creates their deliveries, in one
     /// transaction. Apart, an ordered lease could see a notification fanned out whose
-    /// deliveries do not exist yet, and send a later one of its key first.
-    pub async fn fan_out(&self, rows: &[FanoutRows]) -> Result<(), Error> {
+    /// deliveries do not exist yet, and send a later one of its key first. Answers the
+    /// deliveries it created leased (an existing one is left as it is and not answered).
+    pub async fn fan_out(&self, rows: &[FanoutRows]) -> Result<Vec<delivery::Model>, Error> {
         use sea_orm::TransactionTrait;
         let work = async {
             let txn = self.connection().begin().await?;
@@ -122,16 +126,18 @@ impl WebhookStore {
                 .flat_map(|(n, endpoints)| {
                     // A posted notification was accepted when the ingest claimed it.
                     let accepted_at = accepted.get(&n.id).copied().unwrap_or(n.received_at);
-                    endpoints.iter().map(move |(endpoint_id, ordering_key)| NewDelivery {
+                    endpoints.iter().map(move |target| NewDelivery {
                         notification_id: n.id.clone(),
-                        endpoint_id: endpoint_id.clone(),
-                        ordering_key: ordering_key.clone(),
+                        endpoint_id: target.endpoint_id.clone(),
+                        ordering_key: target.ordering_key.clone(),
                         accepted_at,
+                        lease_until: target.lease_until,
                     })
                 })
                 .collect();
-            insert_deliveries(&txn, &deliveries).await?;
-            txn.commit().await
+            let leased = insert_deliveries(&txn, &deliveries).await?;
+            txn.commit().await?;
+            Ok(leased)
         };
         self.guarded("fan_out", work).await
     }
@@ -145,7 +151,7 @@ impl WebhookStore {
     }
 
     /// [`insert_deliveries`] on its own.
-    pub async fn create_deliveries(&self, new: &[NewDelivery]) -> Result<(), Error> {
+    pub async fn create_deliveries(&self, new: &[NewDelivery]) -> Result<Vec<delivery::Model>, Error> {
         self.guarded("create_deliveries", insert_deliveries(self.connection(), new)).await
     }
 }
@@ -181,11 +187,14 @@ async fn upsert_notifications(
 }
 
 /// Creates one pending delivery, due now, per `(notification, endpoint)`; existing ones
-/// are left alone. One statement per [`ROWS_PER_STATEMENT`] rows.
-async fn insert_deliveries(db: &impl ConnectionTrait, new: &[NewDelivery]) -> Result<(), DbErr> {
+/// are left alone. One statement per [`ROWS_PER_STATEMENT`] rows. Answers the ones it
+/// created leased (`RETURNING` only where a chunk has any).
+async fn insert_deliveries(db: &impl ConnectionTrait, new: &[NewDelivery]) -> Result<Vec<delivery::Model>, DbErr> {
     use delivery::{Column, Entity};
     let now = Utc::now();
+    let mut leased = Vec::new();
     for chunk in new.chunks(ROWS_PER_STATEMENT) {
+        let any_leased = chunk.iter().any(|d| d.lease_until.is_some());
         let rows = chunk.iter().map(|d| delivery::ActiveModel {
             id: Set(uuid::Uuid::now_v7().to_string()),
             notification_id: Set(d.notification_id.clone()),
@@ -193,7 +202,7 @@ async fn insert_deliveries(db: &impl ConnectionTrait, new: &[NewDelivery]) -> Re
             status: Set(DeliveryStatus::Pending),
             attempts: Set(0),
             next_attempt_at: Set(now),
-            lease_until: Set(None),
+            lease_until: Set(d.lease_until),
             last_status_code: Set(None),
             last_error: Set(None),
             created_at: Set(now),
@@ -201,12 +210,20 @@ async fn insert_deliveries(db: &impl ConnectionTrait, new: &[NewDelivery]) -> Re
             ordering_key: Set(d.ordering_key.clone()),
             accepted_at: Set(Some(d.accepted_at)),
         });
-        Entity::insert_many(rows)
-            .on_conflict(OnConflict::columns([Column::NotificationId, Column::EndpointId]).do_nothing().to_owned())
-            .exec_without_returning(db)
-            .await?;
+        let insert = Entity::insert_many(rows)
+            .on_conflict(OnConflict::columns([Column::NotificationId, Column::EndpointId]).do_nothing().to_owned());
+        if !any_leased {
+            insert.exec_without_returning(db).await?;
+            continue;
+        }
+        // Only the rows inserted come back: a conflict returns nothing on either backend.
+        let mut query = insert.into_query();
+        query.returning_all();
+        let stmt = db.get_database_backend().build(&query);
+        let created = Entity::find().from_raw_sql(stmt).all(db).await?;
+        leased.extend(created.into_iter().filter(|d| d.lease_until.is_some()));
     }
-    Ok(())
+    Ok(leased)
 }
 
 /// `WITH u(…) AS (VALUES (…), …) UPDATE webhook_deliveries … FROM u WHERE id = u.id`: the

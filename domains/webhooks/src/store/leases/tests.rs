@@ -186,6 +186,7 @@ async fn fan_out_rows_of_many_notifications_go_in_once_each() {
             endpoint_id: e.to_string(),
             ordering_key: None,
             accepted_at: Utc::now(),
+            lease_until: None,
         };
         store.create_deliveries(&[pair("n1", "ep-a"), pair("n1", "ep-b"), pair("n2", "ep-a")]).await.unwrap();
         let first = store.find_delivery("n1", "ep-a").await.unwrap().unwrap();
@@ -202,5 +203,48 @@ async fn fan_out_rows_of_many_notifications_go_in_once_each() {
         assert_eq!(notes(&a), ["n1", "n2"]);
         assert_eq!(notes(&b), ["n1", "n3"]);
         assert!(a.iter().chain(&b).all(|d| d.status == DeliveryStatus::Pending && d.attempts == 0));
+    }
+}
+
+#[tokio::test]
+async fn the_fan_out_answers_the_deliveries_it_wrote_leased_and_no_lease_takes_them() {
+    use crate::fanout::FanoutTarget;
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path()).await {
+        let now = Utc::now();
+        let until = now + Duration::minutes(1);
+        let note = |id: &str| notification::Model {
+            id: id.into(),
+            event_type: "t".into(),
+            project: None,
+            payload: format!("{{\"id\":\"{id}\"}}"),
+            accepted: true,
+            received_at: now,
+            fanned_out: true,
+        };
+        let target = |endpoint: &str, lease_until| FanoutTarget {
+            endpoint_id: endpoint.into(),
+            ordering_key: None,
+            lease_until,
+        };
+        let rows = vec![
+            (note("n1"), vec![target("taken", Some(until)), target("woken", None)]),
+            (note("n2"), vec![target("taken", Some(until))]),
+        ];
+        let handed = store.fan_out(&rows).await.unwrap();
+        let mut notes: Vec<(&str, &str)> =
+            handed.iter().map(|d| (d.endpoint_id.as_str(), d.notification_id.as_str())).collect();
+        notes.sort();
+        assert_eq!(notes, [("taken", "n1"), ("taken", "n2")], "only the rows written leased are answered");
+        assert!(handed.iter().all(|d| d.lease_until.is_some() && d.attempts == 0));
+        // A redelivered fan-out creates nothing and hands nothing over twice.
+        assert!(store.fan_out(&rows).await.unwrap().is_empty());
+        let later = now + Duration::seconds(1);
+        assert!(store.lease_due("taken", later, later + Duration::minutes(1), 10).await.unwrap().is_empty());
+        assert_eq!(store.lease_due("woken", later, later + Duration::minutes(1), 10).await.unwrap().len(), 1);
+        // Handed back (no actor took them): due at once, for the next lease.
+        let ids: Vec<String> = handed.iter().map(|d| d.id.clone()).collect();
+        assert_eq!(store.release_deliveries(&ids).await.unwrap(), 2);
+        assert_eq!(store.lease_due("taken", later, later + Duration::minutes(1), 10).await.unwrap().len(), 2);
     }
 }
