@@ -188,39 +188,37 @@ async fn measure_backend(
         backends.name(),
         args.runs
     );
-    let spec = DaemonSpec {
-        bin,
+    // A fresh daemon (fresh topics, schema and data directory) for every run: the runs are
+    // the same experiment three times, as the raw producer's are (a fresh topic each). On one
+    // daemon each run would find its topic longer than the last, and the test broker's
+    // fetches cost in proportion to a partition's length (docs/benchmarks.md).
+    let spec = || DaemonSpec {
+        bin: bin.clone(),
         backends: backends.clone(),
         id: report::unique_id("bench"),
         topic_in: None,
         extra_env: args.daemon_env.clone(),
     };
-    let mut daemon = spec.spawn()?;
-    let measured = async {
-        daemon.wait_ready(Duration::from_secs(60)).await?;
-        let mut runs = Vec::new();
-        for n in 1..=args.runs.max(1) {
-            eprintln!("  run {n}/{} ({})", args.runs.max(1), backends.name());
-            // The baseline alone on the machine (the daemon idle), then Conveyor.
-            let hello_server = HelloServer::spawn()?;
-            let (hello, _) = load(args, script, &hello_server.base, "hello (hyper)", Some(hello_server.pid())).await?;
-            drop(hello_server);
-            let (conveyor, _) = load(args, script, &daemon.base, "conveyor", Some(daemon.pid())).await?;
-            let raw_produce = match kafka_brokers(&backends) {
-                None => None,
-                Some(brokers) => {
-                    eprintln!("  raw rdkafka producer (acks=all): {}s, {} in flight", args.duration, args.connections);
-                    let topic = report::unique_id("bench-raw-produce-");
-                    let settings = ProducerSettings::from_defaults();
-                    let partitions = conveyor_actors::config::LogConfig::default().partitions;
-                    Some(
-                        raw_produce::run(brokers, &topic, partitions, &settings, args.connections, args.duration)
-                            .await?,
-                    )
-                }
-            };
-            runs.push(RunPair { hello, conveyor, raw_produce });
+    let mut runs = Vec::new();
+    let mut last: Option<daemon::Daemon> = None;
+    for n in 1..=args.runs.max(1) {
+        if let Some(mut previous) = last.take() {
+            previous.terminate(Duration::from_secs(30)).await;
         }
+        let mut daemon = spec().spawn()?;
+        eprintln!("  run {n}/{} ({})", args.runs.max(1), backends.name());
+        match one_run(args, &backends, script, &daemon).await {
+            Ok(run) => runs.push(run),
+            Err(e) => {
+                eprintln!("daemon log tail:\n{}", daemon.log_tail(30));
+                daemon.terminate(Duration::from_secs(30)).await;
+                return Err(e);
+            }
+        }
+        last = Some(daemon);
+    }
+    let mut daemon = last.ok_or_else(|| anyhow::anyhow!("no run"))?;
+    let measured = async {
         let max = median_of(&runs, |r| Some(r.conveyor.requests_per_sec)).unwrap_or(0.0);
         let rate = (max / 2.0).max(1.0);
         // Half the rate is measured in its steady state, not while the saturating runs'
@@ -232,12 +230,12 @@ async fn measure_backend(
         let before = daemon.metrics().await;
         let half_rate = fixed_rate::run(&target, rate, args.connections, args.rate_seconds).await?;
         let inside = Inside::between(&before, &daemon.metrics().await);
-        anyhow::Ok((runs, half_rate, inside, caught_up))
+        anyhow::Ok((half_rate, inside, caught_up))
     }
     .await;
     let metrics = daemon.metrics().await;
     let clean_exit = daemon.terminate(Duration::from_secs(30)).await;
-    let (runs, half_rate, inside, caught_up) = match measured {
+    let (half_rate, inside, caught_up) = match measured {
         Ok(r) => r,
         Err(e) => {
             eprintln!("daemon log tail:\n{}", daemon.log_tail(30));
@@ -251,6 +249,32 @@ async fn measure_backend(
             daemon::metric_sum(&metrics, "conveyor_store_batch_rows_sum", &["upsert_resources"]),
     });
     Ok(BackendResult { backends, runs, half_rate, inside, caught_up, metrics, clean_exit })
+}
+
+/// One saturating run on a fresh daemon: the hello baseline alone on the machine (the
+/// daemon idle), then Conveyor, then (Kafka) the raw producer.
+async fn one_run(
+    args: &IngestArgs,
+    backends: &Backends,
+    script: &Path,
+    daemon: &daemon::Daemon,
+) -> anyhow::Result<RunPair> {
+    daemon.wait_ready(Duration::from_secs(60)).await?;
+    let hello_server = HelloServer::spawn()?;
+    let (hello, _) = load(args, script, &hello_server.base, "hello (hyper)", Some(hello_server.pid())).await?;
+    drop(hello_server);
+    let (conveyor, _) = load(args, script, &daemon.base, "conveyor", Some(daemon.pid())).await?;
+    let raw_produce = match kafka_brokers(backends) {
+        None => None,
+        Some(brokers) => {
+            eprintln!("  raw rdkafka producer (acks=all): {}s, {} in flight", args.duration, args.connections);
+            let topic = report::unique_id("bench-raw-produce-");
+            let settings = ProducerSettings::from_defaults();
+            let partitions = conveyor_actors::config::LogConfig::default().partitions;
+            Some(raw_produce::run(brokers, &topic, partitions, &settings, args.connections, args.duration).await?)
+        }
+    };
+    Ok(RunPair { hello, conveyor, raw_produce })
 }
 
 impl BackendResult {
