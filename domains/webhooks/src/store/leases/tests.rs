@@ -50,6 +50,19 @@ async fn pending(store: &WebhookStore, id: &str, endpoint: &str, due: DateTime<U
         .unwrap();
 }
 
+/// A notification as the fan-out stores it.
+fn note(id: &str) -> notification::Model {
+    notification::Model {
+        id: id.into(),
+        event_type: "t".into(),
+        project: None,
+        payload: format!("{{\"id\":\"{id}\"}}"),
+        accepted: true,
+        received_at: Utc::now(),
+        fanned_out: true,
+    }
+}
+
 fn ids(rows: &[delivery::Model]) -> Vec<&str> {
     rows.iter().map(|r| r.id.as_str()).collect()
 }
@@ -166,15 +179,6 @@ async fn deferred_deliveries_lose_their_lease_and_no_attempt() {
 async fn fan_out_rows_of_many_notifications_go_in_once_each() {
     let dir = tempfile::tempdir().unwrap();
     for store in stores(dir.path()).await {
-        let note = |id: &str| notification::Model {
-            id: id.into(),
-            event_type: "t".into(),
-            project: None,
-            payload: format!("{{\"id\":\"{id}\"}}"),
-            accepted: true,
-            received_at: Utc::now(),
-            fanned_out: true,
-        };
         store.record_notifications(vec![note("n1"), note("n2")]).await.unwrap();
         // A redelivered batch: nothing is stored twice, nothing fails.
         store.record_notifications(vec![note("n2"), note("n3")]).await.unwrap();
@@ -213,15 +217,6 @@ async fn the_fan_out_answers_the_deliveries_it_wrote_leased_and_no_lease_takes_t
     for store in stores(dir.path()).await {
         let now = Utc::now();
         let until = now + Duration::minutes(1);
-        let note = |id: &str| notification::Model {
-            id: id.into(),
-            event_type: "t".into(),
-            project: None,
-            payload: format!("{{\"id\":\"{id}\"}}"),
-            accepted: true,
-            received_at: now,
-            fanned_out: true,
-        };
         let target = |endpoint: &str, lease_until| FanoutTarget {
             endpoint_id: endpoint.into(),
             ordering_key: None,
