@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::daemon::{self, Backends, DaemonSpec, Histogram};
+use crate::ingest::BackendArg;
 use crate::report::{self, round, thousands};
 
 #[derive(Debug, Args)]
@@ -36,6 +37,10 @@ pub struct WebhooksArgs {
     /// the baseline runs endpoints × this many at once.
     #[arg(long, default_value_t = 4)]
     pub in_flight: usize,
+    /// The daemon's backends: `embedded` (the official figure) or `real` (Kafka, PostgreSQL,
+    /// Redis from CONVEYOR_TEST_*), one at a time.
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub backend: BackendArg,
     #[arg(long)]
     pub conveyor_bin: Option<std::path::PathBuf>,
 }
@@ -331,9 +336,9 @@ impl Inside {
 }
 
 /// Starts a daemon, registers the endpoints and runs the phases.
-async fn conveyor(args: &WebhooksArgs, bin: &std::path::Path) -> anyhow::Result<Runs> {
+async fn conveyor(args: &WebhooksArgs, bin: &std::path::Path, backends: Backends) -> anyhow::Result<Runs> {
     let sink = sink().await?;
-    let (mut daemon, api) = start_daemon(bin, Backends::Embedded, args.in_flight, &[]).await?;
+    let (mut daemon, api) = start_daemon(bin, backends, args.in_flight, &[]).await?;
     let paths: Vec<String> = (0..args.endpoints)
         .map(|i| if i + 1 == args.endpoints { DEAD_PATH.to_string() } else { format!("/ep{i}") })
         .collect();
@@ -369,13 +374,21 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         bail!("--endpoints must be at least 2 (one of them goes dead)");
     }
     let bin = daemon::conveyor_bin(args.conveyor_bin.as_deref())?;
+    let backends = match args.backend {
+        BackendArg::Embedded => Backends::Embedded,
+        BackendArg::Real => Backends::real_from_env()?,
+        BackendArg::Both => bail!("--backend: one at a time (embedded or real)"),
+    };
+    let backend = backends.name();
+    // The embedded figure is the summary's; another backend's rows say which.
+    let label = if matches!(backends, Backends::Embedded) { String::new() } else { format!(" ({backend})") };
     let concurrency = args.endpoints * args.in_flight;
     let baseline_sink = sink().await?;
     let requests = args.notifications * args.endpoints;
     let raw = raw_hyper(&format!("{}/raw", baseline_sink.base), requests, concurrency)
         .await
         .context("baseline: raw hyper client")?;
-    let Runs { drain_per_sec, healthy, with_dead, inside } = conveyor(&args, &bin).await?;
+    let Runs { drain_per_sec, healthy, with_dead, inside } = conveyor(&args, &bin, backends).await?;
     let ratio = healthy.per_sec / raw;
     // Each healthy endpoint's rate beside the dead one over its own rate when all were healthy.
     let kept: BTreeMap<&String, f64> = with_dead
@@ -426,7 +439,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         m.iter().map(|(k, v)| (k.clone(), json!(round(*v, 1)))).collect::<serde_json::Map<_, _>>()
     };
     let body = json!({
-        "backend": "embedded",
+        "backend": backend,
         "notifications": args.notifications,
         "endpoints": args.endpoints,
         "in_flight_per_endpoint": args.in_flight,
@@ -441,10 +454,10 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         "isolation_fraction_per_healthy_endpoint": round(isolation, 4),
         "isolation_fraction_min_endpoint": round(kept_min, 4),
         "summary": [
-            {"name": format!("webhooks: signed deliveries/s, {} endpoints, vs raw hyper client", args.endpoints),
+            {"name": format!("webhooks{label}: signed deliveries/s, {} endpoints, vs raw hyper client", args.endpoints),
              "conveyor": round(healthy.per_sec, 1), "baseline": round(raw, 1), "ratio": round(ratio, 4), "target": 0.3,
              "unit": "deliveries/s"},
-            {"name": format!("webhooks: a healthy endpoint's rate beside 1 dead of {}, vs all healthy (mean per endpoint)", args.endpoints),
+            {"name": format!("webhooks{label}: a healthy endpoint's rate beside 1 dead of {}, vs all healthy (mean per endpoint)", args.endpoints),
              "conveyor": round(rate_after, 1), "baseline": round(rate_before, 1), "ratio": round(isolation, 4), "target": 0.95,
              "unit": "deliveries/s"},
         ],
@@ -452,7 +465,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
             "One daemon: a warm-up phase (notifications / 5), then every endpoint healthy, then the last endpoint \
              stops answering and the same number of notifications is posted again. Each phase's clock runs from \
              its first POST /notifications to the last delivery the sink counted (per endpoint: to that \
-             endpoint's last delivery): ingest (fsync'd embedded log), fan-out (delivery rows in SQLite), \
+             endpoint's last delivery): ingest (the log's acknowledgement), fan-out (delivery rows in the store), \
              leasing, Standard Webhooks signing, the request, and recording the attempt are all inside it.",
             "The raw client does none of that: it posts one body again and again.",
             "backlog_drain: the same notifications posted while the sink holds every request, then the \

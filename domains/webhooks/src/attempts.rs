@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::metrics::metrics;
 use crate::store::WebhookStore;
 use crate::store::attempt;
 
@@ -24,6 +25,7 @@ impl AttemptLog {
     /// Queues one record; waits only while the writer is a full queue behind.
     pub async fn record(&self, row: attempt::Model) {
         if self.tx.send(row).await.is_err() {
+            metrics().webhook_attempt_records_dropped.add(1, &[]);
             tracing::warn!("attempt writer stopped; an attempt record was dropped");
         }
     }
@@ -47,6 +49,7 @@ async fn write_batches(store: WebhookStore, mut rx: mpsc::Receiver<attempt::Mode
             match store.insert_attempts(rows.clone()).await {
                 Ok(()) => break,
                 Err(err) if attempt == 5 => {
+                    metrics().webhook_attempt_records_dropped.add(rows.len() as u64, &[]);
                     tracing::error!(error = %err, records = rows.len(), "dropping webhook attempt records")
                 }
                 Err(err) => {

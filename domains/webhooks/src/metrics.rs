@@ -11,6 +11,7 @@ pub const WEBHOOK_ATTEMPT_DURATION: &str = "conveyor.webhook.attempt.duration";
 pub const WEBHOOK_DELIVERIES: &str = "conveyor.webhook.deliveries";
 pub const WEBHOOK_ENDPOINTS_DISABLED: &str = "conveyor.webhook.endpoints.disabled";
 pub const WEBHOOK_DELIVERIES_UNKEYED: &str = "conveyor.webhook.deliveries.unkeyed";
+pub const WEBHOOK_ATTEMPT_RECORDS_DROPPED: &str = "conveyor.webhook.attempt_records.dropped";
 
 /// The crate's instruments.
 pub struct Metrics {
@@ -20,6 +21,7 @@ pub struct Metrics {
     pub webhook_deliveries: Counter<u64>,
     pub webhook_endpoints_disabled: Counter<u64>,
     pub webhook_deliveries_unkeyed: Counter<u64>,
+    pub webhook_attempt_records_dropped: Counter<u64>,
 }
 
 impl Metrics {
@@ -56,6 +58,14 @@ impl Metrics {
                 .with_unit("{delivery}")
                 .with_description(
                     "Deliveries to an ordered endpoint whose notification had no ordering key (sent unordered)",
+                )
+                .build(),
+            webhook_attempt_records_dropped: meter
+                .u64_counter(WEBHOOK_ATTEMPT_RECORDS_DROPPED)
+                .with_unit("{record}")
+                .with_description(
+                    "Attempt history records not written (the store refused them five times, or the writer stopped); \
+                     the deliveries' own rows are unaffected",
                 )
                 .build(),
         }
