@@ -82,7 +82,7 @@ impl Actor for DispatcherActor {
     ) -> Result<(), ActorProcessingErr> {
         if state.stop.is_cancelled() && !matches!(msg, DispatcherMsg::Running { .. }) {
             if let DispatcherMsg::Hand { deliveries, .. } = msg {
-                state.release(deliveries);
+                state.release(deliveries.into_iter().map(|d| d.id).collect());
             }
             return Ok(());
         }
@@ -93,7 +93,7 @@ impl Actor for DispatcherActor {
             DispatcherMsg::Hand { endpoint_id, deliveries } => {
                 let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
                 if !state.send(&myself, endpoint_id, EndpointMsg::Handed(deliveries)).await {
-                    state.release_ids(ids);
+                    state.release(ids);
                 }
             }
             DispatcherMsg::Reload { endpoint_id } => {
@@ -179,18 +179,10 @@ impl DispatcherState {
         }
     }
 
-    fn release(&self, deliveries: Vec<delivery::Model>) {
-        self.release_ids(deliveries.into_iter().map(|d| d.id).collect());
-    }
-
     /// Gives deliveries nobody took back to the store, due at once, off the actor's turn.
-    fn release_ids(&self, ids: Vec<String>) {
+    fn release(&self, ids: Vec<String>) {
         let store = self.ctx.store.clone();
-        tokio::spawn(async move {
-            if let Err(err) = store.release_deliveries(&ids).await {
-                tracing::warn!(error = %err, "handing back webhook deliveries; their leases will expire");
-            }
-        });
+        tokio::spawn(async move { super::endpoint_actor::hand_back(&store, &ids).await });
     }
 }
 

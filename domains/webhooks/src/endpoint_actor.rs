@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{AttemptClass, Request, Response};
 use super::context::DeliveryContext;
 use super::endpoints::signing_secrets;
-use crate::store::{OrderedLease, delivery, endpoint};
+use crate::store::{OrderedLease, WebhookStore, delivery, endpoint};
 use conveyor_actors::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use conveyor_actors::config::WebhooksConfig;
 
@@ -232,6 +232,21 @@ impl Actor for EndpointActor {
 /// How long a lease lasts: the request's timeout and 30 s to wait for room and record it.
 pub fn lease_span(config: &WebhooksConfig) -> chrono::Duration {
     chrono::Duration::milliseconds(config.request_timeout_ms as i64 + 30_000)
+}
+
+/// Clears the leases of deliveries nobody will send now (lease cleared, no attempt spent,
+/// due at once); should that fail, the leases expire. Answers how many went back.
+pub(crate) async fn hand_back(store: &WebhookStore, ids: &[String]) -> usize {
+    if ids.is_empty() {
+        return 0;
+    }
+    match store.release_deliveries(ids).await {
+        Ok(n) => n as usize,
+        Err(err) => {
+            tracing::warn!(error = %err, "handing back webhook deliveries; their leases will expire");
+            0
+        }
+    }
 }
 
 /// Deliveries an actor holds in memory at most: what it leases stops at one batch, what the
@@ -486,16 +501,7 @@ impl EndpointState {
     /// Gives deliveries this actor leased back to the store: lease cleared, no attempt
     /// spent, due at once for whichever daemon polls next. Answers how many went back.
     async fn hand_back(&self, ids: Vec<String>) -> usize {
-        if ids.is_empty() {
-            return 0;
-        }
-        match self.ctx.store.release_deliveries(&ids).await {
-            Ok(n) => n as usize,
-            Err(err) => {
-                tracing::warn!(error = %err, "handing back webhook deliveries; their leases will expire");
-                0
-            }
-        }
+        hand_back(&self.ctx.store, &ids).await
     }
 
     fn wake_later(&mut self, myself: &ActorRef<EndpointMsg>) {

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use super::context::ENDPOINT_HEADER;
 use super::directory::Directory;
 use super::dispatcher::Dispatcher;
+use super::endpoint_actor::hand_back;
 use super::envelope;
 use super::intake::Intake;
 use super::ordering::OrderingKey;
@@ -68,19 +69,8 @@ impl FanoutWriter {
     /// What the dispatcher could not take (it is restarting, or shutting down) goes back
     /// at once, due for the next lease; should that fail too, the leases expire.
     async fn hand_over(&self, leased: Vec<delivery::Model>) {
-        let refused = self.dispatcher.hand(leased);
-        if refused.is_empty() {
-            return;
-        }
-        let ids: Vec<String> = refused.into_iter().map(|d| d.id).collect();
-        match self.store.release_deliveries(&ids).await {
-            Ok(n) => tracing::debug!(released = n, "deliveries no endpoint actor could take were handed back"),
-            Err(err) => tracing::warn!(
-                error = %err,
-                deliveries = ids.len(),
-                "handing back deliveries no endpoint actor could take; their leases will expire"
-            ),
-        }
+        let refused: Vec<String> = self.dispatcher.hand(leased).into_iter().map(|d| d.id).collect();
+        hand_back(&self.store, &refused).await;
     }
 }
 
