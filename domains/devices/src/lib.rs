@@ -72,7 +72,7 @@ impl DeviceHandler {
         domain: Option<Arc<dyn DomainEvents>>,
         processing: &ProcessingConfig,
     ) -> Self {
-        let writer = ResourceWriter { store: store.clone(), cache, ttl };
+        let writer = ResourceWriter::new(store.clone(), cache, ttl);
         let writer = Batcher::spawn(writer, processing.batch_max_rows, processing.batch_writers);
         DeviceHandler { store, writer, domain }
     }
@@ -92,21 +92,34 @@ impl KeyHandler for DeviceHandler {
         // Check all first: an undecodable or mis-keyed record must fail the call so that
         // it, alone, reaches the dead-letter topic (the partition actor retries record by
         // record). Keyless records share the partition actor's empty key and come here too.
-        let mut events = Vec::with_capacity(records.len());
-        for record in records {
-            events.push((record, decode(record)?));
-        }
         // Several queued events of one device coalesce into one write: the last one wins,
         // exactly as writing each in order would.
-        let Some((record, last)) = events.pop() else { return Ok(()) };
+        let mut last = None;
+        for record in records {
+            last = Some((record, decode(record)?));
+        }
+        let Some((record, last)) = last else { return Ok(()) };
         let (tp, offset) = (&record.tp, record.offset);
-        let value = serde_json::Value::Object(last.payload);
+        // Serialized once: the same text goes to the store and to the cache.
+        let value = serde_json::value::to_raw_value(&last.payload).map_err(HandlerError::permanent)?;
+        // The announcement's data is built only when an endpoint subscribes.
+        let announce = match &self.domain {
+            Some(domain) if domain.wanted(RESOURCE_UPDATED).await.map_err(classify)? => Some((domain, last.payload)),
+            _ => None,
+        };
         let device_id = last.device_id;
         let row = ResourceRow { id: device_id.clone(), value, partition: tp.partition, offset };
-        let value = if self.domain.is_some() { Some(row.value.clone()) } else { None };
         // The row waits for its batch inside a span of its own, so the record's trace shows
-        // its write (queue and statement) as the child of its processing span.
-        let written = conveyor_actors::trace::child_span("upsert_resource", self.writer.submit(row)).await;
+        // its write (queue, statement and cache) as the child of its processing span. The
+        // key's next record waits for the cache too: its entries stay in order.
+        let write = async {
+            let written = self.writer.submit(row).await?;
+            if let Some(cached) = written.cached {
+                cached.wait().await;
+            }
+            Ok::<_, Error>(written.upsert)
+        };
+        let written = conveyor_actors::trace::child_span("upsert_resource", write).await;
         if written.map_err(classify)? == Upsert::Stale {
             crate::metrics::metrics().stale_writes.add(1, &[]);
             tracing::debug!(
@@ -116,7 +129,7 @@ impl KeyHandler for DeviceHandler {
         }
         // Also after a stale write: a retry of a record whose announcement failed must
         // announce it; the id is the record's, so subscribers get it once.
-        if let (Some(domain), Some(value)) = (&self.domain, value) {
+        if let Some((domain, value)) = announce {
             let id = format!("evt_resource_{}_{}_{offset}", tp.topic, tp.partition);
             let data = serde_json::json!({"device_id": device_id, "value": value, "offset": offset});
             domain.publish(RESOURCE_UPDATED, &id, data).await.map_err(classify)?;

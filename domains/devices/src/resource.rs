@@ -89,7 +89,7 @@ mod tests {
         for (store, schema) in stores(dir.path()).await {
             let row = |id: &str, seq: u64, partition: i32, offset: i64| ResourceRow {
                 id: id.into(),
-                value: json!({"seq": seq}),
+                value: serde_json::value::to_raw_value(&json!({"seq": seq})).unwrap(),
                 partition,
                 offset,
             };

@@ -23,10 +23,11 @@ pub enum Upsert {
 }
 
 /// One device's new state, as [`DeviceStore::upsert_resources`] writes it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ResourceRow {
     pub id: String,
-    pub value: serde_json::Value,
+    /// The payload as JSON text: stored and cached as it is, never parsed again.
+    pub value: Box<serde_json::value::RawValue>,
     pub partition: i32,
     pub offset: i64,
 }
@@ -121,13 +122,13 @@ impl DeviceStore {
                 DbBackend::Postgres,
                 format!(
                     "INSERT INTO resources (id, value, last_offset, last_partition, updated_at) \
-                     SELECT u.id, u.value, u.last_offset, u.last_partition, $5 \
-                     FROM UNNEST($1::text[], $2::jsonb[], $3::int8[], $4::int4[]) AS u(id, value, last_offset, last_partition) \
+                     SELECT u.id, u.value::jsonb, u.last_offset, u.last_partition, $5 \
+                     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int4[]) AS u(id, value, last_offset, last_partition) \
                      {SET_ALL} WHERE {NEWER} RETURNING id"
                 ),
                 [
                     rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>().into(),
-                    rows.iter().map(|r| r.value.clone()).collect::<Vec<_>>().into(),
+                    rows.iter().map(|r| r.value.get().to_owned()).collect::<Vec<_>>().into(),
                     rows.iter().map(|r| r.offset).collect::<Vec<_>>().into(),
                     rows.iter().map(|r| r.partition).collect::<Vec<_>>().into(),
                     Value::from(now),
@@ -140,7 +141,7 @@ impl DeviceStore {
                     tuples.push("(?, ?, ?, ?, ?)");
                     values.extend([
                         r.id.clone().into(),
-                        r.value.clone().into(),
+                        r.value.get().to_owned().into(),
                         r.offset.into(),
                         r.partition.into(),
                         Value::from(now),

@@ -35,17 +35,26 @@ impl Directory {
         event_type: &str,
         project: Option<&str>,
     ) -> Result<Vec<(String, Option<OrderingKey>)>, Error> {
-        let snapshot = self
-            .cached
-            .get_or_load(|| async {
-                let rows = self.store.enabled_endpoints().await?;
-                Ok::<_, Error>(rows.iter().map(|r| (r.id.clone(), filter_of(r), ordering_of(r))).collect())
-            })
-            .await?;
-        Ok(snapshot
+        Ok(self
+            .snapshot()
+            .await?
             .iter()
             .filter(|(_, f, _)| f.matches(event_type, project))
             .map(|(id, _, ordering)| (id.clone(), ordering.clone()))
             .collect())
+    }
+
+    /// Whether any enabled endpoint wants this notification.
+    pub async fn any_matching(&self, event_type: &str, project: Option<&str>) -> Result<bool, Error> {
+        Ok(self.snapshot().await?.iter().any(|(_, f, _)| f.matches(event_type, project)))
+    }
+
+    async fn snapshot(&self) -> Result<std::sync::Arc<Vec<(String, Filter, Option<OrderingKey>)>>, Error> {
+        self.cached
+            .get_or_load(|| async {
+                let rows = self.store.enabled_endpoints().await?;
+                Ok::<_, Error>(rows.iter().map(|r| (r.id.clone(), filter_of(r), ordering_of(r))).collect())
+            })
+            .await
     }
 }

@@ -35,8 +35,12 @@ impl DomainEventPublisher {
 
 #[async_trait]
 impl DomainEvents for DomainEventPublisher {
+    async fn wanted(&self, event_type: &'static str) -> Result<bool, Error> {
+        self.directory.any_matching(event_type, Some(PROJECT)).await
+    }
+
     async fn publish(&self, event_type: &'static str, id: &str, data: serde_json::Value) -> Result<bool, Error> {
-        if self.directory.matching(event_type, Some(PROJECT)).await?.is_empty() {
+        if !self.wanted(event_type).await? {
             return Ok(false);
         }
         let envelope = serde_json::json!({
