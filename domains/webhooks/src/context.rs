@@ -1,4 +1,4 @@
-//! What every endpoint actor shares: the store, the HTTP client, the attempt log, the
+//! What every endpoint actor shares: the store, the HTTP client, the outcome writer, the
 //! dead-letter topic, and the notification payloads (read once, then cached briefly, since
 //! one notification usually goes to several endpoints at about the same time).
 
@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::attempts::AttemptLog;
 use super::client::{Response, WebhookClient};
 use super::domain::DomainEventPublisher;
 use super::intake::Intake;
-use crate::store::{DeliveryUpdate, WebhookStore};
+use crate::store::{FinishedAttempt, WebhookStore};
 use crate::store::{delivery, endpoint};
 use conveyor_actors::config::WebhooksConfig;
 use conveyor_actors::consumer::DeadLetterMeta;
@@ -27,7 +26,6 @@ pub const ENDPOINT_HEADER: &str = "conveyor.webhook.endpoint";
 pub struct DeliveryContext {
     pub store: WebhookStore,
     pub client: WebhookClient,
-    pub attempts: AttemptLog,
     pub config: WebhooksConfig,
     pub producer: Arc<dyn Producer>,
     pub dlq_topic: String,
@@ -44,18 +42,18 @@ pub struct DeliveryContext {
 /// Endpoint actors' outcome batches per write at most.
 const OUTCOME_CALLERS: usize = 256;
 
-/// Writes attempts' outcomes (delivery id, new state).
+/// Writes attempts' outcomes and their records.
 pub struct OutcomeWriter(pub WebhookStore);
 
 #[async_trait::async_trait]
 impl WholeWrite for OutcomeWriter {
-    type Row = (String, DeliveryUpdate);
+    type Row = FinishedAttempt;
 
     fn name(&self) -> &'static str {
         "finish_attempts"
     }
 
-    async fn write_all(&self, rows: &[(String, DeliveryUpdate)]) -> Result<(), conveyor_actors::Error> {
+    async fn write_all(&self, rows: &[FinishedAttempt]) -> Result<(), conveyor_actors::Error> {
         self.0.finish_attempts(rows).await
     }
 }
