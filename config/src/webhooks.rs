@@ -50,6 +50,10 @@ pub struct WebhooksConfig {
     /// Targets on private, link-local, CGNAT, unique-local and cloud-metadata addresses
     /// are refused unless this is set.
     pub allow_private: bool,
+    /// Attempt records are written in batches of up to this many…
+    pub attempts_batch_size: usize,
+    /// …or after this long, whichever comes first.
+    pub attempts_flush_ms: u64,
     /// Ordered endpoints: a notification not fanned out yet holds back keyed deliveries
     /// accepted after it at most this long; then they go anyway (with a warning).
     pub ordering_settle_ms: u64,
@@ -80,6 +84,8 @@ impl Default for WebhooksConfig {
             endpoint_idle_ms: 30_000,
             allow_loopback: false,
             allow_private: false,
+            attempts_batch_size: 100,
+            attempts_flush_ms: 200,
             ordering_settle_ms: 30_000,
         }
     }
@@ -105,10 +111,10 @@ impl WebhooksConfig {
         if self.response_excerpt_bytes > self.max_response_bytes {
             return Err(invalid("webhooks.response_excerpt_bytes", "must not exceed webhooks.max_response_bytes"));
         }
-        if self.breaker_failures == 0 || self.lease_batch_size == 0 {
+        if self.breaker_failures == 0 || self.attempts_batch_size == 0 || self.lease_batch_size == 0 {
             return Err(invalid(
                 "webhooks.breaker_failures",
-                "breaker_failures and lease_batch_size must be at least 1",
+                "breaker_failures, attempts_batch_size and lease_batch_size must be at least 1",
             ));
         }
         if self.basic_auth_username.contains(':')

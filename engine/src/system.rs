@@ -33,6 +33,7 @@ use conveyor_identity::saga::IdentitySagaHandler;
 use conveyor_identity::store::IdentityStore;
 use conveyor_identity::{Identity, TokenKeys};
 use conveyor_webhooks::Webhooks;
+use conveyor_webhooks::attempts::AttemptLog;
 use conveyor_webhooks::client::WebhookClient;
 use conveyor_webhooks::context::DeliveryContext;
 use conveyor_webhooks::directory::Directory;
@@ -72,6 +73,7 @@ pub struct Conveyor {
     /// Workflow definitions and their runs.
     pub workflows: Workflows,
     scheduler: tokio::task::JoinHandle<()>,
+    attempt_writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Ingest's breaker on the log: while open, producers get a 503 at once instead of each
     /// waiting out the produce timeout.
     pub log_breaker: Arc<Breaker>,
@@ -199,9 +201,15 @@ impl Conveyor {
             produce_timeout,
             directory.clone(),
         );
+        let (attempts, attempt_writer) = AttemptLog::start(
+            webhook_store.clone(),
+            config.webhooks.attempts_batch_size,
+            Duration::from_millis(config.webhooks.attempts_flush_ms),
+        );
         let delivery = Arc::new(DeliveryContext {
             store: webhook_store.clone(),
             client: WebhookClient::new(&config.webhooks).map_err(|source| Error::WebhookClient { source })?,
+            attempts,
             config: config.webhooks.clone(),
             producer: producer.clone(),
             dlq_topic: config.log.topics.events_dlq.clone(),
@@ -399,6 +407,7 @@ impl Conveyor {
             webhooks,
             workflows,
             scheduler,
+            attempt_writer: std::sync::Mutex::new(Some(attempt_writer)),
             log_breaker,
             lag,
             lag_monitor,
@@ -457,7 +466,14 @@ impl Conveyor {
         if let Err(err) = stop {
             tracing::error!(error = %err, "services did not stop within the grace period");
         }
+        // The root's state holds the services' arguments: once it is gone, the attempt log's
+        // last sender is too, and the writer flushes what the endpoint actors recorded.
         let _ = self.root.stop_and_wait(Some("shutdown".into()), Some(left)).await;
+        let writer = self.attempt_writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            let flush = Duration::from_millis(self.config.webhooks.attempts_flush_ms) * 4;
+            let _ = tokio::time::timeout(flush.max(Duration::from_secs(1)), writer).await;
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! What every endpoint actor shares: the store, the HTTP client, the outcome writer, the
+//! What every endpoint actor shares: the store, the HTTP client, the attempt log, the
 //! dead-letter topic, and the notification payloads (read once, then cached briefly, since
 //! one notification usually goes to several endpoints at about the same time).
 
@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::attempts::AttemptLog;
 use super::client::{Response, WebhookClient};
 use super::domain::DomainEventPublisher;
 use super::intake::Intake;
-use crate::store::{FinishedAttempt, WebhookStore};
+use crate::store::{DeliveryUpdate, WebhookStore};
 use crate::store::{delivery, endpoint};
 use conveyor_actors::config::WebhooksConfig;
 use conveyor_actors::consumer::DeadLetterMeta;
@@ -26,6 +27,7 @@ pub const ENDPOINT_HEADER: &str = "conveyor.webhook.endpoint";
 pub struct DeliveryContext {
     pub store: WebhookStore,
     pub client: WebhookClient,
+    pub attempts: AttemptLog,
     pub config: WebhooksConfig,
     pub producer: Arc<dyn Producer>,
     pub dlq_topic: String,
@@ -42,18 +44,18 @@ pub struct DeliveryContext {
 /// Endpoint actors' outcome batches per write at most.
 const OUTCOME_CALLERS: usize = 256;
 
-/// Writes attempts' outcomes and their records.
+/// Writes attempts' outcomes (delivery id, new state).
 pub struct OutcomeWriter(pub WebhookStore);
 
 #[async_trait::async_trait]
 impl WholeWrite for OutcomeWriter {
-    type Row = FinishedAttempt;
+    type Row = (String, DeliveryUpdate);
 
     fn name(&self) -> &'static str {
         "finish_attempts"
     }
 
-    async fn write_all(&self, rows: &[FinishedAttempt]) -> Result<(), conveyor_actors::Error> {
+    async fn write_all(&self, rows: &[(String, DeliveryUpdate)]) -> Result<(), conveyor_actors::Error> {
         self.0.finish_attempts(rows).await
     }
 }

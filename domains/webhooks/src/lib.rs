@@ -13,6 +13,7 @@
 //! Deliveries and their schedule live in the store, so a retry due in ten hours survives a
 //! restart, and two daemons never send one delivery at once (a lease per delivery).
 
+pub mod attempts;
 pub mod claims;
 pub mod client;
 pub mod context;

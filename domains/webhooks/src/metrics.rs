@@ -64,8 +64,8 @@ impl Metrics {
                 .u64_counter(WEBHOOK_ATTEMPT_RECORDS_DROPPED)
                 .with_unit("{record}")
                 .with_description(
-                    "Attempt records not kept: the store refused the write of their outcomes, and the deliveries \
-                     are sent again once their leases expire",
+                    "Attempt history records not written (the store refused them five times, or the writer stopped); \
+                     the deliveries' own rows are unaffected",
                 )
                 .build(),
         }

@@ -181,39 +181,6 @@ pub struct DeliveryUpdate {
     pub error: Option<String>,
 }
 
-/// An attempt's consequence for its delivery and the attempt's record, written together
-/// ([`WebhookStore::finish_attempts`]); the delivery is the record's `delivery_id`.
-#[derive(Debug, Clone)]
-pub struct FinishedAttempt {
-    pub update: DeliveryUpdate,
-    pub record: attempt::Model,
-}
-
-#[cfg(test)]
-impl FinishedAttempt {
-    /// The attempt `update` describes, on delivery `delivery_id` of endpoint `ep`.
-    pub(crate) fn of(delivery_id: &str, ep: &str, update: DeliveryUpdate) -> Self {
-        use crate::client::AttemptClass;
-        use crate::states::{AttemptOutcome, DeliveryStatus};
-        let succeeded = update.status == DeliveryStatus::Succeeded;
-        let record = attempt::Model {
-            id: 0,
-            delivery_id: delivery_id.to_string(),
-            notification_id: format!("n-{delivery_id}"),
-            endpoint_id: ep.to_string(),
-            attempt: 1,
-            outcome: if succeeded { AttemptOutcome::Succeeded } else { AttemptOutcome::Failed },
-            error_class: if succeeded { AttemptClass::Succeeded } else { AttemptClass::Timeout },
-            status_code: update.status_code,
-            latency_ms: 1,
-            response_excerpt: None,
-            error: update.error.clone(),
-            created_at: update.next_attempt_at,
-        };
-        FinishedAttempt { update, record }
-    }
-}
-
 /// Deliveries per status for one endpoint (the metrics API).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryCounts {
@@ -429,10 +396,8 @@ impl WebhookStore {
         Ok(counts)
     }
 
-    /// Writes a batch of attempt records in one statement (tests: the daemon writes them
-    /// with their outcomes, [`WebhookStore::finish_attempts`]).
-    #[cfg(test)]
-    pub(crate) async fn insert_attempts(&self, rows: Vec<attempt::Model>) -> Result<(), Error> {
+    /// Writes a batch of attempt records in one statement.
+    pub async fn insert_attempts(&self, rows: Vec<attempt::Model>) -> Result<(), Error> {
         if rows.is_empty() {
             return Ok(());
         }

@@ -1,6 +1,6 @@
-//! What follows an attempt: the delivery's next step (done, retried later, or dead) and
-//! the attempt's record, written together for many attempts at once, and only then what
-//! depends on it (the dead letter, the endpoint's health).
+//! What follows an attempt: its record, the delivery's next step (done, retried later, or
+//! dead), written for many attempts at once, and only then what depends on it (the
+//! dead letter, the endpoint's health).
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use super::{Attempted, EndpointMsg, EndpointState};
 use crate::client::{AttemptClass, Response};
 use crate::metrics::metrics;
 use crate::states::{AttemptOutcome, DeliveryStatus, DisabledReason};
-use crate::store::{DeliveryUpdate, FinishedAttempt, attempt, delivery};
+use crate::store::{DeliveryUpdate, attempt, delivery};
 use conveyor_actors::metrics::{ERROR_CLASS, OUTCOME, REASON, kv};
 
 /// An attempt whose consequence waits for the next outcome write.
@@ -20,12 +20,11 @@ pub struct Finished {
     delivery: delivery::Model,
     attempt_no: i32,
     update: DeliveryUpdate,
-    record: attempt::Model,
     response: Response,
 }
 
 impl EndpointState {
-    /// Decides the delivery's next step; the step and the attempt's record are written with
+    /// Records the attempt and decides the delivery's next step; the step is written with
     /// the next batch, and the delivery stays leased until then.
     pub(super) async fn finished(&mut self, done: Attempted) {
         let Attempted { delivery, response, permit } = done;
@@ -39,21 +38,24 @@ impl EndpointState {
         let outcome = if succeeded { AttemptOutcome::Succeeded } else { AttemptOutcome::Failed };
         m.webhook_attempts.add(1, &[kv(OUTCOME, outcome.as_str()), kv(ERROR_CLASS, response.class.as_str())]);
         m.webhook_attempt_duration.record(response.latency.as_secs_f64(), &[kv(OUTCOME, outcome.as_str())]);
+        self.ctx
+            .attempts
+            .record(attempt::Model {
+                id: 0,
+                delivery_id: delivery.id.clone(),
+                notification_id: delivery.notification_id.clone(),
+                endpoint_id: delivery.endpoint_id.clone(),
+                attempt: attempt_no,
+                outcome,
+                error_class: response.class,
+                status_code: response.status.map(i32::from),
+                latency_ms: response.latency.as_millis() as i64,
+                response_excerpt: response.excerpt.clone(),
+                error: response.error.clone(),
+                created_at: Utc::now(),
+            })
+            .await;
         let now = Utc::now();
-        let record = attempt::Model {
-            id: 0,
-            delivery_id: delivery.id.clone(),
-            notification_id: delivery.notification_id.clone(),
-            endpoint_id: delivery.endpoint_id.clone(),
-            attempt: attempt_no,
-            outcome,
-            error_class: response.class,
-            status_code: response.status.map(i32::from),
-            latency_ms: response.latency.as_millis() as i64,
-            response_excerpt: response.excerpt.clone(),
-            error: response.error.clone(),
-            created_at: now,
-        };
         let schedule = &self.ctx.config.retry_schedule_ms;
         let next = (attempt_no as usize) < schedule.len() && response.class != AttemptClass::Gone;
         let update = DeliveryUpdate {
@@ -72,7 +74,7 @@ impl EndpointState {
             status_code: response.status.map(i32::from),
             error: response.error.clone(),
         };
-        self.outcomes.push(Finished { delivery, attempt_no, update, record, response });
+        self.outcomes.push(Finished { delivery, attempt_no, update, response });
     }
 
     /// Starts writing the outcomes that are in, unless a write is running (then they go
@@ -83,8 +85,8 @@ impl EndpointState {
         }
         self.writing = true;
         let batch = std::mem::take(&mut self.outcomes);
-        let rows: Vec<FinishedAttempt> =
-            batch.iter().map(|f| FinishedAttempt { update: f.update.clone(), record: f.record.clone() }).collect();
+        let rows: Vec<(String, DeliveryUpdate)> =
+            batch.iter().map(|f| (f.delivery.id.clone(), f.update.clone())).collect();
         // A key's next delivery may go only once this outcome is written: lease it right
         // after, in the same task, rather than wait for the endpoint's next full lease.
         let mut keys: Vec<String> = batch.iter().filter_map(|f| f.delivery.ordering_key.clone()).collect();
@@ -113,19 +115,16 @@ impl EndpointState {
 
     /// A batch of outcomes is written (or not): what depends on them follows.
     pub(super) async fn written(&mut self, batch: Vec<Finished>, result: Result<(), conveyor_actors::Error>) {
-        let m = metrics();
         if let Err(err) = result {
-            // Their records went with the refused write: the next attempts are recorded.
-            m.webhook_attempt_records_dropped.add(batch.len() as u64, &[]);
             tracing::warn!(
                 error = %err,
                 deliveries = batch.len(),
-                "recording webhook attempts; the deliveries' leases will expire and they are sent again, \
-                 these attempts' records are not kept"
+                "recording webhook attempts; the deliveries' leases will expire and they are sent again"
             );
             return;
         }
-        for Finished { delivery, attempt_no, update, response, .. } in batch {
+        let m = metrics();
+        for Finished { delivery, attempt_no, update, response } in batch {
             match update.status {
                 DeliveryStatus::Succeeded => m.webhook_deliveries.add(1, &[kv(OUTCOME, "succeeded")]),
                 DeliveryStatus::Failed => {

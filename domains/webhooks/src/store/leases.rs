@@ -2,7 +2,7 @@
 //! rows at once, an endpoint actor leases many due deliveries in one statement and writes
 //! the outcomes of many attempts in one statement, instead of a round trip per delivery.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
@@ -12,7 +12,7 @@ use sea_orm::{
     QueryTrait, Statement, Value,
 };
 
-use super::{FinishedAttempt, WebhookStore, attempt, delivery, notification};
+use super::{DeliveryUpdate, WebhookStore, delivery, notification};
 use crate::fanout::FanoutRows;
 use crate::states::DeliveryStatus;
 use conveyor_actors::Error;
@@ -62,41 +62,16 @@ impl WebhookStore {
         Ok(rows)
     }
 
-    /// Records many attempts' consequences on their deliveries, releases their leases and
-    /// keeps their attempt records, in one transaction: a delivery's history never lacks an
-    /// attempt its row counts, nor holds one its row does not. Only a leased row takes an
-    /// outcome, and only an attempt whose outcome was taken is recorded, so writing the same
-    /// batch again (a refused group commit is retried caller by caller, a commit may fail
-    /// after it happened) counts and records no attempt twice. One statement of each kind
-    /// per [`ROWS_PER_STATEMENT`] rows.
-    pub async fn finish_attempts(&self, batch: &[FinishedAttempt]) -> Result<(), Error> {
-        use sea_orm::TransactionTrait;
-        if batch.is_empty() {
-            return Ok(());
+    /// Records many attempts' consequences on their deliveries and releases their leases.
+    /// Only a leased row takes an outcome, so writing the same outcomes again (a refused
+    /// group commit is retried caller by caller) counts no attempt twice:
+    /// one statement per [`ROWS_PER_STATEMENT`] rows (a `VALUES` list joined to the table).
+    pub async fn finish_attempts(&self, batch: &[(String, DeliveryUpdate)]) -> Result<(), Error> {
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let stmt = finish_statement(self.backend(), chunk, Utc::now());
+            self.guarded("finish_attempts", self.connection().execute_raw(stmt)).await?;
         }
-        let work = async {
-            let txn = self.connection().begin().await?;
-            let now = Utc::now();
-            for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-                let taken = txn.query_all_raw(finish_statement(self.backend(), chunk, now)).await?;
-                let taken: HashSet<String> =
-                    taken.iter().map(|row| row.try_get_by_index::<String>(0)).collect::<Result<_, _>>()?;
-                let records: Vec<attempt::ActiveModel> = chunk
-                    .iter()
-                    .filter(|f| taken.contains(&f.record.delivery_id))
-                    .map(|f| {
-                        let mut active: attempt::ActiveModel = f.record.clone().into();
-                        active.id = sea_orm::ActiveValue::NotSet;
-                        active
-                    })
-                    .collect();
-                if !records.is_empty() {
-                    attempt::Entity::insert_many(records).exec_without_returning(&txn).await?;
-                }
-            }
-            txn.commit().await
-        };
-        self.guarded("finish_attempts", work).await
+        Ok(())
     }
 
     /// Gives leases back without spending an attempt, due again at `until` (the endpoint's
@@ -253,7 +228,7 @@ async fn insert_deliveries(db: &impl ConnectionTrait, new: &[NewDelivery]) -> Re
 
 /// `WITH u(…) AS (VALUES (…), …) UPDATE webhook_deliveries … FROM u WHERE id = u.id`: the
 /// same text on both backends but for the placeholders (SQLite has UPDATE … FROM since 3.33).
-fn finish_statement(backend: DbBackend, rows: &[FinishedAttempt], now: DateTime<Utc>) -> Statement {
+fn finish_statement(backend: DbBackend, rows: &[(String, DeliveryUpdate)], now: DateTime<Utc>) -> Statement {
     let mut values: Vec<Value> = Vec::with_capacity(rows.len() * 5 + 1);
     let mut param = |v: Value| {
         values.push(v);
@@ -263,10 +238,10 @@ fn finish_statement(backend: DbBackend, rows: &[FinishedAttempt], now: DateTime<
         }
     };
     let mut tuples = Vec::with_capacity(rows.len());
-    for FinishedAttempt { update: u, record } in rows {
+    for (id, u) in rows {
         tuples.push(format!(
             "({}, {}, {}, {}, {})",
-            param(record.delivery_id.clone().into()),
+            param(id.clone().into()),
             param(u.status.to_value().into()),
             param(u.next_attempt_at.into()),
             param(u.status_code.into()),
@@ -279,7 +254,7 @@ fn finish_statement(backend: DbBackend, rows: &[FinishedAttempt], now: DateTime<
          UPDATE webhook_deliveries SET status = u.status, attempts = webhook_deliveries.attempts + 1, \
          next_attempt_at = u.next_attempt_at, lease_until = NULL, last_status_code = u.last_status_code, \
          last_error = u.last_error, updated_at = {now} FROM u WHERE webhook_deliveries.id = u.id \
-         AND webhook_deliveries.lease_until IS NOT NULL RETURNING webhook_deliveries.id",
+         AND webhook_deliveries.lease_until IS NOT NULL",
         tuples.join(", ")
     );
     Statement::from_sql_and_values(backend, sql, values)

@@ -8,7 +8,7 @@ use sea_orm::{ConnectionTrait, EntityTrait};
 
 use super::super::leases::tests::stores;
 use super::*;
-use crate::store::{DeliveryUpdate, FinishedAttempt, notification};
+use crate::store::{DeliveryUpdate, notification};
 
 const EP: &str = "ep-ordered";
 
@@ -56,7 +56,7 @@ async fn lease(store: &WebhookStore, now: DateTime<Utc>) -> Vec<String> {
 
 async fn finish(store: &WebhookStore, id: &str, status: DeliveryStatus, next: DateTime<Utc>) {
     let update = DeliveryUpdate { status, next_attempt_at: next, status_code: None, error: None };
-    store.finish_attempts(&[FinishedAttempt::of(id, EP, update)]).await.unwrap();
+    store.finish_attempts(&[(id.to_string(), update)]).await.unwrap();
 }
 
 #[tokio::test]
