@@ -86,7 +86,8 @@ async fn real_tls_store_with_the_wrong_ca_fails_start_up_naming_the_certificate(
     let tls = tls_env();
     let dir = tempfile::tempdir().unwrap();
     let wrong = wrong_ca(dir.path());
-    let url = format!("{}?sslmode=verify-full&sslrootcert={}", tls.pg_plain_url, wrong.display());
+    let base = tls.pg_plain_url.split_once('?').map_or(tls.pg_plain_url.as_str(), |(base, _)| base);
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", wrong.display());
     let opts = Opts::new().env("CONVEYOR_STORE__URL", url);
     let mut cmd = tokio::process::Command::from(command(&opts, dir.path()));
     cmd.kill_on_drop(true);

@@ -88,6 +88,13 @@ pub async fn run(
     let clean_exit = daemon.terminate(Duration::from_secs(30)).await;
     drop(daemon);
     drop_schema(&poll_db, id).await;
+    if let Some(url) = &args.redis_url {
+        // Left to expire, the run's entries would be expired by Redis during the next run.
+        match forget_cache(url, &format!("{id}:")).await {
+            Ok(n) => println!("    removed the run's {n} cache entries"),
+            Err(err) => println!("    the run's cache entries were not removed: {err:#}"),
+        }
+    }
     let _ = poll_db.close().await;
     Ok(ConveyorRun {
         total_s: done?,
@@ -99,6 +106,29 @@ pub async fn run(
         clean_exit,
         cpu,
     })
+}
+
+/// Deletes every cache entry under `prefix` (what one daemon run wrote); their expiry would
+/// otherwise take Redis's CPU during the next run. Returns how many went.
+async fn forget_cache(url: &str, prefix: &str) -> anyhow::Result<usize> {
+    use fred::prelude::*;
+    use futures::TryStreamExt;
+    const PAGE: usize = 1000;
+    let client = Builder::from_config(Config::from_url(url)?).build()?;
+    client.init().await?;
+    let mut keys = client.scan_buffered(format!("{prefix}*"), Some(PAGE as u32), None);
+    let (mut batch, mut removed) = (Vec::with_capacity(PAGE), 0);
+    while let Some(key) = keys.try_next().await? {
+        batch.push(key);
+        if batch.len() == PAGE {
+            removed += client.unlink::<i64, _>(std::mem::take(&mut batch)).await?;
+        }
+    }
+    if !batch.is_empty() {
+        removed += client.unlink::<i64, _>(batch).await?;
+    }
+    client.quit().await?;
+    Ok(removed as usize)
 }
 
 #[cfg(test)]

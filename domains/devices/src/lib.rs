@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use conveyor_actors::Error;
 use conveyor_actors::cache::Cache;
@@ -100,14 +101,17 @@ impl KeyHandler for DeviceHandler {
         }
         let Some((record, last)) = last else { return Ok(()) };
         let (tp, offset) = (&record.tp, record.offset);
-        // Serialized once: the same text goes to the store and to the cache.
-        let value = serde_json::value::to_raw_value(&last.payload).map_err(HandlerError::permanent)?;
         // The announcement's data is built only when an endpoint subscribes.
         let announce = match &self.domain {
-            Some(domain) if domain.wanted(RESOURCE_UPDATED).await.map_err(classify)? => Some((domain, last.payload)),
+            Some(domain) if domain.wanted(RESOURCE_UPDATED).await.map_err(classify)? => {
+                let value: serde_json::Value =
+                    serde_json::from_str(last.payload.get()).map_err(HandlerError::permanent)?;
+                Some((domain, value))
+            }
             _ => None,
         };
-        let device_id = last.device_id;
+        let device_id = last.device_id.into_owned();
+        let value = last.payload.to_owned();
         let row = ResourceRow { id: device_id.clone(), value, partition: tp.partition, offset };
         // The row waits for its batch inside a span of its own, so the record's trace shows
         // its write (queue, statement and cache) as the child of its processing span. The
@@ -138,18 +142,41 @@ impl KeyHandler for DeviceHandler {
     }
 }
 
+/// A [`DeviceEvent`] as the handler reads it: every field checked as for a `DeviceEvent`,
+/// the strings borrowed from the record, and the payload kept as the text it arrived in,
+/// which is what the store and the cache take (parsing it into a map only to write it out
+/// again was a tenth of the daemon's processing CPU).
+#[derive(Deserialize)]
+struct EventRef<'a> {
+    #[serde(rename = "request_id")]
+    _request_id: uuid::Uuid,
+    #[serde(borrow)]
+    device_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    #[serde(borrow, rename = "user_id")]
+    _user_id: std::borrow::Cow<'a, str>,
+    #[serde(rename = "received_at")]
+    _received_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// A record's event, if it decodes and is keyed by its own `device_id`. A record keyed
 /// otherwise (or not at all) lives on a partition that is not its device's: its offset
 /// says nothing about the device's order, so it is refused for good instead of applied.
-fn decode(record: &Record) -> Result<DeviceEvent, HandlerError> {
-    let event: DeviceEvent = serde_json::from_slice(&record.payload).map_err(HandlerError::permanent)?;
-    if record.key.as_deref() != Some(event.device_id.as_str()) {
+fn decode(record: &Record) -> Result<EventRef<'_>, HandlerError> {
+    let event: EventRef<'_> = serde_json::from_slice(&record.payload).map_err(HandlerError::permanent)?;
+    // A `DeviceEvent`'s payload is a map; the raw text starts at its first byte.
+    if !event.payload.get().starts_with('{') {
+        let err = <serde_json::Error as serde::de::Error>::custom("payload: expected a JSON object");
+        return Err(HandlerError::permanent(err));
+    }
+    if record.key.as_deref() != Some(&*event.device_id) {
         return Err(HandlerError::permanent(Error::KeyMismatch {
             topic: record.tp.topic.clone(),
             partition: record.tp.partition,
             offset: record.offset,
             key: record.key.clone(),
-            device_id: event.device_id,
+            device_id: event.device_id.into_owned(),
         }));
     }
     Ok(event)
@@ -301,6 +328,37 @@ mod tests {
         assert!(key_mismatch(&handler.handle("d1", &batch).await.unwrap_err()).is_some());
         assert!(reads.get("d1").await.unwrap().is_none());
         assert!(reads.get("d9").await.unwrap().is_none());
+    }
+
+    /// The handler reads the payload as raw text; a record that is not a whole `DeviceEvent`
+    /// (a payload that is no object, a field missing or of the wrong form) still fails for
+    /// good, and a payload stored as text reads back as the same JSON.
+    #[tokio::test]
+    async fn records_that_are_not_device_events_fail_for_good_and_payloads_keep_their_json() {
+        let (handler, reads, _dir) = handler().await;
+        let raw =
+            |body: serde_json::Value| Record { payload: serde_json::to_vec(&body).unwrap().into(), ..event(1, 0) };
+        let full = |payload: serde_json::Value| {
+            serde_json::json!({"request_id": uuid::Uuid::now_v7(), "device_id": "d1", "payload": payload,
+                "user_id": "u", "received_at": "2026-12-04T00:00:00Z"})
+        };
+        let mut bad = vec![full(serde_json::json!(5)), full(serde_json::json!([1])), full(serde_json::json!("x"))];
+        for (field, value) in [("received_at", "yesterday"), ("request_id", "not-a-uuid")] {
+            let mut event = full(serde_json::json!({}));
+            event[field] = serde_json::json!(value);
+            bad.push(event);
+        }
+        let mut missing = full(serde_json::json!({}));
+        missing.as_object_mut().unwrap().remove("user_id");
+        bad.push(missing);
+        for body in bad {
+            let err = handler.handle("d1", &[raw(body.clone())]).await.unwrap_err();
+            assert_eq!(err.class, conveyor_actors::retry::ErrorClass::Permanent, "{body}");
+        }
+        assert!(reads.get("d1").await.unwrap().is_none(), "nothing written");
+        let nested = serde_json::json!({"a": {"b": [1, 2.5, null, "é\"q"]}, "z": true});
+        handler.handle("d1", &[raw(full(nested.clone()))]).await.unwrap();
+        assert_eq!(reads.get("d1").await.unwrap().map(|v| v.value), Some(nested));
     }
 
     /// Through a partition actor: the keyless record (queued under the empty key) and the
