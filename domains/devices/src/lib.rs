@@ -165,11 +165,13 @@ struct EventRef<'a> {
 /// says nothing about the device's order, so it is refused for good instead of applied.
 fn decode(record: &Record) -> Result<EventRef<'_>, HandlerError> {
     let event: EventRef<'_> = serde_json::from_slice(&record.payload).map_err(HandlerError::permanent)?;
-    // A `DeviceEvent`'s payload is a map; the raw text starts at its first byte.
+    // A `DeviceEvent`'s payload is a map; the raw text starts at its first byte. Reading it
+    // raw only skims it, so it is walked once more as strictly as parsing it would be.
     if !event.payload.get().starts_with('{') {
         let err = <serde_json::Error as serde::de::Error>::custom("payload: expected a JSON object");
         return Err(HandlerError::permanent(err));
     }
+    serde_json::from_str::<StrictJson>(event.payload.get()).map_err(HandlerError::permanent)?;
     if record.key.as_deref() != Some(&*event.device_id) {
         return Err(HandlerError::permanent(Error::KeyMismatch {
             topic: record.tp.topic.clone(),
@@ -180,6 +182,57 @@ fn decode(record: &Record) -> Result<EventRef<'_>, HandlerError> {
         }));
     }
     Ok(event)
+}
+
+/// A JSON value walked as strictly as parsing it into a `serde_json::Value` (string escapes
+/// such as a lone surrogate, numbers out of range), building nothing. It also refuses the NUL
+/// character, which PostgreSQL's `jsonb` cannot hold: stored as it came, such a payload would
+/// fail its statement on every retry instead of going to the dead-letter topic at once.
+struct StrictJson;
+
+impl<'de> Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictJson)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictJson {
+    type Value = StrictJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(StrictJson)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(StrictJson)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(StrictJson)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(StrictJson)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(StrictJson)
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self, E> {
+        if s.contains('\0') {
+            return Err(E::custom("a NUL character (\\u0000), which the store cannot hold"));
+        }
+        Ok(StrictJson)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<StrictJson>()?.is_some() {}
+        Ok(StrictJson)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_key::<StrictJson>()?.is_some() {
+            map.next_value::<StrictJson>()?;
+        }
+        Ok(StrictJson)
+    }
 }
 
 /// Reads of device resources: cache first, then the store, then fill the cache.
@@ -354,6 +407,17 @@ mod tests {
         for body in bad {
             let err = handler.handle("d1", &[raw(body.clone())]).await.unwrap_err();
             assert_eq!(err.class, conveyor_actors::retry::ErrorClass::Permanent, "{body}");
+        }
+        // Text a `serde_json::Value` cannot hold: a lone surrogate, a number out of range; and
+        // a NUL, which PostgreSQL's jsonb refuses (it would fail every retry of the statement).
+        for payload in [r#"{"a":"\ud800"}"#, r#"{"a":1e400}"#, r#"{"a":"x\u0000"}"#, r#"{"\u0000":1}"#] {
+            let text = format!(
+                r#"{{"request_id":"{}","device_id":"d1","payload":{payload},"user_id":"u","received_at":"2026-12-04T00:00:00Z"}}"#,
+                uuid::Uuid::now_v7()
+            );
+            let record = Record { payload: text.into_bytes().into(), ..event(1, 0) };
+            let err = handler.handle("d1", &[record]).await.unwrap_err();
+            assert_eq!(err.class, conveyor_actors::retry::ErrorClass::Permanent, "{payload}");
         }
         assert!(reads.get("d1").await.unwrap().is_none(), "nothing written");
         let nested = serde_json::json!({"a": {"b": [1, 2.5, null, "é\"q"]}, "z": true});
