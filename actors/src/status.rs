@@ -27,7 +27,10 @@ pub struct PartitionRow {
     pub lag: Option<i64>,
     pub in_flight: usize,
     pub running_keys: usize,
+    /// Paused at the log while a downstream's breaker is open.
     pub paused: bool,
+    /// At `processing.max_in_flight_per_partition`: further records wait in the log client.
+    pub full: bool,
     pub committed: Option<i64>,
     /// Keys of this partition not advancing (in backoff or behind an open breaker).
     pub stuck_keys: usize,
@@ -141,6 +144,7 @@ mod tests {
             active_keys: 0,
             running_keys: 0,
             paused: false,
+            full: false,
             committed: None,
             stuck,
             stuck_total: total,

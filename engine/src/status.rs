@@ -29,6 +29,9 @@ impl Conveyor {
             for p in &g.partitions {
                 let state = if p.paused { "paused" } else { "running" };
                 let mut detail = format!("{} keys running, {} in flight", p.running_keys, p.in_flight);
+                if p.full {
+                    detail.push_str(", at its in-flight bound");
+                }
                 if p.parked_keys > 0 {
                     detail.push_str(&format!(", {} keys parked", p.parked_keys));
                 }
@@ -43,6 +46,7 @@ impl Conveyor {
                     in_flight: p.in_flight,
                     running_keys: p.running_keys,
                     paused: p.paused,
+                    full: p.full,
                     committed: p.committed,
                     stuck_keys: p.stuck_total,
                     parked_keys: p.parked_keys,

@@ -3,7 +3,7 @@
 use crate::devices::await_final_state;
 use crate::harness::{Daemon, Opts, eventually, metric_sum, real_only, token};
 use crate::private::{PrivateBroker, PrivatePostgres};
-use conveyor_actors::log::{ConsumerControl, GroupListener, Record, TopicPartition};
+use conveyor_actors::log::{ConsumerControl, Delivery, GroupListener, Intake, Record, TopicPartition};
 use http::StatusCode;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -16,8 +16,10 @@ use crate::resilience::device_seq;
 
 /// Records seen by [`read_topic`]'s consumer: (partition, offset, device, seq).
 #[derive(Default)]
-struct Collected {
-    records: std::sync::Mutex<Vec<(i32, i64, String, u64)>>,
+pub(crate) struct Collected {
+    pub(crate) records: std::sync::Mutex<Vec<(i32, i64, String, u64)>>,
+    /// When set, deliveries are admitted against it, as the consumer supervisor does.
+    pub(crate) intake: std::sync::Mutex<Option<Arc<Intake>>>,
 }
 
 // `GroupListener` is an `#[async_trait]` trait; this crate does not depend on async-trait,
@@ -35,13 +37,19 @@ impl GroupListener for Collected {
         Box::pin(async {})
     }
 
-    fn deliver(&self, record: Record) {
+    fn deliver(&self, record: Record) -> Delivery {
+        if let Some(intake) = self.intake.lock().ok().and_then(|i| i.clone())
+            && !intake.try_admit()
+        {
+            return Delivery::Full { record, intake };
+        }
         let event: Value = serde_json::from_slice(&record.payload).unwrap_or_default();
         let device = event["device_id"].as_str().unwrap_or_default().to_string();
         let seq = event["payload"]["seq"].as_u64().unwrap_or(u64::MAX);
         if let Ok(mut records) = self.records.lock() {
             records.push((record.tp.partition, record.offset, device, seq));
         }
+        Delivery::Taken
     }
 
     fn revoked<'life0, 'async_trait>(

@@ -17,6 +17,7 @@ mod harness;
 mod idempotency;
 mod identity;
 mod ingest;
+mod kafka_flow;
 mod leases;
 mod lifecycle;
 mod observability;

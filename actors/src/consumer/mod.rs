@@ -22,7 +22,7 @@ use async_trait::async_trait;
 pub use dead_letter::{DeadLetterMeta, DeadLetters, dlq_headers, headers as dlq_header};
 pub use offsets::OffsetTracker;
 pub use parking::{ParkRefusal, ParkSpec, headers as park_header};
-pub use partition::{PartitionActor, PartitionArgs, PartitionMsg, PartitionState, PartitionStatus};
+pub use partition::{PartitionActor, PartitionArgs, PartitionHandle, PartitionMsg, PartitionState, PartitionStatus};
 pub use stuck::{StuckErrorClass, StuckKey, StuckKeys, StuckReason, sort as sort_stuck};
 pub use supervisor::{ConsumerArgs, ConsumerSupervisor, ConsumerSupervisorHandle, SupervisorMsg};
 

@@ -113,6 +113,7 @@ impl Fixture {
         let (handler, control, dlq) =
             (Arc::new(Applier::default()), Arc::new(Commits::default()), Arc::new(Dlq::default()));
         let args = PartitionArgs {
+            intake: Arc::new(crate::log::Intake::new(5_000)),
             tp: TopicPartition::new("t", 0),
             handler: handler.clone(),
             control: control.clone(),

@@ -24,7 +24,7 @@ use super::parking::{ParkSpec, Parking};
 use super::stuck::{StuckKey, StuckKeys};
 use crate::breaker::BreakerState;
 use crate::config::ProcessingConfig;
-use crate::log::{ConsumerControl, Record, TopicPartition};
+use crate::log::{ConsumerControl, Delivery, Intake, Record, TopicPartition};
 use crate::metrics::{self, kv, metrics};
 use crate::retry::RetryPolicy;
 
@@ -41,6 +41,31 @@ pub struct PartitionArgs {
     pub processing: ProcessingConfig,
     /// Set when the topic's `on_dead_letter` is `park`.
     pub park: Option<ParkSpec>,
+    /// Counts what is delivered to this actor against the in-flight bound; shared with the
+    /// [`PartitionHandle`] that delivers, told here what is done.
+    pub intake: Arc<Intake>,
+}
+
+/// How records reach a partition actor: admitted against the in-flight bound as they are
+/// handed over, before they wait in its mailbox.
+#[derive(Clone)]
+pub struct PartitionHandle {
+    pub actor: ActorRef<PartitionMsg>,
+    pub intake: Arc<Intake>,
+}
+
+impl PartitionHandle {
+    /// Hands `record` to the actor, or back when the partition is at its bound.
+    pub fn deliver(&self, record: Record) -> Delivery {
+        if !self.intake.try_admit() {
+            return Delivery::Full { record, intake: self.intake.clone() };
+        }
+        if self.actor.cast(PartitionMsg::Record(record)).is_err() {
+            // Not committed, so the next owner of the partition reads it again.
+            tracing::warn!("record for a stopped partition actor left uncommitted");
+        }
+        Delivery::Taken
+    }
 }
 
 /// A snapshot for the status page and tests.
@@ -50,7 +75,10 @@ pub struct PartitionStatus {
     pub in_flight: usize,
     pub active_keys: usize,
     pub running_keys: usize,
+    /// Paused at the log for an open downstream.
     pub paused: bool,
+    /// At `processing.max_in_flight_per_partition`: the backend holds further records back.
+    pub full: bool,
     pub committed: Option<i64>,
     /// Keys not advancing, longest stuck first, at most [`STUCK_PER_PARTITION`].
     pub stuck: Vec<StuckKey>,
@@ -65,7 +93,7 @@ pub const STUCK_PER_PARTITION: usize = 200;
 
 /// Messages a partition actor handles.
 pub enum PartitionMsg {
-    /// A record fetched from this partition, in offset order.
+    /// A record fetched from this partition, in offset order (sent by [`PartitionHandle::deliver`]).
     Record(Record),
     /// A key task ended; `outcome` says which offsets are done.
     KeyDone { key: String, outcome: KeyOutcomeMsg },
@@ -86,7 +114,6 @@ pub enum PartitionMsg {
 pub struct KeyOutcomeMsg(KeyOutcome);
 
 /// One key's records waiting behind its running task.
-#[derive(Default)]
 struct KeyQueue {
     queued: VecDeque<Record>,
     running: bool,
@@ -105,9 +132,9 @@ pub struct PartitionState {
     /// Change of the in-flight count not yet added to its metric: added once per commit tick
     /// rather than once per record and once per finished key.
     in_flight_unreported: i64,
-    /// Paused at the log right now (for the in-flight bound or an open downstream).
+    /// Paused at the log right now, for an open downstream. (The in-flight bound is held
+    /// where records are delivered, by [`Intake`].)
     paused: bool,
-    over_bound: bool,
     open_downstreams: HashSet<&'static str>,
     committed: Option<i64>,
     draining: Option<RpcReplyPort<Option<i64>>>,
@@ -174,7 +201,6 @@ impl Actor for PartitionActor {
             offsets: OffsetTracker::default(),
             in_flight_unreported: 0,
             paused: false,
-            over_bound: false,
             open_downstreams,
             committed: None,
             draining: None,
@@ -277,20 +303,16 @@ impl PartitionState {
             self.ready.push_back(key);
             self.start_ready(myself);
         }
-        if !self.over_bound && self.offsets.in_flight() >= self.args.processing.max_in_flight_per_partition {
-            self.over_bound = true;
-            self.apply_pause();
-        }
     }
 
     /// Pauses or resumes the partition at the log to match the reasons to pause.
     fn apply_pause(&mut self) {
-        let want = self.over_bound || !self.open_downstreams.is_empty();
+        let want = !self.open_downstreams.is_empty();
         if want && !self.paused {
             self.paused = true;
             self.args.control.pause(&self.args.tp);
             metrics().partition_pauses.add(1, &self.ctx.labels);
-            tracing::info!(partition = %self.args.tp, over_bound = self.over_bound, open = ?self.open_downstreams, "partition paused");
+            tracing::info!(partition = %self.args.tp, open = ?self.open_downstreams, "partition paused");
         } else if !want && self.paused && self.draining.is_none() {
             self.paused = false;
             self.args.control.resume(&self.args.tp);
@@ -304,6 +326,7 @@ impl PartitionState {
             self.offsets.done(*offset);
         }
         self.in_flight_unreported -= outcome.done.len() as i64;
+        self.args.intake.done(outcome.done.len());
         if let Entry::Occupied(mut entry) = self.keys.entry(key) {
             entry.get_mut().running = false;
             if entry.get().queued.is_empty() {
@@ -314,10 +337,6 @@ impl PartitionState {
             }
         }
         self.start_ready(myself);
-        if self.over_bound && self.offsets.in_flight() <= self.args.processing.max_in_flight_per_partition / 2 {
-            self.over_bound = false;
-            self.apply_pause();
-        }
     }
 
     /// Whether a key task may start now: a slot free, not draining, parked keys known.
@@ -398,6 +417,7 @@ impl PartitionState {
             active_keys: self.keys.len(),
             running_keys: self.running,
             paused: self.paused,
+            full: !self.args.intake.has_room(),
             committed: self.committed,
             parked_keys: self.ctx.parking.as_ref().map_or(0, |p| p.parked()),
         }

@@ -11,13 +11,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use super::KeyHandler;
 use super::dead_letter::DeadLetters;
 use super::parking::ParkSpec;
-use super::partition::{PartitionActor, PartitionArgs, PartitionMsg, PartitionStatus};
+use super::partition::{PartitionActor, PartitionArgs, PartitionHandle, PartitionMsg, PartitionStatus};
 use crate::config::ProcessingConfig;
-use crate::log::{ConsumerControl, GroupListener, Record, TopicPartition};
+use crate::log::{ConsumerControl, Delivery, GroupListener, Intake, Record, TopicPartition};
 use crate::metrics;
 use crate::retry::RetryPolicy;
 
-type Routes = Arc<RwLock<HashMap<TopicPartition, ActorRef<PartitionMsg>>>>;
+type Routes = Arc<RwLock<HashMap<TopicPartition, PartitionHandle>>>;
 
 /// The actor; its behaviour is in [`SupervisorState`]'s methods.
 pub struct ConsumerSupervisor;
@@ -124,6 +124,9 @@ impl Actor for ConsumerSupervisor {
         }
         if let Some(control) = &state.control {
             control.rewind(&tp);
+            // It may have died with the partition paused for an open downstream; its
+            // successor starts unpaused and pauses again if a downstream is still open.
+            control.resume(&tp);
         }
         state.spawn_partition(tp, &myself).await
     }
@@ -153,7 +156,10 @@ impl SupervisorState {
         let Some(control) = self.control.clone() else {
             return Err("partition assigned before the consumer control".into());
         };
+        // A fresh count per actor: what the dead one had in flight is replayed, not done.
+        let intake = Arc::new(Intake::new(self.args.processing.max_in_flight_per_partition));
         let args = PartitionArgs {
+            intake: intake.clone(),
             tp: tp.clone(),
             handler: self.args.handler.clone(),
             control,
@@ -164,7 +170,7 @@ impl SupervisorState {
         };
         let (actor, _) = Actor::spawn_linked(None, PartitionActor, args, myself.get_cell()).await?;
         if let Ok(mut routes) = self.args.routes.write() {
-            routes.insert(tp, actor);
+            routes.insert(tp, PartitionHandle { actor, intake });
         }
         Ok(())
     }
@@ -174,8 +180,8 @@ impl SupervisorState {
         let mut actors = Vec::new();
         if let Ok(mut routes) = self.args.routes.write() {
             for tp in partitions {
-                if let Some(actor) = routes.remove(&tp) {
-                    actors.push((tp, actor));
+                if let Some(handle) = routes.remove(&tp) {
+                    actors.push((tp, handle.actor));
                 }
             }
         }
@@ -200,12 +206,12 @@ impl SupervisorState {
     }
 
     fn routes_snapshot(&self) -> Vec<ActorRef<PartitionMsg>> {
-        self.args.routes.read().map(|r| r.values().cloned().collect()).unwrap_or_default()
+        self.args.routes.read().map(|r| r.values().map(|h| h.actor.clone()).collect()).unwrap_or_default()
     }
 
     fn partition_of(&self, id: ractor::ActorId) -> Option<TopicPartition> {
         let routes = self.args.routes.read().ok()?;
-        routes.iter().find(|(_, a)| a.get_id() == id).map(|(tp, _)| tp.clone())
+        routes.iter().find(|(_, h)| h.actor.get_id() == id).map(|(tp, _)| tp.clone())
     }
 }
 
@@ -269,17 +275,13 @@ impl GroupListener for ConsumerSupervisorHandle {
         }
     }
 
-    fn deliver(&self, record: Record) {
+    fn deliver(&self, record: Record) -> Delivery {
         let route = self.routes.read().ok().and_then(|r| r.get(&record.tp).cloned());
         match route {
-            Some(actor) => {
-                if actor.cast(PartitionMsg::Record(record)).is_err() {
-                    // Not committed, so the next owner of the partition reads it again.
-                    tracing::warn!("record for a stopped partition actor left uncommitted");
-                }
-            }
+            Some(handle) => return handle.deliver(record),
             None => tracing::warn!(partition = %record.tp, "record for an unassigned partition left uncommitted"),
         }
+        Delivery::Taken
     }
 
     async fn revoked(&self, partitions: Vec<TopicPartition>) -> Vec<(TopicPartition, i64)> {

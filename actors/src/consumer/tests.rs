@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use super::*;
 use crate::config::ProcessingConfig;
-use crate::log::{Ack, ConsumerControl, OutgoingRecord, Producer, Record, TopicPartition};
+use crate::log::{Ack, ConsumerControl, Delivery, Intake, OutgoingRecord, Producer, Record, TopicPartition};
 use crate::retry::{HandlerError, RetryPolicy};
 
 #[derive(Default)]
@@ -117,6 +117,8 @@ fn record(offset: i64, key: &str, payload: &'static [u8]) -> Record {
 
 struct Fixture {
     actor: ActorRef<PartitionMsg>,
+    /// Delivers as the log backends do, admitted against the in-flight bound.
+    handle: PartitionHandle,
     control: Arc<Control>,
     handler: Arc<Recorder>,
     dlq: Arc<Dlq>,
@@ -127,10 +129,12 @@ async fn spawn(
     handler: Arc<dyn KeyHandler>,
     policy: RetryPolicy,
     processing: ProcessingConfig,
-) -> (ActorRef<PartitionMsg>, Arc<Control>, Arc<Dlq>) {
+) -> (PartitionHandle, Arc<Control>, Arc<Dlq>) {
     let control = Arc::new(Control::default());
     let dlq = Arc::new(Dlq::default());
+    let intake = Arc::new(Intake::new(processing.max_in_flight_per_partition));
     let args = PartitionArgs {
+        intake: intake.clone(),
         tp: TopicPartition::new("t", 0),
         handler,
         control: control.clone(),
@@ -140,14 +144,14 @@ async fn spawn(
         park: None,
     };
     let (actor, _) = Actor::spawn(None, PartitionActor, args).await.unwrap();
-    (actor, control, dlq)
+    (PartitionHandle { actor, intake }, control, dlq)
 }
 
 async fn start(handler: Recorder, processing: ProcessingConfig) -> Fixture {
     let handler = Arc::new(handler);
     let policy = RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(20), max_attempts: 3 };
-    let (actor, control, dlq) = spawn(handler.clone(), policy, processing).await;
-    Fixture { actor, control, handler, dlq }
+    let (handle, control, dlq) = spawn(handler.clone(), policy, processing).await;
+    Fixture { actor: handle.actor.clone(), handle, control, handler, dlq }
 }
 
 fn processing() -> ProcessingConfig {
@@ -203,18 +207,29 @@ async fn commit_stops_below_the_oldest_unfinished_record() {
 }
 
 #[tokio::test]
-async fn the_in_flight_bound_pauses_and_resumes_the_partition() {
+async fn the_in_flight_bound_is_held_where_records_are_delivered() {
     let gate = Arc::new(Semaphore::new(0));
-    let processing = ProcessingConfig { max_in_flight_per_partition: 4, ..processing() };
+    let processing = ProcessingConfig { max_in_flight_per_partition: 4, max_coalesce: 1, ..processing() };
     let f = start(Recorder { gate: Some(gate.clone()), ..Recorder::default() }, processing).await;
-    for offset in 0..6 {
-        f.actor.cast(PartitionMsg::Record(record(offset, "slow", b"{}"))).unwrap();
+    for offset in 0..4 {
+        assert!(matches!(f.handle.deliver(record(offset, "slow", b"{}")), Delivery::Taken));
     }
-    until(|| f.control.events().contains(&"pause".to_string())).await;
-    assert!(status(&f.actor).await.paused);
+    // Refused at once, before the actor has even looked at its mailbox.
+    let Delivery::Full { record: back, intake } = f.handle.deliver(record(4, "slow", b"{}")) else {
+        panic!("the fifth record is over the bound");
+    };
+    assert_eq!((back.offset, intake.outstanding()), (4, 4), "the record comes back; nothing more is counted");
+    until(|| f.handler.running.load(Ordering::SeqCst) == 1).await;
+    let s = status(&f.actor).await;
+    assert!(s.full && !s.paused, "full is not a pause at the log: {s:?}");
+    assert!(f.control.events().iter().all(|e| e != "pause"), "no pause: the backend holds the record back");
+    gate.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(30), intake.wait()).await.unwrap();
+    assert!(matches!(f.handle.deliver(back), Delivery::Taken), "room again once a record is done");
     gate.add_permits(100);
-    until(|| f.control.events().contains(&"resume".to_string())).await;
-    until(|| f.control.last_commit() == Some(6)).await;
+    until(|| f.control.last_commit() == Some(5)).await;
+    assert_eq!(f.handle.intake.outstanding(), 0);
+    assert!(!status(&f.actor).await.full);
 }
 
 #[tokio::test]
@@ -308,6 +323,7 @@ async fn an_outage_pauses_the_partition_and_spends_no_attempts() {
     // Two attempts only: an outage that spent attempts would dead-letter at once.
     let policy = RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 };
     let (actor, control, dlq) = spawn(store.clone(), policy, processing()).await;
+    let actor = actor.actor;
     for offset in 0..10 {
         actor.cast(PartitionMsg::Record(record(offset, ["a", "b", "c"][offset as usize % 3], b"{}"))).unwrap();
     }
@@ -351,6 +367,7 @@ async fn schedule(retry_after: Option<Duration>) -> Vec<Duration> {
     let handler = Arc::new(RetryAfter { failures: 3.into(), retry_after, calls: Mutex::default() });
     let policy = RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(60), max_attempts: 5 };
     let (actor, control, _) = spawn(handler.clone(), policy, processing()).await;
+    let actor = actor.actor;
     actor.cast(PartitionMsg::Record(record(0, "k", b"{}"))).unwrap();
     until(|| control.last_commit() == Some(1)).await;
     let calls = handler.calls.lock().unwrap().clone();
@@ -413,6 +430,7 @@ async fn a_key_refused_before_half_open_probes_by_itself() {
     let handler = Arc::new(LateHalfOpen { breaker: breaker.clone(), calls: 0.into() });
     let policy = RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 };
     let (actor, control, _) = spawn(handler.clone(), policy, processing()).await;
+    let actor = actor.actor;
     actor.cast(PartitionMsg::Record(record(0, "k", b"{}"))).unwrap();
     until(|| control.last_commit() == Some(1)).await;
     assert_eq!(breaker.state(), crate::breaker::BreakerState::Closed);
@@ -427,6 +445,7 @@ async fn a_key_in_backoff_is_listed_as_stuck_until_it_succeeds() {
     // Long enough a backoff to look at; 4 attempts, so the 3 failures never dead-letter.
     let policy = RetryPolicy { base: Duration::from_millis(300), cap: Duration::from_millis(300), max_attempts: 4 };
     let (actor, control, dlq) = spawn(handler.clone(), policy, processing()).await;
+    let actor = actor.actor;
     actor.cast(PartitionMsg::Record(record(0, "flaky", b"{}"))).unwrap();
     actor.cast(PartitionMsg::Record(record(1, "steady", b"{}"))).unwrap();
     let mut seen = None;
@@ -473,6 +492,7 @@ async fn a_key_behind_an_open_breaker_is_stuck_without_a_next_attempt() {
     let store = Arc::new(FlakyStore { breaker: breaker.clone(), down: true.into(), done: Mutex::default() });
     let policy = RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 };
     let (actor, control, _dlq) = spawn(store.clone(), policy, processing()).await;
+    let actor = actor.actor;
     for offset in 0..10 {
         actor.cast(PartitionMsg::Record(record(offset, ["a", "b", "c"][offset as usize % 3], b"{}"))).unwrap();
     }
@@ -514,4 +534,36 @@ fn a_key_turn_future_stays_small() {
     let turn = key_task::run(ctx, "k".into(), vec![record(0, "k", b"{}")]);
     let size = std::mem::size_of_val(&turn);
     assert!(size <= 2048, "a key turn's future is {size} bytes");
+}
+
+#[tokio::test]
+async fn a_partition_actor_that_dies_paused_is_replaced_rewound_and_resumed() {
+    let breaker = crate::breaker::Breaker::new("store", crate::breaker::BreakerConfig::default());
+    let store = Arc::new(FlakyStore { breaker: breaker.clone(), down: true.into(), done: Mutex::default() });
+    let policy = RetryPolicy { base: Duration::from_millis(5), cap: Duration::from_millis(10), max_attempts: 2 };
+    let dead_letters =
+        DeadLetters { producer: Arc::new(Dlq::default()), topic: "t-dlq".into(), timeout: Duration::from_secs(1) };
+    let supervisor =
+        ConsumerSupervisorHandle::spawn("g".into(), store.clone(), dead_letters, policy, processing(), None, None)
+            .await
+            .unwrap();
+    let control = Arc::new(Control::default());
+    let tp = TopicPartition::new("t", 0);
+    crate::log::GroupListener::assigned(&supervisor, vec![tp.clone()], control.clone()).await;
+    for offset in 0..10 {
+        let delivered = crate::log::GroupListener::deliver(&supervisor, record(offset, "k", b"{}"));
+        assert!(matches!(delivered, Delivery::Taken));
+    }
+    until(|| control.events().contains(&"pause".to_string())).await;
+    let children = supervisor.actor().get_cell().get_children();
+    assert_eq!(children.len(), 1, "one partition actor");
+    children[0].kill();
+    until(|| control.events().contains(&"rewind".to_string())).await;
+    let events = control.events();
+    let from = events.iter().position(|e| e == "rewind").unwrap();
+    // Its successor starts believing the partition unpaused: nothing may leave it paused.
+    assert_eq!(events[from..from + 2], ["rewind", "resume"], "{events:?}");
+    until(|| supervisor.actor().get_cell().get_children().len() == 1).await;
+    assert_eq!(supervisor.status().await.len(), 1, "the partition has an actor again");
+    supervisor.actor().stop(None);
 }

@@ -6,7 +6,10 @@
 //! consumer supervisor and one behaviour suite work unchanged over both.
 
 pub mod embedded;
+mod intake;
 pub mod kafka;
+
+pub use intake::Intake;
 
 use std::fmt;
 use std::sync::Arc;
@@ -111,13 +114,24 @@ pub trait ConsumerControl: Send + Sync + 'static {
     fn rewind(&self, tp: &TopicPartition);
 }
 
+/// What became of a record offered to [`GroupListener::deliver`].
+pub enum Delivery {
+    /// Taken: the partition's owner has it (or, with no owner, it is left uncommitted for
+    /// the next one, which reads it again).
+    Taken,
+    /// The partition is at its in-flight bound; the record comes back to be offered again.
+    Full { record: Record, intake: Arc<Intake> },
+}
+
 /// Implemented by the consumer supervisor; the backend drives it like Kafka's rebalance protocol.
 #[async_trait]
 pub trait GroupListener: Send + Sync + 'static {
     /// Partitions now owned by this consumer; records for them follow through [`GroupListener::deliver`].
     async fn assigned(&self, partitions: Vec<TopicPartition>, control: Arc<dyn ConsumerControl>);
-    /// A fetched record, in offset order within its partition. Must not block.
-    fn deliver(&self, record: Record);
+    /// A fetched record, in offset order within its partition. Must not block: a partition
+    /// at its in-flight bound hands the record back ([`Delivery::Full`]), and the backend
+    /// offers it again once its [`Intake`] has room, before any later record of the partition.
+    fn deliver(&self, record: Record) -> Delivery;
     /// Partitions about to be taken away: drain them and answer, per partition, the offset
     /// to commit. The backend commits those synchronously before letting go.
     async fn revoked(&self, partitions: Vec<TopicPartition>) -> Vec<(TopicPartition, i64)>;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::groups::GroupOffsets;
 use super::partition::Partition;
 use crate::error::Error;
-use crate::log::{ConsumerControl, ConsumerHandle, GroupListener, TopicPartition};
+use crate::log::{ConsumerControl, ConsumerHandle, Delivery, GroupListener, Record, TopicPartition};
 
 /// Records read per fetch, and the byte budget of one fetch.
 const FETCH_RECORDS: usize = 500;
@@ -193,7 +193,9 @@ async fn deliver(member: Arc<Member>, partition: Arc<Partition>, mut next: i64, 
                         Some(_) => {}
                     }
                     next = record.offset + 1;
-                    member.listener.deliver(record);
+                    if !offer(&member, record, &mut flow, rewinds).await {
+                        break;
+                    }
                 }
                 continue;
             }
@@ -204,6 +206,30 @@ async fn deliver(member: Arc<Member>, partition: Arc<Partition>, mut next: i64, 
         tokio::select! {
             _ = member.cancel.cancelled() => return,
             _ = tokio::time::sleep(RETRY_AFTER) => {}
+        }
+    }
+}
+
+/// Hands `record` over, waiting while the partition is at its in-flight bound (only this
+/// partition's task waits). `false` when the member stops or a rewind drops the record.
+async fn offer(member: &Member, mut record: Record, flow: &mut watch::Receiver<Flow>, rewinds: u64) -> bool {
+    loop {
+        let intake = match member.listener.deliver(record) {
+            Delivery::Taken => return true,
+            Delivery::Full { record: back, intake } => {
+                record = back;
+                intake
+            }
+        };
+        tokio::select! {
+            _ = member.cancel.cancelled() => return false,
+            () = intake.wait() => {}
+            // The owner died and was replaced: its successor reads from the committed offset.
+            changed = flow.changed() => {
+                if changed.is_err() || flow.borrow_and_update().rewinds != rewinds {
+                    return false;
+                }
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
-use crate::log::{ConsumerControl, Header, Record};
+use crate::log::{ConsumerControl, Delivery, Header, Record};
 
 pub(super) const WAIT: Duration = Duration::from_secs(10);
 
@@ -27,6 +27,8 @@ pub(super) struct Recorder {
     revoked: Mutex<Vec<TopicPartition>>,
     control: Mutex<Option<Arc<dyn ConsumerControl>>>,
     pause_on_deliver: AtomicBool,
+    /// When set, deliveries are admitted against it, as the consumer supervisor does.
+    pub(super) intake: Mutex<Option<Arc<crate::log::Intake>>>,
     /// Answered for every revoked partition; `None` answers "after the last delivered".
     pub(super) revoke_answer: Mutex<Option<i64>>,
 }
@@ -48,11 +50,17 @@ impl GroupListener for Recorder {
         *self.control.lock().unwrap() = Some(control);
     }
 
-    fn deliver(&self, record: Record) {
+    fn deliver(&self, record: Record) -> Delivery {
         if self.pause_on_deliver.load(Ordering::SeqCst) {
             self.control().pause(&record.tp);
         }
+        if let Some(intake) = self.intake.lock().unwrap().clone()
+            && !intake.try_admit()
+        {
+            return Delivery::Full { record, intake };
+        }
         self.records.lock().unwrap().push(record);
+        Delivery::Taken
     }
 
     async fn revoked(&self, partitions: Vec<TopicPartition>) -> Vec<(TopicPartition, i64)> {
@@ -250,6 +258,32 @@ async fn pause_stops_delivery_and_resume_continues() {
     wait_until("the rest", || recorder.records().len() == 21).await;
     let offsets: Vec<i64> = recorder.records().iter().map(|r| r.offset).collect();
     assert_eq!(offsets, (0..21).collect::<Vec<_>>());
+    handle.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_partition_waits_for_room_and_a_rewind_drops_what_it_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), 1).unwrap();
+    for i in 0..10 {
+        log.producer().send(record("t", None, &format!("p{i}")), WAIT).await.unwrap();
+    }
+    let recorder = Arc::new(Recorder::default());
+    let intake = Arc::new(crate::log::Intake::new(3));
+    *recorder.intake.lock().unwrap() = Some(intake.clone());
+    let handle = log.subscribe("g", &["t".to_owned()], recorder.clone()).await.unwrap();
+    wait_until("the bound", || recorder.records().len() == 3).await;
+    intake.done(2);
+    wait_until("two more", || recorder.records().len() == 5).await;
+    assert_eq!(intake.outstanding(), 3, "never more than the bound");
+    // The owner is replaced while the partition is full: the next one reads from the commit.
+    let tp = TopicPartition::new("t", 0);
+    recorder.control().commit(&tp, 2);
+    *recorder.intake.lock().unwrap() = None;
+    recorder.control().rewind(&tp);
+    wait_until("the redelivery", || recorder.records().len() == 13).await;
+    let offsets: Vec<i64> = recorder.records().iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 4, 2, 3, 4, 5, 6, 7, 8, 9], "in order, nothing skipped");
     handle.stop().await.unwrap();
 }
 

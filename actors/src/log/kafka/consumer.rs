@@ -1,7 +1,14 @@
 //! One Kafka group member: a `BaseConsumer` polled on its own thread. Partition actors
 //! steer it through [`KafkaControl`] (pause, resume, commit, rewind), applied between polls.
+//!
+//! A partition at its in-flight bound hands a record back ([`Delivery::Full`]). The thread
+//! first waits for room, up to [`HOLD`]: a pause would drop what librdkafka has prefetched for
+//! the partition and the resume would fetch it again, which halved processing on the test
+//! broker when the bound was held with pauses alone. A partition still full after that is
+//! paused at the broker, its record kept here, so the other partitions keep moving; it is
+//! resumed once half its bound is free.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -16,10 +23,13 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::client_config;
 use crate::Error;
 use crate::config::KafkaConfig;
-use crate::log::{ConsumerControl, ConsumerHandle, GroupListener, Header, Record, TopicPartition};
+use crate::log::{ConsumerControl, ConsumerHandle, Delivery, GroupListener, Header, Intake, Record, TopicPartition};
+use crate::metrics::{self as m, kv, metrics};
 
 const POLL: Duration = Duration::from_millis(50);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// How long the thread waits for room in a full partition before pausing it instead.
+const HOLD: Duration = Duration::from_millis(100);
 
 enum Command {
     Pause(TopicPartition),
@@ -209,29 +219,27 @@ fn one(tp: &TopicPartition) -> TopicPartitionList {
 fn run(consumer: BaseConsumer<GroupContext>, rx: mpsc::Receiver<Command>, listener: Arc<dyn GroupListener>) {
     let mut to_commit: HashMap<TopicPartition, i64> = HashMap::new();
     let mut last_commit = Instant::now();
+    let mut flow = Flow::default();
     let stopped = loop {
         match consumer.poll(POLL) {
-            Some(Ok(msg)) => listener.deliver(record_of(&msg)),
+            Some(Ok(msg)) => flow.offer(&consumer, listener.as_ref(), record_of(&msg)),
             Some(Err(err)) => tracing::warn!(error = &err as &dyn std::error::Error, "kafka consumer error"),
             None => {}
         }
+        flow.forget_unowned(&consumer);
+        flow.release(&consumer, listener.as_ref());
         let mut stop = None;
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
-                Command::Pause(tp) => {
-                    if let Err(err) = consumer.pause(&one(&tp)) {
-                        tracing::debug!(partition = %tp, error = %err, "pause ignored");
-                    }
-                }
-                Command::Resume(tp) => {
-                    if let Err(err) = consumer.resume(&one(&tp)) {
-                        tracing::debug!(partition = %tp, error = %err, "resume ignored");
-                    }
-                }
+                Command::Pause(tp) => flow.owner_pause(&consumer, tp),
+                Command::Resume(tp) => flow.owner_resume(&consumer, &tp),
                 Command::Commit(tp, offset) => {
                     to_commit.insert(tp, offset);
                 }
-                Command::Rewind(tp) => rewind(&consumer, &tp),
+                Command::Rewind(tp) => {
+                    flow.drop_held(&consumer, &tp);
+                    rewind(&consumer, &tp);
+                }
                 Command::Stop(done) => stop = Some(done),
             }
         }
@@ -256,6 +264,125 @@ fn run(consumer: BaseConsumer<GroupContext>, rx: mpsc::Receiver<Command>, listen
     consumer.unsubscribe();
     drop(consumer);
     let _ = stopped.send(());
+}
+
+/// Records fetched for a partition paused at its bound, waiting for room, in offset order.
+struct Held {
+    records: VecDeque<Record>,
+    intake: Arc<Intake>,
+}
+
+/// Which partitions are paused at the broker, and why: a partition is paused while its owner
+/// asks (an open downstream) or while it is held at its bound.
+#[derive(Default)]
+struct Flow {
+    by_owner: HashSet<TopicPartition>,
+    held: HashMap<TopicPartition, Held>,
+}
+
+impl Flow {
+    /// Hands a fetched record over, waiting up to [`HOLD`] for room, then holding it.
+    fn offer(&mut self, consumer: &BaseConsumer<GroupContext>, listener: &dyn GroupListener, mut record: Record) {
+        if let Some(held) = self.held.get_mut(&record.tp) {
+            // Fetched before the pause took effect: it queues behind the held ones.
+            held.records.push_back(record);
+            return;
+        }
+        loop {
+            let intake = match listener.deliver(record) {
+                Delivery::Taken => return,
+                Delivery::Full { record: back, intake } => {
+                    record = back;
+                    intake
+                }
+            };
+            if intake.wait_blocking(HOLD) {
+                continue;
+            }
+            let tp = record.tp.clone();
+            if !self.by_owner.contains(&tp) {
+                pause(consumer, &tp);
+            }
+            let labels = [kv(m::TOPIC, tp.topic.clone()), kv(m::PARTITION, i64::from(tp.partition))];
+            metrics().partition_pauses.add(1, &labels);
+            tracing::info!(partition = %tp, in_flight = intake.outstanding(), "partition full; paused at the broker");
+            self.held.insert(tp, Held { records: VecDeque::from([record]), intake });
+            return;
+        }
+    }
+
+    /// Delivers the held records of partitions half empty again, and resumes them.
+    fn release(&mut self, consumer: &BaseConsumer<GroupContext>, listener: &dyn GroupListener) {
+        let ready: Vec<TopicPartition> =
+            self.held.iter().filter(|(_, h)| h.intake.half_empty()).map(|(tp, _)| tp.clone()).collect();
+        for tp in ready {
+            let Some(mut held) = self.held.remove(&tp) else { continue };
+            while let Some(record) = held.records.pop_front() {
+                if let Delivery::Full { record, intake } = listener.deliver(record) {
+                    held.records.push_front(record);
+                    held.intake = intake;
+                    break;
+                }
+            }
+            if !held.records.is_empty() {
+                self.held.insert(tp, held);
+                continue;
+            }
+            if !self.by_owner.contains(&tp) {
+                resume(consumer, &tp);
+            }
+            tracing::info!(partition = %tp, "partition resumed");
+        }
+    }
+
+    fn owner_pause(&mut self, consumer: &BaseConsumer<GroupContext>, tp: TopicPartition) {
+        if !self.held.contains_key(&tp) && !self.by_owner.contains(&tp) {
+            pause(consumer, &tp);
+        }
+        self.by_owner.insert(tp);
+    }
+
+    fn owner_resume(&mut self, consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition) {
+        if self.by_owner.remove(tp) && !self.held.contains_key(tp) {
+            resume(consumer, tp);
+        }
+    }
+
+    /// The owner was replaced and the partition is read again from its committed offset:
+    /// what was held for the old owner goes.
+    fn drop_held(&mut self, consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition) {
+        if self.held.remove(tp).is_some() && !self.by_owner.contains(tp) {
+            resume(consumer, tp);
+        }
+    }
+
+    /// Forgets partitions revoked from this member; their next owner reads what was held.
+    fn forget_unowned(&mut self, consumer: &BaseConsumer<GroupContext>) {
+        if self.held.is_empty() && self.by_owner.is_empty() {
+            return;
+        }
+        let owned = consumer.context().owned.lock().map(|o| o.clone()).unwrap_or_default();
+        let gone: Vec<TopicPartition> =
+            self.held.keys().chain(self.by_owner.iter()).filter(|tp| !owned.contains(*tp)).cloned().collect();
+        for tp in gone {
+            self.held.remove(&tp);
+            self.by_owner.remove(&tp);
+            // A paused partition stays paused in librdkafka if it comes back.
+            resume(consumer, &tp);
+        }
+    }
+}
+
+fn pause(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition) {
+    if let Err(err) = consumer.pause(&one(tp)) {
+        tracing::debug!(partition = %tp, error = %err, "pause ignored");
+    }
+}
+
+fn resume(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition) {
+    if let Err(err) = consumer.resume(&one(tp)) {
+        tracing::debug!(partition = %tp, error = %err, "resume ignored");
+    }
 }
 
 /// Commits positions of partitions still owned; those of revoked ones were committed on revoke.
