@@ -12,7 +12,8 @@ use super::{InvalidConfig, invalid};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessingConfig {
-    /// Records received but not yet done, per partition, before the partition is paused.
+    /// Records handed to a partition actor and not yet done (mailbox included); at the bound
+    /// the log client holds the next record back (see `config.toml`).
     pub max_in_flight_per_partition: usize,
     /// Keys handled at once per partition.
     pub max_concurrent_keys: usize,
