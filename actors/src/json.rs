@@ -30,7 +30,9 @@ fn nul_path(value: &serde_json::Value) -> Option<String> {
     use serde_json::Value;
     match value {
         Value::String(s) => s.contains('\0').then(String::new),
-        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_path(v).map(|rest| format!("[{i}]{rest}"))),
+        Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, v)| nul_path(v).map(|rest| format!("[{i}]{rest}")))
+        }
         Value::Object(map) => nul_member(map),
         _ => None,
     }

@@ -41,9 +41,7 @@ impl Intake {
 
     /// Counts one more record in flight if the bound allows it; `false` when full.
     pub fn try_admit(&self) -> bool {
-        self.outstanding
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
-            .is_ok()
+        self.outstanding.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1)).is_ok()
     }
 
     /// `n` admitted records are done (processed, dead-lettered or parked).

@@ -459,6 +459,7 @@ mod tests {
         let (handler, reads, _dir) = handler().await;
         let dlq = Arc::new(Dlq::default());
         let args = PartitionArgs {
+            intake: Arc::new(conveyor_actors::log::Intake::new(5_000)),
             tp: TopicPartition::new("events-input", 0),
             handler: Arc::new(handler),
             control: Arc::new(Control),
