@@ -383,6 +383,28 @@ mod tests {
         assert!(reads.get("d9").await.unwrap().is_none());
     }
 
+    #[test]
+    fn the_borrowed_decode_requires_every_field_a_device_event_requires() {
+        let event = DeviceEvent {
+            request_id: uuid::Uuid::now_v7(),
+            device_id: "d1".into(),
+            payload: serde_json::Map::from_iter([("t".to_string(), serde_json::json!(1))]),
+            user_id: "u".into(),
+            received_at: chrono::Utc::now(),
+        };
+        let full = serde_json::to_value(&event).unwrap();
+        let text = serde_json::to_vec(&full).unwrap();
+        assert!(serde_json::from_slice::<EventRef<'_>>(&text).is_ok(), "a whole event decodes");
+        // A field added to `DeviceEvent` and not to `EventRef` would be left unchecked.
+        for field in full.as_object().unwrap().keys() {
+            let mut without = full.clone();
+            without.as_object_mut().unwrap().remove(field);
+            let text = serde_json::to_vec(&without).unwrap();
+            assert!(serde_json::from_slice::<DeviceEvent>(&text).is_err(), "{field} is required");
+            assert!(serde_json::from_slice::<EventRef<'_>>(&text).is_err(), "EventRef lets a missing {field} pass");
+        }
+    }
+
     /// The handler reads the payload as raw text; a record that is not a whole `DeviceEvent`
     /// (a payload that is no object, a field missing or of the wrong form) still fails for
     /// good, and a payload stored as text reads back as the same JSON.
