@@ -11,6 +11,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
@@ -52,11 +53,19 @@ pub struct PartitionArgs {
 pub struct PartitionHandle {
     pub actor: ActorRef<PartitionMsg>,
     pub intake: Arc<Intake>,
+    /// False for an actor replacing one that died, until the backend has rewound the
+    /// partition to its committed offset ([`crate::log::GroupListener::rewound`]): records
+    /// read before the rewind are read again after it, and must not reach the new actor
+    /// first (it would commit past the ones it never saw).
+    pub live: Arc<AtomicBool>,
 }
 
 impl PartitionHandle {
     /// Hands `record` to the actor, or back when the partition is at its bound.
     pub fn deliver(&self, record: Record) -> Delivery {
+        if !self.live.load(Ordering::Acquire) {
+            return Delivery::Taken;
+        }
         if !self.intake.try_admit() {
             return Delivery::Full { record, intake: self.intake.clone() };
         }
@@ -308,7 +317,8 @@ impl PartitionState {
     /// Pauses or resumes the partition at the log to match the reasons to pause.
     fn apply_pause(&mut self) {
         let want = !self.open_downstreams.is_empty();
-        if want && !self.paused {
+        // A draining partition is being let go: a pause sent now could outlive it.
+        if want && !self.paused && self.draining.is_none() {
             self.paused = true;
             self.args.control.pause(&self.args.tp);
             metrics().partition_pauses.add(1, &self.ctx.labels);

@@ -3,6 +3,7 @@
 //! them, and on revoke drains them and hands back the offsets to commit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -76,7 +77,7 @@ impl Actor for ConsumerSupervisor {
             SupervisorMsg::Assigned { partitions, control, reply } => {
                 state.control = Some(control);
                 for tp in partitions {
-                    state.spawn_partition(tp, &myself).await?;
+                    state.spawn_partition(tp, true, &myself).await?;
                 }
                 let _ = reply.send(());
             }
@@ -122,13 +123,16 @@ impl Actor for ConsumerSupervisor {
         if let Ok(mut routes) = state.args.routes.write() {
             routes.remove(&tp);
         }
+        // The successor takes records only once the backend has rewound (it goes live in
+        // `rewound`): it is routed before the rewind is asked for, so that none is missed.
+        state.spawn_partition(tp.clone(), false, &myself).await?;
         if let Some(control) = &state.control {
             control.rewind(&tp);
             // It may have died with the partition paused for an open downstream; its
             // successor starts unpaused and pauses again if a downstream is still open.
             control.resume(&tp);
         }
-        state.spawn_partition(tp, &myself).await
+        Ok(())
     }
 
     async fn post_stop(
@@ -151,6 +155,7 @@ impl SupervisorState {
     async fn spawn_partition(
         &mut self,
         tp: TopicPartition,
+        live: bool,
         myself: &ActorRef<SupervisorMsg>,
     ) -> Result<(), ActorProcessingErr> {
         let Some(control) = self.control.clone() else {
@@ -170,7 +175,7 @@ impl SupervisorState {
         };
         let (actor, _) = Actor::spawn_linked(None, PartitionActor, args, myself.get_cell()).await?;
         if let Ok(mut routes) = self.args.routes.write() {
-            routes.insert(tp, PartitionHandle { actor, intake });
+            routes.insert(tp, PartitionHandle { actor, intake, live: Arc::new(AtomicBool::new(live)) });
         }
         Ok(())
     }
@@ -282,6 +287,13 @@ impl GroupListener for ConsumerSupervisorHandle {
             None => tracing::warn!(partition = %record.tp, "record for an unassigned partition left uncommitted"),
         }
         Delivery::Taken
+    }
+
+    fn rewound(&self, tp: &TopicPartition) {
+        if let Some(handle) = self.routes.read().ok().and_then(|r| r.get(tp).cloned()) {
+            handle.live.store(true, Ordering::Release);
+            tracing::info!(partition = %tp, "partition rewound; its new actor takes records");
+        }
     }
 
     async fn revoked(&self, partitions: Vec<TopicPartition>) -> Vec<(TopicPartition, i64)> {

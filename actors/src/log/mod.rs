@@ -132,6 +132,10 @@ pub trait GroupListener: Send + Sync + 'static {
     /// at its in-flight bound hands the record back ([`Delivery::Full`]), and the backend
     /// offers it again once its [`Intake`] has room, before any later record of the partition.
     fn deliver(&self, record: Record) -> Delivery;
+    /// After [`ConsumerControl::rewind`]: `tp` is read from its committed offset again, and
+    /// what is delivered from now on is that replay (called on the delivering thread or task,
+    /// before the first record of the replay).
+    fn rewound(&self, _tp: &TopicPartition) {}
     /// Partitions about to be taken away: drain them and answer, per partition, the offset
     /// to commit. The backend commits those synchronously before letting go.
     async fn revoked(&self, partitions: Vec<TopicPartition>) -> Vec<(TopicPartition, i64)>;

@@ -170,6 +170,7 @@ async fn deliver(member: Arc<Member>, partition: Arc<Partition>, mut next: i64, 
         if seen != rewinds {
             rewinds = seen;
             next = member.control.group.get(partition.tp()).unwrap_or(0);
+            member.listener.rewound(partition.tp());
         }
         if next >= *end.borrow_and_update() {
             tokio::select! {

@@ -27,6 +27,8 @@ pub(super) struct Recorder {
     revoked: Mutex<Vec<TopicPartition>>,
     control: Mutex<Option<Arc<dyn ConsumerControl>>>,
     pause_on_deliver: AtomicBool,
+    /// Partitions the backend said it rewound, each with how many records had come before.
+    pub(super) rewound: Mutex<Vec<(TopicPartition, usize)>>,
     /// When set, deliveries are admitted against it, as the consumer supervisor does.
     pub(super) intake: Mutex<Option<Arc<crate::log::Intake>>>,
     /// Answered for every revoked partition; `None` answers "after the last delivered".
@@ -61,6 +63,11 @@ impl GroupListener for Recorder {
         }
         self.records.lock().unwrap().push(record);
         Delivery::Taken
+    }
+
+    fn rewound(&self, tp: &TopicPartition) {
+        let before = self.records.lock().unwrap().len();
+        self.rewound.lock().unwrap().push((tp.clone(), before));
     }
 
     async fn revoked(&self, partitions: Vec<TopicPartition>) -> Vec<(TopicPartition, i64)> {
@@ -284,6 +291,7 @@ async fn a_full_partition_waits_for_room_and_a_rewind_drops_what_it_held() {
     wait_until("the redelivery", || recorder.records().len() == 13).await;
     let offsets: Vec<i64> = recorder.records().iter().map(|r| r.offset).collect();
     assert_eq!(offsets, [0, 1, 2, 3, 4, 2, 3, 4, 5, 6, 7, 8, 9], "in order, nothing skipped");
+    assert_eq!(*recorder.rewound.lock().unwrap(), [(tp.clone(), 5)], "announced before the replay's first record");
     handle.stop().await.unwrap();
 }
 

@@ -228,6 +228,7 @@ fn run(consumer: BaseConsumer<GroupContext>, rx: mpsc::Receiver<Command>, listen
         }
         flow.forget_unowned(&consumer);
         flow.release(&consumer, listener.as_ref());
+        flow.rewind_pending(&consumer, listener.as_ref(), &to_commit);
         let mut stop = None;
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
@@ -238,7 +239,8 @@ fn run(consumer: BaseConsumer<GroupContext>, rx: mpsc::Receiver<Command>, listen
                 }
                 Command::Rewind(tp) => {
                     flow.drop_held(&consumer, &tp);
-                    rewind(&consumer, &tp);
+                    flow.rewinding.insert(tp);
+                    flow.next_rewind = Instant::now();
                 }
                 Command::Stop(done) => stop = Some(done),
             }
@@ -274,10 +276,19 @@ struct Held {
 
 /// Which partitions are paused at the broker, and why: a partition is paused while its owner
 /// asks (an open downstream) or while it is held at its bound.
-#[derive(Default)]
 struct Flow {
     by_owner: HashSet<TopicPartition>,
     held: HashMap<TopicPartition, Held>,
+    /// Partitions to read again from their committed offset, for an owner that replaced one
+    /// that died; retried until the seek succeeds (the new owner takes nothing before).
+    rewinding: HashSet<TopicPartition>,
+    next_rewind: Instant,
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Flow { by_owner: HashSet::new(), held: HashMap::new(), rewinding: HashSet::new(), next_rewind: Instant::now() }
+    }
 }
 
 impl Flow {
@@ -336,6 +347,11 @@ impl Flow {
     }
 
     fn owner_pause(&mut self, consumer: &BaseConsumer<GroupContext>, tp: TopicPartition) {
+        // From an owner that was let go since: a pause kept for a partition not owned would
+        // outlive it, if the partition came back, and nothing would resume it.
+        if !owned(consumer).contains(&tp) {
+            return;
+        }
         if !self.held.contains_key(&tp) && !self.by_owner.contains(&tp) {
             pause(consumer, &tp);
         }
@@ -356,21 +372,55 @@ impl Flow {
         }
     }
 
-    /// Forgets partitions revoked from this member; their next owner reads what was held.
-    fn forget_unowned(&mut self, consumer: &BaseConsumer<GroupContext>) {
-        if self.held.is_empty() && self.by_owner.is_empty() {
+    /// Seeks partitions waiting for a rewind back to their committed offset, then tells the
+    /// listener; one that fails is tried again a second later.
+    fn rewind_pending(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        listener: &dyn GroupListener,
+        to_commit: &HashMap<TopicPartition, i64>,
+    ) {
+        if self.rewinding.is_empty() || Instant::now() < self.next_rewind {
             return;
         }
-        let owned = consumer.context().owned.lock().map(|o| o.clone()).unwrap_or_default();
-        let gone: Vec<TopicPartition> =
-            self.held.keys().chain(self.by_owner.iter()).filter(|tp| !owned.contains(*tp)).cloned().collect();
+        let pending: Vec<TopicPartition> = self.rewinding.iter().cloned().collect();
+        for tp in pending {
+            if rewind(consumer, &tp, to_commit.get(&tp).copied()) {
+                self.rewinding.remove(&tp);
+                listener.rewound(&tp);
+            } else {
+                self.next_rewind = Instant::now() + Duration::from_secs(1);
+            }
+        }
+    }
+
+    /// Forgets partitions revoked from this member; their next owner reads what was held.
+    fn forget_unowned(&mut self, consumer: &BaseConsumer<GroupContext>) {
+        if self.held.is_empty() && self.by_owner.is_empty() && self.rewinding.is_empty() {
+            return;
+        }
+        let owned = owned(consumer);
+        let gone: Vec<TopicPartition> = self
+            .held
+            .keys()
+            .chain(self.by_owner.iter())
+            .chain(self.rewinding.iter())
+            .filter(|tp| !owned.contains(*tp))
+            .cloned()
+            .collect();
         for tp in gone {
             self.held.remove(&tp);
             self.by_owner.remove(&tp);
+            self.rewinding.remove(&tp);
             // A paused partition stays paused in librdkafka if it comes back.
             resume(consumer, &tp);
         }
     }
+}
+
+/// The partitions this member owns now (a poisoned lock still holds the right set).
+fn owned(consumer: &BaseConsumer<GroupContext>) -> HashSet<TopicPartition> {
+    consumer.context().owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
 }
 
 fn pause(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition) {
@@ -404,16 +454,29 @@ fn commit_owned(consumer: &BaseConsumer<GroupContext>, to_commit: &mut HashMap<T
     }
 }
 
-fn rewind(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition) {
-    let committed = consumer
-        .committed_offsets(one(tp), Duration::from_secs(5))
-        .ok()
-        .and_then(|list| list.find_partition(&tp.topic, tp.partition).map(|e| e.offset()));
-    let target = match committed {
-        Some(Offset::Offset(o)) => Offset::Offset(o),
-        _ => Offset::Beginning,
+/// Seeks `tp` to the position to read again from: the commit this thread has not sent yet,
+/// else the group's committed offset (the start if there is none); `false` if that failed.
+fn rewind(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition, unsent: Option<i64>) -> bool {
+    let target = match unsent {
+        Some(offset) => Offset::Offset(offset),
+        None => match consumer.committed_offsets(one(tp), Duration::from_secs(5)) {
+            Ok(list) => match list.find_partition(&tp.topic, tp.partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Offset::Offset(o),
+                // Nothing committed yet: from the start, as `auto.offset.reset` says.
+                _ => Offset::Beginning,
+            },
+            Err(err) => {
+                // Not the start instead: a wrong guess would skip or replay a partition.
+                tracing::error!(partition = %tp, error = &err as &dyn std::error::Error, "rewind: committed offset unknown; retrying");
+                return false;
+            }
+        },
     };
-    if let Err(err) = consumer.seek(&tp.topic, tp.partition, target, Duration::from_secs(5)) {
-        tracing::error!(partition = %tp, error = &err as &dyn std::error::Error, "rewind failed");
+    match consumer.seek(&tp.topic, tp.partition, target, Duration::from_secs(5)) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::error!(partition = %tp, error = &err as &dyn std::error::Error, "rewind failed; retrying");
+            false
+        }
     }
 }
