@@ -11,6 +11,27 @@ use crate::retry::HandlerError;
 
 static ANY: AtomicBool = AtomicBool::new(false);
 static FAILING: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(RwLock::default);
+static ANY_CRASH: AtomicBool = AtomicBool::new(false);
+static CRASHING: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(RwLock::default);
+
+/// The next record with `key` makes the partition actor that receives it panic, once: a
+/// drill of the restart path (the rewind to the committed offset and the replay).
+pub fn crash_partition_on(key: &str) {
+    let mut set = CRASHING.write().unwrap_or_else(|e| e.into_inner());
+    set.insert(key.to_string());
+    ANY_CRASH.store(true, Ordering::SeqCst);
+}
+
+/// Whether a record with `key` is to crash its partition actor (and clears the request).
+pub(super) fn crash_requested(key: &str) -> bool {
+    if !ANY_CRASH.load(Ordering::Relaxed) {
+        return false;
+    }
+    let mut set = CRASHING.write().unwrap_or_else(|e| e.into_inner());
+    let crash = set.remove(key);
+    ANY_CRASH.store(!set.is_empty(), Ordering::SeqCst);
+    crash
+}
 
 /// The error a failing key's handler calls get.
 #[derive(Debug, thiserror::Error)]
@@ -58,5 +79,14 @@ mod tests {
         assert!(heal_key("faults-test-a"));
         assert!(!heal_key("faults-test-a"));
         assert!(injected("faults-test-a").is_none());
+    }
+
+    #[test]
+    fn a_crash_is_requested_once_per_call() {
+        assert!(!crash_requested("faults-test-c"));
+        crash_partition_on("faults-test-c");
+        assert!(!crash_requested("faults-test-d"));
+        assert!(crash_requested("faults-test-c"));
+        assert!(!crash_requested("faults-test-c"), "once");
     }
 }

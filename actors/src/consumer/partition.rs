@@ -228,7 +228,14 @@ impl Actor for PartitionActor {
         state: &mut PartitionState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PartitionMsg::Record(record) => state.receive(record, &myself),
+            PartitionMsg::Record(record) => {
+                if record.key.as_deref().is_some_and(super::faults::crash_requested) {
+                    // The drill's crash: the supervisor restarts this partition from its
+                    // committed offset (POST /admin/faults/keys/{key}/crash-partition).
+                    panic!("fault injected: partition actor crash on a record of a chosen key");
+                }
+                state.receive(record, &myself)
+            }
             PartitionMsg::KeyDone { key, outcome } => state.key_done(key, outcome.0, &myself),
             PartitionMsg::CommitTick => state.commit(),
             PartitionMsg::Drain { reply } => {

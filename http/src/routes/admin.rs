@@ -315,6 +315,22 @@ pub async fn fail_key(State(state): App, RawPath(key): RawPath<String>, req: Req
     Ok(json_response(StatusCode::ACCEPTED, &json!({"key": key, "injected": "retryable failure"})))
 }
 
+/// Test-only fault hook (`faults.allow_panic_injection`): the next record with this key makes
+/// its partition actor panic, so a drill sees the partition restarted from its committed
+/// offset with nothing lost. Not in the OpenAPI document.
+pub async fn crash_partition(
+    State(state): App,
+    RawPath(key): RawPath<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    admin(&state, req.headers()).await?;
+    if !state.conveyor.config.faults.allow_panic_injection {
+        return Err(ApiError::ResourceNotFound("fault hook"));
+    }
+    conveyor_actors::consumer::faults::crash_partition_on(&key);
+    Ok(json_response(StatusCode::ACCEPTED, &json!({"key": key, "injected": "partition actor crash"})))
+}
+
 /// Test-only fault hook: ends [`fail_key`] for this key.
 pub async fn heal_key(State(state): App, RawPath(key): RawPath<String>, req: Request) -> Result<Response, ApiError> {
     admin(&state, req.headers()).await?;

@@ -122,4 +122,5 @@ pub(crate) fn api() -> OpenApiRouter<S> {
         .route("/admin/faults/http/panic", spends(Api, post(admin::panic_in_handler)))
         .route("/admin/faults/keys/{key}/fail", spends(Api, post(admin::fail_key)))
         .route("/admin/faults/keys/{key}/heal", spends(Api, post(admin::heal_key)))
+        .route("/admin/faults/keys/{key}/crash-partition", spends(Api, post(admin::crash_partition)))
 }
