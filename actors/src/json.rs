@@ -16,43 +16,6 @@ fn float_integer(f: f64) -> Option<i64> {
     (f.is_finite() && f.fract() == 0.0 && f > i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
 }
 
-/// Where `value` holds a NUL character (`\u0000`) in a string or a key, as a path from its
-/// root (`payload.note`, `tags[2]`; `""` for the root itself). PostgreSQL keeps neither
-/// `jsonb` nor `text` with NUL in it, so such input is refused where it comes in, not
-/// retried until it is dead-lettered.
-pub fn nul_at(value: &serde_json::Value) -> Option<String> {
-    let path = nul_path(value)?;
-    Some(path.strip_prefix('.').map_or_else(|| path.clone(), str::to_string))
-}
-
-/// [`nul_at`]'s walk: each step prefixed with its separator (`.key` or `[i]`).
-fn nul_path(value: &serde_json::Value) -> Option<String> {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => s.contains('\0').then(String::new),
-        Value::Array(items) => {
-            items.iter().enumerate().find_map(|(i, v)| nul_path(v).map(|rest| format!("[{i}]{rest}")))
-        }
-        Value::Object(map) => nul_member(map),
-        _ => None,
-    }
-}
-
-fn nul_member(map: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
-    map.iter().find_map(|(k, v)| {
-        if k.contains('\0') {
-            return Some(format!(".{}", k.replace('\0', "\\u0000")));
-        }
-        nul_path(v).map(|rest| format!(".{k}{rest}"))
-    })
-}
-
-/// [`nul_at`] for an object held as its map.
-pub fn nul_in(map: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
-    let path = nul_member(map)?;
-    Some(path.strip_prefix('.').map_or_else(|| path.clone(), str::to_string))
-}
-
 /// A JSON value read field by field (to name every bad one) as JSON Schema sees it:
 /// `8491.0` is an integer, `1.5` and `"3"` are not.
 pub fn value_integer(value: &serde_json::Value) -> Option<i64> {
@@ -98,15 +61,6 @@ pub fn optional_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::E
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn nul_is_found_in_values_and_keys_and_named_by_its_path() {
-        use serde_json::json;
-        assert_eq!(super::nul_at(&json!({"a": {"b": [1, "x\0"]}})), Some("a.b[1]".into()));
-        assert_eq!(super::nul_at(&json!({"ok": "x", "k\0": 1})), Some("k\\u0000".into()));
-        assert_eq!(super::nul_at(&json!("\0")), Some(String::new()));
-        assert_eq!(super::nul_at(&json!({"a": ["\\u0000 as text is fine", 0]})), None);
-    }
-
     #[derive(serde::Deserialize, Debug, PartialEq)]
     struct T {
         #[serde(deserialize_with = "super::integer")]

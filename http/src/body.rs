@@ -63,9 +63,6 @@ fn parse_optional<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Res
 }
 
 fn from_object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    if let Some(field) = nul_field(&value, "") {
-        return Err(ApiError::Validation(vec![field]));
-    }
     serde_json::from_value(value).map_err(|e| {
         // serde names the field only when it is missing or unknown ("missing field `email`").
         let text = e.to_string();
@@ -87,23 +84,6 @@ pub struct EventInput {
 }
 
 const DEVICE_ID_MAX: usize = 128;
-
-/// A NUL character anywhere in `value`, named by its path under `prefix`: the store cannot
-/// hold it, so it is refused here rather than failing every retry downstream.
-fn nul_field(value: &serde_json::Value, prefix: &str) -> Option<FieldError> {
-    conveyor_actors::json::nul_at(value).map(|path| nul_error(prefix, &path))
-}
-
-fn nul_error(prefix: &str, path: &str) -> FieldError {
-    let field = match (prefix.trim_end_matches('.'), path) {
-        ("", "") => "body".to_string(),
-        (p, "") => p.to_string(),
-        ("", path) => path.to_string(),
-        (p, path) if path.starts_with('[') => format!("{p}{path}"),
-        (p, path) => format!("{p}.{path}"),
-    };
-    FieldError::new(field, "must not contain NUL characters (\\u0000)")
-}
 
 /// Validates one event object; `prefix` names its place (`""` or `events[3].`).
 pub fn event(value: serde_json::Value, prefix: &str) -> Result<EventInput, Vec<FieldError>> {
@@ -132,12 +112,7 @@ pub fn event(value: serde_json::Value, prefix: &str) -> Result<EventInput, Vec<F
         }
     };
     let payload = match obj.remove("payload") {
-        Some(serde_json::Value::Object(p)) => {
-            if let Some(path) = conveyor_actors::json::nul_in(&p) {
-                errors.push(nul_error(&format!("{prefix}payload"), &path));
-            }
-            p
-        }
+        Some(serde_json::Value::Object(p)) => p,
         Some(_) => {
             errors.push(FieldError::new(format!("{prefix}payload"), "must be a JSON object"));
             serde_json::Map::new()
@@ -198,19 +173,6 @@ mod tests {
         assert_eq!(fields(json!([1, 2])), vec!["body"]);
         let nested = event(json!("x"), "events[3].").err().unwrap_or_default();
         assert_eq!(nested[0].field, "events[3]");
-    }
-
-    #[test]
-    fn nul_anywhere_in_a_payload_or_an_object_body_is_named() {
-        let payload = json!({"device_id": "d", "payload": {"notes": ["ok", "a\0b"]}});
-        assert_eq!(fields(payload), vec!["payload.notes[1]"]);
-        let nested = event(json!({"device_id": "d", "payload": {"k\0": 1}}), "events[2].").err().unwrap_or_default();
-        assert_eq!(nested[0].field, "events[2].payload.k\\u0000");
-        assert_eq!(fields(json!({"device_id": "d\0", "payload": {}})), vec!["device_id"], "a control character");
-        match from_object::<Options>(json!({"keep": 1, "note": "\0"})) {
-            Err(ApiError::Validation(errors)) => assert_eq!(errors[0].field, "note"),
-            other => panic!("expected a validation error, got {other:?}"),
-        }
     }
 
     #[test]

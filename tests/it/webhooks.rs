@@ -234,9 +234,6 @@ async fn bad_input_gets_a_clear_error() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let fields: Vec<_> = v["error"]["details"].as_array().unwrap().iter().map(|f| f["field"].clone()).collect();
     assert_eq!(fields, [json!("type"), json!("data")], "{v}");
-    let nul = r#"{"id": "evt_nul", "type": "t", "source": "s", "specversion": "1.0", "data": {"note": "a\u0000b"}}"#;
-    let (s, _, v) = raw(nul, Some(BASIC)).await;
-    assert_eq!((s, v["error"]["details"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("data.note")), "{v}");
     let good = r#"{"id": "evt_auth", "type": "t", "source": "s", "specversion": "1.0", "data": {}}"#;
     let (s, headers, _) = raw(good, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
