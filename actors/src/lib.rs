@@ -43,11 +43,11 @@
 //! 1. The log backend owns the group membership. On assignment it calls
 //!    [`log::GroupListener::assigned`]; the [`consumer::ConsumerSupervisor`] spawns one
 //!    [`consumer::PartitionActor`] per partition. Fetched records go straight to that
-//!    actor's mailbox ([`log::GroupListener::deliver`]).
+//!    actor's mailbox ([`log::GroupListener::deliver`]), admitted by its [`log::Intake`]:
+//!    at the in-flight bound the backend holds the next record back instead of buffering it.
 //! 2. The partition actor queues the record behind its key. When the key is idle and a
 //!    concurrency slot is free it starts a key task with everything queued for that key.
-//!    Keys run concurrently; one key never has two tasks. Past the in-flight bound the
-//!    partition is paused at the log instead of buffering.
+//!    Keys run concurrently; one key never has two tasks.
 //! 3. The key task calls the topic's [`consumer::KeyHandler`]. Failures are classified
 //!    ([`retry::ErrorClass`]): retryable ones back off on this key only
 //!    ([`retry::RetryPolicy`], full jitter), permanent or exhausted ones are written to the
