@@ -9,28 +9,52 @@ use std::sync::{LazyLock, RwLock};
 
 use crate::retry::HandlerError;
 
-static ANY: AtomicBool = AtomicBool::new(false);
-static FAILING: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(RwLock::default);
-static ANY_CRASH: AtomicBool = AtomicBool::new(false);
-static CRASHING: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(RwLock::default);
+/// A set of keys a fault applies to, checked on every record: one relaxed atomic load while
+/// it is empty, which is always outside drills.
+struct KeySet {
+    any: AtomicBool,
+    keys: LazyLock<RwLock<HashSet<String>>>,
+}
+
+impl KeySet {
+    const fn new() -> Self {
+        KeySet { any: AtomicBool::new(false), keys: LazyLock::new(RwLock::default) }
+    }
+
+    fn insert(&self, key: &str) {
+        let mut set = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        set.insert(key.to_string());
+        self.any.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `key` was in the set; it is not any more.
+    fn remove(&self, key: &str) -> bool {
+        if !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut set = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let removed = set.remove(key);
+        self.any.store(!set.is_empty(), Ordering::SeqCst);
+        removed
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.any.load(Ordering::Relaxed) && self.keys.read().unwrap_or_else(|e| e.into_inner()).contains(key)
+    }
+}
+
+static FAILING: KeySet = KeySet::new();
+static CRASHING: KeySet = KeySet::new();
 
 /// The next record with `key` makes the partition actor that receives it panic, once: a
 /// drill of the restart path (the rewind to the committed offset and the replay).
 pub fn crash_partition_on(key: &str) {
-    let mut set = CRASHING.write().unwrap_or_else(|e| e.into_inner());
-    set.insert(key.to_string());
-    ANY_CRASH.store(true, Ordering::SeqCst);
+    CRASHING.insert(key);
 }
 
 /// Whether a record with `key` is to crash its partition actor (and clears the request).
 pub(super) fn crash_requested(key: &str) -> bool {
-    if !ANY_CRASH.load(Ordering::Relaxed) {
-        return false;
-    }
-    let mut set = CRASHING.write().unwrap_or_else(|e| e.into_inner());
-    let crash = set.remove(key);
-    ANY_CRASH.store(!set.is_empty(), Ordering::SeqCst);
-    crash
+    CRASHING.remove(key)
 }
 
 /// The error a failing key's handler calls get.
@@ -42,26 +66,17 @@ pub struct InjectedFault {
 
 /// From now on, every handler call for `key` fails retryably.
 pub fn fail_key(key: &str) {
-    let mut set = FAILING.write().unwrap_or_else(|e| e.into_inner());
-    set.insert(key.to_string());
-    ANY.store(true, Ordering::SeqCst);
+    FAILING.insert(key);
 }
 
 /// Handler calls for `key` run normally again; `false` if it was not failing.
 pub fn heal_key(key: &str) -> bool {
-    let mut set = FAILING.write().unwrap_or_else(|e| e.into_inner());
-    let removed = set.remove(key);
-    ANY.store(!set.is_empty(), Ordering::SeqCst);
-    removed
+    FAILING.remove(key)
 }
 
 /// The injected failure for `key`, if it is failing.
 pub(super) fn injected(key: &str) -> Option<HandlerError> {
-    if !ANY.load(Ordering::Relaxed) {
-        return None;
-    }
-    let failing = FAILING.read().unwrap_or_else(|e| e.into_inner()).contains(key);
-    failing.then(|| HandlerError::retryable(InjectedFault { key: key.to_string() }))
+    FAILING.contains(key).then(|| HandlerError::retryable(InjectedFault { key: key.to_string() }))
 }
 
 #[cfg(test)]

@@ -293,13 +293,20 @@ pub async fn inject_panic(
     Ok(json_response(StatusCode::ACCEPTED, &json!({"subsystem": subsystem, "injected": "panic"})))
 }
 
-/// Test-only fault hook (`faults.allow_panic_injection`): panics in this handler, so that a
-/// test sees the front end answer 500 and keep the connection. Not in the OpenAPI document.
-pub async fn panic_in_handler(State(state): App, req: Request) -> Result<Response, ApiError> {
-    admin(&state, req.headers()).await?;
+/// The test-only fault hooks answer an admin, and only while `faults.allow_panic_injection`
+/// is on (404 otherwise, as if they did not exist).
+async fn fault_hooks(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    admin(state, headers).await?;
     if !state.conveyor.config.faults.allow_panic_injection {
         return Err(ApiError::ResourceNotFound("fault hook"));
     }
+    Ok(())
+}
+
+/// Test-only fault hook (`faults.allow_panic_injection`): panics in this handler, so that a
+/// test sees the front end answer 500 and keep the connection. Not in the OpenAPI document.
+pub async fn panic_in_handler(State(state): App, req: Request) -> Result<Response, ApiError> {
+    fault_hooks(&state, req.headers()).await?;
     panic!("injected by POST /admin/faults/http/panic");
 }
 
@@ -307,10 +314,7 @@ pub async fn panic_in_handler(State(state): App, req: Request) -> Result<Respons
 /// fails retryably until healed, so a drill can hold a key in backoff and see it among the
 /// stuck keys. Not in the OpenAPI document.
 pub async fn fail_key(State(state): App, RawPath(key): RawPath<String>, req: Request) -> Result<Response, ApiError> {
-    admin(&state, req.headers()).await?;
-    if !state.conveyor.config.faults.allow_panic_injection {
-        return Err(ApiError::ResourceNotFound("fault hook"));
-    }
+    fault_hooks(&state, req.headers()).await?;
     conveyor_actors::consumer::faults::fail_key(&key);
     Ok(json_response(StatusCode::ACCEPTED, &json!({"key": key, "injected": "retryable failure"})))
 }
@@ -323,20 +327,14 @@ pub async fn crash_partition(
     RawPath(key): RawPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    admin(&state, req.headers()).await?;
-    if !state.conveyor.config.faults.allow_panic_injection {
-        return Err(ApiError::ResourceNotFound("fault hook"));
-    }
+    fault_hooks(&state, req.headers()).await?;
     conveyor_actors::consumer::faults::crash_partition_on(&key);
     Ok(json_response(StatusCode::ACCEPTED, &json!({"key": key, "injected": "partition actor crash"})))
 }
 
 /// Test-only fault hook: ends [`fail_key`] for this key.
 pub async fn heal_key(State(state): App, RawPath(key): RawPath<String>, req: Request) -> Result<Response, ApiError> {
-    admin(&state, req.headers()).await?;
-    if !state.conveyor.config.faults.allow_panic_injection {
-        return Err(ApiError::ResourceNotFound("fault hook"));
-    }
+    fault_hooks(&state, req.headers()).await?;
     let healed = conveyor_actors::consumer::faults::heal_key(&key);
     Ok(json_response(StatusCode::OK, &json!({"key": key, "healed": healed})))
 }
