@@ -8,6 +8,8 @@ use super::{InvalidConfig, invalid};
 
 /// The smallest segment accepted; smaller ones would only multiply files.
 pub const MIN_SEGMENT_BYTES: u64 = 1024;
+/// The smallest journal accepted: smaller would fsync every segment after nearly every batch.
+pub const MIN_JOURNAL_BYTES: u64 = 4096;
 /// Segment positions are kept as `u32` in the sparse index; this leaves room for one batch
 /// and one maximal record past the roll size.
 pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
@@ -28,6 +30,9 @@ pub struct EmbeddedLogConfig {
     pub max_disk_bytes: u64,
     /// How often retention runs (it also runs at once when a topic hits its budget).
     pub retention_check_ms: u64,
+    /// Per topic: bytes written to the topic's journal before every active segment is
+    /// fsync'd and the journal starts over; the journal file stays below this plus one batch.
+    pub journal_bytes: u64,
     /// Per-topic overrides of the keys above, by topic name.
     pub topics: BTreeMap<String, TopicLogOverrides>,
 }
@@ -41,6 +46,7 @@ impl Default for EmbeddedLogConfig {
             retention_bytes: 1 << 30,
             max_disk_bytes: 8 << 30,
             retention_check_ms: 10_000,
+            journal_bytes: 16 << 20,
             topics: BTreeMap::new(),
         }
     }
@@ -88,6 +94,9 @@ impl EmbeddedLogConfig {
     /// Rejects values that cannot work; `partitions` is the partition count of new topics,
     /// as every partition's active segment counts against the topic's budget.
     pub fn validate(&self, partitions: i32) -> Result<(), InvalidConfig> {
+        if self.journal_bytes < MIN_JOURNAL_BYTES {
+            return Err(invalid("log.embedded.journal_bytes", format!("must be at least {MIN_JOURNAL_BYTES}")));
+        }
         if self.retention_check_ms == 0 {
             return Err(invalid("log.embedded.retention_check_ms", "must be at least 1"));
         }

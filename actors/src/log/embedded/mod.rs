@@ -15,6 +15,7 @@
 mod consumer;
 mod frame;
 mod groups;
+mod journal;
 mod partition;
 mod retention;
 mod segment;
@@ -41,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::consumer::Membership;
 use self::groups::{Groups, sync_dir};
+use self::journal::Journal;
 use self::partition::Partition;
 use self::segment::Segment;
 use self::writer::{Append, Writer};
@@ -269,6 +271,22 @@ impl Inner {
         let partitions = (0..count)
             .map(|p| Partition::open(TopicPartition::new(name, p), &topic_dir).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let (journal, found) = Journal::open(&topic_dir, self.config.journal_bytes)?;
+        let mut restored = 0;
+        for (position, entry) in &found {
+            let corrupt = || Error::CorruptLog { path: journal.path().display().to_string(), position: *position };
+            let partition = partitions.get(entry.partition as usize).ok_or_else(corrupt)?;
+            restored += partition.replay(entry, journal.path(), *position)?;
+        }
+        if restored > 0 {
+            tracing::warn!(topic = name, restored, "restored records from the journal that their segments had lost");
+        }
+        // The journal's next round overwrites these entries: what they hold must be in
+        // fsync'd segments first.
+        for partition in &partitions {
+            let segment = partition.active();
+            segment.sync().map_err(|e| Error::io(segment.path(), e))?;
+        }
         let writer = Writer {
             topic: name.to_owned(),
             partitions: partitions.clone(),
@@ -277,7 +295,7 @@ impl Inner {
             retention: self.retention.clone(),
             dir_lock: Arc::clone(&self.dir_lock),
         };
-        let appends = writer::spawn(&topic_dir, writer)?;
+        let appends = writer::spawn(&topic_dir, writer, journal)?;
         Ok(Topic { partitions, appends, round_robin: AtomicUsize::new(0) })
     }
 }

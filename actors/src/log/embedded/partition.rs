@@ -15,7 +15,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::watch;
 
+use super::frame::{FRAME_HEADER, frame_header};
 use super::groups::sync_dir;
+use super::journal::Entry;
 use super::segment::{Role, Segment};
 use crate::config::TopicLogPolicy;
 use crate::error::Error;
@@ -88,7 +90,8 @@ impl Partition {
         self.segments.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    fn active(&self) -> Arc<Segment> {
+    /// The segment appended to.
+    pub(crate) fn active(&self) -> Arc<Segment> {
         let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
         // Never empty: open pushes one and retention keeps the last.
         Arc::clone(&segments[segments.len() - 1])
@@ -145,6 +148,43 @@ impl Partition {
         let next = segment.publish(start, frames, lens);
         self.high_watermark.send_replace(next);
         next - lens.len() as i64
+    }
+
+    /// Writes back what a journal entry (found at `position` of `journal`) holds past this
+    /// partition's end: the tail of the active segment that a power cut took before the
+    /// kernel wrote it back. Returns how many records it restored. An entry that starts past
+    /// the end means records are in neither file: that fails the open.
+    pub(crate) fn replay(&self, entry: &Entry<Vec<u8>>, journal: &Path, position: u64) -> Result<usize, Error> {
+        let corrupt = || Error::CorruptLog { path: journal.display().to_string(), position };
+        let next = self.next_offset();
+        if entry.first_offset + i64::from(entry.count) <= next {
+            return Ok(0);
+        }
+        if entry.first_offset > next {
+            tracing::error!(tp = %self.tp, end = next, first_offset = entry.first_offset, journal = %journal.display(),
+                "the journal continues past the end of a partition: records are missing from both");
+            return Err(corrupt());
+        }
+        let skip = usize::try_from(next - entry.first_offset).map_err(|_| corrupt())?;
+        let (mut at, mut from, mut lens) = (0usize, 0usize, Vec::new());
+        for i in 0..entry.count as usize {
+            let (len, _) = entry.frames.get(at..).and_then(frame_header).ok_or_else(corrupt)?;
+            let frame_len = usize::try_from(FRAME_HEADER + len).map_err(|_| corrupt())?;
+            if i < skip {
+                from += frame_len;
+            } else {
+                lens.push(frame_len as u64);
+            }
+            at += frame_len;
+        }
+        if at != entry.frames.len() {
+            return Err(corrupt());
+        }
+        let frames = &entry.frames[from..];
+        let segment = self.active();
+        let start = segment.write(frames).map_err(|e| Error::io(segment.path(), e))?;
+        self.publish(&segment, start, frames, &lens);
+        Ok(lens.len())
     }
 
     /// Reads up to `max_records` records from `from` on (from the log start when `from` was

@@ -156,6 +156,82 @@ async fn restart_keeps_acked_records_and_committed_offset() {
     handle.stop().await.unwrap();
 }
 
+/// Cuts a partition's active segment `frames_kept` frames (of `frame_len` bytes) from its
+/// start, a few bytes into the next: what a power cut leaves of pages never written back.
+fn cut_segment(dir: &Path, topic: &str, partition: i32, frame_len: u64, frames_kept: u64) {
+    let file = dir.join(topic).join(partition.to_string()).join(Segment::file_name(0));
+    OpenOptions::new().write(true).open(file).unwrap().set_len(frame_len * frames_kept + 5).unwrap();
+}
+
+#[tokio::test]
+async fn a_segment_tail_lost_in_a_power_cut_is_restored_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked = Vec::new();
+    {
+        let log = EmbeddedLog::open(dir.path(), 2).unwrap();
+        // Concurrent sends, so that batches hold several records of both partitions.
+        let sends = (0..40).map(|i| {
+            let log = log.clone();
+            async move { log.producer().send(record("t", Some(&format!("k{i}")), &format!("p{i:02}")), WAIT).await }
+        });
+        for ack in futures::future::join_all(sends).await {
+            acked.push(ack.unwrap());
+        }
+    }
+    let ends = |p: i32| acked.iter().filter(|a| a.partition == p).count() as i64;
+    assert!(ends(0) > 2 && ends(1) > 2, "both partitions hold records: {acked:?}");
+    let frame_len = fs::metadata(dir.path().join("t").join("0").join(Segment::file_name(0))).unwrap().len()
+        / u64::try_from(ends(0)).unwrap();
+    cut_segment(dir.path(), "t", 0, frame_len, 1);
+    cut_segment(dir.path(), "t", 1, frame_len, 0);
+
+    let log = EmbeddedLog::open(dir.path(), 2).unwrap();
+    assert_eq!(log.end_offsets("t").await.unwrap(), vec![(0, ends(0)), (1, ends(1))]);
+    let recorder = Arc::new(Recorder::default());
+    let handle = log.subscribe("g", &["t".to_owned()], recorder.clone()).await.unwrap();
+    wait_until("every acknowledged record", || recorder.records().len() == acked.len()).await;
+    for p in 0..2 {
+        let offsets: Vec<i64> = recorder.records().iter().filter(|r| r.tp.partition == p).map(|r| r.offset).collect();
+        assert_eq!(offsets, (0..ends(p)).collect::<Vec<_>>(), "partition {p}");
+    }
+    let mut payloads: Vec<Bytes> = recorder.records().into_iter().map(|r| r.payload).collect();
+    payloads.sort();
+    assert_eq!(payloads, (0..40).map(|i| Bytes::from(format!("p{i:02}"))).collect::<Vec<_>>());
+    handle.stop().await.unwrap();
+    // Appends go on after the restored records, and the restored log reopens as it is.
+    assert_eq!(log.producer().send(record("t", Some("k0"), "after"), WAIT).await.unwrap().offset, {
+        let p = acked[0].partition;
+        ends(p)
+    });
+    drop(log);
+    let log = EmbeddedLog::open(dir.path(), 2).unwrap();
+    let after = log.end_offsets("t").await.unwrap();
+    assert_eq!(after.iter().map(|(_, end)| end).sum::<i64>(), 41);
+}
+
+#[tokio::test]
+async fn the_journal_is_reused_after_a_checkpoint_and_a_loss_it_cannot_restore_fails_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedLogConfig { journal_bytes: 4096, ..EmbeddedLogConfig::default() };
+    let journal = dir.path().join("t").join(journal::FILE_NAME);
+    let frame_len;
+    {
+        let log = EmbeddedLog::open_with(dir.path(), 1, &config).unwrap();
+        for i in 0..200 {
+            log.producer().send(record("t", Some("k"), &format!("{i:0>100}")), WAIT).await.unwrap();
+        }
+        frame_len = fs::metadata(dir.path().join("t").join("0").join(Segment::file_name(0))).unwrap().len() / 200;
+        // 200 frames went through it, and it stays within its size plus one batch.
+        assert!(200 * frame_len > 4 * 4096);
+        assert!(fs::metadata(&journal).unwrap().len() < 4096 + 2 * frame_len, "{frame_len}");
+    }
+    // Records checkpointed out of the journal's round are the segment's alone: losing them
+    // is corruption, named, and never a silent gap.
+    cut_segment(dir.path(), "t", 0, frame_len, 3);
+    let result = EmbeddedLog::open_with(dir.path(), 1, &config);
+    assert!(matches!(&result, Err(Error::CorruptLog { path, .. }) if path.ends_with(journal::FILE_NAME)), "{result:?}");
+}
+
 #[tokio::test]
 async fn torn_tail_is_truncated_and_appends_continue() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,7 +252,10 @@ async fn torn_tail_is_truncated_and_appends_continue() {
     assert_eq!(log.end_offsets("t").await.unwrap(), vec![(0, 5)]);
     drop(log);
 
-    // A last frame cut in the middle.
+    // A last frame cut in the middle. (Without the journal: it would restore the frame, see
+    // `a_segment_tail_lost_in_a_power_cut_is_restored_from_the_journal`.)
+    let journal = dir.path().join("t").join(journal::FILE_NAME);
+    fs::remove_file(&journal).unwrap();
     OpenOptions::new().write(true).open(&file).unwrap().set_len(good_len - 3).unwrap();
     let log = EmbeddedLog::open(dir.path(), 1).unwrap();
     assert_eq!(log.end_offsets("t").await.unwrap(), vec![(0, 4)]);
@@ -184,6 +263,7 @@ async fn torn_tail_is_truncated_and_appends_continue() {
     drop(log);
 
     // A flipped byte in the last frame's body.
+    fs::remove_file(&journal).unwrap();
     let mut bytes = fs::read(&file).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;

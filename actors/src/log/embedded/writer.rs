@@ -3,9 +3,11 @@
 //! Senders encode their frame on their own task and queue it; the thread takes everything
 //! queued at that moment as one batch, writes each touched partition's frames with one
 //! positional write into its active segment (rolling it first when it is full or old),
-//! fsyncs each touched file once (concurrently, see [`Syncers`]), publishes the new frames to
-//! readers and only then answers the waiters. Under load a batch grows while the previous
-//! fsync runs, so the cost of an fsync is shared by many records.
+//! appends the same frames to the topic's [`Journal`] and fsyncs that one file, publishes the
+//! new frames to readers and only then answers the waiters. Under load a batch grows while
+//! the previous fsync runs, so the cost of an fsync is shared by many records. Once the
+//! journal is due, every partition's active segment is fsync'd (concurrently, see
+//! [`Syncers`]) and the journal starts its next round.
 //!
 //! The topic's disk budget is checked here, before writing: a partition's frames that do
 //! not fit are refused with [`Error::LogFull`] and the retention thread is woken; nothing
@@ -20,6 +22,7 @@ use std::sync::mpsc::SyncSender;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Clock;
+use super::journal::{Entry, Journal};
 use super::partition::Partition;
 use super::segment::Segment;
 use crate::config::TopicLogPolicy;
@@ -56,16 +59,16 @@ pub(crate) struct Writer {
 
 /// Starts the writer thread of one topic. It ends once every sender is gone and the queue
 /// is drained.
-pub(crate) fn spawn(topic_dir: &Path, writer: Writer) -> Result<mpsc::Sender<Append>, Error> {
+pub(crate) fn spawn(topic_dir: &Path, writer: Writer, journal: Journal) -> Result<mpsc::Sender<Append>, Error> {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     std::thread::Builder::new()
         .name(format!("log-writer-{}", writer.topic))
-        .spawn(move || run(rx, &writer))
+        .spawn(move || run(rx, &writer, journal))
         .map_err(|e| Error::io(topic_dir, e))?;
     Ok(tx)
 }
 
-fn run(mut rx: mpsc::Receiver<Append>, writer: &Writer) {
+fn run(mut rx: mpsc::Receiver<Append>, writer: &Writer, mut journal: Journal) {
     let mut syncers = Syncers::default();
     let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -80,19 +83,43 @@ fn run(mut rx: mpsc::Receiver<Append>, writer: &Writer) {
                 Err(_) => break,
             }
         }
-        commit(writer, &mut batch, &mut syncers);
+        commit(writer, &mut batch, &mut journal);
+        if journal.checkpoint_due() {
+            checkpoint(writer, &mut journal, &mut syncers);
+        }
+    }
+}
+
+/// Fsyncs every partition's active segment, then lets the journal start over. A failed
+/// fsync leaves the journal as it is (it keeps growing, every entry still needed) and is
+/// tried again after the next batch.
+fn checkpoint(writer: &Writer, journal: &mut Journal, syncers: &mut Syncers) {
+    let segments: Vec<Arc<Segment>> = writer.partitions.iter().map(|p| p.active()).collect();
+    let refs: Vec<&Arc<Segment>> = segments.iter().collect();
+    let failed: Vec<String> = syncers
+        .sync_all(&refs)
+        .into_iter()
+        .zip(&segments)
+        .filter_map(|(result, segment)| result.err().map(|e| format!("{}: {e}", segment.path().display())))
+        .collect();
+    if failed.is_empty() {
+        journal.restart();
+    } else {
+        tracing::error!(topic = writer.topic, failed = ?failed, journal = %journal.path().display(),
+            "embedded log checkpoint failed; the journal keeps every entry until one succeeds");
     }
 }
 
 /// Appends of one partition within a batch, in arrival order.
 struct Pending<'a> {
+    index: usize,
     partition: &'a Partition,
     lens: Vec<u64>,
     replies: Vec<oneshot::Sender<Result<Ack, Error>>>,
     buf: Vec<u8>,
 }
 
-fn commit(writer: &Writer, batch: &mut Vec<Append>, syncers: &mut Syncers) {
+fn commit(writer: &Writer, batch: &mut Vec<Append>, journal: &mut Journal) {
     let partitions = &writer.partitions;
     let mut pending: Vec<Pending<'_>> = Vec::new();
     for append in batch.drain(..) {
@@ -106,7 +133,13 @@ fn commit(writer: &Writer, batch: &mut Vec<Append>, syncers: &mut Syncers) {
         let slot = match pending.iter().position(|p| std::ptr::eq(p.partition, partition.as_ref())) {
             Some(slot) => slot,
             None => {
-                pending.push(Pending { partition, lens: Vec::new(), replies: Vec::new(), buf: Vec::new() });
+                pending.push(Pending {
+                    index: append.partition,
+                    partition,
+                    lens: Vec::new(),
+                    replies: Vec::new(),
+                    buf: Vec::new(),
+                });
                 pending.len() - 1
             }
         };
@@ -151,14 +184,28 @@ fn commit(writer: &Writer, batch: &mut Vec<Append>, syncers: &mut Syncers) {
         // Full means a pass is already due; either way it runs soon.
         let _ = writer.retention.try_send(());
     }
-    let segments: Vec<&Arc<Segment>> = written.iter().map(|(_, segment, _)| segment).collect();
-    let synced = syncers.sync_all(&segments);
-    for ((entry, segment, start), synced) in written.into_iter().zip(synced) {
-        if let Err(e) = synced {
+    let entries: Vec<Entry<&[u8]>> = written
+        .iter()
+        .map(|(entry, segment, _)| Entry {
+            // Partition indexes and a batch's record count are far below u32::MAX.
+            partition: entry.index as u32,
+            first_offset: segment.next_offset(),
+            count: entry.lens.len() as u32,
+            frames: entry.buf.as_slice(),
+        })
+        .collect();
+    if let Err(e) = journal.append(&entries) {
+        drop(entries);
+        let mut replies = Vec::new();
+        for (entry, segment, start) in written {
             segment.discard_from(start);
-            fail(segment.path(), entry.replies, e);
-            continue;
+            replies.extend(entry.replies);
         }
+        fail(journal.path(), replies, e);
+        return;
+    }
+    drop(entries);
+    for (entry, segment, start) in written {
         let first = entry.partition.publish(&segment, start, &entry.buf, &entry.lens);
         let partition = entry.partition.tp().partition;
         for (i, reply) in entry.replies.into_iter().enumerate() {
@@ -168,11 +215,11 @@ fn commit(writer: &Writer, batch: &mut Vec<Append>, syncers: &mut Syncers) {
     }
 }
 
-/// Helper threads that fsync the other files of a batch while the writer thread fsyncs the
-/// first: the filesystem's journal then commits them together, so a batch touching every
-/// partition waits about one fsync instead of one per partition in turn. They live as long
-/// as the writer: a thread spawned per batch (a stack mapped and faulted in, a wake-up on a
-/// busy machine) added about a fifth to a four-file commit and doubled its p99.
+/// Helper threads that fsync the other segments of a checkpoint while the writer thread
+/// fsyncs the first: the filesystem's journal then commits them together, so a checkpoint
+/// waits about one fsync instead of one per partition in turn. They live as long as the
+/// writer: a thread spawned each time (a stack mapped and faulted in, a wake-up on a busy
+/// machine) added about a fifth to a four-file sync and doubled its p99.
 #[derive(Default)]
 struct Syncers {
     helpers: Vec<std::sync::mpsc::Sender<SyncJob>>,
