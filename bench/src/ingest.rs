@@ -93,6 +93,9 @@ struct BackendResult {
     backends: Backends,
     runs: Vec<RunPair>,
     half_rate: FixedRateRun,
+    /// The same fixed-rate load against the hello server: what the generator and the machine
+    /// add to any server's latency at that rate.
+    floor: FixedRateRun,
     /// Inside the daemon during the half-rate run: the request and what it waited for.
     inside: Inside,
     /// How long processing took to catch up with ingest before the half-rate run.
@@ -230,12 +233,17 @@ async fn measure_backend(
         let before = daemon.metrics().await;
         let half_rate = fixed_rate::run(&target, rate, args.connections, args.rate_seconds).await?;
         let inside = Inside::between(&before, &daemon.metrics().await);
-        anyhow::Ok((half_rate, inside, caught_up))
+        eprintln!("  hello (hyper) at the same fixed rate, the generator's floor");
+        let hello_server = HelloServer::spawn()?;
+        let hello = fixed_rate::Target::from_base(&hello_server.base, token, args.devices);
+        let floor = fixed_rate::run(&hello, rate, args.connections, args.rate_seconds).await?;
+        drop(hello_server);
+        anyhow::Ok((half_rate, floor, inside, caught_up))
     }
     .await;
     let metrics = daemon.metrics().await;
     let clean_exit = daemon.terminate(Duration::from_secs(30)).await;
-    let (half_rate, inside, caught_up) = match measured {
+    let (half_rate, floor, inside, caught_up) = match measured {
         Ok(r) => r,
         Err(e) => {
             eprintln!("daemon log tail:\n{}", daemon.log_tail(30));
@@ -248,7 +256,7 @@ async fn measure_backend(
         "store_upserts_incl_warmup":
             daemon::metric_sum(&metrics, "conveyor_store_batch_rows_sum", &["upsert_resources"]),
     });
-    Ok(BackendResult { backends, runs, half_rate, inside, caught_up, metrics, clean_exit })
+    Ok(BackendResult { backends, runs, half_rate, floor, inside, caught_up, metrics, clean_exit })
 }
 
 /// One saturating run on a fresh daemon: the hello baseline alone on the machine (the
@@ -310,17 +318,21 @@ impl BackendResult {
             }
             println!();
         }
-        let h = &self.half_rate;
-        println!(
-            "  fixed rate {} req/s (achieved {}): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-202 {}",
-            thousands(h.target_rate),
-            thousands(h.achieved_rate),
-            h.p50_ms,
-            h.p90_ms,
-            h.p99_ms,
-            h.max_ms,
-            h.non_202
-        );
+        for (label, h) in [("fixed rate", &self.half_rate), ("hello at the same rate", &self.floor)] {
+            println!(
+                "  {label} {} req/s (achieved {}): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-202 {} \
+                 (timer lateness left out: p50 {:.2} ms, p99 {:.2} ms)",
+                thousands(h.target_rate),
+                thousands(h.achieved_rate),
+                h.p50_ms,
+                h.p90_ms,
+                h.p99_ms,
+                h.max_ms,
+                h.non_202,
+                h.timer_late_p50_ms,
+                h.timer_late_p99_ms,
+            );
+        }
         println!("  {}", self.inside.line());
     }
 
@@ -354,7 +366,8 @@ impl BackendResult {
         rows.push(json!({
             "name": format!("ingest {name}: p99 at half the max rate ({:.0} req/s)", self.half_rate.target_rate),
             "conveyor": round(self.half_rate.p99_ms, 3),
-            "baseline": null,
+            // Not a ratio's denominator: the p99 the same load gets from the hello server.
+            "baseline": round(self.floor.p99_ms, 3),
             "ratio": null,
             "target": if embedded { Some(5.0) } else { None },
             "unit": "ms (target is a ceiling)",
@@ -389,6 +402,7 @@ impl BackendResult {
             "median_ratio_conveyor_over_raw_producer": median_of(&self.runs, RunPair::ratio_producer).map(|x| round(x, 4)),
             "half_max_rate": self.half_rate.to_json(),
             "half_max_rate_inside_the_daemon": self.inside.to_json(),
+            "half_max_rate_against_hello": self.floor.to_json(),
             "processing_caught_up_secs_before_half_max_rate": round(self.caught_up.as_secs_f64(), 1),
             "metrics_after_run": self.metrics,
             "clean_shutdown": self.clean_exit,
@@ -446,7 +460,11 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
              fixed-rate run (conveyor-bench's own hyper client, the same connection count) at half the median \
              maximum req/s, started once processing has caught up with everything accepted before it \
              (processing_caught_up_secs_before_half_max_rate); each latency counts from when the schedule said to send the request, so a stall \
-             shows in every request scheduled during it (no coordinated omission).",
+             shows in every request scheduled during it (no coordinated omission), except on a connection that was \
+             idle at its send time: there the latency counts from the actual send, leaving out the generator's \
+             own timer lateness (tokio's 1 ms timer; timer_late_ms). \
+             half_max_rate_against_hello is the same load against the hello server right after (the summary's \
+             baseline for the p99 row): what the generator and the machine add to any server at that rate.",
             "cpu_during_run: process_pct_of_one_core is the server process's user+system CPU during the \
              measured run (100 = one full core); machine_busy_pct is all cores, steal included.",
             "While it ingests, the daemon also consumes what it accepted (partition actors upsert each \
