@@ -97,20 +97,26 @@ struct ConnResult {
     non_202: u64,
 }
 
+/// One keep-alive connection, ready to send.
+async fn connect(target: &Target) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+    let stream =
+        tokio::net::TcpStream::connect(&target.addr).await.with_context(|| format!("connect {}", target.addr))?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 async fn connection(
     target: Target,
+    mut sender: http1::SendRequest<Full<Bytes>>,
     start: Instant,
     first: u64,
     step: Duration,
     until: Instant,
 ) -> anyhow::Result<ConnResult> {
-    let stream =
-        tokio::net::TcpStream::connect(&target.addr).await.with_context(|| format!("connect {}", target.addr))?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let mut out = ConnResult { latencies_us: Vec::new(), timer_late_us: Vec::new(), non_202: 0 };
     let micros = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
     let mut k: u32 = 0;
@@ -157,14 +163,22 @@ pub async fn run(target: &Target, rate: f64, connections: u32, seconds: u32) -> 
     }
     let per_conn = rate / f64::from(connections);
     let step = Duration::from_secs_f64(1.0 / per_conn);
-    // Connections first, so the schedule does not start with the handshakes' wait.
-    let start = Instant::now() + Duration::from_millis(200);
+    // Every connection first, so the schedule does not start with the handshakes' wait (a
+    // fixed head start was not always enough on a busy machine: the requests scheduled
+    // before a connection existed then counted the wait as latency).
+    let mut senders = Vec::new();
+    for _ in 0..connections {
+        senders.push(connect(target).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(10);
     let until = start + Duration::from_secs(u64::from(seconds));
-    let tasks: Vec<_> = (0..connections)
-        .map(|c| {
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .zip(0..connections)
+        .map(|(sender, c)| {
             let offset = step.mul_f64(f64::from(c) / f64::from(connections));
             let first = u64::from(c) << 32;
-            tokio::spawn(connection(target.clone(), start + offset, first, step, until))
+            tokio::spawn(connection(target.clone(), sender, start + offset, first, step, until))
         })
         .collect();
     let mut latencies = Vec::new();
