@@ -1,22 +1,26 @@
-//! The topic's write-ahead journal, `{topic}/journal.wal`: what makes a batch durable.
+//! The topic's write-ahead journal, `{topic}/journal-0.wal` and `journal-1.wal`: what makes
+//! a batch durable.
 //!
 //! A batch touching four partitions used to fsync four segment files. Each fsync of a file
 //! that grew is a metadata commit of the filesystem's journal as well, and four of them at
 //! once waited on each other (0.43 ms mean, 4 ms p99, against 0.08 ms for one file rewritten
 //! in place; docs/benchmarks.md). Now the writer thread writes each partition's frames into
-//! its segment without an fsync, appends the same frames to this one file, and fsyncs only
-//! it: one fsync per batch, whatever it touched.
+//! its segment without an fsync, appends the same frames to the journal, and fsyncs only it:
+//! one fsync per batch, whatever it touched.
 //!
-//! Once `journal_bytes` were written, the writer fsyncs every partition's active segment (a
-//! *checkpoint*) and starts the journal again from its start, overwriting in place: after its
-//! first round the file no longer grows, so its fsync flushes data only. Every entry carries
-//! the round's *epoch*, and a scan stops at the first entry whose epoch differs from the
-//! first entry's, so the previous round's leftovers past the current end are never read.
+//! The journal is two files used in turn. Once `journal_bytes` went into the current one, the
+//! writer switches to the other and a helper thread fsyncs every partition's active segment
+//! (a *checkpoint*); until that finished the file left behind is still needed, and the
+//! current one grows past its size rather than wait. Appends never wait for a checkpoint.
+//! A file is written again from its start, in place: after its first round it no longer
+//! grows, so its fsync flushes data only. Every entry carries its round's *epoch*, which
+//! increases from round to round, and a scan stops at the first entry whose epoch differs
+//! from the file's first entry's, so a previous round's leftovers are never read.
 //!
 //! An entry is `[u32 LE body length][u32 LE crc32 of body][body]`, the body
 //! `[u64 epoch][u32 partition][i64 first offset][u32 record count][frames]`. Opening the log
-//! replays the entries of the current round into segments whose tail was lost (a power cut
-//! before the kernel wrote the unsynced segment pages back); see `replay` in the parent.
+//! replays both files, the older round first, into segments whose tail was lost (a power
+//! cut before the kernel wrote the unsynced segment pages back; `Partition::replay`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -27,7 +31,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::groups::sync_dir;
 use crate::error::Error;
 
-pub(crate) const FILE_NAME: &str = "journal.wal";
 const ENTRY_HEADER: usize = 8;
 const BODY_HEADER: usize = 8 + 4 + 8 + 4;
 
@@ -42,48 +45,79 @@ pub(crate) struct Entry<F> {
     pub frames: F,
 }
 
-/// An entry found at open, with the byte it starts at.
-pub(crate) type Found = (u64, Entry<Vec<u8>>);
+/// An entry with the byte of its file it starts at.
+type Placed = (u64, Entry<Vec<u8>>);
+
+/// An entry found at open: the journal file (0 or 1), the byte it starts at, the entry.
+pub(crate) type Found = (usize, u64, Entry<Vec<u8>>);
 
 /// The open journal of one topic; only its writer thread uses it.
 pub(crate) struct Journal {
-    path: PathBuf,
-    file: File,
-    /// Where the next entry goes.
+    files: [(PathBuf, File); 2],
+    /// The file appended to.
+    current: usize,
+    /// Where the next entry goes in the current file.
     end: u64,
     epoch: u64,
-    /// A checkpoint is due once `end` reaches this.
+    /// The other file holds entries whose segments are not known to be fsync'd yet.
+    other_needed: bool,
+    /// The current file is switched from once `end` reaches this.
     limit: u64,
     buf: Vec<u8>,
 }
 
 impl Journal {
-    /// Opens (creating) the topic's journal and returns it with the entries of its current
-    /// round, in the order they were written. The round that follows gets a new epoch.
+    /// Opens (creating) the topic's journal files and returns them with their entries, the
+    /// older round's first. Every entry may be overwritten from here on: the caller replays
+    /// them and fsyncs the segments before the first append.
     pub(crate) fn open(topic_dir: &Path, limit: u64) -> Result<(Self, Vec<Found>), Error> {
-        let path = topic_dir.join(FILE_NAME);
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        if !existed {
-            sync_dir(topic_dir)?;
+        let mut files = Vec::with_capacity(2);
+        let mut rounds = Vec::with_capacity(2);
+        for i in 0..2 {
+            let path = topic_dir.join(file_name(i));
+            let existed = path.exists();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            if !existed {
+                sync_dir(topic_dir)?;
+            }
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let (epoch, entries) = scan(&bytes);
+            rounds.push((epoch, i, entries));
+            files.push((path, file));
         }
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let (epoch, entries) = scan(&bytes);
+        rounds.sort_by_key(|(epoch, i, _)| (*epoch, *i));
+        let newest = rounds.iter().filter_map(|(epoch, _, _)| *epoch).max();
         // Epochs are wall-clock microseconds made to increase: a new round's cannot be one
-        // that older rounds left further in the file (unless the clock went back to within
+        // that older rounds left further in a file (unless the clock went back to within
         // the same microsecond).
-        let epoch = epoch.map_or(0, |e| e + 1).max(now_micros());
-        Ok((Journal { path, file, end: 0, epoch, limit: limit.max(1), buf: Vec::new() }, entries))
+        let epoch = newest.map_or(0, |e| e + 1).max(now_micros());
+        // The next round overwrites the older file.
+        let current = rounds[0].1;
+        let found = rounds
+            .into_iter()
+            .flat_map(|(_, i, entries)| entries.into_iter().map(move |(at, entry)| (i, at, entry)))
+            .collect();
+        let files: [(PathBuf, File); 2] =
+            files.try_into().map_err(|_| Error::Config { key: "log.embedded", reason: "journal files".into() })?;
+        let journal =
+            Journal { files, current, end: 0, epoch, other_needed: false, limit: limit.max(1), buf: Vec::new() };
+        Ok((journal, found))
     }
 
+    /// The file appended to now.
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        &self.files[self.current].0
+    }
+
+    /// The path of journal file `i`, for errors about an entry found at open.
+    pub(crate) fn path_of(&self, i: usize) -> &Path {
+        &self.files[i % 2].0
     }
 
     /// Appends the entries and makes them durable with one fsync. On failure nothing counts
@@ -96,13 +130,14 @@ impl Journal {
         for entry in entries {
             encode(&mut self.buf, self.epoch, entry);
         }
-        let written = self.file.write_all_at(&self.buf, self.end).and_then(|()| self.file.sync_data());
+        let file = &self.files[self.current].1;
+        let written = file.write_all_at(&self.buf, self.end).and_then(|()| file.sync_data());
         if let Err(e) = written {
             // Whole entries of a failed write may have reached the disk, and their senders
             // are told the write failed: make the first unreadable so that no scan passes it.
             let zeros = [0u8; ENTRY_HEADER];
-            if let Err(cut) = self.file.write_all_at(&zeros, self.end).and_then(|()| self.file.sync_data()) {
-                tracing::warn!(path = %self.path.display(), error = %cut, "could not void a failed journal write");
+            if let Err(cut) = file.write_all_at(&zeros, self.end).and_then(|()| file.sync_data()) {
+                tracing::warn!(path = %self.path().display(), error = %cut, "could not void a failed journal write");
             }
             return Err(e);
         }
@@ -110,17 +145,36 @@ impl Journal {
         Ok(())
     }
 
-    /// Whether enough was written since the last checkpoint that one is due.
-    pub(crate) fn checkpoint_due(&self) -> bool {
-        self.end >= self.limit
+    /// Whether the current file is full and the other free: the caller then starts a
+    /// checkpoint of every active segment and calls [`Journal::switch`].
+    pub(crate) fn switch_due(&self) -> bool {
+        self.end >= self.limit && !self.other_needed
     }
 
-    /// Starts a new round from the start of the file. Only after every segment holding an
-    /// entry of this round was fsync'd: the entries are overwritten from here on.
-    pub(crate) fn restart(&mut self) {
+    /// Starts the next round in the other file. What the file left behind holds is needed
+    /// until [`Journal::checkpointed`].
+    pub(crate) fn switch(&mut self) {
+        self.current = 1 - self.current;
         self.end = 0;
         self.epoch = (self.epoch + 1).max(now_micros());
+        self.other_needed = true;
     }
+
+    /// Whether the file left behind waits for a checkpoint (one not running is started).
+    pub(crate) fn checkpoint_pending(&self) -> bool {
+        self.other_needed
+    }
+
+    /// The checkpoint started at the last switch finished: every segment holding an entry of
+    /// the other file is fsync'd, and the file may be overwritten.
+    pub(crate) fn checkpointed(&mut self) {
+        self.other_needed = false;
+    }
+}
+
+/// `journal-{i}.wal`.
+pub(crate) fn file_name(i: usize) -> String {
+    format!("journal-{i}.wal")
 }
 
 fn encode(out: &mut Vec<u8>, epoch: u64, entry: &Entry<&[u8]>) {
@@ -140,7 +194,7 @@ fn encode(out: &mut Vec<u8>, epoch: u64, entry: &Entry<&[u8]>) {
 
 /// The current round's epoch (the first entry's) and its entries: up to the first entry that
 /// is short, fails its crc or belongs to another round.
-fn scan(bytes: &[u8]) -> (Option<u64>, Vec<Found>) {
+fn scan(bytes: &[u8]) -> (Option<u64>, Vec<Placed>) {
     let mut entries = Vec::new();
     let mut round = None;
     let mut at = 0usize;
@@ -183,10 +237,6 @@ mod tests {
         Entry { partition, first_offset, count: 1, frames }
     }
 
-    fn found(found: Vec<Found>) -> Vec<Entry<Vec<u8>>> {
-        found.into_iter().map(|(_, entry)| entry).collect()
-    }
-
     fn owned(entries: &[Entry<&[u8]>]) -> Vec<Entry<Vec<u8>>> {
         entries
             .iter()
@@ -199,63 +249,94 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn entries_come_back_in_order_and_a_torn_one_ends_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut journal, f) = Journal::open(dir.path(), 1 << 20).unwrap();
-        assert!(f.is_empty());
-        let first = [entry(0, 0, b"aaaa"), entry(3, 7, b"bb")];
-        journal.append(&first).unwrap();
-        journal.append(&[entry(1, 2, b"c")]).unwrap();
-        drop(journal);
-        let (_, f) = Journal::open(dir.path(), 1 << 20).unwrap();
-        let mut expected = owned(&first);
-        expected.extend(owned(&[entry(1, 2, b"c")]));
-        assert_eq!(found(f), expected);
-
-        // The last entry cut short, as a crash during its write leaves it.
-        let path = dir.path().join(FILE_NAME);
-        let len = std::fs::metadata(&path).unwrap().len();
-        File::options().write(true).open(&path).unwrap().set_len(len - 1).unwrap();
-        let (_, f) = Journal::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(found(f), owned(&first));
+    fn reopen(dir: &Path, limit: u64) -> (Journal, Vec<Entry<Vec<u8>>>) {
+        let (journal, found) = Journal::open(dir, limit).unwrap();
+        (journal, found.into_iter().map(|(_, _, entry)| entry).collect())
     }
 
     #[test]
-    fn a_new_round_hides_what_the_last_one_left_past_its_end() {
+    fn entries_come_back_in_order_and_a_torn_one_ends_them() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, _) = Journal::open(dir.path(), 16).unwrap();
-        assert!(!journal.checkpoint_due());
-        journal.append(&[entry(0, 0, b"one"), entry(0, 1, b"two"), entry(0, 2, b"three")]).unwrap();
-        assert!(journal.checkpoint_due());
-        journal.restart();
-        assert!(!journal.checkpoint_due());
-        // Shorter than the round before: its later entries stay in the file, whole.
-        journal.append(&[entry(1, 40, b"new")]).unwrap();
+        let (mut journal, found) = reopen(dir.path(), 1 << 20);
+        assert!(found.is_empty());
+        let first = [entry(0, 0, b"aaaa"), entry(3, 7, b"bb")];
+        journal.append(&first).unwrap();
+        journal.append(&[entry(1, 2, b"c")]).unwrap();
+        let path = journal.path().to_owned();
         drop(journal);
-        let (mut journal, f) = Journal::open(dir.path(), 16).unwrap();
-        assert_eq!(found(f), owned(&[entry(1, 40, b"new")]));
+        let (_, found) = reopen(dir.path(), 1 << 20);
+        let mut expected = owned(&first);
+        expected.extend(owned(&[entry(1, 2, b"c")]));
+        assert_eq!(found, expected);
 
-        // Reopened, the next round's epoch is newer than anything in the file.
-        journal.append(&[entry(2, 9, b"x")]).unwrap();
+        // The last entry cut short, as a crash during its write leaves it.
+        let len = std::fs::metadata(&path).unwrap().len();
+        File::options().write(true).open(&path).unwrap().set_len(len - 1).unwrap();
+        let (_, found) = reopen(dir.path(), 1 << 20);
+        assert_eq!(found, owned(&first));
+    }
+
+    #[test]
+    fn rounds_alternate_files_and_replay_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = reopen(dir.path(), 16);
+        assert!(!journal.switch_due());
+        journal.append(&[entry(0, 0, b"one"), entry(0, 1, b"two"), entry(0, 2, b"three")]).unwrap();
+        assert!(journal.switch_due());
+        let first_file = journal.path().to_owned();
+        journal.switch();
+        assert_ne!(journal.path(), first_file);
+        journal.append(&[entry(0, 3, b"four"), entry(0, 4, b"five")]).unwrap();
+        // Full again, but the first file is needed until its checkpoint: it grows instead.
+        assert!(!journal.switch_due());
+        journal.append(&[entry(0, 5, b"six")]).unwrap();
         drop(journal);
-        let (_, f) = Journal::open(dir.path(), 16).unwrap();
-        assert_eq!(found(f), owned(&[entry(2, 9, b"x")]));
+        let (mut journal, found) = reopen(dir.path(), 16);
+        let offsets: Vec<i64> = found.iter().map(|e| e.first_offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2, 3, 4, 5], "the older round first");
+
+        // The next round overwrites the older file; the newer one's entries stay whole.
+        assert_eq!(journal.path(), first_file);
+        journal.append(&[entry(0, 6, b"7")]).unwrap();
+        assert!(journal.switch_due(), "after an open, with the segments fsync'd, neither file is needed");
+        drop(journal);
+        let (_, found) = reopen(dir.path(), 16);
+        let offsets: Vec<i64> = found.iter().map(|e| e.first_offset).collect();
+        assert_eq!(offsets, vec![3, 4, 5, 6], "the round before, then the new one; the overwritten one is gone");
+    }
+
+    #[test]
+    fn a_checkpoint_frees_the_other_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = reopen(dir.path(), 8);
+        journal.append(&[entry(0, 0, b"a")]).unwrap();
+        journal.switch();
+        journal.append(&[entry(0, 1, b"b")]).unwrap();
+        assert!(!journal.switch_due());
+        journal.checkpointed();
+        assert!(journal.switch_due());
+        journal.switch();
+        // A shorter round than the one it overwrites: the rest of that one is never read.
+        journal.append(&[entry(0, 2, b"")]).unwrap();
+        drop(journal);
+        let (_, found) = reopen(dir.path(), 8);
+        let offsets: Vec<i64> = found.iter().map(|e| e.first_offset).collect();
+        assert_eq!(offsets, vec![1, 2]);
     }
 
     #[test]
     fn a_flipped_byte_ends_the_round_there() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, _) = Journal::open(dir.path(), 1 << 20).unwrap();
+        let (mut journal, _) = reopen(dir.path(), 1 << 20);
         journal.append(&[entry(0, 0, b"good")]).unwrap();
         journal.append(&[entry(0, 1, b"flipped")]).unwrap();
+        let path = journal.path().to_owned();
         drop(journal);
-        let path = dir.path().join(FILE_NAME);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let (_, f) = Journal::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(found(f), owned(&[entry(0, 0, b"good")]));
+        let (_, found) = reopen(dir.path(), 1 << 20);
+        assert_eq!(found, owned(&[entry(0, 0, b"good")]));
     }
 }

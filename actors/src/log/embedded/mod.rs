@@ -273,10 +273,11 @@ impl Inner {
             .collect::<Result<Vec<_>, _>>()?;
         let (journal, found) = Journal::open(&topic_dir, self.config.journal_bytes)?;
         let mut restored = 0;
-        for (position, entry) in &found {
-            let corrupt = || Error::CorruptLog { path: journal.path().display().to_string(), position: *position };
+        for (file, position, entry) in &found {
+            let path = journal.path_of(*file);
+            let corrupt = || Error::CorruptLog { path: path.display().to_string(), position: *position };
             let partition = partitions.get(entry.partition as usize).ok_or_else(corrupt)?;
-            restored += partition.replay(entry, journal.path(), *position)?;
+            restored += partition.replay(entry, path, *position)?;
         }
         if restored > 0 {
             tracing::warn!(topic = name, restored, "restored records from the journal that their segments had lost");

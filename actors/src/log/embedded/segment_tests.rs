@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicI64;
 
 use bytes::Bytes;
 
-use super::tests::{Recorder, WAIT, group_file, wait_until};
+use super::tests::{Recorder, WAIT, forget_journal, group_file, wait_until};
 use super::*;
 use crate::log::Record;
 
@@ -360,7 +360,7 @@ async fn a_crash_during_a_roll_loses_nothing_acknowledged() {
     // is gone here).
     let dir = tempfile::tempdir().unwrap();
     two_full_segments(dir.path(), &clock).await;
-    fs::remove_file(dir.path().join("t").join(journal::FILE_NAME)).unwrap();
+    forget_journal(dir.path());
     let old = segment_path(dir.path(), 8);
     fs::OpenOptions::new().write(true).open(&old).unwrap().set_len(8 * FRAME - 3).unwrap();
     fs::File::create(segment_path(dir.path(), 16)).unwrap();

@@ -6,8 +6,8 @@
 //! appends the same frames to the topic's [`Journal`] and fsyncs that one file, publishes the
 //! new frames to readers and only then answers the waiters. Under load a batch grows while
 //! the previous fsync runs, so the cost of an fsync is shared by many records. Once the
-//! journal is due, every partition's active segment is fsync'd (concurrently, see
-//! [`Syncers`]) and the journal starts its next round.
+//! journal's file is full it switches to its other file, and a helper thread fsyncs every
+//! partition's active segment (a checkpoint, see [`Checkpointer`]).
 //!
 //! The topic's disk budget is checked here, before writing: a partition's frames that do
 //! not fit are refused with [`Error::LogFull`] and the retention thread is woken; nothing
@@ -69,7 +69,7 @@ pub(crate) fn spawn(topic_dir: &Path, writer: Writer, journal: Journal) -> Resul
 }
 
 fn run(mut rx: mpsc::Receiver<Append>, writer: &Writer, mut journal: Journal) {
-    let mut syncers = Syncers::default();
+    let mut checkpoints = Checkpointer::default();
     let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.frame.len();
@@ -84,29 +84,75 @@ fn run(mut rx: mpsc::Receiver<Append>, writer: &Writer, mut journal: Journal) {
             }
         }
         commit(writer, &mut batch, &mut journal);
-        if journal.checkpoint_due() {
-            checkpoint(writer, &mut journal, &mut syncers);
+        checkpoints.advance(writer, &mut journal);
+    }
+}
+
+/// What a checkpoint thread answers: `Err` lists the segments whose fsync failed.
+type CheckpointDone = std::sync::mpsc::Receiver<Result<(), String>>;
+
+/// Fsyncs every partition's active segment on a helper thread after the journal switched
+/// files, so that appends never wait for it; the writer learns the outcome after a later
+/// batch. A failed checkpoint is logged and started again (the file left behind stays
+/// reserved, the current one grows meanwhile).
+#[derive(Default)]
+struct Checkpointer {
+    running: Option<CheckpointDone>,
+}
+
+impl Checkpointer {
+    fn advance(&mut self, writer: &Writer, journal: &mut Journal) {
+        if let Some(done) = &self.running {
+            match done.try_recv() {
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Ok(Ok(())) => journal.checkpointed(),
+                Ok(Err(failed)) => {
+                    tracing::error!(topic = writer.topic, failed, journal = %journal.path().display(),
+                        "embedded log checkpoint failed; the journal keeps both files until one succeeds");
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    tracing::error!(topic = writer.topic, "embedded log checkpoint thread stopped; starting another");
+                }
+            }
+            self.running = None;
+        }
+        if journal.switch_due() {
+            journal.switch();
+        }
+        if journal.checkpoint_pending() {
+            let segments: Vec<Arc<Segment>> = writer.partitions.iter().map(|p| p.active()).collect();
+            self.running = start_checkpoint(&writer.topic, segments);
         }
     }
 }
 
-/// Fsyncs every partition's active segment, then lets the journal start over. A failed
-/// fsync leaves the journal as it is (it keeps growing, every entry still needed) and is
-/// tried again after the next batch.
-fn checkpoint(writer: &Writer, journal: &mut Journal, syncers: &mut Syncers) {
-    let segments: Vec<Arc<Segment>> = writer.partitions.iter().map(|p| p.active()).collect();
-    let refs: Vec<&Arc<Segment>> = segments.iter().collect();
-    let failed: Vec<String> = syncers
-        .sync_all(&refs)
-        .into_iter()
-        .zip(&segments)
-        .filter_map(|(result, segment)| result.err().map(|e| format!("{}: {e}", segment.path().display())))
-        .collect();
-    if failed.is_empty() {
-        journal.restart();
-    } else {
-        tracing::error!(topic = writer.topic, failed = ?failed, journal = %journal.path().display(),
-            "embedded log checkpoint failed; the journal keeps every entry until one succeeds");
+/// Starts one checkpoint; `None` when no thread could be started (tried after the next batch).
+fn start_checkpoint(topic: &str, segments: Vec<Arc<Segment>>) -> Option<CheckpointDone> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new().name(format!("log-checkpoint-{topic}")).spawn(move || {
+        // Concurrently: the filesystem then commits its metadata for all of them at once.
+        let failed: Vec<String> = std::thread::scope(|scope| {
+            let syncs: Vec<_> = segments.iter().map(|segment| (segment, scope.spawn(|| segment.sync()))).collect();
+            syncs
+                .into_iter()
+                .filter_map(|(segment, sync)| {
+                    let result = sync.join().unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")));
+                    result.err().map(|e| format!("{}: {e}", segment.path().display()))
+                })
+                .collect()
+        });
+        if !failed.is_empty() {
+            // A disk that fails fsyncs is not asked again at once.
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        let _ = tx.send(if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) });
+    });
+    match spawned {
+        Ok(_) => Some(rx),
+        Err(e) => {
+            tracing::error!(topic, error = %e, "could not start an embedded log checkpoint");
+            None
+        }
     }
 }
 
@@ -215,70 +261,6 @@ fn commit(writer: &Writer, batch: &mut Vec<Append>, journal: &mut Journal) {
     }
 }
 
-/// Helper threads that fsync the other segments of a checkpoint while the writer thread
-/// fsyncs the first: the filesystem's journal then commits them together, so a checkpoint
-/// waits about one fsync instead of one per partition in turn. They live as long as the
-/// writer: a thread spawned each time (a stack mapped and faulted in, a wake-up on a busy
-/// machine) added about a fifth to a four-file sync and doubled its p99.
-#[derive(Default)]
-struct Syncers {
-    helpers: Vec<std::sync::mpsc::Sender<SyncJob>>,
-}
-
-/// One file to fsync and where its result goes (with its index in the batch).
-struct SyncJob {
-    index: usize,
-    segment: Arc<Segment>,
-    done: std::sync::mpsc::SyncSender<(usize, io::Result<()>)>,
-}
-
-impl Syncers {
-    /// Fsyncs every written segment: the first on this thread, the others on helpers.
-    fn sync_all(&mut self, segments: &[&Arc<Segment>]) -> Vec<io::Result<()>> {
-        if segments.len() < 2 {
-            return segments.iter().map(|segment| segment.sync()).collect();
-        }
-        let (done, finished) = std::sync::mpsc::sync_channel(segments.len());
-        let mut results: Vec<Option<io::Result<()>>> = (0..segments.len()).map(|_| None).collect();
-        let mut outstanding = 0;
-        for (index, segment) in segments.iter().enumerate().skip(1) {
-            let job = SyncJob { index, segment: Arc::clone(segment), done: done.clone() };
-            match self.send(index - 1, job) {
-                Ok(()) => outstanding += 1,
-                // No helper: the written frames can still be made durable, here.
-                Err(_) => results[index] = Some(segment.sync()),
-            }
-        }
-        results[0] = Some(segments[0].sync());
-        drop(done);
-        for _ in 0..outstanding {
-            // A helper that died drops its job's sender; the file then counts as not synced.
-            let Ok((index, result)) = finished.recv() else { break };
-            results[index] = Some(result);
-        }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(io::Error::other("fsync helper stopped")))).collect()
-    }
-
-    /// Hands `job` to the `i`th helper, starting helpers on first use. A helper that is gone
-    /// is started again for the next batch; this batch's file is synced by the caller.
-    fn send(&mut self, i: usize, job: SyncJob) -> io::Result<()> {
-        while self.helpers.len() <= i {
-            let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
-            std::thread::Builder::new().name(format!("log-fsync-{i}")).spawn(move || {
-                for job in rx {
-                    let _ = job.done.send((job.index, job.segment.sync()));
-                }
-            })?;
-            self.helpers.push(tx);
-        }
-        self.helpers[i].send(job).map_err(|_| {
-            // Dropping the senders from i on ends those helpers; they start afresh.
-            self.helpers.truncate(i);
-            io::Error::other("fsync helper stopped")
-        })
-    }
-}
-
 /// Answers every waiter of a partition that would exceed the topic's budget.
 fn refuse(writer: &Writer, replies: Vec<oneshot::Sender<Result<Ack, Error>>>, used: u64) {
     tracing::debug!(topic = writer.topic, used, budget = writer.policy.max_disk_bytes, "embedded log topic is full");
@@ -299,41 +281,5 @@ fn fail(path: &Path, replies: Vec<oneshot::Sender<Result<Ack, Error>>>, error: i
     for reply in replies {
         let cause = io::Error::new(kind, Arc::clone(&shared));
         let _ = reply.send(Err(Error::io(path, cause)));
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
-mod tests {
-    use super::*;
-
-    #[test]
-    fn helpers_are_started_once_and_restarted_when_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let segments: Vec<Arc<Segment>> = (0..4)
-            .map(|p| {
-                let sub = dir.path().join(p.to_string());
-                std::fs::create_dir_all(&sub).unwrap();
-                Arc::new(Segment::create(&sub, 0).unwrap())
-            })
-            .collect();
-        let refs: Vec<&Arc<Segment>> = segments.iter().collect();
-        let mut syncers = Syncers::default();
-        for _ in 0..50 {
-            for segment in &segments {
-                segment.write(b"frame").unwrap();
-            }
-            assert!(syncers.sync_all(&refs).iter().all(Result::is_ok));
-        }
-        // One helper per file after the first, however many batches ran.
-        assert_eq!(syncers.helpers.len(), 3);
-        // A helper that is gone: its file is synced by the caller, and the next batch
-        // starts the helpers from it on again.
-        let (gone, _) = std::sync::mpsc::channel();
-        syncers.helpers[1] = gone;
-        assert!(syncers.sync_all(&refs).iter().all(Result::is_ok));
-        assert_eq!(syncers.helpers.len(), 3, "restarted");
-        assert!(syncers.sync_all(&refs).iter().all(Result::is_ok));
-        assert_eq!(syncers.helpers.len(), 3);
     }
 }
