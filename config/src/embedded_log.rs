@@ -30,8 +30,8 @@ pub struct EmbeddedLogConfig {
     pub max_disk_bytes: u64,
     /// How often retention runs (it also runs at once when a topic hits its budget).
     pub retention_check_ms: u64,
-    /// Per topic: bytes written to the topic's journal before every active segment is
-    /// fsync'd and the journal starts over; the journal file stays below this plus one batch.
+    /// Per topic: bytes written to one of the journal's two files before the writer moves to
+    /// the other and a checkpoint fsyncs every active segment.
     pub journal_bytes: u64,
     /// Per-topic overrides of the keys above, by topic name.
     pub topics: BTreeMap<String, TopicLogOverrides>,
@@ -157,6 +157,8 @@ mod tests {
         let key = |c: &EmbeddedLogConfig| c.validate(4).map_err(|e| e.key);
         let c = EmbeddedLogConfig { segment_bytes: 10, ..Default::default() };
         assert_eq!(key(&c), Err("log.embedded.segment_bytes"));
+        let c = EmbeddedLogConfig { journal_bytes: MIN_JOURNAL_BYTES - 1, ..Default::default() };
+        assert_eq!(key(&c), Err("log.embedded.journal_bytes"));
         let c = EmbeddedLogConfig { max_disk_bytes: 1 << 20, ..Default::default() };
         assert_eq!(key(&c), Err("log.embedded.segment_bytes"));
         let c = EmbeddedLogConfig { retention_check_ms: 0, ..Default::default() };
