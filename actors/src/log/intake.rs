@@ -86,10 +86,6 @@ impl Intake {
         self.outstanding.load(Ordering::Acquire)
     }
 
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// Blocking waits that gave up (see [`Intake::wait_blocking`]).
     pub fn stalls(&self) -> u64 {
         self.stalls.load(Ordering::Relaxed)

@@ -33,6 +33,8 @@ use crate::error::Error;
 
 const ENTRY_HEADER: usize = 8;
 const BODY_HEADER: usize = 8 + 4 + 8 + 4;
+/// The largest write buffer kept between batches.
+const KEEP_BUFFER: usize = 1 << 20;
 
 /// One partition's frames of one batch, as written or as found at open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +144,10 @@ impl Journal {
             return Err(e);
         }
         self.end += self.buf.len() as u64;
+        if self.buf.capacity() > KEEP_BUFFER {
+            // One burst's buffer (up to a whole batch) is not kept for the life of the topic.
+            self.buf = Vec::new();
+        }
         Ok(())
     }
 
