@@ -7,7 +7,10 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Condition, Query};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
+};
 
 use super::Store;
 use super::dead_letter;
@@ -40,12 +43,6 @@ pub struct Family<P: EntityTrait, C: EntityTrait> {
     pub parent_of_child: C::Column,
     /// Metric tables of (parents, children).
     pub tables: (&'static str, &'static str),
-}
-
-fn txn_err(e: sea_orm::TransactionError<sea_orm::DbErr>) -> sea_orm::DbErr {
-    match e {
-        sea_orm::TransactionError::Connection(e) | sea_orm::TransactionError::Transaction(e) => e,
-    }
 }
 
 /// The dead-letter index's table label.
@@ -87,28 +84,38 @@ impl Store {
         E: sea_orm::sea_query::IntoCondition,
     {
         let Family { op, id, parent_of_child, tables: (parents, children) } = family;
-        let work = self.db.transaction::<_, Batch, sea_orm::DbErr>(move |txn| {
-            Box::pin(async move {
-                let ids: Vec<String> = P::find()
-                    .select_only()
-                    .column(id)
-                    .filter(finished())
-                    .order_by_asc(id)
-                    .limit(limit)
-                    .into_tuple()
-                    .all(txn)
-                    .await?;
-                if ids.is_empty() {
-                    return Ok(Batch::default());
-                }
-                let child_rows =
-                    C::delete_many().filter(parent_of_child.is_in(ids.clone())).exec(txn).await?.rows_affected;
-                let parent_rows =
-                    P::delete_many().filter(id.is_in(ids.clone())).filter(finished()).exec(txn).await?.rows_affected;
-                Ok(Batch { selected: ids.len() as u64, removed: vec![(parents, parent_rows), (children, child_rows)] })
-            })
-        });
-        self.guarded(op, async { work.await.map_err(txn_err) }).await
+        let work = async move {
+            // SQLite: a deferred transaction that reads first takes a snapshot, and if another
+            // connection writes before this one's first write, that write fails at once with
+            // SQLITE_BUSY (no busy wait can help). Under steady load every batch failed so. An
+            // immediate transaction takes the write lock first, waiting for it as any write
+            // does. PostgreSQL ignores the mode.
+            let immediate = TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            };
+            let txn = self.db.begin_with_options(immediate).await?;
+            let ids: Vec<String> = P::find()
+                .select_only()
+                .column(id)
+                .filter(finished())
+                .order_by_asc(id)
+                .limit(limit)
+                .into_tuple()
+                .all(&txn)
+                .await?;
+            if ids.is_empty() {
+                txn.commit().await?;
+                return Ok(Batch::default());
+            }
+            let child_rows =
+                C::delete_many().filter(parent_of_child.is_in(ids.clone())).exec(&txn).await?.rows_affected;
+            let parent_rows =
+                P::delete_many().filter(id.is_in(ids.clone())).filter(finished()).exec(&txn).await?.rows_affected;
+            txn.commit().await?;
+            Ok(Batch { selected: ids.len() as u64, removed: vec![(parents, parent_rows), (children, child_rows)] })
+        };
+        self.guarded(op, work).await
     }
 
     /// Dead-letter index entries indexed before `cutoff`.
