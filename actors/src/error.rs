@@ -1,7 +1,31 @@
 //! The one error type of the `actors` crate. Every variant carries the context needed to
 //! act on it and keeps its cause as a `#[source]`, never flattened into a string.
 
+use std::fmt;
 use std::time::Duration;
+
+/// An error and every cause under it, `top: cause: cause`, for log fields. tracing's JSON
+/// format writes an error field as its own message only, and the cause (SQLite's code, the
+/// I/O error) is usually what an operator needs; the soak benchmark's retention fault showed
+/// only "store error while purge_deliveries".
+pub struct Chain<'a>(&'a (dyn std::error::Error + 'a));
+
+/// See [`Chain`]: `tracing::warn!(error = %chain(&err), "…")`.
+pub fn chain<'a>(err: &'a (dyn std::error::Error + 'a)) -> Chain<'a> {
+    Chain(err)
+}
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(err) = cause {
+            write!(f, ": {err}")?;
+            cause = err.source();
+        }
+        Ok(())
+    }
+}
 
 /// Errors from the log, store, cache and actor system.
 #[derive(Debug, thiserror::Error)]
@@ -170,5 +194,17 @@ impl Error {
 
     pub fn cache<E: std::error::Error + Send + Sync + 'static>(op: &'static str, source: E) -> Self {
         Error::Cache { op, source: Box::new(source) }
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_names_every_cause() {
+        let io = std::io::Error::other("database is locked");
+        let err = Error::Io { path: "/data/x".into(), source: io };
+        assert_eq!(chain(&err).to_string(), "i/o error on /data/x: database is locked");
     }
 }

@@ -246,7 +246,7 @@ async fn purge_gone_dead_letters(args: &RetentionArgs, report: &mut PurgeReport)
 }
 
 fn failed(rule: &'static str, err: &Error, report: &mut PurgeReport) {
-    tracing::warn!(error = err as &dyn std::error::Error, rule, "retention: purge failed; retried next round");
+    tracing::warn!(error = %crate::error::chain(err), rule, "retention: purge failed; retried next round");
     report.failed.push(rule);
 }
 

@@ -346,7 +346,7 @@ impl RootState {
         for slot in self.running.iter_mut() {
             if let Some(r) = slot.take() {
                 if let Err(err) = r.membership.stop().await {
-                    tracing::error!(error = &err as &dyn std::error::Error, "leaving the group failed");
+                    tracing::error!(error = %crate::error::chain(&err), "leaving the group failed");
                 }
                 r.supervisor.actor().stop(Some("shutdown".into()));
             }

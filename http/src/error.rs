@@ -149,7 +149,7 @@ impl IntoResponse for ApiError {
             tracing::warn!(
                 status = status.as_u16(),
                 code = self.code(),
-                error = &self as &dyn std::error::Error,
+                error = %conveyor_actors::error::chain(&self),
                 "request failed"
             );
         }

@@ -68,7 +68,9 @@ impl Guard {
         match Box::pin(keys.complete(&req, self.claimed, &answer)).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(key = req.key, "the idempotency claim lapsed before the answer was stored"),
-            Err(err) => tracing::warn!(error = &err as &dyn std::error::Error, "could not store the idempotent answer"),
+            Err(err) => {
+                tracing::warn!(error = %conveyor_actors::error::chain(&err), "could not store the idempotent answer")
+            }
         }
     }
 
@@ -83,7 +85,7 @@ impl Guard {
 async fn release(keys: IdempotencyKeys, req: KeyedRequest) {
     if let Err(err) = keys.abandon(&req).await {
         // The claim lapses on its own after the request timeout.
-        tracing::warn!(error = &err as &dyn std::error::Error, "could not release an idempotency key");
+        tracing::warn!(error = %conveyor_actors::error::chain(&err), "could not release an idempotency key");
     }
 }
 

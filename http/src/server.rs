@@ -67,7 +67,7 @@ impl Server {
                 accepted = self.listener.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(err) => {
-                        tracing::warn!(error = &err as &dyn std::error::Error, "accept failed");
+                        tracing::warn!(error = %conveyor_actors::error::chain(&err), "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -87,7 +87,7 @@ impl Server {
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(err) = conn.await {
-                    tracing::debug!(error = &err as &dyn std::error::Error, "connection ended with an error");
+                    tracing::debug!(error = %conveyor_actors::error::chain(&err), "connection ended with an error");
                 }
             });
         }

@@ -317,7 +317,7 @@ impl KeyRun<'_> {
                     tracing::error!(
                         topic = %record.tp.topic, partition = record.tp.partition, offset = record.offset,
                         key = self.key, attempt, delay_ms = delay.as_millis() as u64,
-                        error = &err as &dyn std::error::Error, "parked-key write failed; record held"
+                        error = %crate::error::chain(&err), "parked-key write failed; record held"
                     );
                     let next_attempt_ms = Some(now_ms() + delay.as_millis() as i64);
                     let stuck = Stuck {

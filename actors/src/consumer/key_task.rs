@@ -233,7 +233,7 @@ async fn dead_letter(ctx: &KeyCtx, key: &str, record: &Record, failure: &Failure
                 let delay = ctx.policy.ceiling(attempt);
                 tracing::error!(
                     dlq = %ctx.dead_letters.topic, attempt, delay_ms = delay.as_millis() as u64,
-                    error = &err as &dyn std::error::Error, "dead-letter write failed; record held"
+                    error = %crate::error::chain(&err), "dead-letter write failed; record held"
                 );
                 let next_attempt_ms = Some(now_ms() + delay.as_millis() as i64);
                 let reason = StuckReason::DeadLetterWrite;

@@ -416,7 +416,7 @@ impl PartitionState {
                     tracing::warn!(
                         topic,
                         key,
-                        error = &err as &dyn std::error::Error,
+                        error = %crate::error::chain(&err),
                         "released parked key not forgotten yet"
                     );
                 }
@@ -465,7 +465,7 @@ fn load_parked(
                     let delay = policy.ceiling(attempt);
                     tracing::error!(
                         partition = %tp, attempt, delay_ms = delay.as_millis() as u64,
-                        error = &err as &dyn std::error::Error, "loading parked keys failed; partition waits"
+                        error = %crate::error::chain(&err), "loading parked keys failed; partition waits"
                     );
                     tokio::time::sleep(delay).await;
                 }

@@ -118,8 +118,7 @@ impl Actor for ReplayActor {
                     Err(err) => {
                         let next = state.backoff.map_or(BACKOFF.0, |b| (b * 2).min(BACKOFF.1));
                         state.backoff = Some(next);
-                        let error = &err as &dyn std::error::Error;
-                        tracing::warn!(error, retry_ms = next.as_millis() as u64, "dead-letter replay held up");
+                        tracing::warn!(error = %crate::error::chain(&err), retry_ms = next.as_millis() as u64, "dead-letter replay held up");
                         false
                     }
                 };
@@ -145,7 +144,7 @@ impl Actor for ReplayActor {
             .filter(Column::LeaseOwner.eq(state.args.owner.clone()))
             .exec(store.connection());
         if let Err(err) = store.guarded("release_replay_jobs", release).await {
-            tracing::warn!(error = &err as &dyn std::error::Error, "replay jobs not handed back; their claims expire");
+            tracing::warn!(error = %crate::error::chain(&err), "replay jobs not handed back; their claims expire");
         }
         Ok(())
     }
@@ -372,7 +371,7 @@ pub(crate) async fn run_page(
                     page.held_up = Some(err);
                     continue;
                 }
-                tracing::warn!(job = job.id, id, error = &err as &dyn std::error::Error, "dead letter not replayed");
+                tracing::warn!(job = job.id, id, error = %crate::error::chain(&err), "dead letter not replayed");
                 page.failure = Some(err.to_string());
                 (page.cursor, page.failed) = (id, page.failed + 1);
             }

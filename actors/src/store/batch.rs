@@ -146,7 +146,7 @@ impl<W: WholeWrite> BatchWrite for Grouped<W> {
         tracing::debug!(
             op = self.0.name(),
             callers = lens.len(),
-            error = &err as &dyn std::error::Error,
+            error = %crate::error::chain(&err),
             "batch refused; caller by caller"
         );
         let mut results = Vec::with_capacity(lens.len());

@@ -258,7 +258,7 @@ impl Resources {
             Ok(None) => {}
             Err(err) => {
                 m.cache_errors.add(1, &[kv(OPERATION, "get")]);
-                tracing::debug!(error = &err as &dyn std::error::Error, "cache read failed; using the store");
+                tracing::debug!(error = %conveyor_actors::error::chain(&err), "cache read failed; using the store");
             }
         }
         m.cache_misses.add(1, &[kv(OPERATION, "resource")]);

@@ -93,7 +93,7 @@ impl BatchWrite for ResourceWriter {
             // A refused batch may hold one row the database cannot take: write each alone
             // so that row fails by itself and its neighbours still land.
             Err(err) if rows.len() > 1 => {
-                tracing::debug!(rows = rows.len(), error = &err as &dyn std::error::Error, "batch refused; row by row");
+                tracing::debug!(rows = rows.len(), error = %conveyor_actors::error::chain(&err), "batch refused; row by row");
                 let mut results = Vec::with_capacity(rows.len());
                 for row in &rows {
                     let one = self.store.upsert_resources(std::slice::from_ref(row)).await;

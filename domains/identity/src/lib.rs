@@ -321,7 +321,7 @@ impl Identity {
         let ttl = (until - Utc::now()).to_std().unwrap_or(Duration::from_secs(1));
         if let Err(err) = self.cache.set(&revoked_key(id), "1", ttl).await {
             // The store has it; checks that miss the cache read the store.
-            tracing::warn!(error = &err as &dyn std::error::Error, "revocation not cached");
+            tracing::warn!(error = %conveyor_actors::error::chain(&err), "revocation not cached");
         }
         Ok(())
     }
@@ -356,7 +356,7 @@ impl Identity {
             None => self.cache.set_nx(key, "0", NOT_REVOKED_TTL).await.map(drop),
         };
         if let Err(err) = fill {
-            tracing::debug!(error = &err as &dyn std::error::Error, "revocation check not cached");
+            tracing::debug!(error = %conveyor_actors::error::chain(&err), "revocation check not cached");
         }
         Ok(until.is_some())
     }

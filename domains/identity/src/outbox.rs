@@ -101,7 +101,7 @@ impl Actor for OutboxRelay {
         let due = match state.args.store.due_outbox(state.args.batch).await {
             Ok(due) => due,
             Err(err) => {
-                tracing::warn!(error = &err as &dyn std::error::Error, "outbox: cannot read due records");
+                tracing::warn!(error = %conveyor_actors::error::chain(&err), "outbox: cannot read due records");
                 return Ok(());
             }
         };
@@ -128,7 +128,7 @@ async fn publish(args: &OutboxArgs, row: outbox::Model) {
             metrics().outbox_records.add(1, &[kv(OUTCOME, "published")]);
             if let Err(err) = args.store.outbox_published(&row).await {
                 // Published but not marked: it will be sent again, which consumers absorb.
-                tracing::warn!(error = &err as &dyn std::error::Error, "outbox: published record not marked");
+                tracing::warn!(error = %conveyor_actors::error::chain(&err), "outbox: published record not marked");
             } else if let Some(step) = row.saga_step.as_deref().and_then(crate::saga::step::named) {
                 crate::saga::step_metric(step, crate::states::SagaStepStatus::Completed);
             }
@@ -139,13 +139,13 @@ async fn publish(args: &OutboxArgs, row: outbox::Model) {
             let wait = args.policy.backoff(attempts as u32, None, &mut rand::rng());
             let next = Utc::now() + wait;
             tracing::warn!(
-                error = &err as &dyn std::error::Error,
+                error = %conveyor_actors::error::chain(&err),
                 attempts,
                 retry_in_ms = wait.as_millis() as u64,
                 "outbox: publish failed"
             );
             if let Err(store_err) = args.store.outbox_failed(&row.id, attempts, next, err.to_string()).await {
-                tracing::warn!(error = &store_err as &dyn std::error::Error, "outbox: failure not recorded");
+                tracing::warn!(error = %conveyor_actors::error::chain(&store_err), "outbox: failure not recorded");
             }
         }
     }

@@ -42,7 +42,7 @@ impl BatchWrite for ClaimWriter {
             Err(err) if count == 1 => return vec![Err(err)],
             Err(err) => err,
         };
-        tracing::debug!(error = &err as &dyn std::error::Error, posts = count, "claims refused together; one by one");
+        tracing::debug!(error = %conveyor_actors::error::chain(&err), posts = count, "claims refused together; one by one");
         let mut results = Vec::with_capacity(count);
         for item in items {
             let claim = self.store.claim_notifications(vec![item], self.window, self.stale_after).await;

@@ -95,7 +95,7 @@ fn commit_sync(consumer: &BaseConsumer<GroupContext>, offsets: &[(TopicPartition
     }
     if let Err(err) = consumer.commit(&list, CommitMode::Sync) {
         tracing::error!(
-            error = &err as &dyn std::error::Error,
+            error = %crate::error::chain(&err),
             "commit on revoke failed; the next owner may redo some records"
         );
     }
@@ -223,7 +223,7 @@ fn run(consumer: BaseConsumer<GroupContext>, rx: mpsc::Receiver<Command>, listen
     let stopped = loop {
         match consumer.poll(POLL) {
             Some(Ok(msg)) => flow.offer(&consumer, listener.as_ref(), record_of(&msg)),
-            Some(Err(err)) => tracing::warn!(error = &err as &dyn std::error::Error, "kafka consumer error"),
+            Some(Err(err)) => tracing::warn!(error = %crate::error::chain(&err), "kafka consumer error"),
             None => {}
         }
         flow.forget_unowned(&consumer);
@@ -450,7 +450,7 @@ fn commit_owned(consumer: &BaseConsumer<GroupContext>, to_commit: &mut HashMap<T
     if list.count() > 0
         && let Err(err) = consumer.commit(&list, CommitMode::Async)
     {
-        tracing::warn!(error = &err as &dyn std::error::Error, "async commit failed; retried on the next tick");
+        tracing::warn!(error = %crate::error::chain(&err), "async commit failed; retried on the next tick");
     }
 }
 
@@ -467,7 +467,7 @@ fn rewind(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition, unsent: Op
             },
             Err(err) => {
                 // Not the start instead: a wrong guess would skip or replay a partition.
-                tracing::error!(partition = %tp, error = &err as &dyn std::error::Error, "rewind: committed offset unknown; retrying");
+                tracing::error!(partition = %tp, error = %crate::error::chain(&err), "rewind: committed offset unknown; retrying");
                 return false;
             }
         },
@@ -475,7 +475,7 @@ fn rewind(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition, unsent: Op
     match consumer.seek(&tp.topic, tp.partition, target, Duration::from_secs(5)) {
         Ok(()) => true,
         Err(err) => {
-            tracing::error!(partition = %tp, error = &err as &dyn std::error::Error, "rewind failed; retrying");
+            tracing::error!(partition = %tp, error = %crate::error::chain(&err), "rewind failed; retrying");
             false
         }
     }

@@ -45,7 +45,7 @@ impl LoyaltyHandler {
     /// at 0 (best effort: the failure may be the store's) so that it is usable without the bonus.
     async fn credit_failed(&self, saga_id: &str, user_id: &str, reason: String) -> Result<(), HandlerError> {
         if let Err(err) = self.store.open_loyalty_account(user_id).await {
-            tracing::warn!(error = &err as &dyn std::error::Error, "no loyalty account opened after a failed credit");
+            tracing::warn!(error = %conveyor_actors::error::chain(&err), "no loyalty account opened after a failed credit");
         }
         let event = SagaEvent::LoyaltyCreditFailed {
             event_id: failed_id(user_id),
