@@ -23,7 +23,7 @@
 //! cut before the kernel wrote the unsynced segment pages back; `Partition::replay`).
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -73,26 +73,11 @@ impl Journal {
     /// older round's first. Every entry may be overwritten from here on: the caller replays
     /// them and fsyncs the segments before the first append.
     pub(crate) fn open(topic_dir: &Path, limit: u64) -> Result<(Self, Vec<Found>), Error> {
-        let mut files = Vec::with_capacity(2);
-        let mut rounds = Vec::with_capacity(2);
-        for i in 0..2 {
-            let path = topic_dir.join(file_name(i));
-            let existed = path.exists();
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
-            if !existed {
-                sync_dir(topic_dir)?;
-            }
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            let (epoch, entries) = scan(&bytes);
-            rounds.push((epoch, i, entries));
-            files.push((path, file));
+        let (first, second) = (open_file(topic_dir, 0)?, open_file(topic_dir, 1)?);
+        if first.created || second.created {
+            sync_dir(topic_dir)?;
         }
+        let mut rounds = [(first.epoch, 0, first.entries), (second.epoch, 1, second.entries)];
         rounds.sort_by_key(|(epoch, i, _)| (*epoch, *i));
         let newest = rounds.iter().filter_map(|(epoch, _, _)| *epoch).max();
         // Epochs are wall-clock microseconds made to increase: a new round's cannot be one
@@ -105,8 +90,7 @@ impl Journal {
             .into_iter()
             .flat_map(|(_, i, entries)| entries.into_iter().map(move |(at, entry)| (i, at, entry)))
             .collect();
-        let files: [(PathBuf, File); 2] =
-            files.try_into().map_err(|_| Error::Config { key: "log.embedded", reason: "journal files".into() })?;
+        let files = [(first.path, first.file), (second.path, second.file)];
         let journal =
             Journal { files, current, end: 0, epoch, other_needed: false, limit: limit.max(1), buf: Vec::new() };
         Ok((journal, found))
@@ -176,6 +160,28 @@ impl Journal {
     pub(crate) fn checkpointed(&mut self) {
         self.other_needed = false;
     }
+}
+
+/// One journal file as [`Journal::open`] found it.
+struct Opened {
+    path: PathBuf,
+    file: File,
+    /// It did not exist: its name is not durable until the directory is synced.
+    created: bool,
+    epoch: Option<u64>,
+    entries: Vec<Placed>,
+}
+
+/// Opens (creating) journal file `i` and scans it.
+fn open_file(topic_dir: &Path, i: usize) -> Result<Opened, Error> {
+    let path = topic_dir.join(file_name(i));
+    let created = !path.exists();
+    let io = |e| Error::io(&path, e);
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io)?;
+    let (epoch, entries) = scan(&bytes);
+    Ok(Opened { path, file, created, epoch, entries })
 }
 
 /// `journal-{i}.wal`.

@@ -283,10 +283,12 @@ impl Inner {
             tracing::warn!(topic = name, restored, "restored records from the journal that their segments had lost");
         }
         // The journal's next round overwrites these entries: what they hold must be in
-        // fsync'd segments first.
-        for partition in &partitions {
-            let segment = partition.active();
-            segment.sync().map_err(|e| Error::io(segment.path(), e))?;
+        // fsync'd segments first. With none found, nothing depends on the journal.
+        if !found.is_empty() {
+            for partition in &partitions {
+                let segment = partition.active();
+                segment.sync().map_err(|e| Error::io(segment.path(), e))?;
+            }
         }
         let writer = Writer {
             topic: name.to_owned(),

@@ -230,18 +230,14 @@ fn commit(writer: &Writer, batch: &mut Vec<Append>, journal: &mut Journal) {
         // Full means a pass is already due; either way it runs soon.
         let _ = writer.retention.try_send(());
     }
-    let entries: Vec<Entry<&[u8]>> = written
-        .iter()
-        .map(|(entry, segment, _)| Entry {
-            // Partition indexes and a batch's record count are far below u32::MAX.
-            partition: entry.index as u32,
-            first_offset: segment.next_offset(),
-            count: entry.lens.len() as u32,
-            frames: entry.buf.as_slice(),
-        })
-        .collect();
-    if let Err(e) = journal.append(&entries) {
-        drop(entries);
+    let entries = written.iter().map(|(entry, segment, _)| Entry {
+        // Partition indexes and a batch's record count are far below u32::MAX.
+        partition: entry.index as u32,
+        first_offset: segment.next_offset(),
+        count: entry.lens.len() as u32,
+        frames: entry.buf.as_slice(),
+    });
+    if let Err(e) = journal.append(&entries.collect::<Vec<_>>()) {
         let mut replies = Vec::new();
         for (entry, segment, start) in written {
             segment.discard_from(start);
@@ -250,7 +246,6 @@ fn commit(writer: &Writer, batch: &mut Vec<Append>, journal: &mut Journal) {
         fail(journal.path(), replies, e);
         return;
     }
-    drop(entries);
     for (entry, segment, start) in written {
         let first = entry.partition.publish(&segment, start, &entry.buf, &entry.lens);
         let partition = entry.partition.tp().partition;
